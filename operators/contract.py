@@ -1,0 +1,54 @@
+"""The data contract every operator relies on, and the one error type for bad input.
+
+A dataset has `id` (int64, unique), `label` (int64 in [0, num_classes)) and `x`
+(a fixed-shape float32 tensor column). Operators read batches in NumPy format.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ID, LABEL, X = "id", "label", "x"
+
+
+class DataError(ValueError):
+    """Bad input: the message names the field, the file or the row."""
+
+
+def require_columns(batch_or_schema_names, columns, where: str = "dataset") -> None:
+    """Raise a DataError naming every missing column."""
+    names = set(batch_or_schema_names)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {missing}; found {sorted(names)}"
+        )
+
+
+def features(batch: dict, column: str = X) -> np.ndarray:
+    """The batch's feature tensor as one float32 array (n, *shape).
+
+    Ragged rows arrive as an object array of arrays; they are a contract violation.
+    """
+    x = batch[column]
+    if isinstance(x, np.ndarray) and x.dtype != object:
+        return x.astype(np.float32, copy=False)
+    shapes = {np.shape(v) for v in x}
+    if len(shapes) > 1:
+        ids = batch.get(ID)
+        first = np.shape(x[0])
+        bad = next(i for i, v in enumerate(x) if np.shape(v) != first)
+        row = f"id {ids[bad]}" if ids is not None else f"row {bad}"
+        raise DataError(
+            f"column '{column}': ragged feature shapes {sorted(shapes)}; "
+            f"{row} has shape {np.shape(x[bad])}, the first row {first}"
+        )
+    return np.stack([np.asarray(v, dtype=np.float32) for v in x])
+
+
+def check_finite(x: np.ndarray, ids: np.ndarray | None, where: str = "column 'x'") -> None:
+    """Raise a DataError naming the first row whose features hold NaN or inf."""
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        row = f"id {int(ids[i])}" if ids is not None else f"row {i}"
+        raise DataError(f"{where}: NaN or inf in features at {row} ({int(bad.sum())} rows in all)")
