@@ -1,0 +1,1 @@
+"""The round engine: config, sources, models, Ray Train rounds, strategies, driver, reports, CLI."""

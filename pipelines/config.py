@@ -1,0 +1,182 @@
+"""The job file: typed sections with defaults, checked before anything runs.
+
+A YAML job maps onto these dataclasses one to one. Unknown keys and wrong types stop the
+run with the dotted name of the field, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A job file that cannot run: the message names the field."""
+
+
+@dataclass
+class SourceConfig:
+    """Where the data comes from and how it is split."""
+
+    kind: str = "mnist1d"  # mnist1d | digits | parquet | npz | idx | imagefolder
+    path: str | None = None  # file, folder, glob or URI (user data)
+    num_samples: int = 60000  # mnist1d only
+    label_column: str = "label"
+    feature_column: str = "x"
+    id_column: str = "id"  # assigned at ingest when the data has none
+    split_column: str = "split"  # used when present: values train / val / test
+    shape: list[int] | None = None  # reshape flat feature lists, e.g. [1, 28, 28]
+    val_fraction: float = 0.1  # of the training split
+    test_fraction: float = 0.2  # only when the source has no test split
+    image_size: list[int] | None = None  # imagefolder: resize to [H, W]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cnn1d"  # mlp | cnn1d | cnn2d | package.module:function
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = 2
+    use_gpu: bool = False
+    batch_size: int = 128
+    epochs_per_round: int = 3
+    lr: float = 0.01
+    weight_decay: float = 0.0
+    final_epochs: int = 0  # a last phase on the final subset with a one-cycle schedule
+    threads_per_worker: int = 1
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "m2"  # m2 | random | full
+    initial_ratio: float = 0.1
+    hard_per_round: int = 2000
+    reps_per_round: int = 1000
+    cluster_k: int = 20
+    cluster_on: str = "embedding"  # embedding | x
+    max_rounds: int = 5
+    target_val_accuracy: float | None = None
+    patience: int | None = None  # stop after this many rounds without a val gain
+    budget: float | None = None  # compute budget in sample-passes
+    epochs: int = 20  # the `full` baseline's epochs
+
+
+@dataclass
+class ScoreConfig:
+    batch_size: int = 1024
+    num_actors: int = 1
+    use_gpu: bool = False
+
+
+@dataclass
+class JobConfig:
+    name: str = "job"
+    seed: int = 0
+    run_dir: str = "runs/job"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def validate(self) -> "JobConfig":
+        """Range checks that the types alone do not express."""
+        s = self.strategy
+        _check(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]")
+        _check(s.name in ("m2", "random", "full"), "strategy.name", s.name,
+               "one of m2, random, full")
+        _check(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
+               "embedding or x")
+        for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
+            _check(getattr(s, name) >= 0, f"strategy.{name}", getattr(s, name), ">= 0")
+        t = self.train
+        for name in ("num_workers", "batch_size", "threads_per_worker"):
+            _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
+        _check(t.lr > 0, "train.lr", t.lr, "> 0")
+        _check(0 <= self.source.val_fraction < 1, "source.val_fraction",
+               self.source.val_fraction, "in [0, 1)")
+        _check(0 <= self.source.test_fraction < 1, "source.test_fraction",
+               self.source.test_fraction, "in [0, 1)")
+        _check(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, name: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: got {value!r}, expected {expected}")
+
+
+def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    """Read a YAML job, apply `overrides` (dotted keys), type-check and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"job file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the job must be a mapping of sections, got {type(raw).__name__}")
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(raw, where=str(path))
+
+
+def from_dict(raw: dict, where: str = "job") -> JobConfig:
+    return _build(JobConfig, raw, prefix="", where=where).validate()
+
+
+def _build(cls, raw, prefix: str, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'job'}' must be a mapping, "
+                          f"got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' "
+                          f"(known in this section: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in raw.items():
+        values[key] = _coerce(hints[key], value, f"{prefix}{key}", where)
+    return cls(**values)
+
+
+def _coerce(hint, value, name: str, where: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, prefix=f"{name}.", where=where)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{name}' must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{name}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{name}' must be a mapping, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{name}' must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: '{name}' must be an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where}: '{name}' must be {hint.__name__}, got {value!r}")
+    return value
