@@ -52,3 +52,20 @@ def check_finite(x: np.ndarray, ids: np.ndarray | None, where: str = "column 'x'
         i = int(np.argmax(bad))
         row = f"id {int(ids[i])}" if ids is not None else f"row {i}"
         raise DataError(f"{where}: NaN or inf in features at {row} ({int(bad.sum())} rows in all)")
+
+
+def from_columns(columns: dict, rows_per_block: int = 65536):
+    """A Ray Dataset from in-memory NumPy columns; multi-dimensional ones become tensor columns."""
+    import pyarrow as pa
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    n = len(next(iter(columns.values())))
+    tables = []
+    for start in range(0, max(n, 1), rows_per_block):
+        part = {}
+        for name, values in columns.items():
+            chunk = np.asarray(values[start:start + rows_per_block])
+            part[name] = ArrowTensorArray.from_numpy(chunk) if chunk.ndim > 1 else pa.array(chunk)
+        tables.append(pa.table(part))
+    return ray.data.from_arrow(tables)

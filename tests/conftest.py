@@ -4,6 +4,10 @@ import os
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray workers inherit this, so callables defined in test modules unpickle there too.
+_here = os.path.dirname(os.path.abspath(__file__))
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_here, os.path.dirname(_here), os.environ.get("PYTHONPATH")) if p)
 
 
 @pytest.fixture(scope="session")
