@@ -1,0 +1,114 @@
+"""Built-in classifiers and the user-factory hook.
+
+Every built-in model is a stack of `stages` (an nn.ModuleList): forward applies them in order,
+the output of the first k stages is the hidden representation at layer k (what adversarial
+mixup interpolates), and the input of the last stage is the embedding the scorer returns.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+
+
+class Staged(nn.Module):
+    """A classifier made of stages; the last stage maps the embedding to logits."""
+
+    def __init__(self, stages: list[nn.Module]):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages[:-1]:
+            x = stage(x)
+        return x.flatten(1)
+
+
+def mlp(input_shape, num_classes: int, hidden=(256, 128)) -> Staged:
+    widths = [math.prod(input_shape), *hidden]
+    stages = [nn.Flatten()]
+    for a, b in zip(widths, widths[1:]):
+        stages.append(nn.Sequential(nn.Linear(a, b), nn.ReLU()))
+    return Staged([*stages, nn.Linear(widths[-1], num_classes)])
+
+
+def _conv_block(conv, channels: int, dims: int) -> nn.Sequential:
+    norm = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+    return nn.Sequential(conv, norm(channels), nn.ReLU())
+
+
+def cnn1d(input_shape, num_classes: int, channels: int = 32, hidden: int = 128) -> Staged:
+    """Four convolutions (three of stride 2), then a dense layer: position-aware, for signals."""
+    in_ch, length = input_shape
+    c = channels
+    stages = [
+        _conv_block(nn.Conv1d(in_ch, c, 5, padding=2), c, 1),
+        _conv_block(nn.Conv1d(c, c, 5, stride=2, padding=2), c, 1),
+        _conv_block(nn.Conv1d(c, c, 3, stride=2, padding=1), c, 1),
+        _conv_block(nn.Conv1d(c, c, 3, stride=2, padding=1), c, 1),
+    ]
+    out_len = length
+    for _ in range(3):
+        out_len = (out_len + 1) // 2
+    stages.append(nn.Sequential(nn.Flatten(), nn.Linear(c * out_len, hidden), nn.ReLU()))
+    return Staged([*stages, nn.Linear(hidden, num_classes)])
+
+
+def cnn2d(input_shape, num_classes: int, channels: int = 32, hidden: int = 128) -> Staged:
+    """Three 3x3 convolution blocks with pooling, then a dense layer: for small images."""
+    in_ch, h, w = input_shape
+    c = channels
+    stages = [
+        _conv_block(nn.Conv2d(in_ch, c, 3, padding=1), c, 2),
+        nn.Sequential(_conv_block(nn.Conv2d(c, 2 * c, 3, padding=1), 2 * c, 2), nn.MaxPool2d(2)),
+        nn.Sequential(_conv_block(nn.Conv2d(2 * c, 2 * c, 3, padding=1), 2 * c, 2),
+                      nn.AdaptiveAvgPool2d((max(1, h // 4), max(1, w // 4)))),
+        nn.Sequential(nn.Flatten(), nn.Linear(2 * c * max(1, h // 4) * max(1, w // 4), hidden),
+                      nn.ReLU()),
+    ]
+    return Staged([*stages, nn.Linear(hidden, num_classes)])
+
+
+BUILT_IN = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d}
+
+
+def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
+    """A built-in by name, or a user factory `package.module:function(input_shape, num_classes, **kwargs)`."""
+    if cfg.name in BUILT_IN:
+        factory = BUILT_IN[cfg.name]
+    elif ":" in cfg.name:
+        module_name, _, attr = cfg.name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ConfigError(f"model.name: cannot load factory '{cfg.name}': {err}") from err
+    else:
+        raise ConfigError(f"model.name: unknown model '{cfg.name}' "
+                          f"(built-in: {', '.join(BUILT_IN)}; or package.module:function)")
+    dims = len(input_shape)
+    if cfg.name == "cnn1d" and dims != 2:
+        raise ConfigError(f"model.name: cnn1d needs features of shape (C, L), got {tuple(input_shape)}")
+    if cfg.name == "cnn2d" and dims != 3:
+        raise ConfigError(f"model.name: cnn2d needs features of shape (C, H, W), got {tuple(input_shape)}")
+    try:
+        model = factory(tuple(input_shape), num_classes, **cfg.kwargs)
+    except TypeError as err:
+        raise ConfigError(f"model.kwargs: {err}") from err
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: '{cfg.name}' returned {type(model).__name__}, not a torch nn.Module")
+    return model
+
+
+def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's embedding when it has one (built-ins do), else its logits."""
+    model = getattr(model, "module", model)
+    return model.embed(x) if hasattr(model, "embed") else model(x)
