@@ -35,7 +35,8 @@ import ray
 
 from .contract import DataError, require_columns
 
-IMAGE_ID, PRED_BOXES, PRED_SCORES, TRUE_BOXES = "image_id", "pred_boxes", "pred_scores", "true_boxes"
+IMAGE_ID, PRED_BOXES, PRED_SCORES = "image_id", "pred_boxes", "pred_scores"
+TRUE_BOXES = "true_boxes"
 INPUT_COLUMNS = [IMAGE_ID, PRED_BOXES, PRED_SCORES, TRUE_BOXES]
 BOXES = pa.list_(pa.list_(pa.float32()))
 INPUT_SCHEMA = pa.schema([(IMAGE_ID, pa.int64()), (PRED_BOXES, BOXES),

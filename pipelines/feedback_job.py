@@ -1,4 +1,4 @@
-"""`raysift feedback IN OUT`: a person's check of detections -> training annotations, as a batch job.
+"""`raysift feedback IN OUT`: a person's check of detections -> training annotations, as a job.
 
 IN is a Parquet file or directory of rows in `operators.feedback.INPUT_SCHEMA`; OUT is a
 directory of Parquet files, one row per image (see `operators.feedback`). The lead CLI calls

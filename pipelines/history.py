@@ -196,6 +196,8 @@ class HistoryLibrary:
         if not isinstance(batch_size, int) or batch_size < 1 or batch_size % world:
             raise ValueError(f"batch_size: must be a positive multiple of world ({world}), "
                              f"got {batch_size!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
         if not 0 <= rank < world:
             raise ValueError(f"rank: must be in [0, {world}), got {rank!r}")
         pending, passes = np.zeros(0, np.int64), 0

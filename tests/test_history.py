@@ -111,11 +111,14 @@ def test_batches_walk_seeded_passes_and_split_over_workers():
     assert ranks == [[first[0][0]], [first[0][1]]]
     with pytest.raises(ValueError, match="batch_size"):
         next(lib.iter_batches(3, seed=3, world=2))
+    with pytest.raises(ValueError, match="seed"):
+        next(lib.iter_batches(2, seed=-1))
 
 
 def test_save_and_load_continue_the_same_stream(tmp_path):
     ids = np.arange(12)
-    lib = HistoryLibrary(2, 2, rule="reservoir", seed=1).update(batch(ids[:6], ids[:6] % 2, ids[:6]))
+    lib = HistoryLibrary(2, 2, rule="reservoir", seed=1)
+    lib.update(batch(ids[:6], ids[:6] % 2, ids[:6]))
     lib.save(tmp_path)
     back = HistoryLibrary.load(tmp_path)
     assert (back.per_class, back.num_classes, back.rule, back.seed) == (2, 2, "reservoir", 1)
