@@ -1,0 +1,318 @@
+"""Ingest: one streaming pass from a source to checked, split, canonical Parquet shards.
+
+Output: `out_dir/{train,val,test}/part-NNNNN.parquet` with `id` int64, `label` int64 and `x` as
+Ray's float32 tensor column, plus `out_dir/info.json`. Shards are written into a temporary folder
+beside `out_dir` and renamed into place only after the whole source has passed every check, so
+bad input never leaves half an output. The train/val/test carving is a seeded hash of each id:
+the same (id, seed) lands in the same split in every run, whatever the chunking.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.extensions import ArrowTensorArray
+
+from operators.contract import ID, LABEL, X, DataError
+
+from .config import ConfigError, SourceConfig
+from .sources import SPLITS, Chunk, open_source
+
+INFO = "info.json"
+_TRAIN, _VAL, _TEST = range(3)
+
+
+@dataclass
+class DataInfo:
+    """What the rest of the run needs to know about the ingested data."""
+
+    num_classes: int
+    x_shape: tuple
+    counts: dict  # split -> rows
+    class_counts: dict  # split -> rows per class
+    class_names: list[str] | None
+    source: str  # a description of where the data came from
+
+
+def ingest(cfg: SourceConfig, seed: int, out_dir: str | Path, *, chunk_rows: int = 4096,
+           shard_rows: int = 8192) -> DataInfo:
+    """Read, check, split and write the source; never touches an existing non-empty `out_dir`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"ingest: {out_dir} already exists; it is never overwritten")
+    source = open_source(cfg, chunk_rows)
+    tmp = out_dir.with_name(f".{out_dir.name}.ingest-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = _write(source, cfg, seed, tmp, shard_rows)
+        if out_dir.exists():
+            out_dir.rmdir()
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def read_split(out_dir: str | Path, split: str):
+    """One split as a Ray Dataset: row order is id order within shards, shards in name order
+    (Ray lists a folder in path order when `DataContext.execution_options.preserve_order` is on,
+    as the driver sets it)."""
+    import ray
+
+    if split not in SPLITS:
+        raise ValueError(f"split: got {split!r}, expected one of {', '.join(SPLITS)}")
+    folder = Path(out_dir) / split
+    if not any(folder.glob("*.parquet")):
+        raise DataError(f"{folder}: no Parquet shards (was the data ingested?)")
+    # The folder, not a list of its files: Ray lists several paths in parallel threads, which
+    # race on importing fsspec's optional HTTP module when aiohttp is absent.
+    return ray.data.read_parquet(str(folder.resolve()), file_extensions=["parquet"])
+
+
+def load_info(out_dir: str | Path) -> DataInfo:
+    path = Path(out_dir) / INFO
+    if not path.exists():
+        raise DataError(f"{path} does not exist (was the data ingested?)")
+    info = DataInfo(**json.loads(path.read_text()))
+    info.x_shape = tuple(info.x_shape)
+    return info
+
+
+def unit_hash(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A number in [0, 1) per id, fixed by (id, seed): splitmix64's mix of id xor a seed key."""
+    key = _mix(np.array([seed], dtype=np.int64).view(np.uint64))
+    z = _mix(np.asarray(ids, dtype=np.int64).view(np.uint64) ^ key)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def carve(ids: np.ndarray, given: np.ndarray | None, seed: int, given_splits: frozenset,
+          test_fraction: float, val_fraction: float) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test): test carved from train rows unless the data gives a
+    test split, then val from the rest of train unless the data gives a val split."""
+    codes = np.full(len(ids), _TRAIN, np.int8) if given is None else given.copy()
+    u = unit_hash(ids, seed)
+    train = codes == _TRAIN
+    test_cut = 0.0 if "test" in given_splits else test_fraction
+    codes[train & (u < test_cut)] = _TEST
+    if "val" not in given_splits:
+        codes[train & (u >= test_cut) & ((u - test_cut) / (1 - test_cut) < val_fraction)] = _VAL
+    return codes
+
+
+def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int) -> DataInfo:
+    checker = _Checker(cfg)
+    writers = {s: _ShardWriter(tmp / s, shard_rows) for s in SPLITS}
+    per_class = {s: np.zeros(0, np.int64) for s in SPLITS}
+    try:
+        for chunk in source.chunks:
+            ids, labels, x, given = checker.check(chunk)
+            codes = carve(ids, given, seed, source.given_splits, cfg.test_fraction,
+                          cfg.val_fraction)
+            for code, split in enumerate(SPLITS):
+                m = codes == code
+                writers[split].write(ids[m], labels[m], x[m])
+                per_class[split] = _add(per_class[split], np.bincount(labels[m]))
+        checker.check_unique_ids()
+        if checker.shape is None:
+            raise DataError(f"{source.description}: the dataset is empty (no rows)")
+        for w in writers.values():
+            w.close(checker.shape)
+    finally:
+        for w in writers.values():
+            w.abort()
+    counts = {s: w.count for s, w in writers.items()}
+    if not counts["train"]:
+        raise DataError(f"{source.description}: the train split is empty ({counts}); lower "
+                        f"source.test_fraction or check source.split_column")
+    if cfg.val_fraction > 0 and not counts["val"]:
+        raise DataError(f"{source.description}: the val split is empty ({counts}); raise "
+                        f"source.val_fraction or give more data")
+    names = source.class_names
+    num_classes = max(len(names or ()), *(len(c) for c in per_class.values()))
+    info = DataInfo(num_classes=num_classes, x_shape=tuple(checker.shape), counts=counts,
+                    class_counts={s: _add(c, np.zeros(num_classes, np.int64)).tolist()
+                                  for s, c in per_class.items()},
+                    class_names=names, source=source.description)
+    (tmp / INFO).write_text(json.dumps(asdict(info), indent=1))
+    return info
+
+
+def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    n = max(len(a), len(b))
+    return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
+
+
+class _Checker:
+    """Checks chunk after chunk, keeping what must agree across them (shape, id and split mode)."""
+
+    def __init__(self, cfg: SourceConfig):
+        self.cfg = cfg
+        self.shape = None  # the row shape of the first chunk, and where it came from
+        self.shape_where = None
+        self.modes = {}  # "id" / "split" -> (given?, where the mode was set)
+        self.next_id = 0
+        self.given_ids, self.places = [], []  # ids from the data, and (offset, where, first_row)
+        self.seen = 0
+
+    def check(self, c: Chunk):
+        """Validated (ids, labels int64, x float32, given split codes or None) for one chunk."""
+        cfg, n = self.cfg, len(c.label)
+        if len(c.x) != n:
+            raise DataError(f"{c.where}: {len(c.x)} feature rows but {n} labels")
+        self._same_mode("id", c.id is not None, c.where, f"source.id_column {cfg.id_column!r}")
+        self._same_mode("split", c.split is not None, c.where,
+                        f"source.split_column {cfg.split_column!r}")
+        if c.id is None:
+            ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
+        else:
+            ids = _integers(c.id, c, f"source.id_column {cfg.id_column!r}")
+            self.given_ids.append(ids)
+            self.places.append((self.seen, c.where, c.first_row))
+        self.next_id += n
+        self.seen += n
+        labels = _integers(c.label, c, f"source.label_column {cfg.label_column!r}")
+        if (labels < 0).any():
+            i = int(np.argmax(labels < 0))
+            raise DataError(f"{c.where}: source.label_column {cfg.label_column!r} must be >= 0; "
+                            f"{_row(c, i)} has label {labels[i]}")
+        return ids, labels, self._features(c), self._given_split(c)
+
+    def _same_mode(self, what: str, given: bool, where: str, field: str) -> None:
+        first = self.modes.setdefault(what, (given, where))
+        if first[0] != given:
+            has, lacks = (where, first[1]) if given else (first[1], where)
+            raise DataError(f"{field} is in {has} but not in {lacks}: every file needs it, "
+                            f"or none")
+
+    def _features(self, c: Chunk) -> np.ndarray:
+        field = f"source.feature_column {self.cfg.feature_column!r}"
+        x = np.asarray(c.x)
+        if x.dtype.kind not in "iuf":
+            raise DataError(f"{c.where}: {field} must hold numbers, got {x.dtype}")
+        if x.ndim < 2:
+            raise DataError(f"{c.where}: {field} must hold a tensor per row, got shape {x.shape}")
+        if self.cfg.shape is not None:
+            size = int(np.prod(self.cfg.shape))
+            if size != int(np.prod(x.shape[1:])):
+                raise ConfigError(f"source.shape: {self.cfg.shape} holds {size} values, but "
+                                  f"{c.where} {_row(c, 0)} has shape {x.shape[1:]}")
+            x = x.reshape(len(x), *self.cfg.shape)
+        if self.shape is None:
+            self.shape, self.shape_where = x.shape[1:], f"{c.where} {_row(c, 0)}"
+        elif x.shape[1:] != self.shape:
+            raise DataError(f"{c.where}: {field} has ragged feature shapes: {_row(c, 0)} has "
+                            f"shape {x.shape[1:]}, {self.shape_where} has {self.shape}")
+        x = x.astype(np.float32, copy=False)
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            raise DataError(f"{c.where}: {field} holds NaN or inf at {_row(c, int(np.argmax(bad)))}"
+                            f" ({int(bad.sum())} such rows in this chunk)")
+        return x
+
+    def _given_split(self, c: Chunk) -> np.ndarray | None:
+        if c.split is None:
+            return None
+        if isinstance(c.split, str):
+            return np.full(len(c.label), SPLITS.index(c.split), np.int8)
+        codes = np.full(len(c.split), -1, np.int8)
+        for code, name in enumerate(SPLITS):
+            codes[c.split == name] = code
+        if (codes < 0).any():
+            i = int(np.argmax(codes < 0))
+            raise DataError(f"{c.where}: source.split_column {self.cfg.split_column!r} has "
+                            f"{c.split[i]!r} at {_row(c, i)}; expected train, val or test")
+        return codes
+
+    def check_unique_ids(self) -> None:
+        if not self.given_ids:
+            return
+        ids = np.concatenate(self.given_ids)
+        order = np.argsort(ids, kind="stable")
+        dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        if len(dup):
+            a, b = order[dup[0]], order[dup[0] + 1]
+            raise DataError(f"source.id_column {self.cfg.id_column!r}: id {ids[a]} appears more "
+                            f"than once: {self._place(a)} and {self._place(b)}")
+
+    def _place(self, k: int) -> str:
+        offsets = [p[0] for p in self.places]
+        offset, where, first_row = self.places[int(np.searchsorted(offsets, k, "right")) - 1]
+        return f"{where} row {first_row + k - offset}"
+
+
+def _row(c: Chunk, i: int) -> str:
+    return f"row {c.first_row + i}"
+
+
+def _integers(values, c: Chunk, field: str) -> np.ndarray:
+    """Values as int64; floats are accepted when they are whole numbers (1.0, not 1.5 or NaN)."""
+    v = np.asarray(values)
+    if v.dtype.kind in "iu":
+        return v.astype(np.int64, copy=False)
+    if v.dtype.kind != "f":
+        raise DataError(f"{c.where}: {field} must hold integers, got {v.dtype}")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(v) | (v != np.round(v))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{c.where}: {field} must hold integers; {_row(c, i)} has {v[i]}")
+    return v.astype(np.int64)
+
+
+class _ShardWriter:
+    """Appends rows to part-00000.parquet, part-00001.parquet, ... of at most `rows` rows each."""
+
+    def __init__(self, folder: Path, rows: int):
+        folder.mkdir(parents=True)
+        self.folder, self.rows = folder, rows
+        self.writer, self.in_file, self.files, self.count = None, 0, 0, 0
+
+    def write(self, ids: np.ndarray, labels: np.ndarray, x: np.ndarray) -> None:
+        start = 0
+        while start < len(ids):
+            if self.writer is None or self.in_file == self.rows:
+                self._next_file(_table(ids[:0], labels[:0], x[:0]).schema)
+            k = min(self.rows - self.in_file, len(ids) - start)
+            end = start + k
+            self.writer.write_table(_table(ids[start:end], labels[start:end], x[start:end]))
+            self.in_file += k
+            self.count += k
+            start = end
+
+    def close(self, shape: tuple) -> None:
+        """Finish the last shard; an empty split gets one empty shard, so it reads as a Dataset."""
+        if self.writer is None:
+            empty = _table(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                           np.zeros((0, *shape), np.float32))
+            self._next_file(empty.schema)
+        self.abort()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _next_file(self, schema: pa.Schema) -> None:
+        self.abort()
+        self.writer = pq.ParquetWriter(self.folder / f"part-{self.files:05d}.parquet", schema)
+        self.files += 1
+        self.in_file = 0
+
+
+def _table(ids: np.ndarray, labels: np.ndarray, x: np.ndarray) -> pa.Table:
+    return pa.table({ID: pa.array(ids, pa.int64()), LABEL: pa.array(labels, pa.int64()),
+                     X: ArrowTensorArray.from_numpy(np.ascontiguousarray(x))})

@@ -1,0 +1,490 @@
+"""Readers, one per source format, that stream raw chunks of label / x [/ id] [/ split].
+
+A reader only decodes its format. It yields `Chunk`s of NumPy arrays that say which file and row
+they came from, so that `ingest` can check the values and name the place of a bad one. Readers of
+user data (parquet, idx, imagefolder) hold one chunk at a time, never the whole dataset.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import ray.data.extensions  # noqa: F401  registers Ray's tensor types, so Parquet reads them back
+
+from operators.contract import DataError, require_columns
+
+from .config import ConfigError, SourceConfig
+
+SPLITS = ("train", "val", "test")
+CHUNK_BYTES = 64 << 20  # a chunk's feature bytes stay below this, whatever `chunk_rows` says
+MNIST1D_SEED = 42  # the package's own seed: the standard MNIST-1D, whatever the job's seed is
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of one file or array, before validation."""
+
+    label: np.ndarray
+    x: np.ndarray  # (n, *shape), any numeric dtype
+    where: str  # the file (or array) the rows come from
+    first_row: int  # the row number of x[0] within `where`
+    id: np.ndarray | None = None
+    split: np.ndarray | str | None = None  # split names per row, or one name for all rows
+
+
+@dataclass
+class Source:
+    """An opened source: paths and headers checked, rows read only when `chunks` is iterated."""
+
+    chunks: Iterator[Chunk]
+    description: str
+    given_splits: frozenset = frozenset()  # the splits the data itself assigns
+    class_names: list[str] | None = None
+
+
+def open_source(cfg: SourceConfig, chunk_rows: int = 4096) -> Source:
+    """The reader for `cfg.kind`, opened on `cfg.path`."""
+    readers = {"mnist1d": read_mnist1d, "digits": read_digits, "parquet": read_parquet,
+               "npz": read_npz, "idx": read_idx, "imagefolder": read_imagefolder}
+    if cfg.kind not in readers:
+        raise ConfigError(f"source.kind: got {cfg.kind!r}, expected one of {', '.join(readers)}")
+    if cfg.kind not in ("mnist1d", "digits") and not cfg.path:
+        raise ConfigError(f"source.path: required for source.kind {cfg.kind!r}")
+    return readers[cfg.kind](cfg, chunk_rows)
+
+
+def _rows_per_chunk(row_bytes: float, chunk_rows: int) -> int:
+    return max(1, min(chunk_rows, int(CHUNK_BYTES // max(row_bytes, 1))))
+
+
+def _array_chunks(label, x, where: str, chunk_rows: int, id=None, split=None):
+    step = _rows_per_chunk(x[0].nbytes if len(x) else 1, chunk_rows)
+    for s in range(0, len(x), step):
+        yield Chunk(label[s:s + step], x[s:s + step], where, s,
+                    None if id is None else id[s:s + step], split)
+
+
+# ---- built-in data ---------------------------------------------------------------------------
+
+def read_mnist1d(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """MNIST-1D with its own 80/20 train/test split; x is (1, 40): one channel for a 1-D CNN."""
+    if cfg.num_samples < 10:
+        raise ConfigError(f"source.num_samples: got {cfg.num_samples}, expected >= 10 "
+                          f"(one per class at least)")
+    data = _mnist1d_arrays(cfg.num_samples)
+
+    def chunks():
+        for split, suffix in (("train", ""), ("test", "_test")):
+            x = data["x" + suffix].astype(np.float32)[:, None, :]
+            yield from _array_chunks(data["y" + suffix], x, f"mnist1d {split}", chunk_rows,
+                                     split=split)
+
+    return Source(chunks(), f"mnist1d (num_samples={cfg.num_samples}, seed {MNIST1D_SEED})",
+                  frozenset({"train", "test"}), [str(c) for c in range(10)])
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raysift"
+
+
+def _mnist1d_arrays(num_samples: int) -> dict:
+    """Generated once per size and kept as .npz: 60,000 samples take ~14 s to make."""
+    path = _cache_dir() / f"mnist1d-n{num_samples}-seed{MNIST1D_SEED}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples, args.seed = num_samples, MNIST1D_SEED
+    np_state, py_state = np.random.get_state(), random.getstate()  # it seeds the global RNGs
+    try:
+        made = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    arrays = {k: np.asarray(made[k]) for k in ("x", "y", "x_test", "y_test")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+    return arrays
+
+
+def read_digits(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """scikit-learn's 8x8 digits, scaled from 0..16 to [0, 1]; no given test split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    return Source(_array_chunks(d.target, x, "digits", chunk_rows),
+                  f"digits (scikit-learn, {len(x)} images 8x8)",
+                  class_names=[str(c) for c in d.target_names])
+
+
+# ---- finding user files ----------------------------------------------------------------------
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem for a local path or URI; fsspec serves schemes pyarrow lacks."""
+    if "://" not in path:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except pa.ArrowInvalid:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(path)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+    except OSError as e:
+        raise DataError(f"source.path: cannot open {path}: {e}") from e
+
+
+def list_files(path: str, suffixes: tuple[str, ...]) -> tuple[pafs.FileSystem, list[str]]:
+    """The files `path` names, sorted: a file, a folder's files ending in `suffixes`, or a glob."""
+    fs, root = filesystem(path)
+    if any(c in root for c in "*?["):
+        parts = root.split("/")
+        first_glob = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
+        base = "/".join(parts[:first_glob]) or "/"
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, root)
+                       and ("**" in root or i.path.count("/") == root.count("/")))
+        if not files:
+            raise DataError(f"source.path: the glob {path!r} matches no files")
+        return fs, files
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"source.path: {path} does not exist")
+    if info.type == pafs.FileType.File:
+        return fs, [root]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = sorted(i.path for i in infos if i.is_file and i.base_name.endswith(suffixes)
+                   and not _hidden(i.path[len(root):]))
+    if not files:
+        raise DataError(f"source.path: no {' / '.join(suffixes)} files under {path}")
+    return fs, files
+
+
+def _hidden(relative: str) -> bool:
+    return any(p.startswith((".", "_")) for p in relative.split("/") if p)
+
+
+# ---- Parquet ---------------------------------------------------------------------------------
+
+def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """Parquet files read in record batches; features as a tensor column or a (nested) list."""
+    fs, files = list_files(cfg.path, (".parquet", ".pq"))
+    given = set()
+    for f in files:
+        names = pq.read_schema(f, filesystem=fs).names
+        require_columns(names, [cfg.label_column], where=f"{f}: source.label_column")
+        require_columns(names, [cfg.feature_column], where=f"{f}: source.feature_column")
+        if cfg.split_column in names:
+            given |= _split_values(fs, f, cfg.split_column)
+
+    def chunks():
+        for f in files:
+            with pq.ParquetFile(f, filesystem=fs) as pf:
+                yield from _parquet_chunks(pf, f, cfg, chunk_rows)
+
+    return Source(chunks(), f"parquet {cfg.path} ({len(files)} files)",
+                  frozenset(given & set(SPLITS)))
+
+
+def _split_values(fs, path: str, column: str) -> set:
+    with pq.ParquetFile(path, filesystem=fs) as pf:
+        return {v for b in pf.iter_batches(columns=[column])
+                for v in pc.unique(b.column(0)).to_pylist()}
+
+
+def _parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows: int):
+    names = pf.schema_arrow.names
+    wanted = [cfg.label_column, cfg.feature_column, cfg.id_column, cfg.split_column]
+    columns = [c for c in dict.fromkeys(wanted) if c in names]
+    md = pf.metadata
+    row_bytes = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    rows = _rows_per_chunk(row_bytes / max(md.num_rows, 1), chunk_rows)
+    start = 0
+    for batch in pf.iter_batches(batch_size=rows, columns=columns):
+        if not batch.num_rows:
+            continue
+        has = batch.schema.names
+        yield Chunk(
+            label=_numbers(batch.column(cfg.label_column), f"{path}: source.label_column "
+                           f"{cfg.label_column!r}"),
+            x=_tensor(batch.column(cfg.feature_column), path, start,
+                      f"source.feature_column {cfg.feature_column!r}"),
+            where=path, first_row=start,
+            id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column "
+                        f"{cfg.id_column!r}") if cfg.id_column in has else None,
+            split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
+                           f"{cfg.split_column!r}") if cfg.split_column in has else None)
+        start += batch.num_rows
+
+
+def _numbers(col: pa.Array, what: str) -> np.ndarray:
+    """Numeric values as NumPy (nulls become NaN, which `ingest` rejects by row)."""
+    t = col.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
+        raise DataError(f"{what} must hold integers, got type {t}")
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _strings(col: pa.Array, what: str) -> np.ndarray:
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise DataError(f"{what} must hold the strings train / val / test, got type {col.type}")
+    return col.to_numpy(zero_copy_only=False)
+
+
+def _tensor(col: pa.Array, path: str, first_row: int, what: str) -> np.ndarray:
+    """(n, *shape) from Ray's tensor column or a (nested) list column; ragged rows are errors."""
+    if isinstance(col.type, pa.ExtensionType):
+        values = col.to_numpy()
+        return values if values.dtype != object else _stack(values, path, first_row, what)
+    if not _is_list(col.type):
+        raise DataError(f"{path}: {what} must be a tensor or list column, got type {col.type}")
+    n, dims, values = len(col), [], col
+    while _is_list(values.type):
+        lengths = pc.list_value_length(values).fill_null(-1).to_numpy(zero_copy_only=False)
+        odd = np.flatnonzero((lengths != lengths[0]) | (lengths < 0))
+        if len(odd):
+            k = int(odd[0])
+            row = first_row + k // (len(lengths) // n)
+            state = "null" if lengths[k] < 0 else f"of length {lengths[k]}, not {lengths[0]}"
+            raise DataError(f"{path}: {what} has ragged feature shapes: row {row} holds a list "
+                            f"{state} (set the rows to one shape)")
+        dims.append(int(lengths[0]))
+        values = values.flatten()
+    return values.to_numpy(zero_copy_only=False).reshape(n, *dims)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _stack(rows: np.ndarray, where: str, first_row: int, what: str) -> np.ndarray:
+    first = np.shape(rows[0])
+    for i, r in enumerate(rows):
+        if np.shape(r) != first:
+            raise DataError(f"{where}: {what} has ragged feature shapes: row {first_row + i} has "
+                            f"shape {np.shape(r)}, row {first_row} {first}")
+    return np.stack(rows)
+
+
+# ---- NumPy .npz ------------------------------------------------------------------------------
+
+def read_npz(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """Arrays named by the label / feature / id columns; `<name>_val`, `<name>_test` give splits."""
+    fs, files = list_files(cfg.path, (".npz",))
+    suffixes = {"train": "", "val": "_val", "test": "_test"}
+    given = set()
+    for f in files:
+        with fs.open_input_file(f) as fh, np.load(fh) as z:
+            require_columns(z.files, [cfg.label_column], where=f"{f}: source.label_column")
+            require_columns(z.files, [cfg.feature_column], where=f"{f}: source.feature_column")
+            for split in ("val", "test"):
+                keys = [cfg.feature_column + suffixes[split], cfg.label_column + suffixes[split]]
+                if any(k in z.files for k in keys):
+                    require_columns(z.files, keys, where=f"{f}: the given {split} split")
+                    given.add(split)
+
+    def chunks():
+        for f in files:
+            with fs.open_input_file(f) as fh, np.load(fh) as z:
+                for split, suffix in suffixes.items():
+                    xk, lk, ik = (c + suffix for c in (cfg.feature_column, cfg.label_column,
+                                                       cfg.id_column))
+                    if xk not in z.files:
+                        continue
+                    x, label = _npz_array(z, xk, f), _npz_array(z, lk, f)
+                    ids = _npz_array(z, ik, f) if ik in z.files else None
+                    for k, a in ((lk, label), (ik, ids)):
+                        if a is not None and len(a) != len(x):
+                            raise DataError(f"{f}: arrays '{xk}' ({len(x)} rows) and '{k}' "
+                                            f"({len(a)} rows) differ in length")
+                    yield from _array_chunks(label, x, f"{f} ['{xk}']", chunk_rows, ids,
+                                             split if given else None)
+
+    return Source(chunks(), f"npz {cfg.path} ({len(files)} files)", frozenset(given))
+
+
+def _npz_array(z, key: str, path: str) -> np.ndarray:
+    try:
+        return z[key]
+    except ValueError as e:  # object (e.g. ragged) arrays need pickle, which we never allow
+        raise DataError(f"{path}: array '{key}' cannot be read as numbers: {e}") from e
+
+
+# ---- MNIST-style IDX -------------------------------------------------------------------------
+
+_IDX_NAME = re.compile(r"^(?P<prefix>.+)-(?P<kind>images|labels)-idx\d-ubyte(\.gz)?$")
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """`<prefix>-images-idx3-ubyte[.gz]` with `<prefix>-labels-idx1-ubyte[.gz]`: `train*` files
+    are the train split, `t10k*` (or `*test*`) the test split; images (1, H, W) in [0, 1]."""
+    fs, files = list_files(cfg.path, ("-ubyte", "-ubyte.gz"))
+    pairs: dict[str, dict] = {}
+    for f in files:
+        m = _IDX_NAME.match(PurePosixPath(f).name)
+        if m:
+            pairs.setdefault(m["prefix"], {})[m["kind"]] = f
+    if not pairs:
+        raise DataError(f"source.path: no *-images-idx3-ubyte[.gz] files in {cfg.path}")
+    parts = []
+    for prefix, pair in sorted(pairs.items()):
+        for need in ("images", "labels"):
+            if need not in pair:
+                raise DataError(f"{next(iter(pair.values()))}: no matching "
+                                f"{prefix}-{need}-idx?-ubyte[.gz] file beside it")
+        image_dims = _idx_header_of(fs, pair["images"])[1]
+        label_dims = _idx_header_of(fs, pair["labels"])[1]
+        if len(image_dims) < 2 or len(label_dims) != 1 or image_dims[0] != label_dims[0]:
+            raise DataError(f"{pair['images']} holds {image_dims}, {pair['labels']} holds "
+                            f"{label_dims}: expected N images and N labels")
+        parts.append((_idx_split(prefix, pair["images"]), pair, image_dims))
+
+    def chunks():
+        for split, pair, image_dims in parts:
+            rows = _rows_per_chunk(4 * math.prod(image_dims[1:]), chunk_rows)
+            start = 0
+            for images, labels in zip(_idx_rows(fs, pair["images"], rows),
+                                      _idx_rows(fs, pair["labels"], rows)):
+                x = images.astype(np.float32)
+                if images.dtype == np.uint8:
+                    x /= 255.0
+                yield Chunk(labels, x[:, None] if x.ndim == 3 else x, pair["images"], start,
+                            split=split)
+                start += len(labels)
+
+    return Source(chunks(), f"idx {cfg.path} ({', '.join(sorted(pairs))})",
+                  frozenset(s for s, _, _ in parts))
+
+
+def _idx_split(prefix: str, path: str) -> str:
+    if prefix.startswith("t10k") or "test" in prefix:
+        return "test"
+    if "train" in prefix:
+        return "train"
+    raise DataError(f"{path}: cannot tell its split: IDX names start with 'train' or 't10k'")
+
+
+def _idx_header(stream, path: str) -> tuple[np.dtype, tuple]:
+    head = stream.read(4)
+    if len(head) < 4 or head[0] or head[1] or head[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (first bytes {head.hex()})")
+    raw = stream.read(4 * head[3])
+    if len(raw) < 4 * head[3]:
+        raise DataError(f"{path}: the IDX header ends early")
+    return np.dtype(_IDX_TYPES[head[2]]), tuple(int(d) for d in np.frombuffer(raw, ">u4"))
+
+
+def _idx_header_of(fs, path: str) -> tuple[np.dtype, tuple]:
+    with fs.open_input_stream(path, compression="detect") as s:
+        return _idx_header(s, path)
+
+
+def _idx_rows(fs, path: str, rows: int) -> Iterator[np.ndarray]:
+    with fs.open_input_stream(path, compression="detect") as s:
+        dtype, dims = _idx_header(s, path)
+        per_row = math.prod(dims[1:]) * dtype.itemsize
+        for start in range(0, dims[0], rows):
+            k = min(rows, dims[0] - start)
+            buf = s.read(k * per_row)
+            if len(buf) < k * per_row:
+                raise DataError(f"{path}: the file ends at row {start + len(buf) // per_row}, "
+                                f"its header says {dims[0]} rows")
+            yield np.frombuffer(buf, dtype).reshape(k, *dims[1:])
+
+
+# ---- image folder ----------------------------------------------------------------------------
+
+def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """One subfolder per class (class index = sorted folder names); x (C, H, W) in [0, 1]."""
+    fs, root = filesystem(cfg.path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"source.path: {cfg.path} does not exist")
+    if info.type != pafs.FileType.Directory:
+        raise DataError(f"source.path: {cfg.path} must be a folder with one subfolder per class")
+    classes = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
+                     if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
+    if not classes:
+        raise DataError(f"source.path: {cfg.path} has no class subfolders")
+    items = []
+    for label, name in enumerate(classes):
+        folder = f"{root.rstrip('/')}/{name}"
+        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+        items += [(i.path, label) for i in sorted(infos, key=lambda i: i.path)
+                  if i.is_file and i.base_name.lower().endswith(IMAGE_SUFFIXES)
+                  and not _hidden(i.path[len(folder):])]
+    if not items:
+        raise DataError(f"source.path: no images in the class subfolders of {cfg.path} "
+                        f"({', '.join(classes)})")
+    mode, size = _image_layout(fs, items, cfg.image_size)
+
+    def chunks():
+        channels = 1 if mode == "L" else 3
+        rows = _rows_per_chunk(4 * channels * size[0] * size[1], chunk_rows)
+        for s in range(0, len(items), rows):
+            part = items[s:s + rows]
+            x = np.stack([_load_image(fs, p, mode, size) for p, _ in part])
+            label = np.array([c for _, c in part], dtype=np.int64)
+            yield Chunk(label, x, cfg.path, s)
+
+    return Source(chunks(), f"imagefolder {cfg.path} ({len(classes)} classes)",
+                  class_names=classes)
+
+
+def _image_layout(fs, items: list, image_size) -> tuple[str, tuple]:
+    """The common mode (L when every image is grey, else RGB) and (H, W) of all images."""
+    from PIL import Image
+
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ConfigError(f"source.image_size: got {image_size}, expected [height, width]")
+    grey, first = True, None
+    for path, _ in items:
+        with fs.open_input_file(path) as fh:
+            try:
+                img = Image.open(fh)
+            except Exception as e:
+                raise DataError(f"{path}: not a readable image: {e}") from e
+            grey &= img.mode in _GRAY_MODES
+            hw = (img.height, img.width)
+        if first is None:
+            first = (path, hw)
+        elif image_size is None and hw != first[1]:
+            raise DataError(f"{path}: image size {hw[0]}x{hw[1]} differs from {first[0]} "
+                            f"({first[1][0]}x{first[1][1]}); set source.image_size to resize all")
+    size = tuple(image_size) if image_size is not None else first[1]
+    return ("L" if grey else "RGB"), size
+
+
+def _load_image(fs, path: str, mode: str, size: tuple) -> np.ndarray:
+    from PIL import Image
+
+    with fs.open_input_file(path) as fh:
+        try:
+            img = Image.open(fh).convert(mode)
+        except Exception as e:
+            raise DataError(f"{path}: not a readable image: {e}") from e
+    if (img.height, img.width) != size:
+        img = img.resize((size[1], size[0]), Image.BILINEAR)
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)

@@ -1,0 +1,198 @@
+"""Ingest: deterministic ids and splits, and every bad input stopped with a message naming it."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from operators.contract import DataError
+from pipelines.config import ConfigError, SourceConfig
+from pipelines.ingest import carve, ingest, unit_hash
+
+
+def shard_table(folder):
+    return pq.read_table(sorted(str(p) for p in folder.iterdir()))
+
+
+def split_ids(out_dir):
+    return {s: shard_table(out_dir / s).column("id").to_pylist() for s in ("train", "val", "test")}
+
+
+def write(path, labels, x, **extra):
+    """A Parquet file whose `x` is a list column (ragged rows allowed)."""
+    pq.write_table(pa.table({"label": labels, "x": pa.array(x, pa.list_(pa.float64())),
+                             **extra}), path)
+    return path
+
+
+def parquet_cfg(path, **kw):
+    return SourceConfig(kind="parquet", path=str(path), val_fraction=0.0, test_fraction=0.0,
+                        **kw)
+
+
+def test_unit_hash_is_fixed_by_id_and_seed_and_near_uniform():
+    ids = np.arange(20000)
+    u = unit_hash(ids, 7)
+    np.testing.assert_array_equal(u, unit_hash(ids, 7))
+    assert not np.array_equal(u, unit_hash(ids, 8))
+    assert ((0 <= u) & (u < 1)).all()
+    assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 1850
+
+
+def test_carve_fractions_and_a_given_test_split_kept():
+    ids = np.arange(20000)
+    codes = carve(ids, None, 0, frozenset(), test_fraction=0.2, val_fraction=0.25)
+    assert abs(np.mean(codes == 2) - 0.2) < 0.01
+    assert abs(np.mean(codes == 1) - 0.8 * 0.25) < 0.01
+    given = np.where(ids % 4 == 0, 2, 0).astype(np.int8)
+    codes = carve(ids, given, 0, frozenset({"train", "test"}), 0.2, 0.25)
+    np.testing.assert_array_equal(codes == 2, ids % 4 == 0)
+    assert abs(np.mean(codes[ids % 4 != 0] == 1) - 0.25) < 0.015
+
+
+def test_same_seed_same_ids_and_splits_whatever_the_chunking(tmp_path):
+    cfg = SourceConfig(kind="digits", val_fraction=0.1, test_fraction=0.2)
+    ingest(cfg, 5, tmp_path / "a", chunk_rows=4096)
+    ingest(cfg, 5, tmp_path / "b", chunk_rows=37, shard_rows=100)
+    ingest(cfg, 6, tmp_path / "c")
+    a, b, c = (split_ids(tmp_path / d) for d in "abc")
+    assert a == b
+    assert a != c
+    assert sorted(a["train"] + a["val"] + a["test"]) == list(range(1797))
+    assert len((list((tmp_path / "b" / "train").iterdir()))) == -(-len(b["train"]) // 100)
+
+
+def test_values_survive_with_the_ids_they_came_with(tmp_path):
+    x = np.arange(12.0).reshape(6, 2)
+    write(tmp_path / "d.parquet", [3, 1, 4, 1, 5, 9], x.tolist(), id=[60, 50, 40, 30, 20, 10])
+    ingest(SourceConfig(kind="parquet", path=str(tmp_path), val_fraction=0.3,
+                        test_fraction=0.3), 1, tmp_path / "out")
+    rows = {}
+    for s in ("train", "val", "test"):
+        t = shard_table(tmp_path / "out" / s)
+        xs = np.concatenate([c.to_numpy() for c in t.column("x").chunks]) if t.num_rows else []
+        rows |= {i: (lab, list(v)) for i, lab, v in zip(t.column("id").to_pylist(),
+                                                         t.column("label").to_pylist(), xs)}
+    assert rows == {10: (9, [10, 11]), 20: (5, [8, 9]), 30: (1, [6, 7]), 40: (4, [4, 5]),
+                    50: (1, [2, 3]), 60: (3, [0, 1])}
+
+
+# ---- bad input: each stops with a message naming the field, the file and the row ----------
+
+def test_misnamed_label_column_lists_the_columns_found(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 1], [[1.0], [2.0]])
+    with pytest.raises(DataError) as e:
+        ingest(parquet_cfg(path, label_column="target"), 0, tmp_path / "out")
+    msg = str(e.value)
+    assert "d.parquet" in msg and "source.label_column" in msg and "'target'" in msg
+    assert "found ['label', 'x']" in msg
+
+
+def test_missing_feature_column(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 1], [[1.0], [2.0]])
+    with pytest.raises(DataError, match=r"d\.parquet: source\.feature_column: missing column\(s\) "
+                                        r"\['pixels'\]; found \['label', 'x'\]"):
+        ingest(parquet_cfg(path, feature_column="pixels"), 0, tmp_path / "out")
+
+
+def test_non_integer_label(tmp_path):
+    path = write(tmp_path / "d.parquet", [0.0, 1.0, 1.5], [[1.0], [2.0], [3.0]])
+    with pytest.raises(DataError, match=r"d\.parquet: source\.label_column 'label' must hold "
+                                        r"integers; row 2 has 1\.5"):
+        ingest(parquet_cfg(path), 0, tmp_path / "out")
+
+
+def test_negative_label(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 2, -1, 1], [[1.0]] * 4)
+    with pytest.raises(DataError, match=r"d\.parquet: source\.label_column 'label' must be >= 0;"
+                                        r" row 2 has label -1"):
+        ingest(parquet_cfg(path), 0, tmp_path / "out")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_features_names_the_row(bad, tmp_path):
+    write(tmp_path / "a.parquet", [0, 1], [[1.0, 2.0], [3.0, 4.0]])
+    path = write(tmp_path / "b.parquet", [0, 1, 0], [[1.0, 2.0], [3.0, 4.0], [bad, 0.0]])
+    with pytest.raises(DataError, match=r"b\.parquet: source\.feature_column 'x' holds NaN or inf "
+                                        r"at row 2 \(1 such rows"):
+        ingest(parquet_cfg(tmp_path), 0, tmp_path / "out", chunk_rows=2)
+    assert path.exists() and not (tmp_path / "out").exists()
+
+
+def test_ragged_feature_lists_within_a_file(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 1, 0], [[1.0, 2.0], [3.0, 4.0], [5.0]])
+    with pytest.raises(DataError, match=r"d\.parquet: source\.feature_column 'x' has ragged "
+                                        r"feature shapes: row 2 holds a list of length 1, not 2"):
+        ingest(parquet_cfg(path), 0, tmp_path / "out")
+
+
+def test_ragged_feature_shapes_across_files(tmp_path):
+    write(tmp_path / "a.parquet", [0, 1], [[1.0, 2.0], [3.0, 4.0]])
+    write(tmp_path / "b.parquet", [0], [[1.0, 2.0, 3.0]])
+    with pytest.raises(DataError, match=r"b\.parquet: .*ragged feature shapes: row 0 has shape "
+                                        r"\(3,\), .*a\.parquet row 0 has \(2,\)"):
+        ingest(parquet_cfg(tmp_path), 0, tmp_path / "out")
+
+
+def test_shape_that_does_not_fit_the_rows(tmp_path):
+    path = write(tmp_path / "d.parquet", [0], [[1.0, 2.0, 3.0]])
+    with pytest.raises(ConfigError, match=r"source\.shape: \[1, 2, 2\] holds 4 values, but .*"
+                                          r"d\.parquet row 0 has shape \(3,\)"):
+        ingest(parquet_cfg(path, shape=[1, 2, 2]), 0, tmp_path / "out")
+
+
+def test_duplicate_ids_name_the_id_and_both_places(tmp_path):
+    write(tmp_path / "a.parquet", [0, 1], [[1.0], [2.0]], id=[4, 7])
+    write(tmp_path / "b.parquet", [0, 1], [[1.0], [2.0]], id=[5, 7])
+    with pytest.raises(DataError, match=r"source\.id_column 'id': id 7 appears more than once: "
+                                        r".*a\.parquet row 1 and .*b\.parquet row 1"):
+        ingest(parquet_cfg(tmp_path), 0, tmp_path / "out")
+
+
+def test_bad_split_value(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 1], [[1.0], [2.0]], split=["train", "tset"])
+    with pytest.raises(DataError, match=r"d\.parquet: source\.split_column 'split' has 'tset' at "
+                                        r"row 1; expected train, val or test"):
+        ingest(parquet_cfg(path), 0, tmp_path / "out")
+
+
+def test_empty_dataset(tmp_path):
+    write(tmp_path / "d.parquet", pa.array([], pa.int64()), [])
+    with pytest.raises(DataError, match=r"parquet .* \(1 files\): the dataset is empty"):
+        ingest(parquet_cfg(tmp_path), 0, tmp_path / "out")
+
+
+def test_empty_train_split(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 1], [[1.0], [2.0]], split=["test", "val"])
+    with pytest.raises(DataError, match=r"the train split is empty \(\{'train': 0, 'val': 1, "
+                                        r"'test': 1\}\)"):
+        ingest(parquet_cfg(path), 0, tmp_path / "out")
+
+
+def test_path_that_does_not_exist(tmp_path):
+    with pytest.raises(DataError, match=r"source\.path: .*nowhere\.npz does not exist"):
+        ingest(SourceConfig(kind="npz", path=str(tmp_path / "nowhere.npz")), 0, tmp_path / "o")
+
+
+def test_glob_that_matches_nothing(tmp_path):
+    write(tmp_path / "d.parquet", [0], [[1.0]])
+    with pytest.raises(DataError, match=r"source\.path: the glob '.*\*\.pq' matches no files"):
+        ingest(parquet_cfg(tmp_path / "*.pq"), 0, tmp_path / "out")
+
+
+def test_unknown_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"source\.kind: got 'csv', expected one of mnist1d, "
+                                          r"digits, parquet, npz, idx, imagefolder"):
+        ingest(SourceConfig(kind="csv", path=str(tmp_path)), 0, tmp_path / "out")
+
+
+def test_bad_input_leaves_no_output_and_keeps_an_existing_one(tmp_path):
+    path = write(tmp_path / "d.parquet", [0, 1, 2], [[1.0], [2.0], [float("nan")]])
+    with pytest.raises(DataError):
+        ingest(parquet_cfg(path), 0, tmp_path / "out", shard_rows=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.parquet"]
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="old already exists; it is never overwritten"):
+        ingest(SourceConfig(kind="digits"), 0, tmp_path / "old")
+    assert [p.name for p in (tmp_path / "old").iterdir()] == ["keep.txt"]
