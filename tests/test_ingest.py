@@ -125,6 +125,18 @@ def test_ragged_feature_lists_within_a_file(tmp_path):
         ingest(parquet_cfg(path), 0, tmp_path / "out")
 
 
+def test_ragged_tensor_column(tmp_path):
+    from ray.data.extensions import ArrowTensorArray
+
+    rows = np.empty(3, dtype=object)
+    rows[:] = [np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 3))]
+    pq.write_table(pa.table({"label": [0, 1, 0], "x": ArrowTensorArray.from_numpy(rows)}),
+                   tmp_path / "t.parquet")
+    with pytest.raises(DataError, match=r"t\.parquet: source\.feature_column 'x' has ragged "
+                                        r"feature shapes: row 2 has shape \(2, 3\), row 0 \(2, 2\)"):
+        ingest(parquet_cfg(tmp_path), 0, tmp_path / "out")
+
+
 def test_ragged_feature_shapes_across_files(tmp_path):
     write(tmp_path / "a.parquet", [0, 1], [[1.0, 2.0], [3.0, 4.0]])
     write(tmp_path / "b.parquet", [0], [[1.0, 2.0, 3.0]])
