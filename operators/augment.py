@@ -48,7 +48,8 @@ def span(value, name: str, centre: float = 0.0) -> tuple[float, float]:
     try:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number or a (low, high) pair, got {value!r}") from None
+        raise ValueError(
+            f"{name}: expected a number or a (low, high) pair, got {value!r}") from None
     if low > high:
         raise ValueError(f"{name}: low {low} is above high {high}")
     return low, high
@@ -124,7 +125,8 @@ class Flip:
         dims = spatial_dims(x)
         if self.axis == "vertical":
             if dims != 2:
-                raise ValueError(f"flip: axis 'vertical' needs images (N, C, H, W), got {tuple(x.shape)}")
+                raise ValueError("flip: axis 'vertical' needs images (N, C, H, W), "
+                                 f"got {tuple(x.shape)}")
             return x.flip(-2)
         return x.flip(-1)
 
@@ -329,7 +331,8 @@ class RandomErasing:
         f32 = torch.empty(0, device=x.device)
         s = uniform(len(x), self.scale, generator, f32) * math.prod(shape)
         if dims == 2:
-            r = uniform(len(x), (math.log(self.ratio[0]), math.log(self.ratio[1])), generator, f32).exp()
+            log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+            r = uniform(len(x), log_ratio, generator, f32).exp()
             sizes = [(s * r).sqrt(), (s / r).sqrt()]
         else:
             sizes = [s]

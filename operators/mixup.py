@@ -265,9 +265,10 @@ def _smote_group(batch: dict, target, k: int, seed: int, ids: IdScheme,
                       np.stack([row_ids[a], row_ids[nb]], 1), y)
 
 
-def class_counts(ds) -> dict[int, int]:
+def class_counts(ds, num_partitions: int | None = None) -> dict[int, int]:
     """Rows per label."""
-    return {int(r[LABEL]): int(r["count()"]) for r in ds.groupby(LABEL).count().take_all()}
+    grouped = ds.groupby(LABEL, num_partitions=num_partitions).count()
+    return {int(r[LABEL]): int(r["count()"]) for r in grouped.take_all()}
 
 
 def smote_dataset(ds, *, seed: int, ids: IdScheme, target: int | dict | None = None, k: int = 5,
@@ -284,7 +285,7 @@ def smote_dataset(ds, *, seed: int, ids: IdScheme, target: int | dict | None = N
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     if target is None:
-        target = max(class_counts(ds).values(), default=0)
+        target = max(class_counts(ds, num_partitions).values(), default=0)
     counts = target.values() if isinstance(target, dict) else [target]
     if any(int(c) < 0 for c in counts):
         raise ValueError(f"target: counts must be >= 0, got {target}")

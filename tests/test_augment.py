@@ -5,7 +5,7 @@ import torch
 
 from operators.augment import (Brightness, Compose, Contrast, CropResize, Flip, GaussianNoise,
                                Hue, IdScheme, RandomErasing, Rotate, Saturation, Shear, Translate,
-                               augment_dataset, tag_real)
+                               augment_dataset, one_hot, tag_real)
 from operators.contract import ID, LABEL, X, DataError, from_columns
 
 
@@ -27,14 +27,15 @@ def test_flip_reverses_time_or_image_axes():
 
 def test_translation_by_whole_pixels_is_exact():
     right = Translate(x_fraction=(0.25, 0.25), y_fraction=(0.0, 0.0))(IMG, gen())
-    expect = torch.tensor([[0, 0, 1, 2], [0, 4, 5, 6], [0, 8, 9, 10], [0, 12, 13, 14]], dtype=torch.float32)
+    expect = torch.tensor([[0, 0, 1, 2], [0, 4, 5, 6], [0, 8, 9, 10], [0, 12, 13, 14.0]])
     torch.testing.assert_close(right[0, 0], expect, atol=1e-6, rtol=0)
     up = Translate(x_fraction=(0.0, 0.0), y_fraction=(-0.5, -0.5))(IMG, gen())
     torch.testing.assert_close(up[0, 0, :2], IMG[0, 0, 2:], atol=1e-6, rtol=0)
     assert up[0, 0, 2:].abs().max() < 1e-6
     sig = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0]]])  # (N, C, L)
     later = Translate(x_fraction=(0.2, 0.2), padding="border")(sig, gen())
-    torch.testing.assert_close(later, torch.tensor([[[1.0, 1.0, 2.0, 3.0, 4.0]]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(later, torch.tensor([[[1.0, 1.0, 2.0, 3.0, 4.0]]]),
+                               atol=1e-6, rtol=0)
 
 
 def test_quarter_turn_and_identity_maps():
@@ -115,6 +116,8 @@ def test_ranges_and_id_scheme_are_validated_by_name():
     assert IdScheme(offset=1000, stride=100).new_ids(np.array([3, 7]), 2).tolist() == [1203, 1207]
     with pytest.raises(DataError, match="id 100"):
         IdScheme(offset=1000, stride=100).new_ids(np.array([100]), 0)
+    with pytest.raises(DataError, match="label 3 at id 12"):
+        one_hot(np.array([0, 3]), 3, ids=np.array([10, 12]))
 
 
 def test_offline_augmentation_rows_and_seeding(ray_session):
