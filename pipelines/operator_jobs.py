@@ -1,0 +1,222 @@
+"""`raysift norms | cluster | select IN OUT`: one operator as a batch job, Parquet in and out.
+
+IN is a Parquet file or directory, OUT a new directory; both may be local paths or URIs that
+pyarrow reads (s3://, gs://, ...). The data streams through Ray Data, so IN may be far larger
+than memory. The lead CLI calls `add_commands`; notebooks and jobs call `norms_job`,
+`cluster_job` and `select_job`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow.fs as pafs
+import ray
+
+from operators.cluster import KMeans, drop_near_duplicates
+from operators.contract import ID, LABEL, X, DataError
+from operators.norms import KINDS, Norms, class_norm_stats, data_errors
+from operators.select import Selection, balanced_draw, random_draw, require
+
+logger = logging.getLogger(__name__)
+
+
+def read(src: str) -> ray.data.Dataset:
+    """The Parquet dataset at `src`, or a DataError naming the path."""
+    try:
+        return ray.data.read_parquet(src)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"{src}: no Parquet data to read ({str(err).splitlines()[0]})") from None
+
+
+def write(ds: ray.data.Dataset, dst: str) -> None:
+    """Write `ds` as Parquet files into the new or empty directory `dst`."""
+    fs, path = _filesystem(dst)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File or (
+            info.type == pafs.FileType.Directory
+            and fs.get_file_info(pafs.FileSelector(path, recursive=False))):
+        raise DataError(f"{dst}: output already exists; choose a new or empty directory")
+    logger.info("writing %s", dst)
+    with data_errors():
+        ds.write_parquet(dst)
+
+
+def _filesystem(uri: str):
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+def norms_job(src: str, dst: str, kind: str = "pixel_weighted_l2", channel_weights=None,
+              column: str = X) -> pd.DataFrame | None:
+    """Add `norm` to every row; returns the per-class statistics when rows have labels."""
+    ds = read(src)
+    names = require(ds, [column], where=src)
+    write(ds.map_batches(Norms(kind=kind, channel_weights=channel_weights, column=column),
+                         batch_format="numpy"), dst)
+    return class_norm_stats(read(dst)) if LABEL in names else None
+
+
+def cluster_job(src: str, dst: str, k: int, column: str = X, max_iter: int = 100,
+                tol: float = 1e-4, mini_batch: int | None = None, sample_size: int = 10_000,
+                seed: int = 0, dedup: float | None = None) -> KMeans:
+    """Fit k-means on `column`, write every row with `cluster` and `dist` (optionally dropping
+    near-duplicates within a cluster); returns the fitted model."""
+    ds = read(src)
+    km = KMeans(k, max_iter=max_iter, tol=tol, mini_batch=mini_batch, sample_size=sample_size,
+                seed=seed, column=column).fit(ds)
+    out = km.assign(ds)
+    if dedup is not None:
+        out = drop_near_duplicates(out, dedup, column=column)
+    write(out, dst)
+    return km
+
+
+def select_job(src: str, dst: str, per_class: int | None = None, ratio: float | None = None,
+               seed: int = 0, kind: str = "pixel_weighted_l2", channel_weights=None,
+               column: str = X) -> Selection:
+    """Write the rows M1's balanced draw (`per_class`) or a seeded random draw (`ratio`) picks,
+    each with a `reason` column; returns the selection."""
+    if (per_class is None) == (ratio is None):
+        raise ValueError("select_job: give exactly one of per_class and ratio")
+    ds = read(src)
+    if per_class is not None:
+        sel = balanced_draw(ds, per_class, kind=kind, channel_weights=channel_weights,
+                            column=column)
+    else:
+        sel = random_draw(ds, ratio=ratio, seed=seed, reason="random")
+    order = np.argsort(sel.ids)
+    write(ds.map_batches(_chosen_rows, batch_format="numpy",
+                         fn_kwargs={"ids": sel.ids[order], "reasons": sel.reasons[order]}), dst)
+    return sel
+
+
+def _chosen_rows(batch: dict, ids: np.ndarray, reasons: np.ndarray) -> dict:
+    """The batch's rows whose id is in the sorted `ids`, with their reason."""
+    pos = np.searchsorted(ids, batch[ID])
+    hit = pos < len(ids)
+    hit[hit] = ids[pos[hit]] == batch[ID][hit]
+    out = {k: v[hit] for k, v in batch.items()}
+    out["reason"] = reasons[pos[hit]].astype(str)
+    return out
+
+
+def _show_progress() -> None:
+    """Log lines from the operators and these jobs on stderr, beside Ray Data's progress bars."""
+    for name in ("operators", __name__):
+        log = logging.getLogger(name)
+        if not any(getattr(h, "raysift", False) for h in log.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("raysift: %(message)s"))
+            handler.raysift = True
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+def _norms_command(args: argparse.Namespace) -> None:
+    _show_progress()
+    stats = norms_job(args.input, args.output, args.kind, args.channel_weights, args.column)
+    print(f"norms: {args.kind} of '{args.column}' -> {args.output}")
+    if stats is not None:
+        print(stats.to_string(index=False))
+
+
+def _cluster_command(args: argparse.Namespace) -> None:
+    _show_progress()
+    km = cluster_job(args.input, args.output, args.k, args.column, args.max_iter, args.tol,
+                     args.mini_batch, args.sample_size, args.seed, args.dedup)
+    print(f"cluster: k={args.k}, {km.n_iter_} step(s), inertia {km.inertia_:.6g}, "
+          f"cluster sizes {km.counts_.tolist()} -> {args.output}")
+
+
+def _select_command(args: argparse.Namespace) -> None:
+    _show_progress()
+    sel = select_job(args.input, args.output, args.per_class, args.ratio, args.seed, args.kind,
+                     args.channel_weights, args.column)
+    print(f"select: {len(sel)} rows -> {args.output}")
+    for note in sel.notes:
+        print(f"  note: {note}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _weights(text: str) -> list[float]:
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, e.g. 0.299,0.587,0.114; got {text!r}") from None
+
+
+def _io_and_norm_options(p: argparse.ArgumentParser, norm_help: str) -> None:
+    p.add_argument("input", metavar="IN", help="Parquet file or directory (path or URI)")
+    p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
+    p.add_argument("--column", default=X, help=f"feature column (default {X})")
+    p.add_argument("--kind", choices=KINDS, default="pixel_weighted_l2", help=norm_help)
+    p.add_argument("--channel-weights", type=_weights, metavar="W1,W2,...",
+                   help="per-channel weights for pixel_weighted_l2 (default: 1 for one channel, "
+                        "luminance for three, the mean otherwise)")
+
+
+def add_commands(subparsers) -> None:
+    """Register `norms`, `cluster` and `select` on the CLI's subparsers."""
+    p = subparsers.add_parser("norms", help="add a per-sample norm column (M1 step 2)")
+    _io_and_norm_options(p, "which norm (default pixel_weighted_l2)")
+    p.set_defaults(func=_norms_command)
+
+    p = subparsers.add_parser("cluster", help="k-means over the data; add cluster and dist")
+    p.add_argument("input", metavar="IN", help="Parquet file or directory (path or URI)")
+    p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
+    p.add_argument("--k", type=_positive_int, required=True, help="number of clusters")
+    p.add_argument("--column", default=X, help=f"feature column, e.g. embedding (default {X})")
+    p.add_argument("--max-iter", type=_positive_int, default=100, help="default 100")
+    p.add_argument("--tol", type=float, default=1e-4,
+                   help="stop when the centre shift is below tol x mean variance (default 1e-4)")
+    p.add_argument("--mini-batch", type=_positive_int,
+                   help="rows per mini-batch step (default: full Lloyd passes)")
+    p.add_argument("--sample-size", type=_positive_int, default=10_000,
+                   help="rows the k-means++ initialisation sees (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument("--dedup", type=_positive_float, metavar="THRESHOLD",
+                   help="drop rows closer than THRESHOLD to a kept row of their cluster")
+    p.set_defaults(func=_cluster_command)
+
+    p = subparsers.add_parser("select", help="M1 balanced draw per class, or a random ratio")
+    _io_and_norm_options(p, "norm for --per-class when IN has no norm column "
+                            "(default pixel_weighted_l2)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--per-class", type=_positive_int, metavar="M",
+                     help="M per class, half above and half below the class mean norm")
+    how.add_argument("--ratio", type=_ratio, help="a seeded uniform draw of this fraction")
+    p.add_argument("--seed", type=int, default=0, help="seed of --ratio (default 0)")
+    p.set_defaults(func=_select_command)
