@@ -1,0 +1,97 @@
+"""End to end on a local Ray: M2 on digits with two workers, resume equality, run-dir rules."""
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import strategies
+from pipelines.config import ConfigError, from_dict
+from pipelines.rounds import run_job
+
+
+def _job(tmp_path, name="e2e", **strategy):
+    return from_dict({
+        "name": name, "seed": 3, "run_dir": str(tmp_path / name),
+        "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
+        "model": {"name": "cnn2d", "kwargs": {"channels": 8, "hidden": 32}},
+        "train": {"num_workers": 2, "batch_size": 32, "epochs_per_round": 4, "lr": 0.01},
+        "strategy": {"name": "m2", "initial_ratio": 0.3, "hard_per_round": 40,
+                     "reps_per_round": 20, "cluster_k": 4, "max_rounds": 2, **strategy},
+        "score": {"batch_size": 128},
+    })
+
+
+def _comparable(run_dir):
+    manifest = pq.read_table(run_dir / "manifest.parquet").to_pylist()
+    rounds = json.loads((run_dir / "rounds.json").read_text())
+    drop = {"checkpoint", "seconds_train", "seconds_score", "seconds_select"}
+    return manifest, [{k: v for k, v in r.items() if k not in drop} for r in rounds]
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    job = _job(tmp)
+    return job, run_job(job, echo=lambda *_: None)
+
+
+def test_m2_end_to_end(finished_run):
+    job, summary = finished_run
+    run_dir = __import__("pathlib").Path(job.run_dir)
+    manifest = pq.read_table(run_dir / "manifest.parquet").to_pandas()
+    assert summary["rounds"] == 2 and summary["stop_reason"] == "max_rounds 2 reached"
+    first = manifest[manifest["round"] == 0]
+    assert set(first["reason"]) == {"initial"}
+    added = manifest[manifest["round"] == 1]
+    assert (added["reason"] == "hard").sum() == 40
+    assert (added["reason"] == "representative").sum() == 20
+    assert manifest["id"].is_unique
+    assert summary["subset_size"] == len(manifest)
+    per_round = summary["per_round"]
+    assert per_round[0]["subset_size"] == len(first) and per_round[0]["hard_found"] == 40
+    assert summary["compute"] == pytest.approx(summary["train_sample_passes"]
+                                               + summary["infer_sample_passes"] / 3)
+    # Four epochs on each round's subset (padded to an even split between the two workers).
+    expected_train = sum(4 * (r["subset_size"] + r["subset_size"] % 2) for r in per_round)
+    assert summary["train_sample_passes"] == expected_train
+    assert summary["test_accuracy"] > 0.5  # digits are easy: far above the 0.1 of chance
+    assert (run_dir / "final" / "model.pt").exists() and (run_dir / "summary.json").exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_a_crash_gives_the_same_run(finished_run, tmp_path, monkeypatch):
+    job, _ = finished_run
+    crashed = _job(tmp_path, name="crashed")
+    real_next = strategies.M2.next
+
+    def crash_once(self, ctx):  # dies mid-round 0, after training, before the state is saved
+        monkeypatch.setattr(strategies.M2, "next", real_next)
+        raise Interrupt()
+
+    monkeypatch.setattr(strategies.M2, "next", crash_once)
+    with pytest.raises(Interrupt):
+        run_job(crashed, echo=lambda *_: None)
+    with pytest.raises(ConfigError, match="--resume"):
+        run_job(crashed, echo=lambda *_: None)
+    run_job(crashed, resume=True, echo=lambda *_: None)
+    assert _comparable(tmp_path / "crashed") == _comparable(
+        __import__("pathlib").Path(job.run_dir))
+
+
+def test_resume_refuses_a_different_job(finished_run):
+    job, _ = finished_run
+    import dataclasses
+    other = dataclasses.replace(job, seed=4)
+    with pytest.raises(ConfigError, match="differs"):
+        run_job(other, resume=True, echo=lambda *_: None)
+
+
+def test_too_many_workers_stops_before_any_output(ray_session, tmp_path):
+    job = _job(tmp_path)
+    job.train.num_workers = 64
+    with pytest.raises(ConfigError, match="train.num_workers: 64"):
+        run_job(job, echo=lambda *_: None)
+    assert not (tmp_path / "e2e").exists()
