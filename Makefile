@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/raysift run configs/demo_mnist1d.yaml --overwrite
+	$(BIN)/raysift compare configs/demo_mnist1d.yaml --strategies m2,full --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests

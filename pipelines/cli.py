@@ -2,6 +2,7 @@
 
     raysift run JOB.yaml [--resume | --overwrite] [--set strategy.max_rounds=3 ...]
     raysift compare JOB.yaml --strategies m2,full,random
+    raysift norms | cluster | select | feedback IN OUT ...   (one operator as a batch job)
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import yaml
 
 from operators.contract import DataError
 
+from . import feedback_job, operator_jobs
 from .config import ConfigError, load_job
 
 
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a job field, e.g. --set strategy.max_rounds=3")
     cmp.set_defaults(func=_compare)
+    operator_jobs.add_commands(commands)
+    feedback_job.add_commands(commands)
     return parser
 
 
