@@ -24,6 +24,7 @@ from .select import (Selection, gather_smallest, hash_keys, require, selection,
 logger = logging.getLogger(__name__)
 
 _DEDUP_CHUNK = 256  # rows compared against each other at once in the near-duplicate filter
+_SLICE = 16384  # rows per distance computation: bounds the (rows x k) temporaries
 
 
 class KMeans:
@@ -38,7 +39,7 @@ class KMeans:
 
     def __init__(self, n_clusters: int = 8, *, init="k-means++", max_iter: int = 100,
                  tol: float = 1e-4, mini_batch: int | None = None, sample_size: int = 10_000,
-                 seed: int = 0, column: str = X, batch_size: int = 16384):
+                 seed: int = 0, column: str = X):
         self.n_clusters = n_clusters
         self.init = init
         self.max_iter = max_iter
@@ -47,7 +48,6 @@ class KMeans:
         self.sample_size = sample_size
         self.seed = seed
         self.column = column
-        self.batch_size = batch_size
 
     def fit(self, ds: ray.data.Dataset) -> "KMeans":
         self._validate()
@@ -110,14 +110,13 @@ class KMeans:
         """Lazily add `cluster` (int64, nearest centre) and `dist` (float32, Euclidean) to ds."""
         if not hasattr(self, "cluster_centers_"):
             raise RuntimeError("KMeans is not fitted yet: call fit(ds) first")
-        return ds.map_batches(_assign_batch, batch_format="numpy", batch_size=self.batch_size,
+        return ds.map_batches(_assign_batch, batch_format="numpy", batch_size=None,
                               fn_kwargs={"centers": self.cluster_centers_, "column": self.column,
                                          "shape": self.feature_shape_})
 
     def _validate(self) -> None:
         _check_int("n_clusters", self.n_clusters, 1)
         _check_int("max_iter", self.max_iter, 1)
-        _check_int("batch_size", self.batch_size, 1)
         _check_int("seed", self.seed, 0)
         if self.mini_batch is not None:
             _check_int("mini_batch", self.mini_batch, 1)
@@ -139,7 +138,7 @@ class KMeans:
         """Up to `sample_size` rows, those with the smallest hash(seed, id), flattened."""
         if self._sample is None:
             parts = data.map_batches(_sample_candidates, batch_format="numpy",
-                                     batch_size=self.batch_size,
+                                     batch_size=None,
                                      fn_kwargs={"n": self.sample_size, "seed": self.seed,
                                                 "column": self.column})
             got = gather_smallest(parts, np.array([self.sample_size]))
@@ -149,7 +148,7 @@ class KMeans:
         return self._sample
 
     def _pass(self, data, centers: np.ndarray, fraction: float, step: int) -> "_PassStats":
-        parts = data.map_batches(_lloyd_partial, batch_format="numpy", batch_size=self.batch_size,
+        parts = data.map_batches(_lloyd_partial, batch_format="numpy", batch_size=None,
                                  fn_kwargs={"centers": centers, "column": self.column,
                                             "shape": self.feature_shape_, "fraction": fraction,
                                             "seeds": (self.seed, step)})
@@ -236,13 +235,28 @@ def nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     difference, so near-duplicates and ties are judged on exact numbers.
     """
     c = centers.astype(np.float32)
-    labels = ((c * c).sum(1)[None, :] - 2.0 * (x @ c.T)).argmin(1)
+    half = 0.5 * (c * c).sum(1)
+    labels = np.empty(len(x), np.int64)
+    for s in range(0, len(x), _SLICE):
+        labels[s:s + _SLICE] = (half[None, :] - x[s:s + _SLICE] @ c.T).argmin(1)
     diff = x - c[labels]
-    return labels.astype(np.int64), np.einsum("ij,ij->i", diff, diff)
+    return labels, np.einsum("ij,ij->i", diff, diff)
 
 
-def _flat_features(batch: dict, column: str, shape, d: int | None = None) -> np.ndarray:
-    """The batch's features as a checked (n, d) float32 array."""
+def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows, (k, d) float64: a one-hot product per slice of rows."""
+    sums = np.zeros((k, x.shape[1]))
+    for s in range(0, len(x), _SLICE):
+        part = labels[s:s + _SLICE]
+        onehot = np.zeros((len(part), k), np.float32)
+        onehot[np.arange(len(part)), part] = 1.0
+        sums += onehot.T @ x[s:s + _SLICE]
+    return sums
+
+
+def _checked(batch: dict, column: str, shape=None, d: int | None = None):
+    """The batch's features as (n, d) float32 after the shape and NaN/inf checks, and the
+    squared norm of each row."""
     require_columns(batch.keys(), [column])
     x = features(batch, column)
     if shape is not None and x.shape[1:] != tuple(shape):
@@ -252,46 +266,42 @@ def _flat_features(batch: dict, column: str, shape, d: int | None = None) -> np.
     if d is not None and len(x) and flat.shape[1] != d:
         raise DataError(f"column '{column}': samples with {flat.shape[1]} features, "
                         f"but the centres have {d}")
-    check_finite(flat, batch.get(ID), where=f"column '{column}'")
-    return flat
+    sq = np.einsum("ij,ij->i", flat, flat)
+    if not np.isfinite(sq).all():  # NaN or inf in a row shows in its squared norm
+        where = f"column '{column}'"
+        check_finite(flat, batch.get(ID), where=where)
+        raise DataError(f"{where}: values too large for float32 distances")
+    return flat, sq
 
 
 def _sample_candidates(batch: dict, n: int, seed: int, column: str) -> dict:
     ids = batch[ID].astype(np.int64)
-    x = features(batch, column)
-    check_finite(x, ids, where=f"column '{column}'")
+    _checked(batch, column)
     key = hash_keys(ids, seed)
     keep = smallest_per_group(np.zeros(len(ids), np.int64), key, ids, np.array([n]))
     return {"group": np.zeros(len(keep), np.int64), "key": key[keep], ID: ids[keep],
-            column: x[keep]}
+            column: features(batch, column)[keep]}
 
 
 def _lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fraction: float,
                    seeds: tuple) -> dict:
-    """One batch's per-cluster sums and counts, inertia, sum of squares and row count."""
+    """One block's per-cluster sums and counts, inertia, sum of squares and row count."""
     ids = batch[ID].astype(np.int64)
-    x = _flat_features(batch, column, shape, centers.shape[1])
+    x, sq = _checked(batch, column, shape, centers.shape[1])
     first = ids.min() if len(ids) else -1
     if fraction < 1.0:  # mini-batch step: the rows whose hash(seed, step, id) falls below
         keep = hash_keys(ids, *seeds) < np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
-        x = x[keep]
-    k, d = centers.shape
+        x, sq = x[keep], sq[keep]
+    k = len(centers)
     labels, d2 = nearest(x, centers)
-    counts = np.bincount(labels, minlength=k)
-    sums = np.zeros((k, d))
-    filled = counts > 0
-    if filled.any():
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[filled]
-        sums[filled] = np.add.reduceat(x[np.argsort(labels, kind="stable")], starts, axis=0,
-                                       dtype=np.float64)
-    return {"first_id": np.array([first]), "sums": sums[None], "counts": counts[None],
+    return {"first_id": np.array([first]), "sums": cluster_sums(x, labels, k)[None],
+            "counts": np.bincount(labels, minlength=k)[None],
             "inertia": np.array([d2.sum(dtype=np.float64)]),
-            "sq": np.array([np.einsum("ij,ij->", x, x, dtype=np.float64)]),
-            "n": np.array([len(x)])}
+            "sq": np.array([sq.sum(dtype=np.float64)]), "n": np.array([len(x)])}
 
 
 def _assign_batch(batch: dict, centers: np.ndarray, column: str, shape) -> dict:
-    x = _flat_features(batch, column, shape, centers.shape[1])
+    x, _ = _checked(batch, column, shape, centers.shape[1])
     labels, d2 = nearest(x, centers)
     return {**batch, "cluster": labels, "dist": np.sqrt(d2).astype(np.float32)}
 
@@ -365,7 +375,7 @@ def drop_near_duplicates(assigned: ray.data.Dataset, threshold: float,
 def _dedup_group(batch: dict, threshold: float, column: str) -> dict:
     order = np.lexsort((batch[ID], batch["dist"]))
     batch = {k: v[order] for k, v in batch.items()}
-    x = _flat_features(batch, column, None).astype(np.float64)
+    x = _checked(batch, column)[0].astype(np.float64)
     keep = greedy_keep(x, batch["dist"].astype(np.float64), threshold)
     return {k: v[keep] for k, v in batch.items()}
 

@@ -69,9 +69,11 @@ class Norms:
     def __call__(self, batch: dict) -> dict:
         require_columns(batch.keys(), [self.column])
         x = features(batch, self.column)
-        check_finite(x, batch.get(ID), where=f"column '{self.column}'")
+        norms = self.norms(x)
+        if not np.isfinite(norms).all():  # NaN or inf in x shows in its norm: name the row
+            check_finite(x, batch.get(ID), where=f"column '{self.column}'")
         out = {k: v for k, v in batch.items() if self.keep_features or k != self.column}
-        out["norm"] = self.norms(x)
+        out["norm"] = norms
         return out
 
     def norms(self, x: np.ndarray) -> np.ndarray:

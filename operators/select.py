@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
-from .contract import ID, LABEL, X, require_columns
+from .contract import ID, LABEL, X, DataError, require_columns
 from .norms import Norms, class_norm_stats, data_errors
 
 _MIN_BUFFER = 65536  # candidate rows the driver collects before it prunes
@@ -87,6 +87,10 @@ def gather_smallest(candidates: ray.data.Dataset, limit: np.ndarray) -> dict | N
 
 
 def _prune(parts: list[dict], limit: np.ndarray) -> dict:
+    for k in parts[0]:
+        shapes = sorted({p[k].shape[1:] for p in parts})
+        if len(shapes) > 1:
+            raise DataError(f"column '{k}': samples of different shapes {shapes} in one dataset")
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     keep = smallest_per_group(rows["group"], rows["key"], rows[ID], limit)
     return {k: v[keep] for k, v in rows.items()}

@@ -71,7 +71,8 @@ def test_recovers_blob_centres_deterministically(ray_session):
     again = KMeans(3, seed=5, column="embedding").fit(_points(x, 40, column="embedding"))
     assert np.array_equal(again.cluster_centers_, km.cluster_centers_)
     other_layout = KMeans(3, seed=5, column="embedding").fit(_points(x, 70, column="embedding"))
-    np.testing.assert_allclose(other_layout.cluster_centers_, km.cluster_centers_, rtol=1e-9)
+    # Other blocks, other float32 partial sums: equal up to rounding.
+    np.testing.assert_allclose(other_layout.cluster_centers_, km.cluster_centers_, rtol=1e-5)
 
     mini = KMeans(3, seed=5, mini_batch=100, max_iter=15, column="embedding").fit(
         _points(x, 40, column="embedding"))
