@@ -32,8 +32,9 @@ class Scorer:
         self.keep_features = keep_features
 
     def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(features(batch)).to(self.device)
-        y = torch.from_numpy(np.asarray(batch[LABEL], dtype=np.int64)).to(self.device)
+        # Ray hands out read-only views; torch wants arrays it may write to.
+        x = torch.from_numpy(np.array(features(batch))).to(self.device)
+        y = torch.from_numpy(np.array(batch[LABEL], dtype=np.int64)).to(self.device)
         with torch.no_grad():
             if self.with_embedding and hasattr(self.model, "embed"):
                 emb = self.model.embed(x)

@@ -273,9 +273,13 @@ def _comparable(job: JobConfig) -> dict:
 
 def _init_ray() -> None:
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, configure_logging=False)
+        # Workers' per-dataset progress bars would drown the round lines; the driver shows its own.
+        ray.init(include_dashboard=False, configure_logging=False,
+                 runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
     # Scoring order decides which samples are found first: keep it deterministic.
-    DataContext.get_current().execution_options.preserve_order = True
+    ctx.execution_options.preserve_order = True
 
 
 def _check_resources(job: JobConfig) -> None:
