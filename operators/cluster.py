@@ -1,10 +1,10 @@
 """k-means over a Ray Dataset of any size, and what M2 takes from the clusters.
 
 `KMeans.fit` streams: k-means++ (or random) initialisation on a bounded sample drawn by
-hash(seed, id), then Lloyd passes in which every batch becomes one row of per-cluster sums,
-counts and inertia that the driver adds up in a fixed order (by the batch's first id), so a
-seed gives the same centres whatever the block layout or the order tasks finish. Memory on the
-driver: the sample plus k x d numbers per batch of a pass.
+hash(seed, id), then Lloyd passes in which every block becomes one row of per-cluster sums,
+counts and inertia that the driver adds up in a fixed order (by the block's first id), so a
+seed gives the same centres whatever order the tasks finish in. Memory on the driver: the
+sample plus k x d numbers per block of a pass.
 
 `representatives` and `drop_near_duplicates` work on the output of `KMeans.assign`.
 """
@@ -29,6 +29,10 @@ _SLICE = 16384  # rows per distance computation: bounds the (rows x k) temporari
 
 class KMeans:
     """k-means (Lloyd, or mini-batch with `mini_batch` rows a step) on a Dataset's `column`.
+
+    A mini-batch step still reads every block but does the distance work only on the rows whose
+    hash(seed, step, id) falls in the first `mini_batch / n` of the range, and moves each centre
+    by the per-centre learning rate of Sculley's mini-batch k-means.
 
     `column` may hold tensors of any fixed shape (flattened) or embeddings. `tol` is relative to
     the mean per-feature variance, as in scikit-learn: fitting stops once the squared centre
@@ -166,7 +170,8 @@ class KMeans:
         """Move each empty centre, lowest index first, to the sample point farthest from all."""
         sample = self._draw_sample(data)
         centers = centers.copy()
-        closest = _sq_dist(sample, centers[~empty]).min(1)
+        closest = (_sq_dist(sample, centers[~empty]).min(1) if (~empty).any()
+                   else np.full(len(sample), np.inf))  # a mini-batch step that drew no rows
         for j in np.flatnonzero(empty):
             centers[j] = sample[np.argmax(closest)]
             closest = np.minimum(closest, _sq_dist(sample, centers[j:j + 1])[:, 0])
@@ -231,8 +236,8 @@ def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of each row's nearest centre and the squared distance to it.
 
-    The argmin uses the fast ||c||^2 - 2 x.c form; the distance is recomputed from the
-    difference, so near-duplicates and ties are judged on exact numbers.
+    The argmin uses the fast ||c||^2 / 2 - x.c form (one matrix product per slice of rows);
+    the distance is then recomputed from the difference, so it is exact even for near-copies.
     """
     c = centers.astype(np.float32)
     half = 0.5 * (c * c).sum(1)
