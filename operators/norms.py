@@ -109,6 +109,13 @@ def class_norm_stats(ds: ray.data.Dataset, norm_column: str = "norm") -> pd.Data
     """
     with data_errors():
         require_columns(ds.schema().names, [LABEL, norm_column], where="class_norm_stats")
+    return aggregate_by_class(ds, norm_column)
+
+
+def aggregate_by_class(ds: ray.data.Dataset, norm_column: str = "norm") -> pd.DataFrame:
+    """`class_norm_stats` for callers that checked the columns already: on a lazy dataset the
+    check costs a run of its first block."""
+    with data_errors():
         stats = ds.groupby(LABEL).aggregate(
             Count(alias_name="count"),
             Mean(norm_column, alias_name="mean"),

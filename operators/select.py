@@ -14,7 +14,7 @@ import numpy as np
 import ray
 
 from .contract import ID, LABEL, X, DataError, require_columns
-from .norms import Norms, class_norm_stats, data_errors
+from .norms import Norms, aggregate_by_class, data_errors
 
 _MIN_BUFFER = 65536  # candidate rows the driver collects before it prunes
 
@@ -175,7 +175,7 @@ def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_we
                       keep_features=False)
         ds = ds.select_columns([ID, LABEL, column]).map_batches(norms, batch_format="numpy")
     ds = without_ids(ds, exclude_ids)
-    stats = class_norm_stats(ds)
+    stats = aggregate_by_class(ds)
     if stats.empty:
         return selection([], reason, ["balanced_draw: no rows to draw from"])
     labels = stats[LABEL].to_numpy(np.int64)
