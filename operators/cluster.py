@@ -233,19 +233,22 @@ def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(d2, 0.0)
 
 
-def nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def nearest(x: np.ndarray, centers: np.ndarray, sq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of each row's nearest centre and the squared distance to it.
 
-    The argmin uses the fast ||c||^2 / 2 - x.c form (one matrix product per slice of rows);
-    the distance is then recomputed from the difference, so it is exact even for near-copies.
+    `sq` holds the rows' squared norms: d^2 = ||x||^2 - 2 max_c(x.c - ||c||^2 / 2), one matrix
+    product per slice of rows and no (rows x k x d) work beyond it.
     """
     c = centers.astype(np.float32)
     half = 0.5 * (c * c).sum(1)
     labels = np.empty(len(x), np.int64)
+    best = np.empty(len(x), np.float32)
     for s in range(0, len(x), _SLICE):
-        labels[s:s + _SLICE] = (half[None, :] - x[s:s + _SLICE] @ c.T).argmin(1)
-    diff = x - c[labels]
-    return labels, np.einsum("ij,ij->i", diff, diff)
+        score = x[s:s + _SLICE] @ c.T
+        score -= half
+        labels[s:s + _SLICE] = score.argmax(1)
+        best[s:s + _SLICE] = score[np.arange(len(score)), labels[s:s + _SLICE]]
+    return labels, np.maximum(sq - 2.0 * best, 0.0)
 
 
 def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -298,7 +301,7 @@ def _lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fractio
         keep = hash_keys(ids, *seeds) < np.uint64(min(int(fraction * 2.0**64), 2**64 - 1))
         x, sq = x[keep], sq[keep]
     k = len(centers)
-    labels, d2 = nearest(x, centers)
+    labels, d2 = nearest(x, centers, sq)
     return {"first_id": np.array([first]), "sums": cluster_sums(x, labels, k)[None],
             "counts": np.bincount(labels, minlength=k)[None],
             "inertia": np.array([d2.sum(dtype=np.float64)]),
@@ -306,9 +309,11 @@ def _lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fractio
 
 
 def _assign_batch(batch: dict, centers: np.ndarray, column: str, shape) -> dict:
-    x, _ = _checked(batch, column, shape, centers.shape[1])
-    labels, d2 = nearest(x, centers)
-    return {**batch, "cluster": labels, "dist": np.sqrt(d2).astype(np.float32)}
+    x, sq = _checked(batch, column, shape, centers.shape[1])
+    labels, _ = nearest(x, centers, sq)
+    diff = x - centers.astype(np.float32)[labels]  # exact distances: near-copies rank right
+    return {**batch, "cluster": labels,
+            "dist": np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)}
 
 
 def proportional_counts(sizes: np.ndarray, n_total: int) -> np.ndarray:
