@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 class SourceConfig:
     """Where the data comes from and how it is split."""
 
-    kind: str = "mnist1d"  # mnist1d | digits | parquet | npz | idx | imagefolder
+    kind: str = "mnist1d"  # mnist1d | digits | parquet | npz | idx | imagefolder | text
     path: str | None = None  # file, folder, glob or URI (user data)
     num_samples: int = 60000  # mnist1d only
     label_column: str = "label"
@@ -33,6 +33,10 @@ class SourceConfig:
     val_fraction: float = 0.1  # of the training split
     test_fraction: float = 0.2  # only when the source has no test split
     image_size: list[int] | None = None  # imagefolder: resize to [H, W]
+    text_column: str = "text"  # text: the column of strings (CSV or Parquet)
+    max_len: int = 64  # text: tokens per row, padded with 0 or truncated
+    max_vocab: int = 20000  # text: vocabulary size, <pad> (0) and <unk> (1) included
+    min_count: int = 1  # text: training-split occurrences a word needs to get its own id
 
 
 @dataclass
@@ -76,6 +80,36 @@ class ScoreConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Single-sample transforms applied in order to every training batch."""
+
+    # [{name: flip, p: 0.5, axis: horizontal}, ...]: `name` picks the transform, `p` (default
+    # 1.0) is each sample's chance to get it, the other keys are the transform's own options.
+    transforms: list[dict] = field(default_factory=list)
+
+
+MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial")
+TARGET_RATIOS = ("perturbed", "original")
+
+
+@dataclass
+class MixupConfig:
+    """How training batches are mixed (after the single-sample transforms)."""
+
+    kind: str = "none"  # none | mixup | cutmix | pairing | adversarial
+    alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
+    layer: int = 0  # mixup, adversarial: 0 mixes inputs, k > 0 the input of model stage k
+    per_sample: bool = True  # one lam per sample, or one per batch (input mixup, cutmix)
+    n_steps: int = 1  # adversarial: gradient-ascent steps on lam
+    gamma: float = 0.002  # adversarial: step size
+    bound: float | None = None  # adversarial: largest |lam - lam0| allowed
+    clip: bool = True  # adversarial: keep lam in [0, 1]
+    keep_rose: bool = True  # adversarial: keep the new lam only where the loss rose
+    target_ratio: str = "perturbed"  # adversarial: mix targets with the perturbed or drawn lam
+    smoothing: float = 0.0  # label smoothing, with or without mixing
+
+
+@dataclass
 class JobConfig:
     name: str = "job"
     seed: int = 0
@@ -85,6 +119,8 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    mixup: MixupConfig = field(default_factory=MixupConfig)
 
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
@@ -105,7 +141,52 @@ class JobConfig:
         _check(0 <= self.source.test_fraction < 1, "source.test_fraction",
                self.source.test_fraction, "in [0, 1)")
         _check(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
+        self._validate_text()
+        self._validate_mixup()
+        # Late import: the transform catalogue lives beside the loss, which imports this module.
+        from .augmentation import build_transforms
+
+        build_transforms(self.augment)
+        if self.model.name == "textcnn" and self.augment.transforms:
+            raise ConfigError("augment.transforms: textcnn reads token ids, which single-sample "
+                              "transforms would corrupt; use mixup.layer >= 1 instead")
         return self
+
+    def _validate_text(self) -> None:
+        src = self.source
+        _check(src.max_len >= 1, "source.max_len", src.max_len, ">= 1")
+        # Token ids travel as float32 (the data contract's dtype), exact below 2**24.
+        _check(2 < src.max_vocab <= 2 ** 24, "source.max_vocab", src.max_vocab,
+               "in (2, 2**24]")
+        _check(src.min_count >= 1, "source.min_count", src.min_count, ">= 1")
+        if self.model.name == "textcnn" and src.kind == "text":
+            # The embedding covers every id the vocabulary can hand out.
+            vocab = self.model.kwargs.setdefault("vocab_size", src.max_vocab)
+            _check(isinstance(vocab, int) and vocab >= src.max_vocab, "model.kwargs.vocab_size",
+                   vocab, f"an integer >= source.max_vocab ({src.max_vocab})")
+
+    def _validate_mixup(self) -> None:
+        m = self.mixup
+        _check(m.kind in MIXUP_KINDS, "mixup.kind", m.kind, f"one of {', '.join(MIXUP_KINDS)}")
+        _check(m.alpha > 0, "mixup.alpha", m.alpha, "> 0")
+        _check(m.layer >= 0, "mixup.layer", m.layer, ">= 0")
+        _check(m.n_steps >= 0, "mixup.n_steps", m.n_steps, ">= 0")
+        _check(m.gamma >= 0, "mixup.gamma", m.gamma, ">= 0")
+        _check(m.bound is None or m.bound >= 0, "mixup.bound", m.bound, ">= 0 or null")
+        _check(m.target_ratio in TARGET_RATIOS, "mixup.target_ratio", m.target_ratio,
+               f"one of {', '.join(TARGET_RATIOS)}")
+        _check(0 <= m.smoothing < 1, "mixup.smoothing", m.smoothing, "in [0, 1)")
+        if self.model.name == "textcnn" and m.kind != "none":
+            text = "for textcnn, whose input is token ids"
+            _check(m.kind in ("mixup", "adversarial"), "mixup.kind", m.kind,
+                   f"mixup or adversarial {text}")
+            _check(m.layer >= 1, "mixup.layer", m.layer,
+                   f">= 1 {text} (1: word vectors, 2: pooled features)")
+        if m.kind in ("cutmix", "pairing"):
+            _check(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
+        if m.kind == "adversarial" or m.layer > 0:
+            _check(m.per_sample, "mixup.per_sample", m.per_sample,
+                   "true: adversarial and hidden-layer mixing draw lam per sample")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

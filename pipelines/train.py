@@ -3,7 +3,8 @@
 The subset is small by design, so every worker reads all of it once per round, orders it by id
 and takes its rank's slice of a permutation seeded by (seed, round, epoch): the same config gives
 the same batches, and a restarted worker group resumes from its last epoch checkpoint with the
-same numbers it would have had.
+same numbers it would have had. Each step's loss comes from `augmentation.batch_loss` (the job's
+augment and mixup sections) with a generator seeded by (seed, round, epoch, step, rank).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ray.train.torch import TorchTrainer
 
 from operators.contract import ID, LABEL, X
 
+from .augmentation import batch_generator, batch_loss
 from .config import JobConfig, from_dict
 from .models import build_model
 from .seeding import derive_seed
@@ -143,9 +145,11 @@ def _train_loop(config: dict) -> None:
         model.train()
         order = _rank_slice(len(y_train), derive_seed(job.seed, "epoch", config["round"], epoch),
                             rank, world).to(device)
-        for i in range(0, len(order), per_worker_batch):
+        for step, i in enumerate(range(0, len(order), per_worker_batch)):
             idx = order[i:i + per_worker_batch]
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            generator = batch_generator(job.seed, config["round"], epoch, step, rank, device)
+            loss = batch_loss(model, x_train[idx], y_train[idx], config["num_classes"], job,
+                              generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,109 @@
+"""The training loss of one batch: the job's `augment:` and `mixup:` sections in one place.
+
+Every strategy's training loop (full, M2, M1, random) calls `batch_loss`, and so does the
+low-resource benchmark, so a setting means the same thing wherever it is used. The pieces are
+the colleague-built operators: single-sample transforms (operators/augment.py), input mixers
+(operators/mixup.py) and adversarial mixup at a hidden layer (pipelines/advmix.py). Without
+either section the loss is plain cross-entropy, bit for bit what training used before.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from operators.augment import (Brightness, Compose, Contrast, CropResize, Flip, GaussianNoise,
+                               Hue, RandomErasing, Rotate, Saturation, Shear, Translate)
+from operators.mixup import CutMix, Mixup, SamplePairing, soft_cross_entropy
+
+from .advmix import AdversarialMixup, unwrap
+from .config import AugmentConfig, ConfigError, JobConfig, MixupConfig
+from .seeding import derive_seed
+
+TRANSFORMS = {"flip": Flip, "rotate": Rotate, "crop_resize": CropResize, "shear": Shear,
+              "translate": Translate, "brightness": Brightness, "contrast": Contrast,
+              "saturation": Saturation, "hue": Hue, "erase": RandomErasing,
+              "noise": GaussianNoise}
+
+
+def build_transforms(augment: AugmentConfig) -> Compose | None:
+    """The transforms as one Compose (None when there are none); a bad entry is a ConfigError
+    naming `augment.transforms[i]` and the option."""
+    steps = []
+    for i, spec in enumerate(augment.transforms):
+        where = f"augment.transforms[{i}]"
+        if spec.get("name") not in TRANSFORMS:
+            raise ConfigError(f"{where}.name: got {spec.get('name')!r}, expected one of "
+                              f"{', '.join(TRANSFORMS)}")
+        options = {k: v for k, v in spec.items() if k not in ("name", "p")}
+        cls = TRANSFORMS[spec["name"]]
+        known = list(inspect.signature(cls).parameters)
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown option '{unknown[0]}' for {spec['name']} "
+                              f"(options: {', '.join(known) or 'none'})")
+        p = spec.get("p", 1.0)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ConfigError(f"{where}.p: got {p!r}, expected a number in [0, 1]")
+        try:
+            steps.append((cls(**options), float(p)))
+        except ValueError as err:  # the operators' messages start with the option's name
+            raise ConfigError(f"{where}.{err}") from err
+    return Compose(steps) if steps else None
+
+
+def build_mixer(mixup: MixupConfig):
+    """The mixing rule of the `mixup:` section, or None for kind 'none'.
+
+    Mixup at a hidden layer is adversarial mixup with no ascent step (the same draws as input
+    mixup); input mixup keeps operators.mixup.Mixup for its per-batch lam option.
+    """
+    m = mixup
+    if m.kind == "none":
+        return None
+    if m.kind == "cutmix":
+        return CutMix(m.alpha, m.per_sample, m.smoothing)
+    if m.kind == "pairing":
+        return SamplePairing(m.smoothing)
+    if m.kind == "mixup" and m.layer == 0:
+        return Mixup(m.alpha, m.per_sample, m.smoothing)
+    steps = m.n_steps if m.kind == "adversarial" else 0
+    return AdversarialMixup(layer=m.layer, alpha=m.alpha, n_steps=steps, gamma=m.gamma,
+                            max_change=m.bound, clip=m.clip, keep_rose=m.keep_rose,
+                            target_ratio=m.target_ratio, smoothing=m.smoothing)
+
+
+def batch_generator(seed: int, round_index: int, epoch: int, step: int, rank: int,
+                    device: torch.device | str = "cpu") -> torch.Generator:
+    """The random stream of one training step of one worker: the same job draws the same
+    transforms, partners and ratios in every run (on CPU; GPU kernels may still differ)."""
+    g = torch.Generator(device=device)
+    return g.manual_seed(derive_seed(seed, "batch", round_index, epoch, step, rank))
+
+
+def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+               job: JobConfig, generator: torch.Generator) -> torch.Tensor:
+    """The scalar loss to backpropagate for batch (x, y) with integer labels y.
+
+    Order: single-sample transforms, then mixing (input, hidden layer or adversarial) against
+    soft targets; with neither, cross-entropy with `mixup.smoothing` label smoothing.
+    """
+    transforms = build_transforms(job.augment)
+    if transforms is not None:
+        x = transforms(x, generator)
+    mixer = build_mixer(job.mixup)
+    if mixer is None:
+        return F.cross_entropy(model(x), y, label_smoothing=job.mixup.smoothing)
+    target = F.one_hot(y, num_classes).to(x.dtype if x.is_floating_point() else torch.float32)
+    if isinstance(mixer, AdversarialMixup):
+        stages = getattr(unwrap(model), "stages", None)
+        if not isinstance(stages, nn.ModuleList) or job.mixup.layer >= len(stages):
+            have = f"{len(stages)} stages" if isinstance(stages, nn.ModuleList) else "no stages"
+            raise ConfigError(f"mixup.layer: got {job.mixup.layer}, but model "
+                              f"{job.model.name!r} has {have} (mixing at layer k needs k < the "
+                              f"number of stages)")
+        return mixer(model, x, target, generator).loss
+    mixed_x, mixed_target = mixer(x, target, generator)
+    return soft_cross_entropy(model(mixed_x), mixed_target)
