@@ -8,7 +8,8 @@ values, generated chunk by chunk with the same seeds and already materialised in
 store, consumed as a stream by the driver: with the features passed through (the operator as a
 pipeline stage) and emitting only id and norm (as `balanced_draw` uses it), each under Ray
 Data's default per-operator resource reservation and without it. The table gives the median
-samples/s of `--repeats` runs and the ratio to NumPy, measured in this one run.
+samples/s of `--repeats` runs and the ratio to NumPy, measured in this one run, for Ray Data's
+default block size and for larger blocks (fewer tasks).
 """
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def main() -> None:
     parser.add_argument("--shape", default="1,28,28", help="sample shape (default 1,28,28)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each (default 5)")
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs (default 2)")
+    parser.add_argument("--block-mb", type=int, nargs="+", default=[128, 256],
+                        help="Ray Data's target block size(s) in MiB (default: 128, its own "
+                             "default, and 256, one 65,536-sample chunk per block)")
     args = parser.parse_args()
     shape = tuple(int(s) for s in args.shape.split(","))
     n = args.n
@@ -79,21 +83,25 @@ def main() -> None:
     np_times, np_norms = numpy_norms(n, shape, args.repeats)  # the array is freed on return
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
              object_store_memory=int(gib * 1.5 * 2**30) + 2**29)
-    DataContext.get_current().enable_progress_bars = False
-    chunks = -(-n // CHUNK)  # one block per chunk, so both sides draw the same numbers
-    ds = ray.data.range(chunks, override_num_blocks=chunks).map_batches(
-        _generate, fn_kwargs={"n": n, "shape": shape}, batch_size=1,
-        batch_format="numpy").materialize()
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
     rows = [("NumPy, one process", np_times, np_norms)]
-    for reserve in (True, False):
-        # Ray Data's default reserves half the CPUs per operator: on 2 CPUs a lone map
-        # operator then runs one task at a time. Both settings are measured.
-        ds.context.op_resource_reservation_enabled = reserve
-        for keep in (False, True):
-            label = (f"Ray, {'x passed through' if keep else 'id + norm out'}, "
-                     f"reservation {'on' if reserve else 'off'}")
-            times, norms = ray_norms(ds, keep, args.repeats)
-            rows.append((label, times, norms))
+    chunks = -(-n // CHUNK)  # whole chunks per block, so both sides draw the same numbers
+    for block_mb in args.block_mb:
+        ctx.target_max_block_size = block_mb * 2**20  # a Dataset copies the context it is made in
+        ds = ray.data.range(chunks, override_num_blocks=chunks).map_batches(
+            _generate, fn_kwargs={"n": n, "shape": shape}, batch_size=1,
+            batch_format="numpy").materialize()
+        for reserve in (True, False):
+            # Ray Data's default reserves half the CPUs per operator: on 2 CPUs a lone map
+            # operator then runs one task at a time. Both settings are measured.
+            ds.context.op_resource_reservation_enabled = reserve
+            for keep in (False, True):
+                label = (f"Ray {ds.num_blocks()} blocks, reserve {'on' if reserve else 'off'}, "
+                         f"{'x + norm' if keep else 'id + norm'}")
+                times, norms = ray_norms(ds, keep, args.repeats)
+                rows.append((label, times, norms))
+        del ds
 
     print(f"\nnorms (pixel_weighted_l2) of {n:,} samples of shape {shape} ({gib:.2f} GiB float32), "
           f"Ray on {args.cpus} CPUs, median of {args.repeats} runs; load average at the end "
