@@ -335,19 +335,25 @@ def representatives(assigned: ray.data.Dataset, n_total: int,
                     reason: str = "representative") -> Selection:
     """M2 step 4: per cluster the n_c rows nearest its centre, n_c proportional to its size.
 
-    Cluster sizes come from Ray Data's grouped count; each block then offers its own n_c
-    nearest per cluster, and the driver keeps the overall n_c (ties to the smaller id). Ids
-    come by cluster, nearest first.
+    Two streaming passes: per-block cluster counts, added up on the driver (no shuffle), then
+    each block offers its own n_c nearest per cluster and the driver keeps the overall n_c
+    (ties to the smaller id). Ids come by cluster, nearest first.
     """
     if not isinstance(n_total, (int, np.integer)) or n_total < 0:
         raise ValueError(f"n_total must be a non-negative integer, got {n_total!r}")
     require(assigned, [ID, "cluster", "dist"], where="representatives")
     if n_total == 0:
         return selection([], reason)
+    parts = assigned.select_columns(["cluster"]).map_batches(
+        _count_clusters, batch_format="numpy", batch_size=None)
     with data_errors():
-        sizes = assigned.groupby("cluster").count().to_pandas().sort_values("cluster")
-    clusters = sizes["cluster"].to_numpy(np.int64)
-    quota = proportional_counts(sizes["count()"].to_numpy(), n_total)
+        counted = list(parts.iter_batches(batch_size=None, batch_format="numpy"))
+    if not counted:
+        return selection([], reason, ["representatives: the dataset has no rows"])
+    clusters, which = np.unique(np.concatenate([c["cluster"] for c in counted]),
+                                return_inverse=True)
+    sizes = np.bincount(which, weights=np.concatenate([c["count"] for c in counted]))
+    quota = proportional_counts(sizes.astype(np.int64), n_total)
     parts = assigned.select_columns([ID, "cluster", "dist"]).map_batches(
         _nearest_candidates, batch_format="numpy", batch_size=None,
         fn_kwargs={"clusters": clusters, "quota": quota})
@@ -356,6 +362,11 @@ def representatives(assigned: ray.data.Dataset, n_total: int,
     notes = [] if len(ids) == n_total else [
         f"representatives: asked for {n_total} but there are {len(ids)} rows; all taken"]
     return selection(ids, reason, notes)
+
+
+def _count_clusters(batch: dict) -> dict:
+    clusters, counts = np.unique(batch["cluster"], return_counts=True)
+    return {"cluster": clusters.astype(np.int64), "count": counts}
 
 
 def _nearest_candidates(batch: dict, clusters: np.ndarray, quota: np.ndarray) -> dict:

@@ -32,6 +32,7 @@ class Selection:
 
 
 def selection(ids: np.ndarray, reason: str, notes: list[str] | None = None) -> Selection:
+    """A Selection whose ids all share one reason."""
     ids = np.asarray(ids, dtype=np.int64)
     return Selection(ids, np.full(len(ids), reason, dtype=object), list(notes or []))
 
@@ -114,7 +115,7 @@ def without_ids(ds: ray.data.Dataset, exclude_ids) -> ray.data.Dataset:
 
 
 def _drop_rows(batch: dict, exclude: np.ndarray) -> dict:
-    keep = ~np.isin(batch[ID], exclude, assume_unique=False)
+    keep = ~np.isin(batch[ID], exclude)
     return {k: v[keep] for k, v in batch.items()}
 
 
