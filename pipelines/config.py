@@ -41,7 +41,7 @@ class SourceConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn1d"  # mlp | cnn1d | cnn2d | package.module:function
+    name: str = "cnn1d"  # mlp | cnn1d | cnn2d | textcnn | package.module:function
     kwargs: dict = field(default_factory=dict)
 
 

@@ -1,7 +1,8 @@
 """Ingest: one streaming pass from a source to checked, split, canonical Parquet shards.
 
 Output: `out_dir/{train,val,test}/part-NNNNN.parquet` with `id` int64, `label` int64 and `x` as
-Ray's float32 tensor column, plus `out_dir/info.json`. Shards are written into a temporary folder
+Ray's float32 tensor column, plus `out_dir/info.json` (and, for text, `out_dir/vocab.json`: the
+vocabulary counted over the training split in a first pass, whose ids the `x` rows hold). Shards are written into a temporary folder
 beside `out_dir` and renamed into place only after the whole source has passed every check, so
 bad input never leaves half an output. The train/val/test carving is a seeded hash of each id:
 the same (id, seed) lands in the same split in every run, whatever the chunking.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +25,10 @@ from operators.contract import ID, LABEL, X, DataError
 
 from .config import ConfigError, SourceConfig
 from .sources import SPLITS, Chunk, open_source
+from .text import Vocabulary, tokenize
 
 INFO = "info.json"
+VOCAB = "vocab.json"
 _TRAIN, _VAL, _TEST = range(3)
 
 
@@ -50,7 +54,7 @@ def ingest(cfg: SourceConfig, seed: int, out_dir: str | Path, *, chunk_rows: int
     tmp = out_dir.with_name(f".{out_dir.name}.ingest-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        info = _write(source, cfg, seed, tmp, shard_rows)
+        info = _write(source, cfg, seed, tmp, shard_rows, chunk_rows)
         if out_dir.exists():
             out_dir.rmdir()
         tmp.rename(out_dir)
@@ -113,12 +117,19 @@ def carve(ids: np.ndarray, given: np.ndarray | None, seed: int, given_splits: fr
     return codes
 
 
-def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int) -> DataInfo:
+def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
+           chunk_rows: int) -> DataInfo:
     checker = _Checker(cfg)
     writers = {s: _ShardWriter(tmp / s, shard_rows) for s in SPLITS}
     per_class = {s: np.zeros(0, np.int64) for s in SPLITS}
+    chunks = source.chunks
+    if cfg.kind == "text":
+        vocab = _train_vocabulary(open_source(cfg, chunk_rows), cfg, seed)
+        vocab.save(tmp / VOCAB)
+        chunks = (Chunk(c.label, vocab.encode(c.x, cfg.max_len), c.where, c.first_row, c.id,
+                        c.split) for c in source.chunks)
     try:
-        for chunk in source.chunks:
+        for chunk in chunks:
             ids, labels, x, given = checker.check(chunk)
             codes = carve(ids, given, seed, source.given_splits, cfg.test_fraction,
                           cfg.val_fraction)
@@ -151,6 +162,18 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int) -> 
     return info
 
 
+def _train_vocabulary(source, cfg: SourceConfig, seed: int) -> Vocabulary:
+    """The vocabulary of the rows of a text source that the split puts in train (one pass)."""
+    placer = _Checker(cfg)
+    counts = Counter()
+    for c in source.chunks:
+        ids, given = placer.place(c)
+        codes = carve(ids, given, seed, source.given_splits, cfg.test_fraction, cfg.val_fraction)
+        for text in c.x[codes == _TRAIN]:
+            counts.update(tokenize(text))
+    return Vocabulary.build(counts, cfg.max_vocab, cfg.min_count)
+
+
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     n = max(len(a), len(b))
     return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
@@ -170,6 +193,17 @@ class _Checker:
 
     def check(self, c: Chunk):
         """Validated (ids, labels int64, x float32, given split codes or None) for one chunk."""
+        ids, given = self.place(c)
+        cfg = self.cfg
+        labels = _integers(c.label, c, f"source.label_column {cfg.label_column!r}")
+        if (labels < 0).any():
+            i = int(np.argmax(labels < 0))
+            raise DataError(f"{c.where}: source.label_column {cfg.label_column!r} must be >= 0; "
+                            f"{_row(c, i)} has label {labels[i]}")
+        return ids, labels, self._features(c), given
+
+    def place(self, c: Chunk):
+        """(ids, given split codes or None): the ids are the data's own or assigned in order."""
         cfg, n = self.cfg, len(c.label)
         if len(c.x) != n:
             raise DataError(f"{c.where}: {len(c.x)} feature rows but {n} labels")
@@ -184,12 +218,7 @@ class _Checker:
             self.places.append((self.seen, c.where, c.first_row))
         self.next_id += n
         self.seen += n
-        labels = _integers(c.label, c, f"source.label_column {cfg.label_column!r}")
-        if (labels < 0).any():
-            i = int(np.argmax(labels < 0))
-            raise DataError(f"{c.where}: source.label_column {cfg.label_column!r} must be >= 0; "
-                            f"{_row(c, i)} has label {labels[i]}")
-        return ids, labels, self._features(c), self._given_split(c)
+        return ids, self._given_split(c)
 
     def _same_mode(self, what: str, given: bool, where: str, field: str) -> None:
         first = self.modes.setdefault(what, (given, where))

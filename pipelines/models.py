@@ -10,6 +10,7 @@ import importlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
@@ -78,7 +79,50 @@ def cnn2d(input_shape, num_classes: int, channels: int = 32, hidden: int = 128) 
     return Staged([*stages, nn.Linear(hidden, num_classes)])
 
 
-BUILT_IN = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d}
+class TokenEmbedding(nn.Module):
+    """Token ids -> word vectors (N, dim, L). The ids arrive as float32, the data contract's
+    dtype (exact below 2**24), and are cast back to integers here; id 0 (padding) stays zero."""
+
+    def __init__(self, vocab_size: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x.long()).transpose(1, 2)
+
+
+class ConvMaxPool(nn.Module):
+    """Parallel 1-D convolutions of several widths over the word vectors, each max-pooled over
+    time: one feature per filter, whatever the sentence length."""
+
+    def __init__(self, dim: int, widths, channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(dim, channels, w) for w in widths)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.relu(conv(h)).amax(dim=2) for conv in self.convs], dim=1)
+
+
+def textcnn(input_shape, num_classes: int, vocab_size: int, dim: int = 64,
+            widths=(3, 4, 5), channels: int = 64, dropout: float = 0.5) -> Staged:
+    """Kim's sentence CNN on (L,) token ids. Stages: 0 embedding, 1 convolutions and max-pool,
+    2 dropout and the dense layer; mixing at layer 1 mixes word vectors, at 2 pooled features."""
+    (length,) = input_shape
+    widths = list(widths)
+    if not 1 <= vocab_size <= 2 ** 24:
+        raise ConfigError(f"model.kwargs.vocab_size: got {vocab_size}, expected in [1, 2**24] "
+                          f"(float32 holds the token ids exactly up to 2**24)")
+    if not widths or any(not 1 <= w <= length for w in widths):
+        raise ConfigError(f"model.kwargs.widths: got {widths}, expected widths in [1, {length}] "
+                          f"(the token length)")
+    if not 0 <= dropout < 1:
+        raise ConfigError(f"model.kwargs.dropout: got {dropout}, expected in [0, 1)")
+    return Staged([TokenEmbedding(vocab_size, dim), ConvMaxPool(dim, widths, channels),
+                   nn.Sequential(nn.Dropout(dropout),
+                                 nn.Linear(len(widths) * channels, num_classes))])
+
+
+BUILT_IN = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d, "textcnn": textcnn}
 
 
 def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
@@ -99,6 +143,8 @@ def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
         raise ConfigError(f"model.name: cnn1d needs features of shape (C, L), got {tuple(input_shape)}")
     if cfg.name == "cnn2d" and dims != 3:
         raise ConfigError(f"model.name: cnn2d needs features of shape (C, H, W), got {tuple(input_shape)}")
+    if cfg.name == "textcnn" and dims != 1:
+        raise ConfigError(f"model.name: textcnn needs token ids of shape (L,), got {tuple(input_shape)}")
     try:
         model = factory(tuple(input_shape), num_classes, **cfg.kwargs)
     except TypeError as err:

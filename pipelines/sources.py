@@ -2,7 +2,8 @@
 
 A reader only decodes its format. It yields `Chunk`s of NumPy arrays that say which file and row
 they came from, so that `ingest` can check the values and name the place of a bad one. Readers of
-user data (parquet, idx, imagefolder) hold one chunk at a time, never the whole dataset.
+user data (parquet, idx, imagefolder, text) hold one chunk at a time, never the whole dataset.
+The text reader's `x` holds strings; ingest turns them into token ids.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ class Source:
 def open_source(cfg: SourceConfig, chunk_rows: int = 4096) -> Source:
     """The reader for `cfg.kind`, opened on `cfg.path`."""
     readers = {"mnist1d": read_mnist1d, "digits": read_digits, "parquet": read_parquet,
-               "npz": read_npz, "idx": read_idx, "imagefolder": read_imagefolder}
+               "npz": read_npz, "idx": read_idx, "imagefolder": read_imagefolder,
+               "text": read_text}
     if cfg.kind not in readers:
         raise ConfigError(f"source.kind: got {cfg.kind!r}, expected one of {', '.join(readers)}")
     if cfg.kind not in ("mnist1d", "digits") and not cfg.path:
@@ -284,6 +286,93 @@ def _stack(rows: np.ndarray, where: str, first_row: int, what: str) -> np.ndarra
             raise DataError(f"{where}: {what} has ragged feature shapes: row {first_row + i} has "
                             f"shape {np.shape(r)}, row {first_row} {first}")
     return np.stack(rows)
+
+
+# ---- text (CSV or Parquet) ------------------------------------------------------------------
+
+def read_text(cfg: SourceConfig, chunk_rows: int) -> Source:
+    """A string column (`source.text_column`) with integer labels in CSV or Parquet files; the
+    chunks' x are the raw strings (an object array), tokenised by ingest."""
+    fs, files = list_files(cfg.path, (".csv", ".parquet", ".pq"))
+    given = set()
+    for f in files:
+        names = _table_schema(fs, f).names
+        require_columns(names, [cfg.label_column], where=f"{f}: source.label_column")
+        require_columns(names, [cfg.text_column], where=f"{f}: source.text_column")
+        if cfg.split_column in names:
+            given |= {v for b in _table_batches(fs, f, [cfg.split_column], cfg.split_column)
+                      for v in pc.unique(b.column(0)).to_pylist()}
+
+    def chunks():
+        for f in files:
+            names = _table_schema(fs, f).names
+            wanted = [cfg.label_column, cfg.text_column, cfg.id_column, cfg.split_column]
+            columns = [c for c in dict.fromkeys(wanted) if c in names]
+            start = 0
+            for batch in _table_batches(fs, f, columns, cfg.split_column):
+                for s in range(0, batch.num_rows, chunk_rows):
+                    part = batch.slice(s, chunk_rows)
+                    yield _text_chunk(part, cfg, f, start + s)
+                start += batch.num_rows
+
+    return Source(chunks(), f"text {cfg.path} ({len(files)} files)",
+                  frozenset(given & set(SPLITS)))
+
+
+def _is_csv(path: str) -> bool:
+    return path.lower().endswith(".csv")
+
+
+def _open_csv(stream, path: str, columns: list[str] | None, split_column: str):
+    import pyarrow.csv as pacsv
+
+    try:
+        return pacsv.open_csv(
+            stream, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(include_columns=columns,
+                                                 column_types={split_column: pa.string()}))
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{path}: not a readable CSV file: {e}") from e
+
+
+def _table_schema(fs, path: str) -> pa.Schema:
+    if not _is_csv(path):
+        return pq.read_schema(path, filesystem=fs)
+    with fs.open_input_stream(path) as stream:
+        return _open_csv(stream, path, None, "").schema
+
+
+def _table_batches(fs, path: str, columns: list[str], split_column: str):
+    """Record batches of `columns` from a CSV or Parquet file."""
+    if not _is_csv(path):
+        with pq.ParquetFile(path, filesystem=fs) as pf:
+            yield from pf.iter_batches(columns=columns)
+        return
+    with fs.open_input_stream(path) as stream:
+        reader = _open_csv(stream, path, columns, split_column)
+        try:
+            yield from reader
+        except pa.ArrowInvalid as e:
+            raise DataError(f"{path}: not a readable CSV file: {e}") from e
+
+
+def _text_chunk(batch: pa.RecordBatch, cfg: SourceConfig, path: str, first_row: int) -> Chunk:
+    has = batch.schema.names
+    text = batch.column(cfg.text_column)
+    what = f"source.text_column {cfg.text_column!r}"
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        raise DataError(f"{path}: {what} must hold strings, got type {text.type}")
+    if text.null_count:
+        k = int(np.flatnonzero(text.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{path}: {what} is empty (null) at row {first_row + k}")
+    return Chunk(
+        label=_numbers(batch.column(cfg.label_column),
+                       f"{path}: source.label_column {cfg.label_column!r}"),
+        x=text.to_numpy(zero_copy_only=False), where=path, first_row=first_row,
+        id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column "
+                    f"{cfg.id_column!r}") if cfg.id_column in has else None,
+        split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
+                       f"{cfg.split_column!r}") if cfg.split_column in has else None)
 
 
 # ---- NumPy .npz ------------------------------------------------------------------------------
