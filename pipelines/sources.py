@@ -99,13 +99,14 @@ def read_mnist1d(cfg: SourceConfig, chunk_rows: int) -> Source:
                   frozenset({"train", "test"}), [str(c) for c in range(10)])
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """raysift's download and generated-data cache (under $XDG_CACHE_HOME or ~/.cache)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raysift"
 
 
 def _mnist1d_arrays(num_samples: int) -> dict:
     """Generated once per size and kept as .npz: 60,000 samples take ~14 s to make."""
-    path = _cache_dir() / f"mnist1d-n{num_samples}-seed{MNIST1D_SEED}.npz"
+    path = cache_dir() / f"mnist1d-n{num_samples}-seed{MNIST1D_SEED}.npz"
     if path.exists():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
