@@ -13,7 +13,7 @@ import yaml
 
 from operators.contract import DataError
 
-from . import feedback_job, operator_jobs
+from . import feedback_job, operator_jobs, transfer
 from .config import ConfigError, load_job
 
 
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=_compare)
     operator_jobs.add_commands(commands)
     feedback_job.add_commands(commands)
+    transfer.add_commands(commands)
     return parser
 
 

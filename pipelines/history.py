@@ -29,6 +29,7 @@ import torch
 
 from operators.contract import ID, LABEL, X, DataError, check_finite, features, require_columns
 
+from .models import embed
 from .run_state import atomic_write_bytes, atomic_write_json
 
 RULES = ("herding", "reservoir")
@@ -51,6 +52,28 @@ def last_layer_gradients(embedding: torch.Tensor, logits: torch.Tensor,
         h = torch.cat([embedding.float().flatten(1), torch.ones(len(embedding), 1,
                                                                 device=embedding.device)], 1)
         return (err[:, :, None] * h[:, None, :]).flatten(1).cpu().numpy()
+
+
+def head_gradient_fn(model: torch.nn.Module, batch_size: int = 4096) -> GradFn:
+    """A `grad_fn` for `HistoryLibrary.update`: `last_layer_gradients` of `model` in eval mode.
+
+    Built-in models give their embedding (`models.embed`); the head's gradient is then exact
+    and needs no backward pass, so scoring a whole old training split stays cheap.
+    """
+
+    def grad_fn(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        model.eval()
+        device = next(model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(x), batch_size):
+                xb = torch.as_tensor(x[s:s + batch_size], dtype=torch.float32, device=device)
+                out.append(last_layer_gradients(embed(model, xb), model(xb),
+                                                torch.as_tensor(labels[s:s + batch_size],
+                                                                device=device)))
+        return np.concatenate(out)
+
+    return grad_fn
 
 
 def herding(grads: np.ndarray, k: int) -> np.ndarray:

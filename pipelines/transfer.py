@@ -1,0 +1,277 @@
+"""`raysift transfer JOB.yaml`: adapt a trained model to a new scene without forgetting (M5).
+
+    ingest both scenes -> history library (built under the meta-model, or loaded)
+    -> accuracies before -> Ray Train: epochs of transfer steps (`transfer_step.run_epochs`)
+    -> accuracies after -> library re-selected under the new model -> final/, summary.json
+
+The run directory holds `transfer.json` (the job as run), `data/new` and `data/old` (the
+ingested scenes), `history/` (the library replayed during transfer), `final/` (model.pt in
+train.py's format next to the updated library: a next transfer's `meta.checkpoint` and
+`history.library`) and `summary.json`. Each scene's train split is learned from (new) or
+replayed (old), its test split scores the model; val splits are not used.
+
+The library update after transfer (M5 step 5, our rule): with the herding rule, the members
+and the old training split are re-scored under the *transferred* model and herded again, so
+the library keeps the samples whose gradients best represent the old task for the model as it
+now is, which is what the next transfer replays against. A reservoir library (the control)
+ignores gradients and is kept as it was. A loaded library must hold samples of `old_source`
+(the same ids), since held ids are not offered twice.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from operators.contract import ID, LABEL, X
+
+from .config import ConfigError, JobConfig
+from .history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
+from .ingest import DataInfo, ingest, read_split
+from .rounds import _init_ray
+from .run_state import atomic_write_json
+from .seeding import derive_seed
+from .train import MODEL_FILE, _collect, load_model
+from .transfer_config import MetaConfig, TransferConfig, load_transfer, transfer_from_dict
+from .transfer_step import count_correct, run_epochs
+
+JOB_COPY = "transfer.json"
+SUMMARY = "summary.json"
+
+
+def load_meta(meta: MetaConfig) -> torch.nn.Module:
+    """The meta-model (or a transferred one: the same checkpoint format), in eval mode."""
+    if not (Path(meta.checkpoint) / MODEL_FILE).is_file():
+        raise ConfigError(f"meta.checkpoint: {meta.checkpoint} holds no {MODEL_FILE}")
+    try:
+        return load_model(JobConfig(model=meta.model), meta.checkpoint, meta.num_classes,
+                          tuple(meta.x_shape))
+    except RuntimeError as err:  # the weights do not fit the net the section describes
+        raise ConfigError(f"meta: {meta.checkpoint}/{MODEL_FILE} does not fit meta.model, "
+                          f"meta.x_shape and meta.num_classes: {str(err).splitlines()[0]}"
+                          ) from None
+
+
+def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) -> dict:
+    """Run a transfer job to the end; returns (and writes) its summary."""
+    started = time.perf_counter()
+    run_dir = Path(cfg.run_dir)
+    _check_inputs(cfg, run_dir, overwrite)
+    meta = load_meta(cfg.meta)
+    _init_ray()
+    _check_resources(cfg)
+    seconds = {}
+
+    t = time.perf_counter()
+    new_info = _start_run_dir(cfg, run_dir)
+    # Each is read twice or more (before and after, library build and update): read once.
+    new_train, new_test, old_train, old_test = (
+        read_split(run_dir / "data" / scene, split).materialize()
+        for scene in ("new", "old") for split in ("train", "test"))
+    seconds["ingest"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    library, origin = _library(cfg, meta, old_train)
+    library.save(run_dir / "history")
+    held_before = library.ids_.copy()
+    seconds["history"] = time.perf_counter() - t
+    echo(f"[{cfg.name}] {new_info.counts['train']} new samples, history library of "
+         f"{len(library)} ({origin}); rule {cfg.train.rule}")
+
+    t = time.perf_counter()
+    before = {"new": _accuracy(meta, new_test), "old": _accuracy(meta, old_test)}
+    seconds["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    checkpoint, metrics = _fit(cfg, new_train, run_dir)
+    seconds["train"] = time.perf_counter() - t
+    final = run_dir / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    final.mkdir()
+    shutil.copy2(Path(checkpoint) / MODEL_FILE, final / MODEL_FILE)
+    model = load_meta(MetaConfig(str(final), cfg.meta.model, cfg.meta.x_shape,
+                                 cfg.meta.num_classes))
+
+    t = time.perf_counter()
+    after = {"new": _accuracy(model, new_test), "old": _accuracy(model, old_test)}
+    seconds["evaluate"] += time.perf_counter() - t
+
+    t = time.perf_counter()
+    if library.rule == "herding":
+        _offer(library, model, old_train)
+    library.save(final)
+    seconds["history"] += time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - started
+
+    summary = _summary(cfg, new_info, before, after, metrics, library, origin,
+                       int((~np.isin(held_before, library.ids_)).sum()), seconds, final)
+    atomic_write_json(run_dir / SUMMARY, summary)
+    echo(format_summary(summary))
+    return summary
+
+
+def _check_inputs(cfg: TransferConfig, run_dir: Path, overwrite: bool) -> None:
+    """What can be checked before anything is written or started."""
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"run_dir: {run_dir} already exists; pass --overwrite to replace it")
+    lib = cfg.history.library
+    if lib and not (Path(lib) / SETTINGS_FILE).is_file():
+        raise ConfigError(f"history.library: {lib} holds no saved library ({SETTINGS_FILE})")
+
+
+def _check_resources(cfg: TransferConfig) -> None:
+    kind = "GPU" if cfg.train.use_gpu else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if cfg.train.num_workers > have:
+        raise ConfigError(f"train.num_workers: {cfg.train.num_workers} {kind} workers asked "
+                          f"for, the cluster has {have} {kind}s")
+
+
+def _start_run_dir(cfg: TransferConfig, run_dir: Path) -> DataInfo:
+    """Ingest both scenes into a staging folder: bad input fails before an old run is replaced.
+
+    Returns the new scene's DataInfo."""
+    staging = run_dir.with_name(f".{run_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for name, field in (("old", "old_source"), ("new", "new_source")):
+            info = ingest(getattr(cfg, field), cfg.seed, staging / "data" / name)
+            _check_scene(info, cfg.meta, field)
+        atomic_write_json(staging / JOB_COPY, cfg.to_dict())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(run_dir, ignore_errors=True)
+    staging.rename(run_dir)
+    return info
+
+
+def _check_scene(info: DataInfo, meta: MetaConfig, field: str) -> None:
+    if tuple(info.x_shape) != tuple(meta.x_shape):
+        raise ConfigError(f"{field}: features of shape {list(info.x_shape)}, but "
+                          f"meta.x_shape is {meta.x_shape}")
+    if info.num_classes > meta.num_classes:
+        raise ConfigError(f"{field}: labels up to {info.num_classes - 1}, but the meta-model "
+                          f"has meta.num_classes {meta.num_classes}")
+    if not info.counts["test"]:
+        raise ConfigError(f"{field}: the test split is empty; set {field}.test_fraction > 0 "
+                          f"or give a test split")
+
+
+def _library(cfg: TransferConfig, meta: torch.nn.Module, old_train) -> tuple[HistoryLibrary, str]:
+    """The loaded library, or one built from the old training split under the meta-model."""
+    h = cfg.history
+    if h.library:
+        lib = HistoryLibrary.load(h.library)
+        if lib.num_classes != cfg.meta.num_classes or lib.x_.shape[1:] != tuple(cfg.meta.x_shape):
+            raise ConfigError(f"history.library: {h.library} holds {lib.num_classes} classes of "
+                              f"shape {list(lib.x_.shape[1:])}; the meta-model has "
+                              f"{cfg.meta.num_classes} of shape {cfg.meta.x_shape}")
+        return lib, "loaded"
+    lib = HistoryLibrary(h.per_class, cfg.meta.num_classes, h.rule, seed=cfg.seed)
+    _offer(lib, meta, old_train)
+    return lib, "built"
+
+
+def _offer(library: HistoryLibrary, model: torch.nn.Module, dataset) -> None:
+    grad_fn = head_gradient_fn(model)
+    for batch in dataset.iter_batches(batch_size=4096, batch_format="numpy"):
+        library.update(batch, grad_fn)
+
+
+def _accuracy(model: torch.nn.Module, dataset) -> float:
+    correct = total = 0
+    for batch in dataset.iter_batches(batch_size=4096, batch_format="numpy"):
+        correct += count_correct(model, batch[X], batch[LABEL])
+        total += len(batch[ID])
+    return correct / total
+
+
+def _fit(cfg: TransferConfig, new_train, run_dir: Path) -> tuple[str, dict]:
+    trainer = TorchTrainer(
+        _transfer_loop,
+        train_loop_config={"job": cfg.to_dict(), "library": str((run_dir / "history").resolve())},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers,
+                                     use_gpu=cfg.train.use_gpu),
+        run_config=RunConfig(storage_path=str((run_dir / "train").resolve()), name="transfer",
+                             failure_config=FailureConfig(max_failures=2)),
+        # Materialised before fit, as in train.py: the workers may hold every CPU.
+        datasets={"new": new_train.materialize()},
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    result = trainer.fit()
+    return result.checkpoint.path, dict(result.metrics)
+
+
+def _transfer_loop(config: dict) -> None:
+    """Every worker: all new rows and the library, its share of each batch (run_epochs).
+
+    A restarted worker group starts again from the meta-model; the seeds make it end the same.
+    """
+    cfg = transfer_from_dict(config["job"])
+    rank = ray.train.get_context().get_world_rank()
+    torch.set_num_threads(cfg.train.threads_per_worker)
+    torch.manual_seed(derive_seed(cfg.seed, "transfer", rank))
+    _, y_new, x_new = _collect(ray.train.get_dataset_shard("new"))
+    library = HistoryLibrary.load(config["library"])
+    model = load_meta(cfg.meta).to(ray.train.torch.get_device())
+    stats = run_epochs(model, x_new, y_new, library, cfg.train, cfg.history_batch_size,
+                       cfg.seed)
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            torch.save({"model": model.state_dict()}, Path(d) / MODEL_FILE)
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report({k: v for k, v in stats.items() if v is not None},
+                         checkpoint=checkpoint)
+
+
+def _summary(cfg: TransferConfig, new_info: DataInfo, before: dict, after: dict,
+             metrics: dict, library: HistoryLibrary, origin: str, replaced: int,
+             seconds: dict, final: Path) -> dict:
+    new, hist = metrics["new_sample_passes"], metrics["history_sample_passes"]
+    return {
+        "name": cfg.name, "rule": cfg.train.rule, "new_samples": new_info.counts["train"],
+        "epochs": cfg.train.epochs, "steps": metrics["steps"],
+        "new_scene_accuracy": {"before": before["new"], "after": after["new"]},
+        "old_scene_accuracy": {"before": before["old"], "after": after["old"]},
+        "forgetting": before["old"] - after["old"],
+        "train_sample_passes": {"new": new, "history": hist, "total": new + hist},
+        "mixing": {k: metrics.get(k) for k in ("mean_cosine", "mean_w_t", "mean_w_h",
+                                               "conflict_steps")},
+        "history": {"origin": origin, "rule": library.rule, "per_class": library.per_class,
+                    "size": len(library), "replaced_after_transfer": replaced},
+        "model": str(final / MODEL_FILE), "library": str(final),
+        "wall_seconds": seconds,
+    }
+
+
+def format_summary(s: dict) -> str:
+    new, old = s["new_scene_accuracy"], s["old_scene_accuracy"]
+    return (f"[{s['name']}] {s['rule']}: new scene {new['before']:.4f} -> {new['after']:.4f}, "
+            f"old scene {old['before']:.4f} -> {old['after']:.4f} (forgetting "
+            f"{s['forgetting']:+.4f}); {s['steps']} steps, {s['train_sample_passes']['total']} "
+            f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}")
+
+
+def _command(args: argparse.Namespace) -> None:
+    run_transfer(load_transfer(args.job), overwrite=args.overwrite)
+
+
+def add_commands(subparsers) -> None:
+    """Register `transfer` on the CLI's subparsers."""
+    p = subparsers.add_parser("transfer", help="adapt a trained model to a new scene, "
+                                               "replaying a history library (M5)")
+    p.add_argument("job", help="the transfer job file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.set_defaults(func=_command)

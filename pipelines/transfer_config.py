@@ -1,0 +1,117 @@
+"""The transfer job file (M5): typed sections, built by the same rules as the main job file.
+
+Unknown keys and wrong types are named by `config._build`; the ranges and the required fields
+are checked here, so a transfer job fails before it ingests or trains anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import history
+from .config import ConfigError, ModelConfig, SourceConfig, _build, _check
+
+RULES = ("finetune", "sum", "agem", "pcgrad", "similarity")
+
+
+@dataclass
+class MetaConfig:
+    """The meta-model: a checkpoint folder as `train.py` writes it, and how to rebuild the net."""
+
+    checkpoint: str | None = None  # a directory holding model.pt
+    model: ModelConfig = field(default_factory=ModelConfig)
+    x_shape: list[int] | None = None  # the feature shape the model reads, e.g. [1, 40]
+    num_classes: int | None = None
+
+
+@dataclass
+class HistoryConfig:
+    """The old-scene samples replayed beside the new ones."""
+
+    library: str | None = None  # a folder HistoryLibrary.save wrote; null: built from old_source
+    per_class: int = 20  # when built
+    rule: str = "herding"  # when built: herding | reservoir
+    batch_size: int | None = None  # history rows per step; null: train.batch_size
+
+
+@dataclass
+class TransferTrainConfig:
+    rule: str = "similarity"  # finetune | sum | agem | pcgrad | similarity
+    floor: float = 0.0  # similarity: the smallest weight either gradient keeps
+    epochs: int = 10
+    batch_size: int = 32  # new-scene rows per step (global, over all workers)
+    lr: float = 0.01
+    momentum: float = 0.0  # SGD
+    weight_decay: float = 0.0
+    num_workers: int = 1
+    use_gpu: bool = False
+    threads_per_worker: int = 1
+
+
+@dataclass
+class TransferConfig:
+    name: str = "transfer"
+    seed: int = 0
+    run_dir: str = "runs/transfer"
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    new_source: SourceConfig | None = None  # the new scene: train split to learn, test to score
+    old_source: SourceConfig | None = None  # the old scene: builds the library, scores forgetting
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    train: TransferTrainConfig = field(default_factory=TransferTrainConfig)
+
+    def validate(self) -> "TransferConfig":
+        """Required fields and ranges that the types alone do not express."""
+        _check(self.seed >= 0, "seed", self.seed, ">= 0")
+        _check(bool(self.run_dir), "run_dir", self.run_dir, "a folder path")
+        m = self.meta
+        _check(bool(m.checkpoint), "meta.checkpoint", m.checkpoint, "the meta-model's folder")
+        _check(bool(m.x_shape) and all(d >= 1 for d in m.x_shape), "meta.x_shape", m.x_shape,
+               "a list of positive sizes, e.g. [1, 40]")
+        _check(m.num_classes is not None and m.num_classes >= 1, "meta.num_classes",
+               m.num_classes, "an integer >= 1")
+        _check(self.new_source is not None, "new_source", None, "a source section (new scene)")
+        _check(self.old_source is not None, "old_source", None, "a source section (old scene)")
+        t = self.train
+        _check(t.rule in RULES, "train.rule", t.rule, f"one of {', '.join(RULES)}")
+        _check(0 <= t.floor <= 1, "train.floor", t.floor, "in [0, 1]")
+        for name in ("epochs", "batch_size", "num_workers", "threads_per_worker"):
+            _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
+        _check(t.lr > 0, "train.lr", t.lr, "> 0")
+        _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
+        _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+        h = self.history
+        _check(h.per_class >= 1, "history.per_class", h.per_class, ">= 1")
+        _check(h.rule in history.RULES, "history.rule", h.rule,
+               f"one of {', '.join(history.RULES)}")
+        rows = self.history_batch_size
+        # The library splits each history batch evenly over the workers (HistoryLibrary).
+        _check(rows >= 1 and rows % t.num_workers == 0, "history.batch_size", rows,
+               f"a positive multiple of train.num_workers ({t.num_workers})")
+        return self
+
+    @property
+    def history_batch_size(self) -> int:
+        h = self.history.batch_size
+        return self.train.batch_size if h is None else h
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def transfer_from_dict(raw: dict, where: str = "transfer job") -> TransferConfig:
+    return _build(TransferConfig, raw, prefix="", where=where).validate()
+
+
+def load_transfer(path: str | Path) -> TransferConfig:
+    """Read a YAML transfer job, type-check and validate it."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"job file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the job must be a mapping of sections, "
+                          f"got {type(raw).__name__}")
+    return transfer_from_dict(raw, where=str(path))

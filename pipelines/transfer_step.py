@@ -1,0 +1,171 @@
+"""One transfer step and the epoch walk (M5 steps 3-4), in plain torch.
+
+The Ray Train loop (`transfer._transfer_loop`) and the in-process benchmark run the same code:
+`run_epochs` on one process (world 1) or on each of `world` workers.
+
+DDP without DDP's wrapper (see `gradmix`): every worker holds the whole model and its rows of
+each *global* batch. A worker's loss is its rows' summed cross-entropy times world / (rows of
+the global batch), so `allreduce_mean` of the gradients is exactly the gradient of the global
+batch's mean loss, also when the last batch does not split evenly. Both gradients are reduced
+before they are mixed, so every worker mixes the same two vectors and takes the same step; the
+floating buffers (BatchNorm's running statistics) are averaged after each step, so the workers'
+models stay equal.
+"""
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from operators.contract import LABEL, X
+
+from .gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
+from .history import HistoryLibrary
+from .seeding import derive_seed
+from .transfer_config import RULES, TransferTrainConfig
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # this worker's rows
+    y: torch.Tensor
+    rows: int  # rows of the global batch, over all workers
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _world() -> int:
+    return _rank_world()[1]
+
+
+def global_mean_gradient(model: torch.nn.Module, params: list, batch: Batch) -> torch.Tensor:
+    """The gradient of the global batch's mean cross-entropy, the same on every worker."""
+    model.zero_grad(set_to_none=True)
+    if len(batch.y):  # a worker without rows in a short last batch contributes zeros
+        loss = F.cross_entropy(model(batch.x), batch.y, reduction="sum")
+        (loss * (_world() / batch.rows)).backward()
+    return allreduce_mean(flat_grad(params))
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Average the floating buffers over the workers (one all-reduce), so the models agree."""
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    if not buffers or _world() == 1:
+        return
+    mean = allreduce_mean(torch.cat([b.reshape(-1) for b in buffers]))
+    offset = 0
+    for b in buffers:
+        b.copy_(mean[offset:offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
+def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new: Batch,
+                  history: Batch | None, rule: str, floor: float = 0.0) -> dict:
+    """One update: g_t from `new`, g_h from `history`, mixed by `rule`, applied by `optimizer`.
+
+    `finetune` takes g_t alone (no history batch); the other rules are `gradmix.mix`'s.
+    Returns mix's info ({} for finetune).
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule: unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule != "finetune" and history is None:
+        raise ValueError(f"history: rule {rule!r} needs a history batch")
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    g, info = global_mean_gradient(model, params, new), {}
+    if rule != "finetune":
+        g_h = global_mean_gradient(model, params, history)
+        g, info = mix(g, g_h, rule, **({"floor": floor} if rule == "similarity" else {}))
+    set_flat_grad(params, g)
+    optimizer.step()
+    sync_buffers(model)
+    return info
+
+
+def epoch_walk(n_new: int, batch_size: int, seed: int, epoch: int,
+               history: Iterator[dict] | None = None, rank: int = 0,
+               world: int = 1) -> Iterator[tuple[np.ndarray, int, dict | None]]:
+    """One epoch over the new samples, in step with the history (M5 step 3).
+
+    Yields, per global batch of a seeded permutation of the `n_new` rows: this rank's rows
+    (rank, rank + world, ...), the global batch's size, and the next history batch (None
+    without a history). Every new row is used once; the epoch ends when they are used up.
+    """
+    if n_new < 1:
+        raise ValueError(f"n_new: there are no new samples to walk (got {n_new})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
+    if not 0 <= rank < world:
+        raise ValueError(f"rank: must be in [0, {world}), got {rank}")
+    order = np.random.default_rng(derive_seed(seed, "new", epoch)).permutation(n_new)
+    for start in range(0, n_new, batch_size):
+        rows = order[start:start + batch_size]
+        yield rows[rank::world], len(rows), None if history is None else next(history)
+
+
+def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
+               library: HistoryLibrary | None, train: TransferTrainConfig,
+               history_batch_size: int, seed: int) -> dict:
+    """Transfer `model` in place for `train.epochs` epochs (SGD); returns the step statistics.
+
+    Under torch.distributed every worker passes the same `x_new`, `y_new` and library and
+    takes its rank's share of each batch; the counts and mixing statistics returned are
+    global, the same on every worker. Without a process group it is one worker (world 1).
+    """
+    rank, world = _rank_world()
+    device = next(model.parameters()).device
+    x_all = torch.as_tensor(x_new, dtype=torch.float32, device=device)
+    y_all = torch.as_tensor(y_new, dtype=torch.long, device=device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=train.lr,
+                                momentum=train.momentum, weight_decay=train.weight_decay)
+    history = None
+    if train.rule != "finetune":
+        if library is None:
+            raise ValueError(f"library: rule {train.rule!r} replays a history library")
+        history = library.iter_batches(history_batch_size, derive_seed(seed, "history"),
+                                       rank, world)
+    steps = new_passes = history_passes = conflicts = 0
+    sums = {"cosine": 0.0, "w_t": 0.0, "w_h": 0.0}
+    for epoch in range(train.epochs):
+        for rows, n, hist in epoch_walk(len(y_all), train.batch_size, seed, epoch, history,
+                                        rank, world):
+            idx = torch.from_numpy(rows).to(device)
+            h = None if hist is None else Batch(
+                torch.from_numpy(hist[X]).to(device), torch.from_numpy(hist[LABEL]).to(device),
+                history_batch_size)
+            info = transfer_step(model, optimizer, Batch(x_all[idx], y_all[idx], n), h,
+                                 train.rule, train.floor)
+            steps, new_passes = steps + 1, new_passes + n
+            if info:
+                history_passes += history_batch_size
+                conflicts += info["conflict"]
+                for key in sums:
+                    sums[key] += info[key]
+    mixed = history is not None
+    return {"steps": steps, "new_sample_passes": new_passes,
+            "history_sample_passes": history_passes,
+            "mean_cosine": sums["cosine"] / steps if mixed else None,
+            "mean_w_t": sums["w_t"] / steps if mixed else None,
+            "mean_w_h": sums["w_h"] / steps if mixed else None,
+            "conflict_steps": conflicts if mixed else None}
+
+
+def count_correct(model: torch.nn.Module, x: np.ndarray, y: np.ndarray,
+                  batch_size: int = 4096) -> int:
+    """How many rows `model` (in eval mode) classifies correctly."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            # Copies: Ray hands out read-only arrays.
+            xb = torch.tensor(x[start:start + batch_size], dtype=torch.float32, device=device)
+            yb = torch.tensor(y[start:start + batch_size], device=device)
+            correct += int((model(xb).argmax(1) == yb).sum())
+    return correct
