@@ -107,7 +107,7 @@ def test_bad_parameters_name_themselves(ray_session):
                          ({"init": [[0, 0]]}, "init")]:
         with pytest.raises(ValueError, match=name):
             KMeans(**{"n_clusters": 2, **kwargs}).fit(ds)
-    with pytest.raises(ValueError, match=r"n_clusters=6 is larger than the number of samples \(5\)"):
+    with pytest.raises(ValueError, match=r"n_clusters=6 is larger than the .* \(5\)"):
         KMeans(6).fit(ds)
     with pytest.raises(ValueError, match=r"n_clusters=6 .* \(5\)"):
         KMeans(6, init=np.zeros((6, 2))).fit(ds)
