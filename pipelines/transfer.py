@@ -126,6 +126,11 @@ def _check_inputs(cfg: TransferConfig, run_dir: Path, overwrite: bool) -> None:
     lib = cfg.history.library
     if lib and not (Path(lib) / SETTINGS_FILE).is_file():
         raise ConfigError(f"history.library: {lib} holds no saved library ({SETTINGS_FILE})")
+    # The run replaces run_dir, and the workers read the meta-model after that.
+    for field, path in (("meta.checkpoint", cfg.meta.checkpoint), ("history.library", lib)):
+        if path and Path(path).resolve().is_relative_to(run_dir.resolve()):
+            raise ConfigError(f"{field}: {path} lies inside run_dir {run_dir}, which the run "
+                              f"replaces; copy it out or choose another run_dir")
 
 
 def _check_resources(cfg: TransferConfig) -> None:

@@ -260,3 +260,7 @@ def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_sess
 
     with pytest.raises(ConfigError, match="run_dir"):
         run_transfer(cfg)
+    # The next transfer starts from this one's final/, but never inside the run it replaces.
+    cfg.meta.checkpoint = cfg.history.library = str(run / "final")
+    with pytest.raises(ConfigError, match="meta.checkpoint: .* lies inside run_dir"):
+        run_transfer(cfg, overwrite=True)
