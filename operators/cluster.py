@@ -203,8 +203,9 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 def _check_enough(k: int, n: int) -> None:
+    """A DataError (a ValueError): the parameter is fine, this data is too small for it."""
     if n < k:
-        raise ValueError(f"n_clusters={k} is larger than the number of samples ({n})")
+        raise DataError(f"n_clusters={k} is larger than the number of samples ({n})")
 
 
 def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
