@@ -153,12 +153,19 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
@@ -200,7 +207,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--k", type=_positive_int, required=True, help="number of clusters")
     p.add_argument("--column", default=X, help=f"feature column, e.g. embedding (default {X})")
     p.add_argument("--max-iter", type=_positive_int, default=100, help="default 100")
-    p.add_argument("--tol", type=float, default=1e-4,
+    p.add_argument("--tol", type=_non_negative, default=1e-4,
                    help="stop when the centre shift is below tol x mean variance (default 1e-4)")
     p.add_argument("--mini-batch", type=_positive_int,
                    help="rows per mini-batch step (default: full Lloyd passes)")

@@ -96,7 +96,7 @@ def test_job_errors_name_the_problem(ray_session, tmp_path):
     src = _write(tmp_path / "in", [1, 2, 3])  # no labels
     with pytest.raises(DataError, match="missing column.*'label'"):
         _cli("select", src, tmp_path / "out", "--per-class", 1)
-    with pytest.raises(ValueError, match="n_clusters=4 is larger than the number of samples"):
+    with pytest.raises(DataError, match="n_clusters=4 is larger than the number of samples"):
         _cli("cluster", src, tmp_path / "out", "--k", 4)
     with pytest.raises(DataError, match="missing column.*'embedding'"):
         _cli("cluster", src, tmp_path / "out", "--k", 2, "--column", "embedding")
@@ -104,7 +104,9 @@ def test_job_errors_name_the_problem(ray_session, tmp_path):
     with pytest.raises(DataError, match="output already exists"):
         _cli("norms", src, tmp_path / "out")
     for argv in (["select", src, "o", "--per-class", 0], ["select", src, "o", "--ratio", 1.5],
-                 ["select", src, "o"], ["cluster", src, "o"], ["norms", src, "o", "--kind", "l7"],
+                 ["select", src, "o"], ["cluster", src, "o"], ["cluster", src, "o", "--k", 2,
+                                                                "--tol", -1],
+                 ["norms", src, "o", "--kind", "l7"],
                  ["norms", src, "o", "--channel-weights", "a,b"]):
         with pytest.raises(SystemExit):
             _cli(*argv)
