@@ -103,9 +103,11 @@ def test_job_errors_name_the_problem(ray_session, tmp_path):
     _cli("norms", src, tmp_path / "out")
     with pytest.raises(DataError, match="output already exists"):
         _cli("norms", src, tmp_path / "out")
-    for argv in (["select", src, "o", "--per-class", 0], ["select", src, "o", "--ratio", 1.5],
-                 ["select", src, "o"], ["cluster", src, "o"], ["cluster", src, "o", "--k", 2,
-                                                                "--tol", -1],
+    for argv in (["select", src, "o", "--per-class", 0],
+                 ["select", src, "o", "--ratio", 1.5],
+                 ["select", src, "o"],
+                 ["cluster", src, "o"],
+                 ["cluster", src, "o", "--k", 2, "--tol", -1],
                  ["norms", src, "o", "--kind", "l7"],
                  ["norms", src, "o", "--channel-weights", "a,b"]):
         with pytest.raises(SystemExit):
