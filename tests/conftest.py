@@ -14,11 +14,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 def ray_session():
     import ray
     from ray.data import DataContext
+    from ray.data.context import ShuffleStrategy
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True
+    # Sort-based grouping starts in a fraction of the hash shuffle's time on 2 CPUs.
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     yield ray
     ray.shutdown()

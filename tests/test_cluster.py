@@ -3,8 +3,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import ray
-from ray.data import DataContext
-from ray.data.context import ShuffleStrategy
 from ray.data.extensions import ArrowTensorArray
 from sklearn.cluster import KMeans as SkKMeans
 
@@ -12,14 +10,6 @@ from operators.cluster import (KMeans, drop_near_duplicates, greedy_keep, propor
                                representatives)
 from operators.contract import ID, LABEL, X, DataError, from_columns
 
-
-@pytest.fixture(autouse=True)
-def sort_shuffle():
-    """Sort-based grouping: on 2 CPUs it starts in a fraction of the hash shuffle's time."""
-    ctx = DataContext.get_current()
-    before, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    yield
-    ctx.shuffle_strategy = before
 
 
 def _points(x, rows_per_block=2, column=X, ids=None):

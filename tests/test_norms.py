@@ -2,20 +2,10 @@
 import numpy as np
 import pytest
 
-from ray.data import DataContext
-from ray.data.context import ShuffleStrategy
 
 from operators.contract import ID, LABEL, X, DataError, from_columns
 from operators.norms import Norms, class_norm_stats, data_errors
 
-
-@pytest.fixture(autouse=True)
-def sort_shuffle():
-    """Sort-based grouping: on 2 CPUs it starts in a fraction of the hash shuffle's time."""
-    ctx = DataContext.get_current()
-    before, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    yield
-    ctx.shuffle_strategy = before
 
 
 def _norm(x, **kw):

@@ -1,20 +1,10 @@
 """M1's balanced draw on hand-made classes, the seeded random draw, and their bad input."""
 import numpy as np
 import pytest
-from ray.data import DataContext
-from ray.data.context import ShuffleStrategy
 
 from operators.contract import ID, LABEL, X, DataError, from_columns
 from operators.select import balanced_draw, hash_keys, random_draw, smallest_per_group
 
-
-@pytest.fixture(autouse=True)
-def sort_shuffle():
-    """Sort-based grouping: on 2 CPUs it starts in a fraction of the hash shuffle's time."""
-    ctx = DataContext.get_current()
-    before, ctx.shuffle_strategy = ctx.shuffle_strategy, ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    yield
-    ctx.shuffle_strategy = before
 
 
 # id -> norm per class; the comments give the mean and the two sides in draw order.
