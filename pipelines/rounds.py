@@ -38,7 +38,7 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     started = time.perf_counter()
     run_dir = Path(job.run_dir)
     resume = _check_run_dir(run_dir, job, resume=resume, overwrite=overwrite)
-    _init_ray()
+    init_ray()
     _check_resources(job)
 
     t = time.perf_counter()
@@ -271,7 +271,8 @@ def _comparable(job: JobConfig) -> dict:
     return json.loads(json.dumps(job.to_dict()))
 
 
-def _init_ray() -> None:
+def init_ray() -> None:
+    """Start (or join) Ray with quiet workers and the deterministic order every job relies on."""
     if not ray.is_initialized():
         # Workers' per-dataset progress bars would drown the round lines; the driver shows its own.
         ray.init(include_dashboard=False, configure_logging=False,

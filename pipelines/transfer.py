@@ -37,7 +37,7 @@ from operators.contract import ID, LABEL, X
 from .config import ConfigError, JobConfig
 from .history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
 from .ingest import DataInfo, ingest, read_split
-from .rounds import _init_ray
+from .rounds import init_ray
 from .run_state import atomic_write_json
 from .seeding import derive_seed
 from .train import MODEL_FILE, _collect, load_model
@@ -67,7 +67,7 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     run_dir = Path(cfg.run_dir)
     _check_inputs(cfg, run_dir, overwrite)
     meta = load_meta(cfg.meta)
-    _init_ray()
+    init_ray()
     _check_resources(cfg)
     seconds = {}
 
