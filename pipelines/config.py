@@ -125,22 +125,22 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
         s = self.strategy
-        _check(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]")
-        _check(s.name in ("m2", "random", "full"), "strategy.name", s.name,
+        check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]")
+        check_field(s.name in ("m2", "random", "full"), "strategy.name", s.name,
                "one of m2, random, full")
-        _check(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
+        check_field(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
                "embedding or x")
         for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
-            _check(getattr(s, name) >= 0, f"strategy.{name}", getattr(s, name), ">= 0")
+            check_field(getattr(s, name) >= 0, f"strategy.{name}", getattr(s, name), ">= 0")
         t = self.train
         for name in ("num_workers", "batch_size", "threads_per_worker"):
-            _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
-        _check(t.lr > 0, "train.lr", t.lr, "> 0")
-        _check(0 <= self.source.val_fraction < 1, "source.val_fraction",
+            check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
+        check_field(t.lr > 0, "train.lr", t.lr, "> 0")
+        check_field(0 <= self.source.val_fraction < 1, "source.val_fraction",
                self.source.val_fraction, "in [0, 1)")
-        _check(0 <= self.source.test_fraction < 1, "source.test_fraction",
+        check_field(0 <= self.source.test_fraction < 1, "source.test_fraction",
                self.source.test_fraction, "in [0, 1)")
-        _check(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
+        check_field(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
         self._validate_text()
         self._validate_mixup()
         # Late import: the transform catalogue lives beside the loss, which imports this module.
@@ -154,45 +154,45 @@ class JobConfig:
 
     def _validate_text(self) -> None:
         src = self.source
-        _check(src.max_len >= 1, "source.max_len", src.max_len, ">= 1")
+        check_field(src.max_len >= 1, "source.max_len", src.max_len, ">= 1")
         # Token ids travel as float32 (the data contract's dtype), exact below 2**24.
-        _check(2 < src.max_vocab <= 2 ** 24, "source.max_vocab", src.max_vocab,
+        check_field(2 < src.max_vocab <= 2 ** 24, "source.max_vocab", src.max_vocab,
                "in (2, 2**24]")
-        _check(src.min_count >= 1, "source.min_count", src.min_count, ">= 1")
+        check_field(src.min_count >= 1, "source.min_count", src.min_count, ">= 1")
         if self.model.name == "textcnn" and src.kind == "text":
             # The embedding covers every id the vocabulary can hand out.
             vocab = self.model.kwargs.setdefault("vocab_size", src.max_vocab)
-            _check(isinstance(vocab, int) and vocab >= src.max_vocab, "model.kwargs.vocab_size",
+            check_field(isinstance(vocab, int) and vocab >= src.max_vocab, "model.kwargs.vocab_size",
                    vocab, f"an integer >= source.max_vocab ({src.max_vocab})")
 
     def _validate_mixup(self) -> None:
         m = self.mixup
-        _check(m.kind in MIXUP_KINDS, "mixup.kind", m.kind, f"one of {', '.join(MIXUP_KINDS)}")
-        _check(m.alpha > 0, "mixup.alpha", m.alpha, "> 0")
-        _check(m.layer >= 0, "mixup.layer", m.layer, ">= 0")
-        _check(m.n_steps >= 0, "mixup.n_steps", m.n_steps, ">= 0")
-        _check(m.gamma >= 0, "mixup.gamma", m.gamma, ">= 0")
-        _check(m.bound is None or m.bound >= 0, "mixup.bound", m.bound, ">= 0 or null")
-        _check(m.target_ratio in TARGET_RATIOS, "mixup.target_ratio", m.target_ratio,
+        check_field(m.kind in MIXUP_KINDS, "mixup.kind", m.kind, f"one of {', '.join(MIXUP_KINDS)}")
+        check_field(m.alpha > 0, "mixup.alpha", m.alpha, "> 0")
+        check_field(m.layer >= 0, "mixup.layer", m.layer, ">= 0")
+        check_field(m.n_steps >= 0, "mixup.n_steps", m.n_steps, ">= 0")
+        check_field(m.gamma >= 0, "mixup.gamma", m.gamma, ">= 0")
+        check_field(m.bound is None or m.bound >= 0, "mixup.bound", m.bound, ">= 0 or null")
+        check_field(m.target_ratio in TARGET_RATIOS, "mixup.target_ratio", m.target_ratio,
                f"one of {', '.join(TARGET_RATIOS)}")
-        _check(0 <= m.smoothing < 1, "mixup.smoothing", m.smoothing, "in [0, 1)")
+        check_field(0 <= m.smoothing < 1, "mixup.smoothing", m.smoothing, "in [0, 1)")
         if self.model.name == "textcnn" and m.kind != "none":
             text = "for textcnn, whose input is token ids"
-            _check(m.kind in ("mixup", "adversarial"), "mixup.kind", m.kind,
+            check_field(m.kind in ("mixup", "adversarial"), "mixup.kind", m.kind,
                    f"mixup or adversarial {text}")
-            _check(m.layer >= 1, "mixup.layer", m.layer,
+            check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
         if m.kind in ("cutmix", "pairing"):
-            _check(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
+            check_field(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
         if m.kind == "adversarial" or m.layer > 0:
-            _check(m.per_sample, "mixup.per_sample", m.per_sample,
+            check_field(m.per_sample, "mixup.per_sample", m.per_sample,
                    "true: adversarial and hidden-layer mixing draw lam per sample")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _check(ok: bool, name: str, value, expected: str) -> None:
+def check_field(ok: bool, name: str, value, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: got {value!r}, expected {expected}")
 
@@ -215,10 +215,10 @@ def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
 
 
 def from_dict(raw: dict, where: str = "job") -> JobConfig:
-    return _build(JobConfig, raw, prefix="", where=where).validate()
+    return build_section(JobConfig, raw, prefix="", where=where).validate()
 
 
-def _build(cls, raw, prefix: str, where: str):
+def build_section(cls, raw, prefix: str, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'job'}' must be a mapping, "
                           f"got {type(raw).__name__}")
@@ -236,7 +236,7 @@ def _build(cls, raw, prefix: str, where: str):
 
 def _coerce(hint, value, name: str, where: str):
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, prefix=f"{name}.", where=where)
+        return build_section(hint, value, prefix=f"{name}.", where=where)
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):

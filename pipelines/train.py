@@ -85,7 +85,7 @@ def load_model(job: JobConfig, checkpoint_dir: str, num_classes: int, x_shape) -
     return model.eval()
 
 
-def _collect(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def collect_rows(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All rows of a dataset shard as (ids, labels, x), ordered by id."""
     ids, labels, xs = [], [], []
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
@@ -112,8 +112,8 @@ def _train_loop(config: dict) -> None:
     torch.set_num_threads(job.train.threads_per_worker)
     device = ray.train.torch.get_device()
 
-    _, y_train, x_train = _collect(ray.train.get_dataset_shard("train"))
-    _, y_val, x_val = _collect(ray.train.get_dataset_shard("val"))
+    _, y_train, x_train = collect_rows(ray.train.get_dataset_shard("train"))
+    _, y_val, x_val = collect_rows(ray.train.get_dataset_shard("val"))
     x_train, y_train = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
 
     torch.manual_seed(derive_seed(job.seed, "init", config["round"]))

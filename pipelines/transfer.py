@@ -40,7 +40,7 @@ from .ingest import DataInfo, ingest, read_split
 from .rounds import init_ray
 from .run_state import atomic_write_json
 from .seeding import derive_seed
-from .train import MODEL_FILE, _collect, load_model
+from .train import MODEL_FILE, collect_rows, load_model
 from .transfer_config import MetaConfig, TransferConfig, load_transfer, transfer_from_dict
 from .transfer_step import count_correct, run_epochs
 
@@ -227,7 +227,7 @@ def _transfer_loop(config: dict) -> None:
     rank = ray.train.get_context().get_world_rank()
     torch.set_num_threads(cfg.train.threads_per_worker)
     torch.manual_seed(derive_seed(cfg.seed, "transfer", rank))
-    _, y_new, x_new = _collect(ray.train.get_dataset_shard("new"))
+    _, y_new, x_new = collect_rows(ray.train.get_dataset_shard("new"))
     library = HistoryLibrary.load(config["library"])
     model = load_meta(cfg.meta).to(ray.train.torch.get_device())
     stats = run_epochs(model, x_new, y_new, library, cfg.train, cfg.history_batch_size,

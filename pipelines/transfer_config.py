@@ -1,6 +1,6 @@
 """The transfer job file (M5): typed sections, built by the same rules as the main job file.
 
-Unknown keys and wrong types are named by `config._build`; the ranges and the required fields
+Unknown keys and wrong types are named by `config.build_section`; the ranges and the required fields
 are checked here, so a transfer job fails before it ingests or trains anything.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from . import history
-from .config import ConfigError, ModelConfig, SourceConfig, _build, _check
+from .config import ConfigError, ModelConfig, SourceConfig, build_section, check_field
 
 RULES = ("finetune", "sum", "agem", "pcgrad", "similarity")
 
@@ -64,31 +64,31 @@ class TransferConfig:
 
     def validate(self) -> "TransferConfig":
         """Required fields and ranges that the types alone do not express."""
-        _check(self.seed >= 0, "seed", self.seed, ">= 0")
-        _check(bool(self.run_dir), "run_dir", self.run_dir, "a folder path")
+        check_field(self.seed >= 0, "seed", self.seed, ">= 0")
+        check_field(bool(self.run_dir), "run_dir", self.run_dir, "a folder path")
         m = self.meta
-        _check(bool(m.checkpoint), "meta.checkpoint", m.checkpoint, "the meta-model's folder")
-        _check(bool(m.x_shape) and all(d >= 1 for d in m.x_shape), "meta.x_shape", m.x_shape,
+        check_field(bool(m.checkpoint), "meta.checkpoint", m.checkpoint, "the meta-model's folder")
+        check_field(bool(m.x_shape) and all(d >= 1 for d in m.x_shape), "meta.x_shape", m.x_shape,
                "a list of positive sizes, e.g. [1, 40]")
-        _check(m.num_classes is not None and m.num_classes >= 1, "meta.num_classes",
+        check_field(m.num_classes is not None and m.num_classes >= 1, "meta.num_classes",
                m.num_classes, "an integer >= 1")
-        _check(self.new_source is not None, "new_source", None, "a source section (new scene)")
-        _check(self.old_source is not None, "old_source", None, "a source section (old scene)")
+        check_field(self.new_source is not None, "new_source", None, "a source section (new scene)")
+        check_field(self.old_source is not None, "old_source", None, "a source section (old scene)")
         t = self.train
-        _check(t.rule in RULES, "train.rule", t.rule, f"one of {', '.join(RULES)}")
-        _check(0 <= t.floor <= 1, "train.floor", t.floor, "in [0, 1]")
+        check_field(t.rule in RULES, "train.rule", t.rule, f"one of {', '.join(RULES)}")
+        check_field(0 <= t.floor <= 1, "train.floor", t.floor, "in [0, 1]")
         for name in ("epochs", "batch_size", "num_workers", "threads_per_worker"):
-            _check(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
-        _check(t.lr > 0, "train.lr", t.lr, "> 0")
-        _check(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
-        _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+            check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
+        check_field(t.lr > 0, "train.lr", t.lr, "> 0")
+        check_field(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
+        check_field(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
         h = self.history
-        _check(h.per_class >= 1, "history.per_class", h.per_class, ">= 1")
-        _check(h.rule in history.RULES, "history.rule", h.rule,
+        check_field(h.per_class >= 1, "history.per_class", h.per_class, ">= 1")
+        check_field(h.rule in history.RULES, "history.rule", h.rule,
                f"one of {', '.join(history.RULES)}")
         rows = self.history_batch_size
         # The library splits each history batch evenly over the workers (HistoryLibrary).
-        _check(rows >= 1 and rows % t.num_workers == 0, "history.batch_size", rows,
+        check_field(rows >= 1 and rows % t.num_workers == 0, "history.batch_size", rows,
                f"a positive multiple of train.num_workers ({t.num_workers})")
         return self
 
@@ -102,7 +102,7 @@ class TransferConfig:
 
 
 def transfer_from_dict(raw: dict, where: str = "transfer job") -> TransferConfig:
-    return _build(TransferConfig, raw, prefix="", where=where).validate()
+    return build_section(TransferConfig, raw, prefix="", where=where).validate()
 
 
 def load_transfer(path: str | Path) -> TransferConfig:

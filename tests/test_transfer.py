@@ -222,7 +222,7 @@ def scene(path, n, n_test, shift, seed):
 
 def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_session):
     from pipelines.ingest import read_split
-    from pipelines.train import _collect
+    from pipelines.train import collect_rows
     from pipelines.transfer import load_meta, run_transfer
     from pipelines.transfer_config import load_transfer
 
@@ -252,7 +252,7 @@ def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_sess
 
     # Two DDP workers took the step one process takes on the whole global batches.
     model = load_meta(cfg.meta)
-    _, y, x = _collect(read_split(run / "data/new", "train"))
+    _, y, x = collect_rows(read_split(run / "data/new", "train"))
     run_epochs(model, x, y, HistoryLibrary.load(run / "history"), cfg.train, 4, cfg.seed)
     ray_weights = torch.load(run / "final/model.pt", weights_only=True)["model"]
     for name, value in model.state_dict().items():
