@@ -24,7 +24,7 @@ from operators.predict import score
 
 from .config import ConfigError, JobConfig
 from .ingest import ingest, load_info, read_split
-from .run_state import RunState, atomic_write_json
+from .run_state import RunState, atomic_write_json, replace_via_staging
 from .strategies import Full, RoundContext, make_strategy
 from .train import load_model, train_round
 
@@ -253,18 +253,12 @@ def _check_run_dir(run_dir: Path, job: JobConfig, *, resume: bool, overwrite: bo
 
 def _start_run_dir(run_dir: Path, job: JobConfig):
     """Ingest into a staging folder first: bad input fails before an old run is replaced."""
-    staging = run_dir.with_name(f".{run_dir.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    def fill(staging: Path):
         info = ingest(job.source, job.seed, staging / "data")
         atomic_write_json(staging / JOB_COPY, _comparable(job))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(run_dir, ignore_errors=True)
-    staging.rename(run_dir)
-    return info
+        return info
+
+    return replace_via_staging(run_dir, fill)
 
 
 def _comparable(job: JobConfig) -> dict:

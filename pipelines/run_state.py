@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def replace_via_staging(run_dir: Path, fill):
+    """Build a run directory beside `run_dir` with `fill(staging)` and swap it in only when that
+    succeeded: bad input fails before an old run is replaced. Returns what `fill` returned."""
+    staging = run_dir.with_name(f".{run_dir.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        result = fill(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(run_dir, ignore_errors=True)
+    staging.rename(run_dir)
+    return result
 
 
 @dataclass

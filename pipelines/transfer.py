@@ -38,7 +38,7 @@ from .config import ConfigError, JobConfig
 from .history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
 from .ingest import DataInfo, ingest, read_split
 from .rounds import init_ray
-from .run_state import atomic_write_json
+from .run_state import atomic_write_json, replace_via_staging
 from .seeding import derive_seed
 from .train import MODEL_FILE, collect_rows, load_model
 from .transfer_config import MetaConfig, TransferConfig, load_transfer, transfer_from_dict
@@ -145,20 +145,14 @@ def _start_run_dir(cfg: TransferConfig, run_dir: Path) -> DataInfo:
     """Ingest both scenes into a staging folder: bad input fails before an old run is replaced.
 
     Returns the new scene's DataInfo."""
-    staging = run_dir.with_name(f".{run_dir.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    def fill(staging: Path) -> DataInfo:
         for name, field in (("old", "old_source"), ("new", "new_source")):
             info = ingest(getattr(cfg, field), cfg.seed, staging / "data" / name)
             _check_scene(info, cfg.meta, field)
         atomic_write_json(staging / JOB_COPY, cfg.to_dict())
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(run_dir, ignore_errors=True)
-    staging.rename(run_dir)
-    return info
+        return info
+
+    return replace_via_staging(run_dir, fill)
 
 
 def _check_scene(info: DataInfo, meta: MetaConfig, field: str) -> None:

@@ -1,7 +1,8 @@
 """The run state survives a save/load and a half-finished save."""
 import numpy as np
+import pytest
 
-from pipelines.run_state import MANIFEST, RunState
+from pipelines.run_state import MANIFEST, RunState, replace_via_staging
 from pipelines.seeding import derive_seed
 
 
@@ -34,3 +35,21 @@ def test_derived_seeds_are_stable_and_distinct():
     assert len({derive_seed(0, "pool", r) for r in range(50)}) == 50
     assert derive_seed(0, "pool", 1) != derive_seed(1, "pool", 1)
     assert derive_seed(3, "x") == 6845345792451409772  # fixed across Python processes
+
+
+def test_replace_via_staging_keeps_the_old_run_when_filling_fails(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "old.txt").write_text("old")
+
+    def bad(staging):
+        (staging / "half.txt").write_text("half")
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        replace_via_staging(run, bad)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert (run / "old.txt").read_text() == "old"
+
+    assert replace_via_staging(run, lambda s: (s / "new.txt").write_text("new")) == 3
+    assert sorted(p.name for p in run.iterdir()) == ["new.txt"]
