@@ -20,7 +20,8 @@ import ray.train
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig,
+                       ScalingConfig)
 from ray.train.torch import TorchTrainer
 
 from operators.contract import ID, LABEL, X
@@ -61,6 +62,8 @@ def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
             storage_path=str(Path(storage).resolve()), name=f"round_{round_index:03d}",
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
+            # Ray Train logs every report at INFO; the driver prints a line per round instead.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
         # Materialised before fit: on a small machine the workers hold every CPU, so the
         # datasets must not need tasks of their own while training runs.
