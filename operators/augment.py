@@ -204,6 +204,16 @@ class Translate(_Geometric):
         return theta_from(one, zero, -2 * tx, zero, one, -2 * ty)
 
 
+def box_spans(scale, ratio) -> tuple:
+    """Validated (scale, ratio) ranges of a random box: area share in (0, 1], aspect > 0."""
+    scale, ratio = span(scale, "scale"), span(ratio, "ratio")
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale: expected 0 < low <= high <= 1, got {scale}")
+    if ratio[0] <= 0:
+        raise ValueError(f"ratio: must be > 0, got {ratio}")
+    return scale, ratio
+
+
 class CropResize(_Geometric):
     """Crop a random region holding `scale` of the area (of the length, for signals) with aspect
     ratio in `ratio` (images), and resize it back to the full size."""
@@ -212,12 +222,7 @@ class CropResize(_Geometric):
 
     def __init__(self, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), padding: str = "zeros"):
         super().__init__(padding)
-        self.scale = span(scale, "scale")
-        self.ratio = span(ratio, "ratio")
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale: expected 0 < low <= high <= 1, got {self.scale}")
-        if self.ratio[0] <= 0:
-            raise ValueError(f"ratio: must be > 0, got {self.ratio}")
+        self.scale, self.ratio = box_spans(scale, ratio)
 
     def theta(self, x, dims, generator):
         n = len(x)
@@ -317,12 +322,7 @@ class RandomErasing:
     name = "erase"
 
     def __init__(self, scale=(0.02, 0.33), ratio=(0.3, 3.3), value: float = 0.0):
-        self.scale = span(scale, "scale")
-        self.ratio = span(ratio, "ratio")
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ValueError(f"scale: expected 0 < low <= high <= 1, got {self.scale}")
-        if self.ratio[0] <= 0:
-            raise ValueError(f"ratio: must be > 0, got {self.ratio}")
+        self.scale, self.ratio = box_spans(scale, ratio)
         self.value = float(value)
 
     def __call__(self, x, generator):

@@ -76,27 +76,37 @@ def _check_alpha(alpha: float) -> float:
     return float(alpha)
 
 
-class Mixup:
-    """x = lam * x_i + (1 - lam) * x_j and the same for targets, lam ~ Beta(alpha, alpha) per
-    sample (or one per batch); j is the partner along a random cycle of the batch."""
-
-    name = "mixup"
+class _PairMixer:
+    """What Mixup and CutMix share: alpha, one lam per sample or per batch, label smoothing,
+    and a partner for each sample along a random cycle of the batch."""
 
     def __init__(self, alpha: float = 1.0, per_sample: bool = True, smoothing: float = 0.0):
         self.alpha = _check_alpha(alpha)
         self.per_sample = per_sample
         self.smoothing = check_smoothing(smoothing)
 
-    def apply(self, x, y, generator):
-        """(mixed x, soft targets, partner index)."""
+    def _draw(self, x, y, generator):
+        """(partner index, lam per sample)."""
         _check_targets(x, y)
         partner = cycle_partners(len(x), generator)
         lam = beta(self.alpha, len(x) if self.per_sample else 1, generator).expand(len(x))
-        xm, ym = mix(x, y, lam, partner)
-        return xm, smooth_labels(ym, self.smoothing), partner
+        return partner, lam
 
     def __call__(self, x, y, generator):
         return self.apply(x, y, generator)[:2]
+
+
+class Mixup(_PairMixer):
+    """x = lam * x_i + (1 - lam) * x_j and the same for targets, lam ~ Beta(alpha, alpha) per
+    sample (or one per batch); j is the partner along a random cycle of the batch."""
+
+    name = "mixup"
+
+    def apply(self, x, y, generator):
+        """(mixed x, soft targets, partner index)."""
+        partner, lam = self._draw(x, y, generator)
+        xm, ym = mix(x, y, lam, partner)
+        return xm, smooth_labels(ym, self.smoothing), partner
 
 
 def cut_boxes(shape: tuple[int, ...], cut: torch.Tensor, generator: torch.Generator):
@@ -116,24 +126,17 @@ def cut_boxes(shape: tuple[int, ...], cut: torch.Tensor, generator: torch.Genera
     return torch.stack(starts, 1), torch.stack(sizes, 1)
 
 
-class CutMix:
+class CutMix(_PairMixer):
     """Paste a box of the partner into each sample; the target weight of the sample is exactly
     the share of its own pixels left after the box was clipped to the image."""
 
     name = "cutmix"
 
-    def __init__(self, alpha: float = 1.0, per_sample: bool = True, smoothing: float = 0.0):
-        self.alpha = _check_alpha(alpha)
-        self.per_sample = per_sample
-        self.smoothing = check_smoothing(smoothing)
-
     def apply(self, x, y, generator):
         """(mixed x, soft targets, partner index)."""
-        _check_targets(x, y)
+        partner, lam = self._draw(x, y, generator)
         dims = spatial_dims(x)
         shape = tuple(x.shape[-dims:])
-        partner = cycle_partners(len(x), generator)
-        lam = beta(self.alpha, len(x) if self.per_sample else 1, generator).expand(len(x))
         start, size = cut_boxes(shape, 1 - lam, generator)
         weight = 1 - size.prod(1).double() / float(np.prod(shape))
         mask = box_mask(shape, start.to(x.device), size.to(x.device))
@@ -141,9 +144,6 @@ class CutMix:
         w = weight.to(device=y.device, dtype=y.dtype)[:, None]
         ym = w * y + (1 - w) * y[partner.to(y.device)]
         return xm, smooth_labels(ym, self.smoothing), partner
-
-    def __call__(self, x, y, generator):
-        return self.apply(x, y, generator)[:2]
 
 
 class SamplePairing:
