@@ -1,12 +1,12 @@
 """Adversarial mixup: the lam gradient, the ascent step, the rose rule, and DDP gradient sync."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gloo_group import run_gloo
 from pipelines.advmix import AdversarialMixup, mixed_losses
 
 
@@ -161,28 +161,20 @@ def _ddp_rank_batches(rank):
     return [batch(n=8, seed=10 * rank + step) for step in range(2)]
 
 
-def _ddp_worker(rank, world, port, out_dir):
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        ddp = nn.parallel.DistributedDataParallel(tanh_mlp())
-        grads = []
-        for step, (x, y) in enumerate(_ddp_rank_batches(rank)):
-            ddp.zero_grad()
-            out = AdversarialMixup(layer=1, gamma=5.0)(
-                ddp, x, y, torch.Generator().manual_seed(100 * rank + step))
-            out.loss.backward()
-            grads.append([p.grad.clone() for p in ddp.parameters()])
-        torch.save(grads, os.path.join(out_dir, f"{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank, out_dir):
+    ddp = nn.parallel.DistributedDataParallel(tanh_mlp())
+    grads = []
+    for step, (x, y) in enumerate(_ddp_rank_batches(rank)):
+        ddp.zero_grad()
+        out = AdversarialMixup(layer=1, gamma=5.0)(
+            ddp, x, y, torch.Generator().manual_seed(100 * rank + step))
+        out.loss.backward()
+        grads.append([p.grad.clone() for p in ddp.parameters()])
+    torch.save(grads, os.path.join(out_dir, f"{rank}.pt"))
 
 
 def test_under_ddp_only_the_trained_pass_is_synced_and_gradients_average(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2)
+    run_gloo(_ddp_worker, tmp_path)
 
     expected = []
     for step in range(2):

@@ -3,10 +3,9 @@ import math
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from gloo_group import run_gloo
 from pipelines.gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
 
 R2 = math.sqrt(2.0)
@@ -135,31 +134,26 @@ def _grads(model, x_t, y_t, x_h, y_h, reduce):
     return out
 
 
-def _worker(rank, world, rdv, out_dir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{rdv}", rank=rank, world_size=world)
-    try:
-        x_t, y_t, x_h, y_h = _data()
-        half = slice(rank * 4, rank * 4 + 4)
-        model = _model()
-        args = (x_t[half], y_t[half], x_h[half], y_h[half])
-        g_t, g_h = _grads(model, *args, reduce=True)
-        local_t, local_h = _grads(model, *args, reduce=False)
-        result = {}
-        for rule in RULES_DDP:
-            result[rule] = mix(g_t, g_h, rule)[0]
-            # The wrong order, for contrast: mix locally, then average the mixed updates.
-            result["local_" + rule] = allreduce_mean(mix(local_t, local_h, rule)[0])
-        set_flat_grad(list(model.parameters()), result["pcgrad"])
-        torch.optim.SGD(model.parameters(), lr=0.1).step()
-        result["weight"] = model.weight.detach().clone()
-        torch.save(result, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _worker(rank, out_dir):
+    x_t, y_t, x_h, y_h = _data()
+    half = slice(rank * 4, rank * 4 + 4)
+    model = _model()
+    args = (x_t[half], y_t[half], x_h[half], y_h[half])
+    g_t, g_h = _grads(model, *args, reduce=True)
+    local_t, local_h = _grads(model, *args, reduce=False)
+    result = {}
+    for rule in RULES_DDP:
+        result[rule] = mix(g_t, g_h, rule)[0]
+        # The wrong order, for contrast: mix locally, then average the mixed updates.
+        result["local_" + rule] = allreduce_mean(mix(local_t, local_h, rule)[0])
+    set_flat_grad(list(model.parameters()), result["pcgrad"])
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    result["weight"] = model.weight.detach().clone()
+    torch.save(result, f"{out_dir}/rank{rank}.pt")
 
 
 def test_ddp_update_equals_one_worker_on_the_global_batch(tmp_path):
-    mp.spawn(_worker, args=(2, tmp_path / "rdv", str(tmp_path)), nprocs=2, join=True)
+    run_gloo(_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
     model = _model()
