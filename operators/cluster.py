@@ -16,10 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from .contract import ID, X, DataError, check_finite, features, require_columns
-from .norms import data_errors
-from .select import (Selection, gather_smallest, hash_keys, require, selection,
-                     smallest_per_group)
+from .contract import ID, X, DataError, check_finite, data_errors, features, require_columns
+from .keys import hash_keys
+from .select import Selection, gather_smallest, require, selection, smallest_per_group
 
 logger = logging.getLogger(__name__)
 

@@ -5,13 +5,33 @@ A dataset has `id` (int64, unique), `label` (int64 in [0, num_classes)) and `x`
 """
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
+
 import numpy as np
+from ray.exceptions import UserCodeException
 
 ID, LABEL, X = "id", "label", "x"
 
 
 class DataError(ValueError):
     """Bad input: the message names the field, the file or the row."""
+
+
+@contextmanager
+def data_errors():
+    """Give callers the DataError a Ray Data UDF raised.
+
+    Ray re-raises a UDF's exception as `UserCodeException` and keeps only its text, so without
+    this a caller catching `DataError` (the CLI, the round engine) would miss bad input.
+    """
+    try:
+        yield
+    except UserCodeException as err:
+        found = re.search(r"DataError: (.+)", str(err))
+        if found is None:
+            raise
+        raise DataError(found.group(1)) from err
 
 
 def require_columns(batch_or_schema_names, columns, where: str = "dataset") -> None:

@@ -6,35 +6,16 @@ aggregation, so only one row per class ever reaches the driver.
 """
 from __future__ import annotations
 
-import re
-from contextlib import contextmanager
-
 import numpy as np
 import pandas as pd
 import ray
 from ray.data.aggregate import Count, Max, Mean, Min, Std
-from ray.exceptions import UserCodeException
 
-from .contract import ID, LABEL, X, DataError, check_finite, features, require_columns
+from .contract import (ID, LABEL, X, DataError, check_finite, data_errors, features,
+                       require_columns)
 
 KINDS = ("pixel_weighted_l2", "l1", "l2", "linf")
 LUMINANCE = (0.299, 0.587, 0.114)
-
-
-@contextmanager
-def data_errors():
-    """Give callers the DataError a Ray Data UDF raised.
-
-    Ray re-raises a UDF's exception as `UserCodeException` and keeps only its text, so without
-    this a caller catching `DataError` (the CLI, the round engine) would miss bad input.
-    """
-    try:
-        yield
-    except UserCodeException as err:
-        found = re.search(r"DataError: (.+)", str(err))
-        if found is None:
-            raise
-        raise DataError(found.group(1)) from err
 
 
 class Norms:

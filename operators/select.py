@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
-from .contract import ID, LABEL, X, DataError, require_columns
-from .norms import Norms, aggregate_by_class, data_errors
+from .contract import ID, LABEL, X, DataError, data_errors, require_columns
+from .keys import hash_keys
+from .norms import Norms, aggregate_by_class
 
 _MIN_BUFFER = 65536  # candidate rows the driver collects before it prunes
 
@@ -35,23 +36,6 @@ def selection(ids: np.ndarray, reason: str, notes: list[str] | None = None) -> S
     """A Selection whose ids all share one reason."""
     ids = np.asarray(ids, dtype=np.int64)
     return Selection(ids, np.full(len(ids), reason, dtype=object), list(notes or []))
-
-
-def hash_keys(ids: np.ndarray, *seeds: int) -> np.ndarray:
-    """A uniform uint64 key per id, fixed by the seeds (splitmix64 finaliser)."""
-    with np.errstate(over="ignore"):  # multiplication modulo 2**64 is the point
-        state = np.uint64(0x9E3779B97F4A7C15)
-        for s in seeds:
-            state = _mix(np.uint64(state ^ np.uint64(s % 2**64)))
-        return _mix(np.asarray(ids).astype(np.uint64) ^ state)
-
-
-def _mix(v):
-    v = v ^ (v >> np.uint64(30))
-    v = v * np.uint64(0xBF58476D1CE4E5B9)
-    v = v ^ (v >> np.uint64(27))
-    v = v * np.uint64(0x94D049BB133111EB)
-    return v ^ (v >> np.uint64(31))
 
 
 def smallest_per_group(group: np.ndarray, key: np.ndarray, ids: np.ndarray,

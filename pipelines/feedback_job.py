@@ -11,9 +11,8 @@ from collections import Counter
 from functools import partial
 
 import ray
-from ray.data import DataContext
 
-from operators.contract import DataError, require_columns
+from operators.contract import data_errors, require_columns
 from operators.feedback import CATEGORIES, INPUT_COLUMNS, check_thresholds, feedback
 
 
@@ -21,21 +20,10 @@ def run_feedback(in_path: str, out_path: str, conf_threshold: float = 0.5,
                  iou_threshold: float = 0.5) -> dict[str, int]:
     """Annotate every image of `in_path` into `out_path`; returns the images per category."""
     check_thresholds(conf_threshold, iou_threshold)
-    ctx = DataContext.get_current()
-    before = ctx.raise_original_map_exception
-    # A dataset keeps the context it was made in: with this flag a bad row reaches the caller
-    # as our DataError instead of Ray's generic wrapper, and the global setting is restored.
-    ctx.raise_original_map_exception = True
-    try:
-        ds = ray.data.read_parquet(in_path)
-        out = feedback(ds, conf_threshold, iou_threshold)
-    finally:
-        ctx.raise_original_map_exception = before
+    ds = ray.data.read_parquet(in_path)
     require_columns(ds.schema().names, INPUT_COLUMNS, where=str(in_path))
-    try:
-        out = out.materialize()
-    except DataError as err:  # raised in a Ray task: keep the message, drop Ray's additions
-        raise DataError(str(getattr(err, "cause", err)).splitlines()[0]) from None
+    with data_errors():
+        out = feedback(ds, conf_threshold, iou_threshold).materialize()
     out.write_parquet(out_path)
     counts = Counter()
     for batch in out.iter_batches(batch_size=None, batch_format="pyarrow"):

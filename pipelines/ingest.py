@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from ray.data.extensions import ArrowTensorArray
 
 from operators.contract import ID, LABEL, X, DataError
+from operators.keys import unit_hash
 
 from .config import ConfigError, SourceConfig
 from .sources import SPLITS, Chunk, open_source
@@ -87,20 +88,6 @@ def load_info(out_dir: str | Path) -> DataInfo:
     info = DataInfo(**json.loads(path.read_text()))
     info.x_shape = tuple(info.x_shape)
     return info
-
-
-def unit_hash(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A number in [0, 1) per id, fixed by (id, seed): splitmix64's mix of id xor a seed key."""
-    key = _mix(np.array([seed], dtype=np.int64).view(np.uint64))
-    z = _mix(np.asarray(ids, dtype=np.int64).view(np.uint64) ^ key)
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def carve(ids: np.ndarray, given: np.ndarray | None, seed: int, given_splits: frozenset,

@@ -18,8 +18,8 @@ import pyarrow.fs as pafs
 import ray
 
 from operators.cluster import KMeans, drop_near_duplicates
-from operators.contract import ID, LABEL, X, DataError
-from operators.norms import KINDS, Norms, class_norm_stats, data_errors
+from operators.contract import ID, LABEL, X, DataError, data_errors
+from operators.norms import KINDS, Norms, class_norm_stats
 from operators.select import Selection, balanced_draw, random_draw, require
 
 logger = logging.getLogger(__name__)

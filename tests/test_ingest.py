@@ -6,7 +6,7 @@ import pytest
 
 from operators.contract import DataError
 from pipelines.config import ConfigError, SourceConfig
-from pipelines.ingest import carve, ingest, unit_hash
+from pipelines.ingest import carve, ingest
 
 
 def shard_table(folder):
@@ -27,15 +27,6 @@ def write(path, labels, x, **extra):
 def parquet_cfg(path, **kw):
     return SourceConfig(kind="parquet", path=str(path), val_fraction=0.0, test_fraction=0.0,
                         **kw)
-
-
-def test_unit_hash_is_fixed_by_id_and_seed_and_near_uniform():
-    ids = np.arange(20000)
-    u = unit_hash(ids, 7)
-    np.testing.assert_array_equal(u, unit_hash(ids, 7))
-    assert not np.array_equal(u, unit_hash(ids, 8))
-    assert ((0 <= u) & (u < 1)).all()
-    assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 1850
 
 
 def test_carve_fractions_and_a_given_test_split_kept():

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 
-from operators.contract import ID, LABEL, X, DataError, from_columns
-from operators.norms import Norms, class_norm_stats, data_errors
+from operators.contract import ID, LABEL, X, DataError, data_errors, from_columns
+from operators.norms import Norms, class_norm_stats
 
 
 

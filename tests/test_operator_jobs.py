@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from operators.contract import ID, LABEL, X, DataError, from_columns
-from operators.select import hash_keys
+from operators.keys import hash_keys
 from pipelines.operator_jobs import add_commands
 
 
