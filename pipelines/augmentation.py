@@ -1,7 +1,8 @@
 """The training loss of one batch: the job's `augment:` and `mixup:` sections in one place.
 
 Every strategy's training loop (full, M2, M1, random) calls `batch_loss`, and so does the
-low-resource benchmark, so a setting means the same thing wherever it is used. The pieces are
+low-resource benchmark, so a setting means the same thing wherever it is used; InfoBatch, which
+scores and weights samples one by one, calls its per-sample twin `sample_losses`. The pieces are
 the colleague-built operators: single-sample transforms (operators/augment.py), input mixers
 (operators/mixup.py) and adversarial mixup at a hidden layer (pipelines/advmix.py). Without
 either section the loss is plain cross-entropy, bit for bit what training used before.
@@ -90,9 +91,7 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: 
     Order: single-sample transforms, then mixing (input, hidden layer or adversarial) against
     soft targets; with neither, cross-entropy with `mixup.smoothing` label smoothing.
     """
-    transforms = build_transforms(job.augment)
-    if transforms is not None:
-        x = transforms(x, generator)
+    x = _transformed(x, job.augment, generator)
     mixer = build_mixer(job.mixup)
     if mixer is None:
         return F.cross_entropy(model(x), y, label_smoothing=job.mixup.smoothing)
@@ -107,3 +106,21 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: 
         return mixer(model, x, target, generator).loss
     mixed_x, mixed_target = mixer(x, target, generator)
     return soft_cross_entropy(model(mixed_x), mixed_target)
+
+
+def sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: JobConfig,
+                  generator: torch.Generator) -> torch.Tensor:
+    """The plain path's loss of each sample (transforms, then cross-entropy with
+    `mixup.smoothing`), for rules that score and weight samples one by one (InfoBatch).
+
+    Mixing is not applied: a mixed row's loss belongs to two samples, so JobConfig.validate
+    refuses mixup together with such a rule.
+    """
+    x = _transformed(x, job.augment, generator)
+    return F.cross_entropy(model(x), y, label_smoothing=job.mixup.smoothing, reduction="none")
+
+
+def _transformed(x: torch.Tensor, augment: AugmentConfig,
+                 generator: torch.Generator) -> torch.Tensor:
+    transforms = build_transforms(augment)
+    return x if transforms is None else transforms(x, generator)

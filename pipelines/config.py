@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from operators.norms import KINDS as NORM_KINDS
+
 
 class ConfigError(ValueError):
     """A job file that cannot run: the message names the field."""
@@ -37,6 +39,7 @@ class SourceConfig:
     max_len: int = 64  # text: tokens per row, padded with 0 or truncated
     max_vocab: int = 20000  # text: vocabulary size, <pad> (0) and <unk> (1) included
     min_count: int = 1  # text: training-split occurrences a word needs to get its own id
+    imbalance_ratio: float = 1.0  # > 1: long-tailed train and val splits (test stays as given)
 
 
 @dataclass
@@ -55,11 +58,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     final_epochs: int = 0  # a last phase on the final subset with a one-cycle schedule
     threads_per_worker: int = 1
+    val_every_epoch: bool = False  # validate after every epoch (accuracy-vs-compute curves)
 
 
 @dataclass
 class StrategyConfig:
-    name: str = "m2"  # m2 | random | full
+    name: str = "m2"  # m2 | random | full | norm_balanced | infobatch
     initial_ratio: float = 0.1
     hard_per_round: int = 2000
     reps_per_round: int = 1000
@@ -69,7 +73,16 @@ class StrategyConfig:
     target_val_accuracy: float | None = None
     patience: int | None = None  # stop after this many rounds without a val gain
     budget: float | None = None  # compute budget in sample-passes
-    epochs: int = 20  # the `full` baseline's epochs
+    epochs: int = 20  # the `full` and `infobatch` baselines' epochs
+    # norm_balanced (M1): m per class by the norm rule, then drop what the model has learned
+    per_class: int = 100
+    norm: str = "pixel_weighted_l2"  # pixel_weighted_l2 | l1 | l2 | linf
+    channel_weights: list[float] | None = None  # pixel_weighted_l2; None: luminance for RGB
+    remaining_total: int | None = None  # stop when at most this many unlearned samples remain
+    remaining_per_class: int | None = None  # ... or when every class has at most this many
+    # infobatch: prune a fraction of the below-mean-loss samples each epoch, anneal at the end
+    prune_ratio: float = 0.5  # r
+    anneal_delta: float = 0.875  # full data from epoch delta * epochs on
 
 
 @dataclass
@@ -88,6 +101,7 @@ class AugmentConfig:
     transforms: list[dict] = field(default_factory=list)
 
 
+STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial")
 TARGET_RATIOS = ("perturbed", "original")
 
@@ -126,12 +140,19 @@ class JobConfig:
         """Range checks that the types alone do not express."""
         s = self.strategy
         check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]")
-        check_field(s.name in ("m2", "random", "full"), "strategy.name", s.name,
-               "one of m2, random, full")
+        check_field(s.name in STRATEGY_NAMES, "strategy.name", s.name,
+                    f"one of {', '.join(STRATEGY_NAMES)}")
         check_field(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
                "embedding or x")
         for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
             check_field(getattr(s, name) >= 0, f"strategy.{name}", getattr(s, name), ">= 0")
+        check_field(s.per_class >= 1, "strategy.per_class", s.per_class, ">= 1")
+        check_field(s.norm in NORM_KINDS, "strategy.norm", s.norm, f"one of {', '.join(NORM_KINDS)}")
+        for name in ("remaining_total", "remaining_per_class"):
+            value = getattr(s, name)
+            check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0 or null")
+        check_field(0 <= s.prune_ratio < 1, "strategy.prune_ratio", s.prune_ratio, "in [0, 1)")
+        check_field(0 < s.anneal_delta <= 1, "strategy.anneal_delta", s.anneal_delta, "in (0, 1]")
         t = self.train
         for name in ("num_workers", "batch_size", "threads_per_worker"):
             check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
@@ -140,6 +161,8 @@ class JobConfig:
                self.source.val_fraction, "in [0, 1)")
         check_field(0 <= self.source.test_fraction < 1, "source.test_fraction",
                self.source.test_fraction, "in [0, 1)")
+        check_field(self.source.imbalance_ratio >= 1, "source.imbalance_ratio",
+                    self.source.imbalance_ratio, ">= 1 (1: as given)")
         check_field(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
         self._validate_text()
         self._validate_mixup()
@@ -182,6 +205,9 @@ class JobConfig:
                    f"mixup or adversarial {text}")
             check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
+        if self.strategy.name == "infobatch":
+            check_field(m.kind == "none", "mixup.kind", m.kind,
+                        "none with strategy infobatch (it scores each sample by its own loss)")
         if m.kind in ("cutmix", "pairing"):
             check_field(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
         if m.kind == "adversarial" or m.layer > 0:

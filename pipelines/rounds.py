@@ -24,7 +24,7 @@ from operators.predict import score
 
 from .config import ConfigError, JobConfig
 from .ingest import ingest, load_info, read_split
-from .run_state import RunState, atomic_write_json, replace_via_staging
+from .run_state import DROPPED, RunState, atomic_write_json, replace_via_staging
 from .strategies import Full, RoundContext, make_strategy
 from .train import load_model, train_round
 
@@ -47,15 +47,16 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     ingest_seconds = time.perf_counter() - t
     train, val = read_split(data_dir, "train"), read_split(data_dir, "val")
     echo(f"[{job.name}] data: {info.counts} samples, {info.num_classes} classes, "
-         f"x {tuple(info.x_shape)}; strategy {job.strategy.name}")
+         f"x {tuple(info.x_shape)} ({info.source}); strategy {job.strategy.name}")
 
     strategy = make_strategy(job.strategy.name)
     state = RunState.load(run_dir) if resume else None
     if state is None:
         state = RunState()
-        ids, reasons = strategy.initial(job, train)
-        state.add(ids, reasons, 0)
+        first = strategy.initial(job, train)
+        state.add(first.ids, first.reasons, 0)
         state.save(run_dir)
+        _echo_notes(job, first.notes, echo)
     elif state.records:
         echo(f"[{job.name}] resuming after round {state.records[-1]['round']}")
 
@@ -88,7 +89,7 @@ def _one_round(job, strategy, state: RunState, train, val, info, run_dir: Path, 
     record = _train_and_record(job, state, train, val, info, run_dir, phase="round",
                                round_index=r, epochs=strategy.epochs(job),
                                schedule="onecycle")
-    totals = _totals(state.records + [record])
+    totals = compute_totals(state.records + [record])
     s = job.strategy
     stop = None
     if isinstance(strategy, Full):
@@ -104,7 +105,8 @@ def _one_round(job, strategy, state: RunState, train, val, info, run_dir: Path, 
     if stop is None:
         factory = functools.partial(load_model, job, record["checkpoint"], info.num_classes,
                                     tuple(info.x_shape))
-        ctx = RoundContext(job=job, train=train, subset_ids=state.subset_ids(), round_index=r,
+        ctx = RoundContext(job=job, train=train, subset_ids=state.subset_ids(),
+                           manifest_ids=state.manifest_ids(), round_index=r,
                            model_factory=factory, progress=_progress(f"round {r} scoring"))
         added = strategy.next(ctx)
         record["hard_found"] = added.stats.get("hard_found", 0)
@@ -112,18 +114,35 @@ def _one_round(job, strategy, state: RunState, train, val, info, run_dir: Path, 
         record["seconds_score"] = added.stats.get("seconds_score", 0.0)
         record["seconds_select"] = added.stats.get("seconds_select", 0.0)
         record["added"] = int(len(added.ids))
-        if added.stop:
-            stop = "no hard samples left in the pool"
-        else:
+        if added.remaining is not None:
+            record.update(dropped=int(len(added.dropped)),
+                          remaining=sum(added.remaining.values()),
+                          remaining_per_class={str(c): n for c, n in added.remaining.items()})
+        state.add(added.dropped, DROPPED, r)  # the model of round r classifies them correctly
+        stop = added.stop_reason
+        if stop is None:
             state.add(added.ids, added.reasons, r + 1)
+        _echo_notes(job, added.notes, echo)
     state.records.append(record)
     state.checkpoint = record["checkpoint"]
     state.next_round = r + 1
     state.stop_reason = stop
     state.save(run_dir)
-    echo(_round_line(record, state.records))
+    echo(_round_line(record, state.records) + _drop_counts(record))
     if stop:
         echo(f"[{job.name}] stop: {stop}")
+
+
+def _drop_counts(record: dict) -> str:
+    """The round line's tail for a strategy that drops learned samples (M1); empty otherwise."""
+    if "remaining" not in record:
+        return ""
+    return f"  dropped {record['dropped']}  remaining {record['remaining']}"
+
+
+def _echo_notes(job: JobConfig, notes: list[str], echo) -> None:
+    for note in notes:
+        echo(f"[{job.name}] {note}")
 
 
 def _train_and_record(job, state: RunState, train, val, info, run_dir: Path, *, phase: str,
@@ -139,7 +158,9 @@ def _train_and_record(job, state: RunState, train, val, info, run_dir: Path, *, 
                          num_classes=info.num_classes, x_shape=info.x_shape)
     return {
         "round": round_index, "phase": phase, "subset_size": int(len(ids)), "epochs": epochs,
-        "val_accuracy": result.val_accuracy, "val_loss": result.val_loss,
+        "val_accuracy": result.val_accuracy,
+        "val_balanced_accuracy": result.val_balanced_accuracy, "val_loss": result.val_loss,
+        "curve": result.curve,
         "train_sample_passes": result.train_sample_passes,
         "infer_sample_passes": result.val_sample_passes,
         "hard_found": 0, "added": 0, "checkpoint": result.checkpoint,
@@ -157,7 +178,9 @@ def _stalled(records: list, patience: int) -> bool:
     return len(accs) > patience and max(accs[-patience:]) <= max(accs[:-patience])
 
 
-def _totals(records: list) -> dict:
+def compute_totals(records: list) -> dict:
+    """Sample-passes of `records` (dicts with train/infer_sample_passes); `compute` counts an
+    inference pass as a third of a training pass (forward only, no backward)."""
     train = sum(r["train_sample_passes"] for r in records)
     infer = sum(r["infer_sample_passes"] for r in records)
     return {"train_sample_passes": train, "infer_sample_passes": infer,
@@ -183,21 +206,23 @@ def _evaluate(job: JobConfig, checkpoint: str, test, info) -> dict:
 def _summary(job: JobConfig, state: RunState, test: dict, ingest_seconds: float,
              session_seconds: float) -> dict:
     records = state.records
-    totals = _totals(records)
+    totals = compute_totals(records)
     phases = {p: sum(r[f"seconds_{p}"] for r in records) for p in ("train", "score", "select")}
     return {
         "name": job.name, "strategy": job.strategy.name,
         "rounds": sum(r["phase"] == "round" for r in records),
         "stop_reason": state.stop_reason,
         "val_accuracy": records[-1]["val_accuracy"],
+        "val_balanced_accuracy": records[-1]["val_balanced_accuracy"],
         **test,
         "subset_size": records[-1]["subset_size"],
         **totals,
         "wall_seconds": {**phases, "ingest": ingest_seconds,
                          "total": max(session_seconds, sum(phases.values()))},
         "per_round": [{k: r[k] for k in ("round", "phase", "subset_size", "val_accuracy",
-                                         "hard_found", "added", "train_sample_passes",
-                                         "infer_sample_passes")} for r in records],
+                                         "val_balanced_accuracy", "hard_found", "added",
+                                         "train_sample_passes", "infer_sample_passes", "curve")}
+                      | {k: r[k] for k in ("dropped", "remaining") if k in r} for r in records],
     }
 
 
@@ -212,10 +237,11 @@ def format_summary(summary: dict) -> str:
 
 
 def _round_line(record: dict, records: list) -> str:
-    totals = _totals(records)
+    totals = compute_totals(records)
     label = "final" if record["phase"] == "final" else f"round {record['round']}"
     return (f"  {label:>8}: subset {record['subset_size']:>7}  val acc "
-            f"{record['val_accuracy']:.4f}  hard found {record['hard_found']:>5}  "
+            f"{record['val_accuracy']:.4f} (balanced {record['val_balanced_accuracy']:.4f})  "
+            f"hard found {record['hard_found']:>5}  "
             f"compute so far {totals['compute']:>10.0f}  ({record['seconds_train']:.0f}s train)")
 
 

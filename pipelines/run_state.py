@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 MANIFEST = "manifest.parquet"
 ROUNDS = "rounds.json"
 STATE = "state.json"
+DROPPED = "dropped"  # the manifest reason of samples a strategy took out of the pool untrained
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -59,7 +60,11 @@ def replace_via_staging(run_dir: Path, fill):
 
 @dataclass
 class RunState:
-    """The manifest rows and round records of a run, with its resume point."""
+    """The manifest rows and round records of a run, with its resume point.
+
+    A manifest row is a sample trained on from its round on, or (reason DROPPED) one the model
+    of its round already classified correctly, which leaves the pool without being trained on.
+    """
 
     ids: list = field(default_factory=list)
     rounds_added: list = field(default_factory=list)
@@ -77,6 +82,12 @@ class RunState:
         self.reasons.extend(list(np.broadcast_to(np.asarray(reasons, dtype=object), len(ids))))
 
     def subset_ids(self) -> np.ndarray:
+        """The ids trained on: every manifest row but the dropped ones."""
+        trained = np.asarray(self.reasons, dtype=object) != DROPPED
+        return np.asarray(self.ids, dtype=np.int64)[trained]
+
+    def manifest_ids(self) -> np.ndarray:
+        """Every id in the manifest, dropped ones included: no longer in the pool."""
         return np.asarray(self.ids, dtype=np.int64)
 
     def manifest_table(self) -> pa.Table:

@@ -5,6 +5,13 @@ and takes its rank's slice of a permutation seeded by (seed, round, epoch): the 
 the same batches, and a restarted worker group resumes from its last epoch checkpoint with the
 same numbers it would have had. Each step's loss comes from `augmentation.batch_loss` (the job's
 augment and mixup sections) with a generator seeded by (seed, round, epoch, step, rank).
+
+Strategy `infobatch` trains each epoch on the rows the InfoBatch rule keeps (pipelines/infobatch.py)
+with their weights; every rank draws the same rows from the same scores, and the scores travel in
+the epoch checkpoint. Its shorter epochs cover the same stretch of the one-cycle curve as full ones.
+
+Validation reports accuracy and balanced accuracy (mean per-class recall) after the last epoch, or
+after every epoch with `train.val_every_epoch` (counted in the val sample-passes), as a curve.
 """
 from __future__ import annotations
 
@@ -26,8 +33,9 @@ from ray.train.torch import TorchTrainer
 
 from operators.contract import ID, LABEL, X
 
-from .augmentation import batch_generator, batch_loss
+from .augmentation import batch_generator, batch_loss, sample_losses
 from .config import JobConfig, from_dict
+from .infobatch import initial_scores, plan_epoch, update_scores
 from .models import build_model
 from .seeding import derive_seed
 
@@ -38,10 +46,14 @@ MODEL_FILE = "model.pt"
 class RoundResult:
     checkpoint: str  # directory holding model.pt
     val_accuracy: float
+    val_balanced_accuracy: float
     val_loss: float
     train_sample_passes: int
     val_sample_passes: int
     seconds: float
+    # per validated epoch: epoch, train_sample_passes and val_sample_passes (so far this round),
+    # val_accuracy, val_balanced_accuracy
+    curve: list[dict]
 
 
 def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
@@ -74,10 +86,12 @@ def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
     metrics = result.metrics
     return RoundResult(
         checkpoint=result.checkpoint.path,
-        val_accuracy=float(metrics["val_accuracy"]), val_loss=float(metrics["val_loss"]),
+        val_accuracy=float(metrics["val_accuracy"]),
+        val_balanced_accuracy=float(metrics["val_balanced_accuracy"]),
+        val_loss=float(metrics["val_loss"]),
         train_sample_passes=int(metrics["train_sample_passes"]),
         val_sample_passes=int(metrics["val_sample_passes"]),
-        seconds=time.perf_counter() - start,
+        seconds=time.perf_counter() - start, curve=list(metrics["curve"]),
     )
 
 
@@ -100,12 +114,15 @@ def collect_rows(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids[order], labels[order], xs[order]
 
 
-def _rank_slice(n: int, seed: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's share of a seeded permutation, padded by wrap-around so ranks step together."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+def _rank_slice(rows: torch.Tensor, seed: int, rank: int,
+                world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of a seeded permutation of `rows`, padded by wrap-around so ranks step
+    together, and a mask of its entries that are not padding (each row's one own entry)."""
+    n = len(rows)
+    perm = rows[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
     per_rank = -(-n // world)
     perm = torch.cat([perm, perm[: per_rank * world - n]])
-    return perm[rank::world]
+    return perm[rank::world], torch.arange(len(perm))[rank::world] < n
 
 
 def _train_loop(config: dict) -> None:
@@ -114,13 +131,16 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(job.train.threads_per_worker)
     device = ray.train.torch.get_device()
+    round_index, epochs, num_classes = config["round"], config["epochs"], config["num_classes"]
 
     _, y_train, x_train = collect_rows(ray.train.get_dataset_shard("train"))
     _, y_val, x_val = collect_rows(ray.train.get_dataset_shard("val"))
     x_train, y_train = torch.from_numpy(x_train).to(device), torch.from_numpy(y_train).to(device)
+    n = len(y_train)
+    infobatch = job.strategy.name == "infobatch"
 
-    torch.manual_seed(derive_seed(job.seed, "init", config["round"]))
-    model = build_model(job.model, config["x_shape"], config["num_classes"])
+    torch.manual_seed(derive_seed(job.seed, "init", round_index))
+    model = build_model(job.model, config["x_shape"], num_classes)
     if config["init_checkpoint"]:
         state = torch.load(Path(config["init_checkpoint"]) / MODEL_FILE, map_location="cpu",
                            weights_only=True)
@@ -129,11 +149,13 @@ def _train_loop(config: dict) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=job.train.lr,
                                   weight_decay=job.train.weight_decay)
     per_worker_batch = max(1, job.train.batch_size // world)
-    steps_per_epoch = -(-(-(-len(y_train) // world)) // per_worker_batch)
-    epochs = config["epochs"]
+    steps_per_epoch = -(-(-(-n // world)) // per_worker_batch)
     scheduler = _scheduler(optimizer, config["schedule"], job.train.lr, epochs * steps_per_epoch)
 
     first_epoch = 0
+    # What the round has done so far: a restarted worker group carries on with the same numbers.
+    progress = {"train_sample_passes": 0, "val_sample_passes": 0, "curve": [],
+                "scores": initial_scores(n) if infobatch else None}
     resumed = ray.train.get_checkpoint()
     if resumed:  # a restarted worker group continues from its last finished epoch
         with resumed.as_directory() as d:
@@ -142,27 +164,79 @@ def _train_loop(config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         first_epoch = state["epoch"] + 1
+        progress = {k: state[k] for k in progress}
 
-    passes_per_epoch = -(-len(y_train) // world) * world  # padded rows are trained on too
     for epoch in range(first_epoch, epochs):
         model.train()
-        order = _rank_slice(len(y_train), derive_seed(job.seed, "epoch", config["round"], epoch),
-                            rank, world).to(device)
+        rows, weights = _epoch_rows(job, progress["scores"], n, round_index, epoch, epochs)
+        weights = weights.to(device, torch.float32)
+        order, own = _rank_slice(rows, derive_seed(job.seed, "epoch", round_index, epoch),
+                                 rank, world)
+        order, own = order.to(device), own.to(device)
+        steps = -(-len(order) // per_worker_batch)
+        losses_seen = torch.zeros(n if infobatch else 0, dtype=torch.float64, device=device)
         for step, i in enumerate(range(0, len(order), per_worker_batch)):
             idx = order[i:i + per_worker_batch]
-            generator = batch_generator(job.seed, config["round"], epoch, step, rank, device)
-            loss = batch_loss(model, x_train[idx], y_train[idx], config["num_classes"], job,
-                              generator)
+            generator = batch_generator(job.seed, round_index, epoch, step, rank, device)
+            if infobatch:
+                losses = sample_losses(model, x_train[idx], y_train[idx], job, generator)
+                keep = own[i:i + per_worker_batch]  # a padded duplicate does not score its row
+                losses_seen[idx[keep]] = losses.detach()[keep].double()
+                loss = (weights[idx] * losses).mean()
+            else:
+                loss = batch_loss(model, x_train[idx], y_train[idx], num_classes, job, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            _advance_schedule(scheduler, epoch, step, steps, steps_per_epoch)
+        progress["train_sample_passes"] += len(order) * world  # padded rows are trained on too
+        if infobatch:  # each kept row has one own entry on one rank: the sum is its loss
+            losses_seen = _sum_over_ranks(losses_seen).cpu()
+            progress["scores"] = update_scores(progress["scores"], rows, losses_seen[rows])
         last = epoch == epochs - 1
-        metrics = {"epoch": epoch, "train_sample_passes": (epoch + 1) * passes_per_epoch,
-                   "val_sample_passes": 0}
+        metrics = {"epoch": epoch, "train_sample_passes": progress["train_sample_passes"]}
+        if last or job.train.val_every_epoch:
+            val = _validate(model, x_val, y_val, num_classes, rank, world, device)
+            progress["val_sample_passes"] += val["val_sample_passes"]
+            progress["curve"].append({
+                "epoch": epoch, "train_sample_passes": progress["train_sample_passes"],
+                "val_sample_passes": progress["val_sample_passes"],
+                "val_accuracy": val["val_accuracy"],
+                "val_balanced_accuracy": val["val_balanced_accuracy"]})
+            metrics.update(val)
+        metrics["val_sample_passes"] = progress["val_sample_passes"]
         if last:
-            metrics.update(_validate(model, x_val, y_val, rank, world, device))
-        _report(model, optimizer, scheduler, epoch, metrics, rank)
+            metrics["curve"] = progress["curve"]
+        _report(model, optimizer, scheduler, epoch, metrics, rank, progress)
+
+
+def _epoch_rows(job: JobConfig, scores, n: int, round_index: int, epoch: int,
+                epochs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows this epoch trains on, weight of every row): all with weight 1, or InfoBatch's pick,
+    drawn alike on every rank (same scores, same seed)."""
+    if job.strategy.name != "infobatch":
+        return torch.arange(n), torch.ones(n)
+    s = job.strategy
+    generator = torch.Generator().manual_seed(derive_seed(job.seed, "infobatch", round_index,
+                                                          epoch))
+    return plan_epoch(scores, epoch, epochs, s.prune_ratio, s.anneal_delta, generator)
+
+
+def _advance_schedule(scheduler, epoch: int, step: int, steps: int, steps_per_epoch: int) -> None:
+    """Move the schedule to where a full epoch would be at the same fraction of the epoch.
+
+    A full epoch steps it once per step; an epoch that InfoBatch shortened to `steps` steps
+    covers the same stretch of the one-cycle curve, as the InfoBatch authors' recipe does.
+    """
+    target = epoch * steps_per_epoch + (step + 1) * steps_per_epoch // steps
+    while scheduler.last_epoch < target:
+        scheduler.step()
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
 
 
 def _scheduler(optimizer, schedule: str, lr: float, total_steps: int):
@@ -172,36 +246,47 @@ def _scheduler(optimizer, schedule: str, lr: float, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def _validate(model, x_val, y_val, rank: int, world: int, device) -> dict:
-    """Each rank scores its slice of the validation set; sums are all-reduced."""
+def _validate(model, x_val, y_val, num_classes: int, rank: int, world: int, device) -> dict:
+    """Each rank scores its slice of the validation set; sums and per-class counts are
+    all-reduced. Balanced accuracy is the mean recall over the classes present."""
     model.eval()
     xs = torch.from_numpy(x_val[rank::world]).to(device)
     ys = torch.from_numpy(y_val[rank::world]).to(device)
     with torch.no_grad():
         logits = torch.cat([model(xs[i:i + 4096]) for i in range(0, len(xs), 4096)]) \
-            if len(xs) else torch.zeros((0, 1), device=device)
-        sums = torch.tensor([
-            float((logits.argmax(1) == ys).sum()) if len(xs) else 0.0,
-            float(F.cross_entropy(logits, ys, reduction="sum")) if len(xs) else 0.0,
-            float(len(xs)),
-        ], device=device, dtype=torch.float64)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(sums)
-    correct, loss, n = sums.tolist()
-    return {"val_accuracy": correct / max(n, 1), "val_loss": loss / max(n, 1),
-            "val_sample_passes": int(n)}
+            if len(xs) else torch.zeros((0, num_classes), device=device)
+        hits = (logits.argmax(1) == ys).double()
+        per_class = torch.zeros((2, num_classes), dtype=torch.float64, device=device)
+        per_class[0].index_add_(0, ys, hits)
+        per_class[1].index_add_(0, ys, torch.ones_like(hits))
+        loss = F.cross_entropy(logits, ys, reduction="sum").double().reshape(1)
+    sums = _sum_over_ranks(torch.cat([loss, per_class.flatten()])).cpu()
+    correct, count = sums[1:].view(2, num_classes)
+    n = float(count.sum())
+    return {"val_accuracy": float(correct.sum()) / max(n, 1),
+            "val_balanced_accuracy": balanced_accuracy(correct, count),
+            "val_loss": float(sums[0]) / max(n, 1), "val_sample_passes": int(n)}
+
+
+def balanced_accuracy(correct: torch.Tensor, count: torch.Tensor) -> float:
+    """Mean recall over the classes with samples (`correct` and `count` per class); 0 for none."""
+    present = count > 0
+    if not present.any():
+        return 0.0
+    return float((correct[present] / count[present]).mean())
 
 
 def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def _report(model, optimizer, scheduler, epoch: int, metrics: dict, rank: int) -> None:
+def _report(model, optimizer, scheduler, epoch: int, metrics: dict, rank: int,
+            progress: dict) -> None:
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if rank == 0:
             torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "epoch": epoch},
+                        "scheduler": scheduler.state_dict(), "epoch": epoch, **progress},
                        os.path.join(d, MODEL_FILE))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report(metrics, checkpoint=checkpoint)

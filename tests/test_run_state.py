@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from pipelines.run_state import MANIFEST, RunState, replace_via_staging
+from pipelines.run_state import DROPPED, MANIFEST, RunState, replace_via_staging
 from pipelines.seeding import derive_seed
 
 
@@ -17,6 +17,19 @@ def test_save_load_roundtrip(tmp_path):
     assert back.ids == [5, 3, 9] and back.rounds_added == [0, 0, 1]
     assert back.reasons == ["initial", "initial", "hard"]
     assert back.records == state.records and back.checkpoint == "/ckpt" and back.next_round == 1
+
+
+def test_dropped_rows_stay_in_the_manifest_but_out_of_the_subset(tmp_path):
+    state = RunState()
+    state.add([5, 3], "initial", 0)
+    state.add([8, 1], DROPPED, 0)
+    state.add([9], "balanced", 1)
+    state.save(tmp_path)
+    back = RunState.load(tmp_path)
+    assert back.subset_ids().tolist() == [5, 3, 9]
+    assert back.manifest_ids().tolist() == [5, 3, 8, 1, 9]
+    assert back.reasons == ["initial", "initial", "dropped", "dropped", "balanced"]
+    assert back.rounds_added == [0, 0, 0, 0, 1]
 
 
 def test_manifest_rows_past_the_state_are_ignored(tmp_path):
