@@ -1,7 +1,8 @@
 """`raysift`: run a job, or one operator as a batch job.
 
     raysift run JOB.yaml [--resume | --overwrite] [--set strategy.max_rounds=3 ...]
-    raysift compare JOB.yaml --strategies m2,full,random
+    raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch]
+    raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
     raysift norms | cluster | select | feedback IN OUT ...   (one operator as a batch job)
 """
 from __future__ import annotations
@@ -41,6 +42,14 @@ def _compare(args) -> None:
     compare(job, args.strategies.split(","), resume=args.resume, overwrite=args.overwrite)
 
 
+def _report(args) -> None:
+    from .report import comparison_table, rebuild_report
+
+    summaries, report = rebuild_report(args.run_dir)
+    print(comparison_table(summaries))
+    print(f"report: {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysift", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -49,14 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     cmp = commands.add_parser("compare", help="run the job under several strategies, side by side")
     cmp.add_argument("job", help="the job file")
-    cmp.add_argument("--strategies", default="m2,full,random",
-                     help="comma-separated strategy names (default: m2,full,random)")
+    cmp.add_argument("--strategies", default="full,random,m2,norm_balanced,infobatch",
+                     help="comma-separated strategy names (default: %(default)s)")
     for p in (run, cmp):
         p.add_argument("--resume", action="store_true", help="continue an interrupted run")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a job field, e.g. --set strategy.max_rounds=3")
     cmp.set_defaults(func=_compare)
+    rep = commands.add_parser("report", help="rebuild a comparison's report from its "
+                                             "comparison.json")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the comparison's run_dir")
+    rep.set_defaults(func=_report)
     operator_jobs.add_commands(commands)
     feedback_job.add_commands(commands)
     transfer.add_commands(commands)
