@@ -6,6 +6,11 @@ vocabulary counted over the training split in a first pass, whose ids the `x` ro
 beside `out_dir` and renamed into place only after the whole source has passed every check, so
 bad input never leaves half an output. The train/val/test carving is a seeded hash of each id:
 the same (id, seed) lands in the same split in every run, whatever the chunking.
+
+A long-tailed variant (`source.imbalance_ratio` > 1) thins the train and val shards class by class
+after the pass, before the rename (the number of classes is only known then); test stays as
+given, so its balanced accuracy shows what balancing does. (A text vocabulary is counted before
+the cut, over the whole train split.)
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ from .text import Vocabulary, tokenize
 INFO = "info.json"
 VOCAB = "vocab.json"
 _TRAIN, _VAL, _TEST = range(3)
+LONG_TAILED = ("train", "val")
+LONG_TAIL_STREAM = 0x4C4F4E47  # the cut's hash stream, apart from the split's unit_hash(ids, seed)
 
 
 @dataclass
@@ -43,6 +50,8 @@ class DataInfo:
     class_counts: dict  # split -> rows per class
     class_names: list[str] | None
     source: str  # a description of where the data came from
+    # imbalance_ratio > 1: {imbalance_ratio, keep_fraction per class, class_counts_before}
+    long_tail: dict | None = None
 
 
 def ingest(cfg: SourceConfig, seed: int, out_dir: str | Path, *, chunk_rows: int = 4096,
@@ -122,7 +131,7 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
                           cfg.val_fraction)
             for code, split in enumerate(SPLITS):
                 m = codes == code
-                writers[split].write(ids[m], labels[m], x[m])
+                writers[split].write(_table(ids[m], labels[m], x[m]))
                 per_class[split] = _add(per_class[split], np.bincount(labels[m]))
         checker.check_unique_ids()
         if checker.shape is None:
@@ -133,20 +142,84 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
         for w in writers.values():
             w.abort()
     counts = {s: w.count for s, w in writers.items()}
+    names = source.class_names
+    num_classes = max(len(names or ()), *(len(c) for c in per_class.values()))
+    class_counts = {s: _add(c, np.zeros(num_classes, np.int64)) for s, c in per_class.items()}
+    description, long_tail = source.description, None
+    if cfg.imbalance_ratio > 1:
+        long_tail, note = _make_long_tail(tmp, cfg.imbalance_ratio, seed, class_counts,
+                                          shard_rows, checker.shape)
+        counts.update((s, int(class_counts[s].sum())) for s in LONG_TAILED)
+        description += note
     if not counts["train"]:
         raise DataError(f"{source.description}: the train split is empty ({counts}); lower "
                         f"source.test_fraction or check source.split_column")
     if cfg.val_fraction > 0 and not counts["val"]:
         raise DataError(f"{source.description}: the val split is empty ({counts}); raise "
                         f"source.val_fraction or give more data")
-    names = source.class_names
-    num_classes = max(len(names or ()), *(len(c) for c in per_class.values()))
     info = DataInfo(num_classes=num_classes, x_shape=tuple(checker.shape), counts=counts,
-                    class_counts={s: _add(c, np.zeros(num_classes, np.int64)).tolist()
-                                  for s, c in per_class.items()},
-                    class_names=names, source=source.description)
+                    class_counts={s: c.tolist() for s, c in class_counts.items()},
+                    class_names=names, source=description, long_tail=long_tail)
     (tmp / INFO).write_text(json.dumps(asdict(info), indent=1))
     return info
+
+
+def keep_fractions(num_classes: int, ratio: float) -> np.ndarray:
+    """The share of its rows class k of C keeps: ratio**(-k/(C-1)), from 1 down to 1/ratio."""
+    return ratio ** (-np.arange(num_classes) / max(num_classes - 1, 1))
+
+
+def long_tail_mask(ids: np.ndarray, labels: np.ndarray, seed: int,
+                   keep: np.ndarray) -> np.ndarray:
+    """Which rows the long tail keeps: a seeded hash of the id against its class's share, so the
+    choice is the same whatever the chunking (and a row kept at ratio 100 is kept at 10)."""
+    return unit_hash(ids, seed, LONG_TAIL_STREAM) < keep[labels]
+
+
+def _cut_long_tail(folder: Path, seed: int, keep: np.ndarray, shard_rows: int,
+                   shape: tuple) -> np.ndarray:
+    """Rewrite a split's shards, one at a time, with only the rows the long tail keeps; returns
+    the rows kept per class."""
+    cut = folder.with_name(f"{folder.name}.cut")
+    writer, kept = _ShardWriter(cut, shard_rows), np.zeros(len(keep), np.int64)
+    try:
+        for shard in sorted(folder.glob("*.parquet")):
+            table = pq.read_table(shard)
+            labels = table.column(LABEL).to_numpy()
+            m = long_tail_mask(table.column(ID).to_numpy(), labels, seed, keep)
+            writer.write(table.filter(pa.array(m)))
+            kept += np.bincount(labels[m], minlength=len(keep))
+        writer.close(shape)
+    finally:
+        writer.abort()
+    shutil.rmtree(folder)
+    cut.rename(folder)
+    return kept
+
+
+def _make_long_tail(tmp: Path, ratio: float, seed: int, class_counts: dict, shard_rows: int,
+                    shape: tuple) -> tuple[dict, str]:
+    """Cut train and val to the long tail (`class_counts` follows); returns the record for
+    info.json and a note for the data description. A class the cut empties in train stops ingest
+    (no model could learn it); one emptied in val only leaves a val metric without it: noted."""
+    num_classes = len(class_counts["train"])
+    keep = keep_fractions(num_classes, ratio)
+    before = {s: class_counts[s] for s in LONG_TAILED}
+    for s in LONG_TAILED:
+        class_counts[s] = _cut_long_tail(tmp / s, seed, keep, shard_rows, shape)
+    emptied = {s: np.flatnonzero((before[s] > 0) & (class_counts[s] == 0)) for s in LONG_TAILED}
+    if len(emptied["train"]):
+        k = emptied["train"][0]
+        raise DataError(f"source.imbalance_ratio {ratio:g}: class {k} keeps none of its "
+                        f"{before['train'][k]} train rows (its share is {keep[k]:.3g}); lower "
+                        f"the ratio or give more data")
+    note = (f"; long-tailed (source.imbalance_ratio {ratio:g}): class k keeps "
+            f"{ratio:g}**(-k/{max(num_classes - 1, 1)}) of its train and val rows, test as given")
+    if len(emptied["val"]):
+        note += f"; val has no rows of class {', '.join(map(str, emptied['val']))}"
+    record = {"imbalance_ratio": ratio, "keep_fraction": keep.tolist(),
+              "class_counts_before": {s: before[s].tolist() for s in LONG_TAILED}}
+    return record, note
 
 
 def _train_vocabulary(source, cfg: SourceConfig, seed: int) -> Vocabulary:
@@ -297,17 +370,16 @@ class _ShardWriter:
         self.folder, self.rows = folder, rows
         self.writer, self.in_file, self.files, self.count = None, 0, 0, 0
 
-    def write(self, ids: np.ndarray, labels: np.ndarray, x: np.ndarray) -> None:
+    def write(self, table: pa.Table) -> None:
         start = 0
-        while start < len(ids):
+        while start < table.num_rows:
             if self.writer is None or self.in_file == self.rows:
-                self._next_file(_table(ids[:0], labels[:0], x[:0]).schema)
-            k = min(self.rows - self.in_file, len(ids) - start)
-            end = start + k
-            self.writer.write_table(_table(ids[start:end], labels[start:end], x[start:end]))
+                self._next_file(table.schema)
+            k = min(self.rows - self.in_file, table.num_rows - start)
+            self.writer.write_table(table.slice(start, k))
             self.in_file += k
             self.count += k
-            start = end
+            start += k
 
     def close(self, shape: tuple) -> None:
         """Finish the last shard; an empty split gets one empty shard, so it reads as a Dataset."""
