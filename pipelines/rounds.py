@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import shutil
 import sys
 import time
@@ -294,13 +295,19 @@ def _comparable(job: JobConfig) -> dict:
 def init_ray() -> None:
     """Start (or join) Ray with quiet workers and the deterministic order every job relies on."""
     if not ray.is_initialized():
-        # Workers' per-dataset progress bars would drown the round lines; the driver shows its own.
-        ray.init(include_dashboard=False, configure_logging=False,
+        # Workers' progress bars and Ray Train's per-epoch log lines would drown the round lines:
+        # worker output stays in the session's log folder (a worker's error still reaches the
+        # driver as the exception it raised).
+        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False,
                  runtime_env={"env_vars": {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}})
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     # Scoring order decides which samples are found first: keep it deterministic.
     ctx.execution_options.preserve_order = True
+    # Ray Data prints a few INFO lines per dataset on the console; its session log keeps them.
+    for handler in logging.getLogger("ray.data").handlers:
+        if handler.get_name() == "console":
+            handler.setLevel(logging.WARNING)
 
 
 def _check_resources(job: JobConfig) -> None:
