@@ -31,6 +31,7 @@ _NEEDED = ("strategy", "rounds", "subset_size", "test_accuracy", "test_balanced_
            "val_accuracy", "train_sample_passes", "infer_sample_passes", "compute",
            "wall_seconds", "per_round")
 _COMPUTE = "compute (sample-passes: train + infer / 3)"
+REACH_POINTS = 0.5  # the "reach" column: within this many points of full's validation accuracy
 
 
 def write_report(root: str | Path, summaries: list[dict]) -> Path:
@@ -61,18 +62,32 @@ def rebuild_report(root: str | Path) -> tuple[list[dict], Path]:
 
 
 def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and one row of cells per run; compute is also given relative to `full` when it
-    ran. Validation balanced accuracy shows "-" for runs that predate it."""
+    """Header and one row of cells per run. When `full` ran, compute is also given relative to
+    it, and `reach` is the compute (relative to full's) at which a run's validation accuracy
+    first came within `REACH_POINTS` of full's final one: equal-accuracy cost, "-" if never.
+    Validation balanced accuracy shows "-" for runs that predate it."""
     full = next((s for s in summaries if s["strategy"] == "full"), None)
+    scale = full["compute"] if full and full["compute"] else None
+    target = full["val_accuracy"] - REACH_POINTS / 100 if scale else None
     head = ["strategy", "rounds", "subset", "test acc", "test bal acc", "val acc",
-            "val bal acc", "train passes", "infer passes", "compute", "vs full", "wall s"]
-    rows = [[s["strategy"], str(s["rounds"]), str(s["subset_size"]), _acc(s["test_accuracy"]),
-             _acc(s["test_balanced_accuracy"]), _acc(s["val_accuracy"]),
-             _acc(s.get("val_balanced_accuracy")), str(s["train_sample_passes"]),
-             str(s["infer_sample_passes"]), f"{s['compute']:.0f}",
-             f"{s['compute'] / full['compute']:.3f}" if full and full["compute"] else "-",
-             f"{s['wall_seconds']['total']:.0f}"] for s in summaries]
+            "val bal acc", "train passes", "infer passes", "compute", "vs full", "reach",
+            "wall s"]
+    rows = []
+    for s in summaries:
+        reach = compute_to_reach(s, target) if scale else None
+        rows.append([s["strategy"], str(s["rounds"]), str(s["subset_size"]),
+                     _acc(s["test_accuracy"]), _acc(s["test_balanced_accuracy"]),
+                     _acc(s["val_accuracy"]), _acc(s.get("val_balanced_accuracy")),
+                     str(s["train_sample_passes"]), str(s["infer_sample_passes"]),
+                     f"{s['compute']:.0f}", f"{s['compute'] / scale:.3f}" if scale else "-",
+                     "-" if reach is None else f"{reach / scale:.3f}",
+                     f"{s['wall_seconds']['total']:.0f}"])
     return head, rows
+
+
+def compute_to_reach(summary: dict, target: float, key: str = "val_accuracy") -> float | None:
+    """The cumulative compute at the run's first validation with `key` >= `target`, or None."""
+    return next((at for at, value in curve_points(summary, key) if value >= target), None)
 
 
 def comparison_table(summaries: list[dict]) -> str:
@@ -96,7 +111,9 @@ def markdown(title: str, summaries: list[dict]) -> str:
         f"# Comparison: {title}", "",
         "`test` columns are on the test split, `val` on the validation split at the end; "
         "balanced accuracy (`bal`) is the mean per-class recall. Compute is in sample-passes "
-        "(train + infer / 3); `vs full` divides it by the `full` run's.", "",
+        "(train + infer / 3); `vs full` divides it by the `full` run's. `reach` is the compute, "
+        f"relative to `full`'s, at which a run's validation accuracy first came within "
+        f"{REACH_POINTS} points of `full`'s final one (\"-\": never).", "",
         *("| " + " | ".join(r) + " |" for r in cells), "",
         "## Accuracy against compute", "",
         "Accuracy (left) and balanced accuracy (right). Lines: validation as the run went on; "

@@ -11,7 +11,8 @@ from ray.data.extensions import ArrowTensorArray
 from operators.contract import DataError
 from pipelines import cli
 from pipelines.report import (ACCURACY_PNG, BALANCE_PNG, COMPARISON, REPORT, accuracy_figure,
-                              class_balance_figure, comparison_table, curve_points,
+                              class_balance_figure, comparison_table, compute_to_reach,
+                              curve_points,
                               rebuild_report, subset_class_counts, table, write_report)
 from pipelines.run_state import RunState, atomic_write_json
 
@@ -123,11 +124,23 @@ def test_compute_relative_to_full_and_balanced_columns():
     assert by["m2"][col["test bal acc"]] == "0.7000"
     assert by["m2"][col["val bal acc"]] == "0.7000"
     assert by["random"][col["val bal acc"]] == "-"
+    # Within 0.5 points of full's 0.93: only full gets there, at its last epoch.
+    assert {s: by[s][col["reach"]] for s in by} == {
+        "full": "1.000", "m2": "-", "random": "-", "norm_balanced": "-", "infobatch": "-"}
     _, rows = table(summaries[1:])  # no `full` run: nothing to compare with
-    assert [r[col["vs full"]] for r in rows] == ["-"] * 4
+    assert [(r[col["vs full"]], r[col["reach"]]) for r in rows] == [("-", "-")] * 4
     text = comparison_table(summaries).splitlines()
     assert text[0].split()[:5] == ["strategy", "rounds", "subset", "test", "acc"]
-    assert text[3].split()[0] == "m2" and text[3].split()[-2] == "0.250"
+    assert text[3].split()[0] == "m2" and text[3].split()[-3] == "0.250"
+
+
+def test_compute_to_reach_is_the_first_validation_at_the_target():
+    m2 = _summary("m2")  # validations (16, 0.5), (32, 0.6), (90, 0.7), (100, 0.72)
+    assert compute_to_reach(m2, 0.6) == 32
+    assert compute_to_reach(m2, 0.65) == 90
+    assert compute_to_reach(m2, 0.4) == 16
+    assert compute_to_reach(m2, 0.73) is None
+    assert compute_to_reach(_summary("full"), 0.88, "val_balanced_accuracy") == 266
 
 
 def test_curve_points_take_epochs_where_kept_else_rounds():
