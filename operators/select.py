@@ -175,8 +175,9 @@ def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_we
         chosen += [above[:_take_above(per_class, len(above), len(below))]]
         chosen += [below[:per_class - len(chosen[-1])]]
     counts = stats["count"].to_numpy()
-    notes = [f"class {c}: {k} sample(s), fewer than per_class={per_class}; all taken"
-             for c, k in zip(labels, counts) if k < per_class]
+    small = [f"{c} ({k})" for c, k in zip(labels, counts) if k < per_class]
+    notes = [f"fewer than per_class={per_class}, all taken: class (samples) "
+             f"{', '.join(small)}"] if small else []
     return selection(np.concatenate(chosen), reason, notes)
 
 

@@ -78,7 +78,7 @@ def test_drop_the_learned_then_draw_from_what_remains(ray_session, tmp_path):
     assert added.dropped.tolist() == DROPPED_IDS
     assert added.remaining == REMAINING and added.stop_reason is None
     assert added.ids.tolist() == NEXT_DRAW and set(added.reasons) == {"balanced"}
-    assert added.notes == ["class 1: 1 sample(s), fewer than per_class=2; all taken"]
+    assert added.notes == ["fewer than per_class=2, all taken: class (samples) 1 (1)"]
     assert added.stats["infer_sample_passes"] == 11  # the whole pool: 17 rows - 6 initial
     assert added.stats["hard_found"] == 3
 

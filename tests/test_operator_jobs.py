@@ -70,7 +70,7 @@ def test_select_job_balanced_and_random(ray_session, tmp_path, capsys):
     rows = _rows(tmp_path / "m1")
     assert [r[ID] for r in rows] == [1, 2, 4, 5, 6]
     assert {r["reason"] for r in rows} == {"balanced"}
-    note = "note: class 2: 1 sample(s), fewer than per_class=2; all taken"
+    note = "note: fewer than per_class=2, all taken: class (samples) 2 (1)"
     assert note in capsys.readouterr().out
 
     _cli("select", src, tmp_path / "random", "--ratio", 0.5, "--seed", 1)

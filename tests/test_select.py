@@ -55,8 +55,7 @@ def test_a_above_b_below_with_one_side_filling_in(ray_session):
     }
     assert set(sel.reasons) == {"balanced"}
     assert sel.ids.dtype == np.int64
-    assert sel.notes == ["class 2: 2 sample(s), fewer than per_class=4; all taken",
-                         "class 3: 3 sample(s), fewer than per_class=4; all taken"]
+    assert sel.notes == ["fewer than per_class=4, all taken: class (samples) 2 (2), 3 (3)"]
 
 
 def test_odd_m_takes_the_extra_one_above(ray_session):
