@@ -90,6 +90,20 @@ def compute_to_reach(summary: dict, target: float, key: str = "val_accuracy") ->
     return next((at for at, value in curve_points(summary, key) if value >= target), None)
 
 
+def value_at(summary: dict, compute: float, key: str) -> float | None:
+    """`key` at the run's last validation done within `compute` (None before its first): what
+    the run had reached for a given spend, for comparisons at equal compute."""
+    return next((v for at, v in reversed(curve_points(summary, key)) if at <= compute), None)
+
+
+def equal_compute_table(summaries: list[dict]) -> tuple[float, list[list[str]]]:
+    """The cheapest run's total compute, and per run its validation accuracy and balanced
+    accuracy at that spend."""
+    budget = min(s["compute"] for s in summaries)
+    return budget, [[s["strategy"], _acc(value_at(s, budget, "val_accuracy")),
+                     _acc(value_at(s, budget, "val_balanced_accuracy"))] for s in summaries]
+
+
 def comparison_table(summaries: list[dict]) -> str:
     """The table as aligned plain text (the strategy left, numbers right)."""
     head, rows = table(summaries)
@@ -107,6 +121,7 @@ def markdown(title: str, summaries: list[dict]) -> str:
     head, rows = table(summaries)
     cells = [head, ["---"] + ["---:"] * (len(head) - 1), *rows]
     stops = [f"- `{s['strategy']}`: {s.get('stop_reason') or '-'}" for s in summaries]
+    budget, equal = equal_compute_table(summaries)
     return "\n".join([
         f"# Comparison: {title}", "",
         "`test` columns are on the test split, `val` on the validation split at the end; "
@@ -115,6 +130,11 @@ def markdown(title: str, summaries: list[dict]) -> str:
         f"relative to `full`'s, at which a run's validation accuracy first came within "
         f"{REACH_POINTS} points of `full`'s final one (\"-\": never).", "",
         *("| " + " | ".join(r) + " |" for r in cells), "",
+        "## At equal compute", "",
+        f"Each run's last validation within {budget:.0f} sample-passes, the cheapest run's "
+        "total (\"-\": none by then).", "",
+        *("| " + " | ".join(r) + " |" for r in [
+            ["strategy", "val acc", "val bal acc"], ["---", "---:", "---:"], *equal]), "",
         "## Accuracy against compute", "",
         "Accuracy (left) and balanced accuracy (right). Lines: validation as the run went on; "
         "stars: the final model on the test split.", "",

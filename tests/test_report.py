@@ -12,8 +12,8 @@ from operators.contract import DataError
 from pipelines import cli
 from pipelines.report import (ACCURACY_PNG, BALANCE_PNG, COMPARISON, REPORT, accuracy_figure,
                               class_balance_figure, comparison_table, compute_to_reach,
-                              curve_points,
-                              rebuild_report, subset_class_counts, table, write_report)
+                              curve_points, equal_compute_table, rebuild_report,
+                              subset_class_counts, table, value_at, write_report)
 from pipelines.run_state import RunState, atomic_write_json
 
 # Training ids 0..11: ids 0-5 are class 0, 6-8 class 1, 9-11 class 2.
@@ -143,6 +143,20 @@ def test_compute_to_reach_is_the_first_validation_at_the_target():
     assert compute_to_reach(_summary("full"), 0.88, "val_balanced_accuracy") == 266
 
 
+def test_values_at_equal_compute_are_the_last_validation_within_it():
+    m2 = _summary("m2")  # validations (16, 0.5), (32, 0.6), (90, 0.7), (100, 0.72)
+    assert value_at(m2, 31.9, "val_accuracy") == 0.5
+    assert value_at(m2, 90, "val_accuracy") == 0.7
+    assert value_at(m2, 15, "val_accuracy") is None
+    # The budget is m2's 100 in all; norm_balanced's round 0 ended at 50 + 30 / 3 = 60, its
+    # round 1 at 120; random has no balanced values; full and infobatch validated after 100.
+    budget, rows = equal_compute_table([_summary(s) for s in MANIFESTS])
+    assert budget == 100
+    assert rows == [["full", "-", "-"], ["m2", "0.7200", "0.7000"],
+                    ["random", "0.5000", "-"], ["norm_balanced", "0.4000", "0.4000"],
+                    ["infobatch", "-", "-"]]
+
+
 def test_curve_points_take_epochs_where_kept_else_rounds():
     s = {name: _summary(name) for name in MANIFESTS}
     # m2: round 0 epochs at 15 + 3/3 and 30 + 6/3; round 1 after round 0's 40 in all, with
@@ -206,6 +220,7 @@ def test_report_files_and_rebuild(compared, capsys):
     head, rows = table(summaries)
     for cells in [head, *rows]:
         assert "| " + " | ".join(cells) + " |" in md
+    assert "## At equal compute" in md and "| m2 | 0.7200 | 0.7000 |" in md
 
     # `raysift report RUN_DIR` rebuilds the same files from comparison.json.
     for f in (REPORT, ACCURACY_PNG, BALANCE_PNG):
