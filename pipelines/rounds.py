@@ -14,6 +14,7 @@ import logging
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +155,11 @@ def _train_and_record(job, state: RunState, train, val, info, run_dir: Path, *, 
     ids = state.subset_ids()
     subset = train.map_batches(_keep_ids, fn_kwargs={"keep": np.sort(ids)},
                                batch_size=None, batch_format="numpy")
-    result = train_round(job, subset, val, round_index=round_index, epochs=epochs,
-                         schedule=schedule, init_checkpoint=state.checkpoint, storage=storage,
-                         num_classes=info.num_classes, x_shape=info.x_shape)
+    with _epoch_bar(f"{_label(phase, round_index)} training", epochs) as on_epoch:
+        result = train_round(job, subset, val, round_index=round_index, epochs=epochs,
+                             schedule=schedule, init_checkpoint=state.checkpoint,
+                             storage=storage, num_classes=info.num_classes,
+                             x_shape=info.x_shape, on_epoch=on_epoch)
     return {
         "round": round_index, "phase": phase, "subset_size": int(len(ids)), "epochs": epochs,
         "val_accuracy": result.val_accuracy,
@@ -237,9 +240,13 @@ def format_summary(summary: dict) -> str:
             f"select {w['select']:.0f})")
 
 
+def _label(phase: str, round_index: int) -> str:
+    return "final" if phase == "final" else f"round {round_index}"
+
+
 def _round_line(record: dict, records: list) -> str:
     totals = compute_totals(records)
-    label = "final" if record["phase"] == "final" else f"round {record['round']}"
+    label = _label(record["phase"], record["round"])
     return (f"  {label:>8}: subset {record['subset_size']:>7}  val acc "
             f"{record['val_accuracy']:.4f} (balanced {record['val_balanced_accuracy']:.4f})  "
             f"hard found {record['hard_found']:>5}  "
@@ -260,6 +267,23 @@ def _progress(desc: str):
         state["seen"] = seen
 
     return update
+
+
+@contextmanager
+def _epoch_bar(desc: str, epochs: int):
+    """A progress bar on stderr over a round's epochs, with the last validation accuracy; None
+    (and no metrics sent from the workers) where stderr is not a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, total=epochs, unit=" epoch", file=sys.stderr, leave=False,
+              disable=None) as bar:
+        def show(metrics: dict) -> None:
+            bar.n = metrics["epoch"] + 1  # an epoch redone after a worker restart counts once
+            if "val_accuracy" in metrics:
+                bar.set_postfix(val_acc=f"{metrics['val_accuracy']:.4f}", refresh=False)
+            bar.refresh()
+
+        yield None if bar.disable else show
 
 
 def _check_run_dir(run_dir: Path, job: JobConfig, *, resume: bool, overwrite: bool) -> bool:

@@ -16,8 +16,11 @@ after every epoch with `train.val_every_epoch` (counted in the val sample-passes
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from ray.train import (CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig,
                        ScalingConfig)
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
 
 from operators.contract import ID, LABEL, X
 
@@ -58,13 +62,16 @@ class RoundResult:
 
 def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
                 schedule: str, init_checkpoint: str | None, storage: Path,
-                num_classes: int, x_shape) -> RoundResult:
-    """Train `epochs` epochs on `subset`, starting from `init_checkpoint`, and validate."""
+                num_classes: int, x_shape,
+                on_epoch: Callable[[dict], None] | None = None) -> RoundResult:
+    """Train `epochs` epochs on `subset`, starting from `init_checkpoint`, and validate.
+    `on_epoch`, if given, is called on the driver with each finished epoch's metrics (epoch,
+    epochs, train_sample_passes and, where validated, val_accuracy ...) while training runs."""
     start = time.perf_counter()
     loop_config = {
         "job": job.to_dict(), "round": round_index, "epochs": epochs, "schedule": schedule,
         "init_checkpoint": init_checkpoint, "num_classes": num_classes,
-        "x_shape": list(x_shape),
+        "x_shape": list(x_shape), "epoch_feed": None,
     }
     trainer = TorchTrainer(
         _train_loop,
@@ -82,7 +89,12 @@ def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
         datasets={"train": subset.materialize(), "val": val.materialize()},
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
+    if on_epoch is None:
+        result = trainer.fit()
+    else:
+        with _EpochFeed(on_epoch) as feed:
+            loop_config["epoch_feed"] = feed
+            result = trainer.fit()
     metrics = result.metrics
     return RoundResult(
         checkpoint=result.checkpoint.path,
@@ -93,6 +105,34 @@ def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
         val_sample_passes=int(metrics["val_sample_passes"]),
         seconds=time.perf_counter() - start, curve=list(metrics["curve"]),
     )
+
+
+class _EpochFeed:
+    """Epoch metrics from rank 0 to the driver while `fit` blocks: an actor queue that needs no
+    CPU (the workers may hold them all), drained into `show` by a daemon thread."""
+
+    def __init__(self, show: Callable[[dict], None]):
+        self._show = show
+        self._queue = Queue(actor_options={"num_cpus": 0})
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+
+    def __enter__(self) -> Queue:
+        self._thread.start()
+        return self._queue
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+        self._queue.shutdown()
+
+    def _drain(self) -> None:
+        while True:  # stops only once the queue is empty after `fit` returned
+            try:
+                self._show(self._queue.get(timeout=0.5))
+            except queue.Empty:
+                if self._done.is_set():
+                    return
 
 
 def load_model(job: JobConfig, checkpoint_dir: str, num_classes: int, x_shape) -> torch.nn.Module:
@@ -205,6 +245,8 @@ def _train_loop(config: dict) -> None:
                 "val_balanced_accuracy": val["val_balanced_accuracy"]})
             metrics.update(val)
         metrics["val_sample_passes"] = progress["val_sample_passes"]
+        if rank == 0 and config["epoch_feed"] is not None:
+            config["epoch_feed"].put({**metrics, "epochs": epochs})
         if last:
             metrics["curve"] = progress["curve"]
         _report(model, optimizer, scheduler, epoch, metrics, rank, progress)

@@ -161,8 +161,10 @@ def test_a_round_trains_the_rows_the_rule_keeps_and_validates_every_epoch(ray_se
                      "anneal_delta": 0.5}})
     train = from_columns({"id": np.arange(n), "label": y, "x": x})
     val = from_columns({"id": np.arange(6), "label": VAL_Y, "x": VAL_X[:, :3]})
+    shown = []  # what the driver's progress bar gets while the workers train
     result = train_round(job, train, val, round_index=0, epochs=epochs, schedule="onecycle",
-                         init_checkpoint=None, storage=tmp_path, num_classes=3, x_shape=(3,))
+                         init_checkpoint=None, storage=tmp_path, num_classes=3, x_shape=(3,),
+                         on_epoch=shown.append)
 
     losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y),
                              reduction="none").double()
@@ -184,6 +186,9 @@ def test_a_round_trains_the_rows_the_rule_keeps_and_validates_every_epoch(ray_se
     assert [p["val_balanced_accuracy"] for p in result.curve] == pytest.approx(
         [(3 / 4 + 1 + 0) / 3] * epochs)
     assert result.val_balanced_accuracy == result.curve[-1]["val_balanced_accuracy"]
+    assert [(m["epoch"], m["epochs"], m["train_sample_passes"], m["val_accuracy"])
+            for m in shown] == [(p["epoch"], epochs, p["train_sample_passes"], p["val_accuracy"])
+                                for p in result.curve]
     state = torch.load(f"{result.checkpoint}/{MODEL_FILE}", weights_only=True)
     # every row scored by its own entry of the last (full) epoch, summed over both ranks
     torch.testing.assert_close(state["scores"], losses, rtol=0, atol=1e-6)
