@@ -1,6 +1,6 @@
 """Per-sample norms (M1 step 2) and their per-class statistics (M1 step 3).
 
-`Norms` is a `map_batches` callable: one vectorised NumPy expression per batch, so the cost is
+`Norms` is a `map_batches` callable (`add_norms` applies it): one vectorised NumPy expression per batch, so the cost is
 memory bandwidth, not per-row Python. `class_norm_stats` uses Ray Data's own grouped
 aggregation, so only one row per class ever reaches the driver.
 """
@@ -81,6 +81,13 @@ class Norms:
         if c == 1 and weights[0] == 1.0:
             return channels[:, 0]
         return np.einsum("c,ncp->np", weights, channels)
+
+
+def add_norms(ds: ray.data.Dataset, norms: Norms) -> ray.data.Dataset:
+    """`ds` with the `norm` column `norms` computes. Batches are zero-copy, read-only views of
+    the blocks: `Norms` only reads them, and the writable copy Ray Data makes by default costs
+    as much memory traffic as the norms themselves."""
+    return ds.map_batches(norms, batch_format="numpy", zero_copy_batch=True)
 
 
 def class_norm_stats(ds: ray.data.Dataset, norm_column: str = "norm") -> pd.DataFrame:

@@ -15,7 +15,7 @@ import ray
 
 from .contract import ID, LABEL, X, DataError, data_errors, require_columns
 from .keys import hash_keys
-from .norms import Norms, aggregate_by_class
+from .norms import Norms, add_norms, aggregate_by_class
 
 _MIN_BUFFER = 65536  # candidate rows the driver collects before it prunes
 
@@ -158,7 +158,7 @@ def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_we
         require_columns(names, [column], where="balanced_draw (no 'norm' column)")
         norms = Norms(kind=kind, channel_weights=channel_weights, column=column,
                       keep_features=False)
-        ds = ds.select_columns([ID, LABEL, column]).map_batches(norms, batch_format="numpy")
+        ds = add_norms(ds.select_columns([ID, LABEL, column]), norms)
     ds = without_ids(ds, exclude_ids)
     stats = aggregate_by_class(ds)
     if stats.empty:

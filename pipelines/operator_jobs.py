@@ -19,7 +19,7 @@ import ray
 
 from operators.cluster import KMeans, drop_near_duplicates
 from operators.contract import ID, LABEL, X, DataError, data_errors
-from operators.norms import KINDS, Norms, class_norm_stats
+from operators.norms import KINDS, Norms, add_norms, class_norm_stats
 from operators.select import Selection, balanced_draw, random_draw, require
 
 logger = logging.getLogger(__name__)
@@ -57,8 +57,7 @@ def norms_job(src: str, dst: str, kind: str = "pixel_weighted_l2", channel_weigh
     """Add `norm` to every row; returns the per-class statistics when rows have labels."""
     ds = read(src)
     names = require(ds, [column], where=src)
-    write(ds.map_batches(Norms(kind=kind, channel_weights=channel_weights, column=column),
-                         batch_format="numpy"), dst)
+    write(add_norms(ds, Norms(kind=kind, channel_weights=channel_weights, column=column)), dst)
     return class_norm_stats(read(dst)) if LABEL in names else None
 
 

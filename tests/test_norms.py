@@ -4,7 +4,7 @@ import pytest
 
 
 from operators.contract import ID, LABEL, X, DataError, data_errors, from_columns
-from operators.norms import Norms, class_norm_stats
+from operators.norms import Norms, add_norms, class_norm_stats
 
 
 
@@ -57,12 +57,12 @@ def test_operator_adds_norm_on_ray(ray_session):
     x = np.zeros((5, 1, 2, 2), np.float32)
     x[:, 0, 0, 0] = [3, 0, 6, 1, 8]
     x[:, 0, 1, 1] = [4, 0, 8, 0, 6]
-    out = _dataset(x).map_batches(Norms(), batch_format="numpy").take_all()
+    out = add_norms(_dataset(x), Norms()).take_all()
     assert [r["norm"] for r in out] == [5.0, 0.0, 10.0, 1.0, 10.0]
     assert [r[ID] for r in out] == [10, 11, 12, 13, 14]
     np.testing.assert_array_equal(np.stack([r[X] for r in out]), x)
 
-    slim = _dataset(x).map_batches(Norms(keep_features=False), batch_format="numpy")
+    slim = add_norms(_dataset(x), Norms(keep_features=False))
     assert sorted(slim.schema().names) == sorted([ID, "norm"])
 
 
@@ -71,7 +71,7 @@ def test_nan_and_ragged_rows_are_named(ray_session):
     x[2, 1] = np.inf
     with pytest.raises(DataError, match="column 'x'.*id 12"):
         with data_errors():
-            _dataset(x).map_batches(Norms(), batch_format="numpy").materialize()
+            add_norms(_dataset(x), Norms()).materialize()
     ragged = {ID: np.arange(2), X: np.array([np.zeros(3), np.zeros(4)], dtype=object)}
     with pytest.raises(DataError, match="ragged.*id 1 has shape \\(4,\\)"):
         Norms()(ragged)
