@@ -28,7 +28,7 @@ from .config import ConfigError, JobConfig
 from .ingest import ingest, load_info, read_split
 from .run_state import DROPPED, RunState, atomic_write_json, replace_via_staging
 from .strategies import Full, RoundContext, make_strategy
-from .train import load_model, train_round
+from .train import balanced_accuracy, load_model, train_round
 
 SUMMARY = "summary.json"
 JOB_COPY = "job.json"
@@ -202,9 +202,11 @@ def _evaluate(job: JobConfig, checkpoint: str, test, info) -> dict:
         labels.append(batch[LABEL])
         correct.append(batch["correct"])
     labels, correct = np.concatenate(labels), np.concatenate(correct).astype(bool)
-    recalls = [correct[labels == c].mean() for c in np.unique(labels)]
+    per_class = (np.bincount(labels, weights=correct, minlength=info.num_classes),
+                 np.bincount(labels, minlength=info.num_classes))
     return {"test_accuracy": float(correct.mean()),
-            "test_balanced_accuracy": float(np.mean(recalls)), "test_samples": int(len(labels))}
+            "test_balanced_accuracy": balanced_accuracy(*per_class),
+            "test_samples": int(len(labels))}
 
 
 def _summary(job: JobConfig, state: RunState, test: dict, ingest_seconds: float,

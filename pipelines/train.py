@@ -310,8 +310,9 @@ def _validate(model, x_val, y_val, num_classes: int, rank: int, world: int, devi
             "val_loss": float(sums[0]) / max(n, 1), "val_sample_passes": int(n)}
 
 
-def balanced_accuracy(correct: torch.Tensor, count: torch.Tensor) -> float:
-    """Mean recall over the classes with samples (`correct` and `count` per class); 0 for none."""
+def balanced_accuracy(correct, count) -> float:
+    """Mean recall over the classes with samples (`correct` and `count` per class, as NumPy
+    arrays or tensors); 0 for none."""
     present = count > 0
     if not present.any():
         return 0.0

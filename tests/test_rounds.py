@@ -1,12 +1,15 @@
 """End to end on a local Ray: M2 on digits with two workers, resume equality, run-dir rules."""
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipelines import strategies
 from pipelines.config import ConfigError, from_dict
 from pipelines.rounds import run_job
+from pipelines.train import balanced_accuracy
 
 
 def _job(tmp_path, name="e2e", **strategy):
@@ -56,6 +59,14 @@ def test_m2_end_to_end(finished_run):
     assert summary["train_sample_passes"] == expected_train
     assert summary["test_accuracy"] > 0.5  # digits are easy: far above the 0.1 of chance
     assert (run_dir / "final" / "model.pt").exists() and (run_dir / "summary.json").exists()
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
+    # class 0: 3 of 4 right, class 1: no samples, class 2: 1 of 2 right
+    correct, count = [3.0, 0.0, 1.0], [4.0, 0.0, 2.0]
+    assert balanced_accuracy(np.array(correct), np.array(count)) == pytest.approx(0.625)
+    assert balanced_accuracy(torch.tensor(correct), torch.tensor(count)) == pytest.approx(0.625)
+    assert balanced_accuracy(np.zeros(3), np.zeros(3)) == 0.0
 
 
 class Interrupt(Exception):
