@@ -334,6 +334,8 @@ def init_ray() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if handler.get_name() == "console":
             handler.setLevel(logging.WARNING)
+    # ... and a warning that its bars are off, which they are on purpose (raysift draws its own).
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def _check_resources(job: JobConfig) -> None:
