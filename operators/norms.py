@@ -1,8 +1,8 @@
 """Per-sample norms (M1 step 2) and their per-class statistics (M1 step 3).
 
-`Norms` is a `map_batches` callable (`add_norms` applies it): one vectorised NumPy expression per batch, so the cost is
-memory bandwidth, not per-row Python. `class_norm_stats` uses Ray Data's own grouped
-aggregation, so only one row per class ever reaches the driver.
+`Norms` is a `map_batches` callable (`add_norms` applies it): one vectorised NumPy expression
+per batch, so the cost is memory bandwidth, not per-row Python. `class_norm_stats` uses Ray
+Data's own grouped aggregation, so only one row per class ever reaches the driver.
 """
 from __future__ import annotations
 

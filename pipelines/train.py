@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,33 +69,30 @@ def train_round(job: JobConfig, subset, val, *, round_index: int, epochs: int,
     `on_epoch`, if given, is called on the driver with each finished epoch's metrics (epoch,
     epochs, train_sample_passes and, where validated, val_accuracy ...) while training runs."""
     start = time.perf_counter()
-    loop_config = {
-        "job": job.to_dict(), "round": round_index, "epochs": epochs, "schedule": schedule,
-        "init_checkpoint": init_checkpoint, "num_classes": num_classes,
-        "x_shape": list(x_shape), "epoch_feed": None,
-    }
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu),
-        run_config=RunConfig(
-            storage_path=str(Path(storage).resolve()), name=f"round_{round_index:03d}",
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            # Ray Train logs every report at INFO; the driver prints a line per round instead.
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-        # Materialised before fit: on a small machine the workers hold every CPU, so the
-        # datasets must not need tasks of their own while training runs.
-        datasets={"train": subset.materialize(), "val": val.materialize()},
-        dataset_config=DataConfig(datasets_to_split=[]),
-    )
-    if on_epoch is None:
+    with _EpochFeed(on_epoch) if on_epoch else nullcontext() as feed:
+        loop_config = {
+            "job": job.to_dict(), "round": round_index, "epochs": epochs, "schedule": schedule,
+            "init_checkpoint": init_checkpoint, "num_classes": num_classes,
+            "x_shape": list(x_shape), "epoch_feed": feed,
+        }
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=job.train.num_workers,
+                                         use_gpu=job.train.use_gpu),
+            run_config=RunConfig(
+                storage_path=str(Path(storage).resolve()), name=f"round_{round_index:03d}",
+                failure_config=FailureConfig(max_failures=2),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                # Ray Train logs every report at INFO; the driver prints a line per round.
+                logging_config=LoggingConfig(log_level="WARNING"),
+            ),
+            # Materialised before fit: on a small machine the workers hold every CPU, so the
+            # datasets must not need tasks of their own while training runs.
+            datasets={"train": subset.materialize(), "val": val.materialize()},
+            dataset_config=DataConfig(datasets_to_split=[]),
+        )
         result = trainer.fit()
-    else:
-        with _EpochFeed(on_epoch) as feed:
-            loop_config["epoch_feed"] = feed
-            result = trainer.fit()
     metrics = result.metrics
     return RoundResult(
         checkpoint=result.checkpoint.path,
