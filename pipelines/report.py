@@ -119,7 +119,6 @@ def comparison_table(summaries: list[dict]) -> str:
 def markdown(title: str, summaries: list[dict]) -> str:
     """The report: the table, both plots, and why each run stopped."""
     head, rows = table(summaries)
-    cells = [head, ["---"] + ["---:"] * (len(head) - 1), *rows]
     stops = [f"- `{s['strategy']}`: {s.get('stop_reason') or '-'}" for s in summaries]
     budget, equal = equal_compute_table(summaries)
     return "\n".join([
@@ -129,12 +128,11 @@ def markdown(title: str, summaries: list[dict]) -> str:
         "(train + infer / 3); `vs full` divides it by the `full` run's. `reach` is the compute, "
         f"relative to `full`'s, at which a run's validation accuracy first came within "
         f"{REACH_POINTS} points of `full`'s final one (\"-\": never).", "",
-        *("| " + " | ".join(r) + " |" for r in cells), "",
+        *_markdown_table(head, rows), "",
         "## At equal compute", "",
         f"Each run's last validation within {budget:.0f} sample-passes, the cheapest run's "
         "total (\"-\": none by then).", "",
-        *("| " + " | ".join(r) + " |" for r in [
-            ["strategy", "val acc", "val bal acc"], ["---", "---:", "---:"], *equal]), "",
+        *_markdown_table(["strategy", "val acc", "val bal acc"], equal), "",
         "## Accuracy against compute", "",
         "Accuracy (left) and balanced accuracy (right). Lines: validation as the run went on; "
         "stars: the final model on the test split.", "",
@@ -142,6 +140,12 @@ def markdown(title: str, summaries: list[dict]) -> str:
         "## Class balance of each strategy's subset per round", "",
         f"![class balance per round]({BALANCE_PNG})", "",
         "## Why each run stopped", "", *stops, ""])
+
+
+def _markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a Markdown table: the first column left-aligned, the numbers right."""
+    rule = ["---"] + ["---:"] * (len(head) - 1)
+    return ["| " + " | ".join(cells) + " |" for cells in [head, rule, *rows]]
 
 
 def curve_points(summary: dict, key: str = "val_accuracy") -> list[tuple[float, float]]:
