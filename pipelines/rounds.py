@@ -71,6 +71,7 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
                                    round_index=len(state.records), epochs=final_epochs,
                                    schedule="onecycle")
         state.records.append(record)
+        state.checkpoint = record["checkpoint"]  # the model shipped and tested is the last trained
         state.save(run_dir)
         echo(_round_line(record, state.records))
 
