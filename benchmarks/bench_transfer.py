@@ -35,7 +35,7 @@ from operators.contract import ID, LABEL, X
 from pipelines.config import ModelConfig
 from pipelines.history import HistoryLibrary, head_gradient_fn
 from pipelines.models import build_model
-from pipelines.train import MODEL_FILE
+from pipelines.engine import MODEL_FILE
 from pipelines.transfer import load_meta
 from pipelines.transfer_config import RULES, MetaConfig, TransferTrainConfig
 from pipelines.transfer_step import count_correct, run_epochs

@@ -55,7 +55,11 @@ class KMeans:
     def fit(self, ds: ray.data.Dataset) -> "KMeans":
         self._validate()
         require(ds, [ID, self.column], where="KMeans.fit")
-        data = ds.select_columns([ID, self.column])
+        return self._fit(ds.select_columns([ID, self.column]))
+
+    def _fit(self, data) -> "KMeans":
+        """The initialisation and the Lloyd loop over `data`, whatever `_draw_sample` and
+        `_pass` read it from (a Dataset here; one rank's rows in pipelines/collective.py)."""
         k = self.n_clusters
         self._sample, self.feature_shape_ = None, None
         if isinstance(self.init, str):
@@ -113,7 +117,7 @@ class KMeans:
         """Lazily add `cluster` (int64, nearest centre) and `dist` (float32, Euclidean) to ds."""
         if not hasattr(self, "cluster_centers_"):
             raise RuntimeError("KMeans is not fitted yet: call fit(ds) first")
-        return ds.map_batches(_assign_batch, batch_format="numpy", batch_size=None,
+        return ds.map_batches(assign_batch, batch_format="numpy", batch_size=None,
                               fn_kwargs={"centers": self.cluster_centers_, "column": self.column,
                                          "shape": self.feature_shape_})
 
@@ -140,7 +144,7 @@ class KMeans:
     def _draw_sample(self, data: ray.data.Dataset) -> np.ndarray:
         """Up to `sample_size` rows, those with the smallest hash(seed, id), flattened."""
         if self._sample is None:
-            parts = data.map_batches(_sample_candidates, batch_format="numpy",
+            parts = data.map_batches(sample_candidates, batch_format="numpy",
                                      batch_size=None,
                                      fn_kwargs={"n": self.sample_size, "seed": self.seed,
                                                 "column": self.column})
@@ -150,18 +154,18 @@ class KMeans:
             self._sample = x.reshape(len(x), -1).astype(np.float64)
         return self._sample
 
-    def _pass(self, data, centers: np.ndarray, fraction: float, step: int) -> "_PassStats":
-        parts = data.map_batches(_lloyd_partial, batch_format="numpy", batch_size=None,
+    def _pass(self, data, centers: np.ndarray, fraction: float, step: int) -> "PassStats":
+        parts = data.map_batches(lloyd_partial, batch_format="numpy", batch_size=None,
                                  fn_kwargs={"centers": centers, "column": self.column,
                                             "shape": self.feature_shape_, "fraction": fraction,
                                             "seeds": (self.seed, step)})
         with data_errors():
             rows = list(parts.iter_batches(batch_size=None, batch_format="numpy"))
         if not rows:
-            return _PassStats(np.zeros_like(centers), np.zeros(len(centers)), 0.0, 0.0, 0)
+            return PassStats(np.zeros_like(centers), np.zeros(len(centers)), 0.0, 0.0, 0)
         cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         order = np.argsort(cat["first_id"], kind="stable")  # fixed order: fixed float sums
-        return _PassStats(cat["sums"][order].sum(0), cat["counts"][order].sum(0),
+        return PassStats(cat["sums"][order].sum(0), cat["counts"][order].sum(0),
                           float(cat["inertia"][order].sum()), float(cat["sq"][order].sum()),
                           int(cat["n"].sum()))
 
@@ -179,7 +183,7 @@ class KMeans:
 
 
 @dataclass
-class _PassStats:
+class PassStats:
     sums: np.ndarray  # (k, d) float64
     counts: np.ndarray  # (k,)
     inertia: float
@@ -282,7 +286,7 @@ def _checked(batch: dict, column: str, shape=None, d: int | None = None):
     return flat, sq
 
 
-def _sample_candidates(batch: dict, n: int, seed: int, column: str) -> dict:
+def sample_candidates(batch: dict, n: int, seed: int, column: str) -> dict:
     ids = batch[ID].astype(np.int64)
     _checked(batch, column)
     key = hash_keys(ids, seed)
@@ -291,7 +295,7 @@ def _sample_candidates(batch: dict, n: int, seed: int, column: str) -> dict:
             column: features(batch, column)[keep]}
 
 
-def _lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fraction: float,
+def lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fraction: float,
                    seeds: tuple) -> dict:
     """One block's per-cluster sums and counts, inertia, sum of squares and row count."""
     ids = batch[ID].astype(np.int64)
@@ -308,7 +312,7 @@ def _lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fractio
             "sq": np.array([sq.sum(dtype=np.float64)]), "n": np.array([len(x)])}
 
 
-def _assign_batch(batch: dict, centers: np.ndarray, column: str, shape) -> dict:
+def assign_batch(batch: dict, centers: np.ndarray, column: str, shape) -> dict:
     x, sq = _checked(batch, column, shape, centers.shape[1])
     labels, _ = nearest(x, centers, sq)
     diff = x - centers.astype(np.float32)[labels]  # exact distances: near-copies rank right
@@ -355,7 +359,7 @@ def representatives(assigned: ray.data.Dataset, n_total: int,
     sizes = np.bincount(which, weights=np.concatenate([c["count"] for c in counted]))
     quota = proportional_counts(sizes.astype(np.int64), n_total)
     parts = assigned.select_columns([ID, "cluster", "dist"]).map_batches(
-        _nearest_candidates, batch_format="numpy", batch_size=None,
+        nearest_candidates, batch_format="numpy", batch_size=None,
         fn_kwargs={"clusters": clusters, "quota": quota})
     got = gather_smallest(parts, quota)
     ids = got[ID] if got else np.zeros(0, np.int64)
@@ -369,7 +373,7 @@ def _count_clusters(batch: dict) -> dict:
     return {"cluster": clusters.astype(np.int64), "count": counts}
 
 
-def _nearest_candidates(batch: dict, clusters: np.ndarray, quota: np.ndarray) -> dict:
+def nearest_candidates(batch: dict, clusters: np.ndarray, quota: np.ndarray) -> dict:
     ids = batch[ID].astype(np.int64)
     group = np.searchsorted(clusters, batch["cluster"])  # every cluster was counted: same rows
     dist = batch["dist"].astype(np.float64)

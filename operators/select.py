@@ -65,13 +65,13 @@ def gather_smallest(candidates: ray.data.Dataset, limit: np.ndarray) -> dict | N
             pending.append(batch)
             size += len(batch[ID])
             if size > budget:
-                kept = [_prune(kept + pending, limit)]
+                kept = [prune_candidates(kept + pending, limit)]
                 pending, size = [], len(kept[0][ID])
     parts = kept + pending
-    return _prune(parts, limit) if parts else None
+    return prune_candidates(parts, limit) if parts else None
 
 
-def _prune(parts: list[dict], limit: np.ndarray) -> dict:
+def prune_candidates(parts: list[dict], limit: np.ndarray) -> dict:
     for k in parts[0]:
         shapes = sorted({p[k].shape[1:] for p in parts})
         if len(shapes) > 1:
@@ -122,7 +122,7 @@ def random_draw(ds: ray.data.Dataset, ratio: float | None = None, n: int | None 
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if n == 0:
         return selection([], reason)
-    parts = ids.map_batches(_random_candidates, fn_kwargs={"n": int(n), "seed": seed},
+    parts = ids.map_batches(random_candidates, fn_kwargs={"n": int(n), "seed": seed},
                             batch_format="numpy", batch_size=None)
     got = gather_smallest(parts, np.array([n]))
     chosen = np.sort(got[ID]) if got else np.zeros(0, np.int64)
@@ -131,7 +131,7 @@ def random_draw(ds: ray.data.Dataset, ratio: float | None = None, n: int | None 
     return selection(chosen, reason, notes)
 
 
-def _random_candidates(batch: dict, n: int, seed: int) -> dict:
+def random_candidates(batch: dict, n: int, seed: int) -> dict:
     ids = batch[ID].astype(np.int64)
     key = hash_keys(ids, seed)
     keep = smallest_per_group(np.zeros(len(ids), np.int64), key, ids, np.array([n]))
@@ -165,20 +165,26 @@ def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_we
         return selection([], reason, ["balanced_draw: no rows to draw from"])
     labels = stats[LABEL].to_numpy(np.int64)
     means = stats["mean"].to_numpy(np.float64)
-    parts = ds.map_batches(_balanced_candidates, batch_format="numpy", batch_size=None,
+    parts = ds.map_batches(balanced_candidates, batch_format="numpy", batch_size=None,
                            fn_kwargs={"labels": labels, "means": means, "m": int(per_class)})
     got = gather_smallest(parts, np.full(2 * len(labels), per_class))
+    return compose_balanced(got, labels, stats["count"].to_numpy(), per_class, reason)
+
+
+def compose_balanced(got: dict, labels: np.ndarray, counts: np.ndarray, per_class: int,
+                     reason: str) -> Selection:
+    """The draw from the merged candidates (group 2i: class i at or above its mean, 2i + 1:
+    below, each nearest the mean first), with a note naming the classes that ran short."""
     chosen = []
     for i in range(len(labels)):
         above = got[ID][got["group"] == 2 * i]
         below = got[ID][got["group"] == 2 * i + 1]
         chosen += [above[:_take_above(per_class, len(above), len(below))]]
         chosen += [below[:per_class - len(chosen[-1])]]
-    counts = stats["count"].to_numpy()
     small = [f"{c} ({k})" for c, k in zip(labels, counts) if k < per_class]
     notes = [f"fewer than per_class={per_class}, all taken: class (samples) "
              f"{', '.join(small)}"] if small else []
-    return selection(np.concatenate(chosen), reason, notes)
+    return selection(np.concatenate(chosen) if chosen else [], reason, notes)
 
 
 def _take_above(m: int, n_above: int, n_below: int) -> int:
@@ -186,7 +192,7 @@ def _take_above(m: int, n_above: int, n_below: int) -> int:
     return min(n_above, max(math.ceil(m / 2), m - n_below))
 
 
-def _balanced_candidates(batch: dict, labels: np.ndarray, means: np.ndarray, m: int) -> dict:
+def balanced_candidates(batch: dict, labels: np.ndarray, means: np.ndarray, m: int) -> dict:
     ids = batch[ID].astype(np.int64)
     norm = batch["norm"].astype(np.float64)
     cls = np.searchsorted(labels, batch[LABEL])  # every label is in `labels`: same rows

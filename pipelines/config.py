@@ -59,6 +59,11 @@ class TrainConfig:
     final_epochs: int = 0  # a last phase on the final subset with a one-cycle schedule
     threads_per_worker: int = 1
     val_every_epoch: bool = False  # validate after every epoch (accuracy-vs-compute curves)
+    cache_mb: int = 2048  # per worker and split: features kept in memory; the rest on disk
+    spill_dir: str | None = None  # where a worker's rows past cache_mb go (default: the tmp dir)
+    # every phase ends with a checkpoint; within one, an epoch's end makes one when the last is
+    # older than this (0: every epoch). Ray Train takes about one report a health-check poll.
+    checkpoint_every_s: float = 60.0
 
 
 @dataclass
@@ -157,6 +162,9 @@ class JobConfig:
         for name in ("num_workers", "batch_size", "threads_per_worker"):
             check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
         check_field(t.lr > 0, "train.lr", t.lr, "> 0")
+        check_field(t.cache_mb >= 0, "train.cache_mb", t.cache_mb, ">= 0")
+        check_field(t.checkpoint_every_s >= 0, "train.checkpoint_every_s", t.checkpoint_every_s,
+                    ">= 0")
         check_field(0 <= self.source.val_fraction < 1, "source.val_fraction",
                self.source.val_fraction, "in [0, 1)")
         check_field(0 <= self.source.test_fraction < 1, "source.test_fraction",

@@ -34,18 +34,20 @@ def anneal_epoch(epochs: int, delta: float) -> int:
 
 
 def plan_epoch(scores: torch.Tensor, epoch: int, epochs: int, r: float, delta: float,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator,
+               mean: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows to train this epoch in ascending order, weight of every row; 0 where pruned).
 
     Below the mean means strictly below, so equal scores prune nothing. Of the k rows below it,
     k - floor((1 - r) * k) are pruned, exactly as many as the authors' code drops, chosen
-    uniformly with `generator` (a CPU generator).
+    uniformly with `generator` (a CPU generator). `mean` is the scores' own mean unless given
+    (the mean over every worker's rows, when each worker holds the scores of its own).
     """
     n = len(scores)
     weights = torch.ones(n, dtype=torch.float64)
     if epoch >= anneal_epoch(epochs, delta):
         return torch.arange(n), weights
-    below = torch.nonzero(scores < scores.mean()).flatten()
+    below = torch.nonzero(scores < (scores.mean() if mean is None else mean)).flatten()
     kept = math.floor((1 - r) * len(below) + _EPS)
     order = torch.randperm(len(below), generator=generator)
     weights[below[order[kept:]]] = 0.0

@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from operators.contract import ID, LABEL, DataError
 
 from .ingest import load_info
-from .rounds import compute_totals
+from .engine import compute_totals
 from .run_state import DROPPED, MANIFEST, RunState, atomic_write_bytes
 
 COMPARISON = "comparison.json"

@@ -64,16 +64,17 @@ class RunState:
 
     A manifest row is a sample trained on from its round on, or (reason DROPPED) one the model
     of its round already classified correctly, which leaves the pool without being trained on.
+    The state travels inside every Ray Train checkpoint of the run (`to_dict`); `save` writes
+    the readable copies into the run directory.
     """
 
     ids: list = field(default_factory=list)
     rounds_added: list = field(default_factory=list)
     reasons: list = field(default_factory=list)
-    records: list = field(default_factory=list)  # one dict of metrics per finished round
+    records: list = field(default_factory=list)  # one dict of metrics per finished phase
     next_round: int = 0
-    checkpoint: str | None = None
     stop_reason: str | None = None  # set when the rounds are over (a final phase may follow)
-    finished: bool = False
+    test: dict | None = None  # the test split's metrics, once the last model is evaluated
 
     def add(self, ids, reasons, round_index: int) -> None:
         ids = np.asarray(ids, dtype=np.int64)
@@ -97,14 +98,23 @@ class RunState:
             "reason": pa.array([str(r) for r in self.reasons], pa.string()),
         })
 
+    def to_dict(self) -> dict:
+        return {"ids": list(self.ids), "rounds_added": list(self.rounds_added),
+                "reasons": [str(r) for r in self.reasons], "records": self.records,
+                "next_round": self.next_round, "stop_reason": self.stop_reason,
+                "test": self.test}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunState":
+        return cls(**d)
+
     def save(self, run_dir: Path) -> None:
         sink = pa.BufferOutputStream()
         pq.write_table(self.manifest_table(), sink)
         atomic_write_bytes(run_dir / MANIFEST, sink.getvalue().to_pybytes())
         atomic_write_json(run_dir / STATE, {"next_round": self.next_round,
-                                            "checkpoint": self.checkpoint,
                                             "stop_reason": self.stop_reason,
-                                            "finished": self.finished,
+                                            "test": self.test,
                                             "manifest_rows": len(self.ids),
                                             "records": self.records})
         atomic_write_json(run_dir / ROUNDS, self.records)  # a readable copy; state is the truth
@@ -116,8 +126,6 @@ class RunState:
         state = json.loads((run_dir / STATE).read_text())
         table = pq.read_table(run_dir / MANIFEST).slice(0, state["manifest_rows"])
         return cls(ids=table["id"].to_pylist(), rounds_added=table["round"].to_pylist(),
-                   reasons=table["reason"].to_pylist(),
-                   records=state["records"],
-                   next_round=state["next_round"], checkpoint=state["checkpoint"],
-                   stop_reason=state["stop_reason"], finished=state["finished"])
-
+                   reasons=table["reason"].to_pylist(), records=state["records"],
+                   next_round=state["next_round"], stop_reason=state["stop_reason"],
+                   test=state.get("test"))

@@ -1,194 +1,286 @@
-"""Which samples a run trains on, round by round: M2, M1 (norm_balanced) and the baselines.
+"""Which rows a run trains on, as policies: M2, M1 (norm_balanced) and the baselines.
 
-A strategy picks the first subset (`initial`: a Selection, with notes for the user) and, after
-each trained round, the samples to add (`next`: Additions), possibly dropping pool samples that
-are then never trained on nor drawn. The driver owns everything else (training, stopping,
-bookkeeping), so strategies stay small and testable.
+Inside every training worker a policy picks the first subset (`initial`), says which of the
+rank's rows each epoch trains on and with what weights (`plan_epoch`), and what a finished round
+adds, drops or stops (`after_round`). Everything else
+(training, validation, checkpoints, the manifest, the generic stop rules) is the engine's, so a
+new strategy is one class here. After a round every rank sees only its own rows; the policies
+decide through the collectives in pipelines/collective.py, so every rank gets the same answer.
 """
 from __future__ import annotations
 
+import math
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
-import ray
+import torch
 
-from operators.cluster import KMeans, representatives
-from operators.contract import ID, LABEL, from_columns
-from operators.predict import collect_hard, score, shuffled_pool
-from operators.select import Selection, balanced_draw, random_draw, selection, without_ids
+from operators.contract import ID, LABEL, X
+from operators.norms import Norms
+from operators.select import (Selection, balanced_candidates, compose_balanced,
+                              random_candidates, selection)
 
+from .collective import all_sum, all_sum_np, gather, merge_smallest, rank_and_world, \
+    representatives
 from .config import JobConfig, StrategyConfig
+from .infobatch import initial_scores, plan_epoch, update_scores
+from .scan import scan_pool
 from .seeding import derive_seed
+from .share import Share
 
 NO_HARD = "no hard samples left in the pool"
 
 
 @dataclass
-class RoundContext:
+class EpochPlan:
+    """The epoch's rows (positions into the rank's subset rows) and their loss weights; None:
+    weight 1 through the job's augment and mixup sections."""
+
+    pick: np.ndarray
+    weights: torch.Tensor | None = None
+
+
+@dataclass
+class RoundView:
+    """What a policy sees, on one rank, of the round just trained."""
+
     job: JobConfig
-    train: ray.data.Dataset
-    subset_ids: np.ndarray  # what the round just trained on
-    manifest_ids: np.ndarray  # the subset plus the dropped samples: the pool is the rest
     round_index: int
-    model_factory: Callable  # builds the model of the round just trained
+    num_classes: int
+    share: Share
+    pool: np.ndarray  # positions of this rank's rows not in the manifest, in file order
+    # (positions, extra column: None | "embedding" | "x") -> id, label, loss, correct, ...
+    score_rows: Callable[[np.ndarray, str | None], dict]
     progress: Callable[[int, int], None] | None = None
 
 
 @dataclass
 class Additions:
+    """A round's outcome, the same on every rank."""
+
     ids: np.ndarray
     reasons: np.ndarray
     stop_reason: str | None = None  # why the rounds end here; None: train on with the additions
-    stats: dict = field(default_factory=dict)  # hard_found, infer_sample_passes, seconds
     dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # out of the pool
-    remaining: dict | None = None  # label -> pool samples left after the drop (dropping strategies)
+    remaining: dict | None = None  # label -> pool samples left after the drop (dropping policies)
     notes: list[str] = field(default_factory=list)  # what the user should hear (e.g. small classes)
+    hard_found: int = 0
+    infer_sample_passes: int = 0
+    seconds_score: float = 0.0
+    seconds_score_batches: float = 0.0  # of seconds_score, in the model's forward passes
+    seconds_select: float = 0.0
 
 
-class Full:
-    """Baseline: every training sample, one long round with a one-cycle schedule."""
-
-    name = "full"
-
-    def initial(self, job: JobConfig, train: ray.data.Dataset) -> Selection:
-        ids = np.sort(np.concatenate([b[ID] for b in train.select_columns([ID]).iter_batches(
-            batch_size=65536, batch_format="numpy")]))
-        return selection(ids, "all")
-
-    def epochs(self, job: JobConfig) -> int:
-        return job.strategy.epochs
-
-    def next(self, ctx: RoundContext) -> Additions:
-        return Additions(np.zeros(0, np.int64), np.zeros(0, object),
-                         stop_reason="full data trained")
+def nothing(stop_reason: str | None = None, **stats) -> Additions:
+    return Additions(np.zeros(0, np.int64), np.zeros(0, object), stop_reason=stop_reason,
+                     **stats)
 
 
-class InfoBatch(Full):
-    """Baseline: Full's one round, with the training loop pruning well-learned samples each
-    epoch by the InfoBatch rule (pipelines/infobatch.py; the loop keys on the name)."""
+class Policy(ABC):
+    """Train every subset row each epoch, with weight 1; the subclasses say the rest."""
 
-    name = "infobatch"
+    name = ""
+    single_round = False  # one round on all the data: no stop rules, no final phase
 
-
-class RandomGrowth:
-    """Baseline: M2's schedule, with random additions of M2's size instead of chosen ones."""
-
-    name = "random"
-
-    def initial(self, job: JobConfig, train: ray.data.Dataset) -> Selection:
-        return random_draw(train, ratio=job.strategy.initial_ratio,
-                           seed=derive_seed(job.seed, "initial"), reason="initial")
+    @abstractmethod
+    def initial(self, view: RoundView) -> Selection:
+        """The round-0 subset, drawn from every rank's rows (`view.pool`: all of them)."""
 
     def epochs(self, job: JobConfig) -> int:
         return job.train.epochs_per_round
 
-    def next(self, ctx: RoundContext) -> Additions:
-        s = ctx.job.strategy
+    def plan_epoch(self, job: JobConfig, n_rows: int, round_index: int, epoch: int,
+                   epochs: int) -> EpochPlan:
+        return EpochPlan(np.arange(n_rows))
+
+    def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
+        """Each picked row's training loss (only called when `plan_epoch` gave weights)."""
+
+    @abstractmethod
+    def after_round(self, view: RoundView) -> Additions:
+        """What the round just trained adds, drops or stops; called on every rank at once."""
+
+    def state_dict(self) -> dict:
+        """This rank's policy state, saved with each checkpoint."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class Full(Policy):
+    """Baseline: every training sample, one long round with a one-cycle schedule."""
+
+    name = "full"
+    single_round = True
+
+    def initial(self, view: RoundView) -> Selection:
+        return selection(np.sort(np.concatenate(gather(view.share.ids[view.pool]))), "all")
+
+    def epochs(self, job: JobConfig) -> int:
+        return job.strategy.epochs
+
+    def after_round(self, view: RoundView) -> Additions:
+        return nothing("full data trained")
+
+
+class InfoBatch(Full):
+    """Baseline: Full's one round, each epoch pruning well-learned rows by the InfoBatch rule
+    (pipelines/infobatch.py). Each rank keeps the scores of its own rows; the mean they are
+    compared with is over all ranks, and each rank draws its prune with its own seed."""
+
+    name = "infobatch"
+
+    def __init__(self):
+        self.scores: torch.Tensor | None = None
+
+    def plan_epoch(self, job: JobConfig, n_rows: int, round_index: int, epoch: int,
+                   epochs: int) -> EpochPlan:
+        if self.scores is None:
+            self.scores = initial_scores(n_rows)
+        total = all_sum(torch.tensor([float(self.scores.sum()), float(n_rows)],
+                                     dtype=torch.float64))
+        rank, _ = rank_and_world()
+        s = job.strategy
+        generator = torch.Generator().manual_seed(
+            derive_seed(job.seed, "infobatch", round_index, epoch, rank))
+        pick, weights = plan_epoch(self.scores, epoch, epochs, s.prune_ratio, s.anneal_delta,
+                                   generator, mean=float(total[0] / total[1]))
+        return EpochPlan(pick.numpy(), weights[pick])
+
+    def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
+        self.scores = update_scores(self.scores, torch.from_numpy(pick), losses)
+
+    def state_dict(self) -> dict:
+        return {"scores": self.scores}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scores = state["scores"]
+
+
+class RandomGrowth(Policy):
+    """Baseline: M2's schedule, with random additions of M2's size instead of chosen ones."""
+
+    name = "random"
+
+    def initial(self, view: RoundView) -> Selection:
+        total = int(all_sum_np(np.array([len(view.pool)]))[0])
+        n = math.floor(view.job.strategy.initial_ratio * total + 0.5)
+        return random_pick(view, n, derive_seed(view.job.seed, "initial"), "initial")
+
+    def after_round(self, view: RoundView) -> Additions:
+        s = view.job.strategy
         start = time.perf_counter()
-        sel = random_draw(without_ids(ctx.train, ctx.subset_ids), n=s.hard_per_round + s.reps_per_round,
-                          seed=derive_seed(ctx.job.seed, "random", ctx.round_index), reason="random")
-        return Additions(sel.ids, sel.reasons, stop_reason=None if len(sel.ids) else NO_HARD,
-                         stats={"seconds_select": time.perf_counter() - start,
-                                "infer_sample_passes": 0, "hard_found": 0})
+        sel = random_pick(view, s.hard_per_round + s.reps_per_round,
+                          derive_seed(view.job.seed, "random", view.round_index), "random")
+        return Additions(sel.ids, sel.reasons, stop_reason=None if len(sel) else NO_HARD,
+                         seconds_select=time.perf_counter() - start)
 
 
 class M2(RandomGrowth):
-    """M2: the first mispredictions of a seeded scan of the pool, plus cluster representatives."""
+    """M2: the first mispredictions of a seeded scan of the pool, plus cluster representatives
+    of the scored rows the model got right."""
 
     name = "m2"
 
-    def next(self, ctx: RoundContext) -> Additions:
-        job, s = ctx.job, ctx.job.strategy
+    def after_round(self, view: RoundView) -> Additions:
+        job, s = view.job, view.job.strategy
         start = time.perf_counter()
-        pool = shuffled_pool(ctx.train, ctx.subset_ids, derive_seed(job.seed, "pool", ctx.round_index))
-        scored = score(pool, ctx.model_factory, batch_size=job.score.batch_size,
-                       num_actors=job.score.num_actors, use_gpu=job.score.use_gpu,
-                       with_embedding=s.cluster_on == "embedding",
-                       keep_features=s.cluster_on == "x")
-        scan = collect_hard(scored, s.hard_per_round, batch_size=job.score.batch_size,
-                            progress=ctx.progress)
+        rank, _ = rank_and_world()
+        order = np.random.default_rng(derive_seed(job.seed, "pool", view.round_index, rank))
+        column = "embedding" if s.cluster_on == "embedding" else X
+        scan = scan_pool(lambda rows: view.score_rows(rows, column), view.pool[
+            order.permutation(len(view.pool))], s.hard_per_round,
+            _rank_batch(job), view.progress)
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        reps = self._representatives(job, scan, ctx.round_index)
+        reps = np.zeros(0, np.int64)
+        if s.reps_per_round:
+            got = scan.scored
+            right = got["correct"].astype(bool) if got else np.zeros(0, bool)
+            rows = ({ID: got[ID][right], column: got[column][right]} if got
+                    else {ID: np.zeros(0, np.int64), column: np.zeros((0, 1), np.float32)})
+            reps = representatives(rows, column, s.reps_per_round, s.cluster_k,
+                                   derive_seed(job.seed, "kmeans", view.round_index) % 2**31)
         ids = np.concatenate([scan.hard_ids, reps])
         reasons = np.array(["hard"] * len(scan.hard_ids) + ["representative"] * len(reps),
                            dtype=object)
         return Additions(ids, reasons, stop_reason=None if len(scan.hard_ids) else NO_HARD,
-                         stats={"seconds_score": scored_seconds,
-                                "seconds_select": time.perf_counter() - start,
-                                "infer_sample_passes": scan.n_scored,
-                                "hard_found": int(len(scan.hard_ids)),
-                                "pool_exhausted": scan.exhausted})
-
-    @staticmethod
-    def _representatives(job: JobConfig, scan, round_index: int) -> np.ndarray:
-        """Cluster the scored, correctly classified rows; take those nearest each centre."""
-        s = job.strategy
-        if not s.reps_per_round or not scan.n_scored:
-            return np.zeros(0, np.int64)
-        keep = scan.scored["correct"].astype(bool)
-        column = "embedding" if s.cluster_on == "embedding" else "x"
-        if keep.sum() <= s.reps_per_round:
-            return scan.scored[ID][keep].astype(np.int64)
-        ds = from_columns({ID: scan.scored[ID][keep], LABEL: scan.scored[LABEL][keep],
-                           column: scan.scored[column][keep]})
-        k = min(s.cluster_k, int(keep.sum()))
-        km = KMeans(n_clusters=k, max_iter=20, seed=derive_seed(job.seed, "kmeans", round_index) % (2**31),
-                    column=column).fit(ds)
-        return representatives(km.assign(ds), s.reps_per_round).ids
+                         hard_found=int(len(scan.hard_ids)), infer_sample_passes=scan.n_scored,
+                         seconds_score=scored_seconds,
+                         seconds_score_batches=scan.seconds_batches,
+                         seconds_select=time.perf_counter() - start)
 
 
-class NormBalanced:
+class NormBalanced(Policy):
     """M1: `per_class` samples per class by the norm rule; each round drops the pool samples the
     model already classifies correctly and draws `per_class` more per class from the rest."""
 
     name = "norm_balanced"
 
-    def initial(self, job: JobConfig, train: ray.data.Dataset) -> Selection:
-        return self._draw(job, train, exclude_ids=None, reason="initial")
+    def initial(self, view: RoundView) -> Selection:
+        return self._draw(view, view.pool, "initial")
 
-    def epochs(self, job: JobConfig) -> int:
-        return job.train.epochs_per_round
-
-    def next(self, ctx: RoundContext) -> Additions:
-        job = ctx.job
+    def after_round(self, view: RoundView) -> Additions:
+        job, s = view.job, view.job.strategy
         start = time.perf_counter()
-        scored = score(without_ids(ctx.train, ctx.manifest_ids), ctx.model_factory,
-                       batch_size=job.score.batch_size, num_actors=job.score.num_actors,
-                       use_gpu=job.score.use_gpu)
-        scan = collect_hard(scored, 0, batch_size=job.score.batch_size, progress=ctx.progress)
+        scan = scan_pool(lambda rows: view.score_rows(rows, None), view.pool, 0,
+                         _rank_batch(job), view.progress)
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        dropped, remaining = learned_and_left(scan.scored)
-        stop = remaining_stop(job.strategy, remaining)
-        sel = selection([], "balanced") if stop else self._draw(
-            job, ctx.train, exclude_ids=np.concatenate([ctx.manifest_ids, dropped]),
-            reason="balanced")
+        right = scan.scored["correct"].astype(bool) if scan.scored else np.zeros(0, bool)
+        labels = scan.scored[LABEL][~right] if scan.scored else np.zeros(0, np.int64)
+        missed = all_sum_np(np.bincount(labels, minlength=view.num_classes).astype(np.int64))
+        remaining = {int(c): int(n) for c, n in enumerate(missed) if n}
+        mine = scan.scored[ID][right] if scan.scored else np.zeros(0, np.int64)
+        dropped = np.sort(np.concatenate(gather(mine)).astype(np.int64))
+        stop = remaining_stop(s, remaining)
+        sel = selection([], "balanced") if stop else self._draw(view, view.pool[~np.isin(
+            view.share.ids[view.pool], mine)], "balanced")
         return Additions(sel.ids, sel.reasons, stop_reason=stop, dropped=dropped,
-                         remaining=remaining, notes=sel.notes,
-                         stats={"seconds_score": scored_seconds,
-                                "seconds_select": time.perf_counter() - start,
-                                "infer_sample_passes": scan.n_scored,
-                                "hard_found": sum(remaining.values())})
+                         remaining=remaining, notes=sel.notes, hard_found=sum(remaining.values()),
+                         infer_sample_passes=scan.n_scored, seconds_score=scored_seconds,
+                         seconds_score_batches=scan.seconds_batches,
+                         seconds_select=time.perf_counter() - start)
 
     @staticmethod
-    def _draw(job: JobConfig, train: ray.data.Dataset, exclude_ids, reason: str) -> Selection:
-        s = job.strategy
-        return balanced_draw(train, s.per_class, kind=s.norm, channel_weights=s.channel_weights,
-                             exclude_ids=exclude_ids, reason=reason)
+    def _draw(view: RoundView, rows: np.ndarray, reason: str) -> Selection:
+        """M1 step 4 over every rank's `rows`: class means of the norm from per-rank sums, each
+        rank's nearest candidates on both sides, merged (operators/select.py's rule)."""
+        s, share, k = view.job.strategy, view.share, view.num_classes
+        norms = Norms(kind=s.norm, channel_weights=s.channel_weights, keep_features=False)
+        norm = np.concatenate([np.zeros(0)] + [
+            norms.norms(share.x.take(rows[i:i + 4096])).astype(np.float64)
+            for i in range(0, len(rows), 4096)])
+        labels = share.labels[rows]
+        sums = all_sum_np(np.concatenate([np.bincount(labels, weights=norm, minlength=k),
+                                          np.bincount(labels, minlength=k).astype(np.float64)]))
+        counts = sums[k:].astype(np.int64)
+        present = np.flatnonzero(counts)
+        means = sums[:k][present] / counts[present]
+        mine = {ID: share.ids[rows], LABEL: labels, "norm": norm}
+        got = merge_smallest(balanced_candidates(mine, present, means, s.per_class),
+                             np.full(2 * len(present), s.per_class))
+        if got is None:
+            return selection([], reason)
+        return compose_balanced(got, present, counts[present], s.per_class, reason)
 
 
-def learned_and_left(scored: dict) -> tuple[np.ndarray, dict]:
-    """M1 step 6 on a scored pool: the ids classified correctly (ascending), and per label how
-    many are still misclassified."""
-    if not scored:
-        return np.zeros(0, np.int64), {}
-    correct = scored["correct"].astype(bool)
-    labels, counts = np.unique(scored[LABEL][~correct], return_counts=True)
-    return (np.sort(scored[ID][correct].astype(np.int64)),
-            {int(c): int(n) for c, n in zip(labels, counts)})
+def random_pick(view: RoundView, n: int, seed: int, reason: str) -> Selection:
+    """`n` of every rank's pool rows, uniformly: the smallest hash(seed, id), as
+    operators/select.py's `random_draw` picks them. Ids ascending."""
+    got = merge_smallest(random_candidates({ID: view.share.ids[view.pool]}, n, seed),
+                         np.array([n]))
+    return selection(np.sort(got[ID]) if got else [], reason)
+
+
+def _rank_batch(job: JobConfig) -> int:
+    """Rows a rank scores a step: the scoring batch shared out, so a step scores about
+    `score.batch_size` rows over the group."""
+    return max(1, job.score.batch_size // job.train.num_workers)
 
 
 def remaining_stop(s: StrategyConfig, remaining: dict) -> str | None:
@@ -204,9 +296,8 @@ def remaining_stop(s: StrategyConfig, remaining: dict) -> str | None:
     return None
 
 
-STRATEGIES = {"m2": M2, "random": RandomGrowth, "full": Full, "norm_balanced": NormBalanced,
-              "infobatch": InfoBatch}
+STRATEGIES = {p.name: p for p in (M2, RandomGrowth, Full, NormBalanced, InfoBatch)}
 
 
-def make_strategy(name: str):
+def make_strategy(name: str) -> Policy:
     return STRATEGIES[name]()

@@ -35,12 +35,12 @@ from ray.train.torch import TorchTrainer
 from operators.contract import ID, LABEL, X
 
 from .config import ConfigError, JobConfig
+from .engine import MODEL_FILE, load_model
 from .history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
 from .ingest import DataInfo, ingest, read_split
 from .rounds import init_ray
 from .run_state import atomic_write_json, replace_via_staging
 from .seeding import derive_seed
-from .train import MODEL_FILE, collect_rows, load_model
 from .transfer_config import MetaConfig, TransferConfig, load_transfer, transfer_from_dict
 from .transfer_step import count_correct, run_epochs
 
@@ -274,3 +274,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("job", help="the transfer job file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.set_defaults(func=_command)
+
+
+def collect_rows(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All rows of a dataset shard as (ids, labels, x), ordered by id."""
+    ids, labels, xs = [], [], []
+    for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+        ids.append(batch[ID])
+        labels.append(batch[LABEL])
+        xs.append(np.asarray(batch[X], dtype=np.float32))
+    ids, labels, xs = np.concatenate(ids), np.concatenate(labels), np.concatenate(xs)
+    order = np.argsort(ids, kind="stable")
+    return ids[order], labels[order], xs[order]

@@ -16,8 +16,10 @@ def ray_session():
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
+    from pipelines.rounds import RAY_ENV
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+             configure_logging=False, runtime_env={"env_vars": RAY_ENV})
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True

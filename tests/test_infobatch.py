@@ -1,19 +1,24 @@
 """The InfoBatch rule on hand-made scores, its per-sample loss, validation's balanced accuracy,
-and one Ray Train round whose every loss is known ahead (the model's logits are its input)."""
+the policy on one rank, and a two-worker job whose every loss is known ahead (the model's
+logits are its input)."""
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from operators.contract import from_columns
 from pipelines.augmentation import batch_loss, sample_losses
 from pipelines.config import ConfigError, from_dict
 from pipelines.infobatch import (INITIAL_SCORE, anneal_epoch, initial_scores, plan_epoch,
                                  update_scores)
 from pipelines.models import build_model
 from pipelines.seeding import derive_seed
-from pipelines.train import MODEL_FILE, _advance_schedule, _scheduler, _validate, train_round
+from pipelines.engine import advance_schedule, evaluate
+from pipelines.rounds import run_job
+from pipelines.share import Share, owner
+from pipelines.strategies import InfoBatch
 
 # mean 4: rows 0-3 are below it, rows 4 and 9 sit on it (not below), rows 5-8 above
 SCORES = torch.tensor([0., 1., 2., 3., 4., 5., 6., 7., 8., 4.], dtype=torch.float64)
@@ -76,12 +81,13 @@ def test_trained_rows_take_their_new_loss_and_pruned_rows_keep_their_score():
 
 def test_a_shortened_epoch_covers_the_same_stretch_of_the_one_cycle_schedule():
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(()))], lr=1.0)
-    scheduler = _scheduler(optimizer, "onecycle", 1.0, 3 * 4)  # 3 epochs of 4 steps when full
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=3 * 4)
+    # 3 epochs of 4 steps when full
     positions = []
     for epoch, steps in enumerate([4, 3, 4]):  # epoch 1 pruned to 3 steps
         for step in range(steps):
             optimizer.step()
-            _advance_schedule(scheduler, epoch, step, steps, 4)
+            advance_schedule(scheduler, epoch, step, steps, 4)
             positions.append(scheduler.last_epoch)
     assert positions == [1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12]
 
@@ -126,12 +132,35 @@ VAL_Y = np.array([0, 0, 0, 0, 1, 2])
 
 
 def test_validation_reports_the_mean_recall_over_the_classes_present():
-    out = _validate(nn.Identity(), VAL_X, VAL_Y, 4, rank=0, world=1, device="cpu")
+    share = Share.from_arrays(np.arange(6), VAL_Y, VAL_X)
+    out = evaluate(nn.Identity(), share, 4, "cpu", "val")
     assert out["val_accuracy"] == pytest.approx(4 / 6)
     assert out["val_balanced_accuracy"] == pytest.approx((3 / 4 + 1 + 0) / 3)
-    assert out["val_sample_passes"] == 6
+    assert out["val_samples"] == 6
     expect = F.cross_entropy(torch.from_numpy(VAL_X), torch.from_numpy(VAL_Y))
     assert out["val_loss"] == pytest.approx(float(expect))
+
+
+def test_the_policy_prunes_below_the_mean_and_learns_the_losses_of_what_it_trained():
+    job = from_dict({"seed": 7, "strategy": {"name": "infobatch", "prune_ratio": 0.5,
+                                             "anneal_delta": 0.75}})
+    policy = InfoBatch()
+    first = policy.plan_epoch(job, 10, 0, 0, 4)  # equal starting scores: nothing pruned
+    assert first.pick.tolist() == list(range(10)) and first.weights.tolist() == [1.0] * 10
+    policy.end_epoch(first.pick, SCORES)
+    second = policy.plan_epoch(job, 10, 0, 1, 4)
+    generator = torch.Generator().manual_seed(derive_seed(7, "infobatch", 0, 1, 0))
+    rows, weights = plan_epoch(SCORES, 1, 4, 0.5, 0.75, generator)
+    assert second.pick.tolist() == rows.tolist()
+    assert second.weights.tolist() == weights[rows].tolist()
+    policy.end_epoch(second.pick, torch.full((len(rows),), 0.5, dtype=torch.float64))
+    assert policy.scores[rows].tolist() == [0.5] * len(rows)  # trained rows: their new loss
+    pruned = sorted(set(range(10)) - set(rows.tolist()))
+    assert policy.scores[pruned].tolist() == SCORES[pruned].tolist()  # pruned rows keep theirs
+    assert policy.plan_epoch(job, 10, 0, 3, 4).pick.tolist() == list(range(10))  # annealing
+    restored = InfoBatch()
+    restored.load_state_dict(policy.state_dict())
+    assert torch.equal(restored.scores, policy.scores)
 
 
 class InputLogits(nn.Module):
@@ -149,46 +178,60 @@ def input_logits(input_shape, num_classes):
     return InputLogits()
 
 
-def test_a_round_trains_the_rows_the_rule_keeps_and_validates_every_epoch(ray_session, tmp_path):
-    n, epochs = 45, 4  # odd: the two workers' shares are padded
+def _write_splits(path, x, y, val_x, val_y):
+    n, m = len(y), len(val_y)
+    ids = np.arange(n + m + 2)
+    features = np.concatenate([x, val_x, val_x[:2]]).astype(np.float64)
+    labels = np.concatenate([y, val_y, val_y[:2]])
+    split = ["train"] * n + ["val"] * m + ["test"] * 2
+    pq.write_table(pa.table({"id": ids, "label": labels, "split": split,
+                             "x": pa.array(features.tolist(), pa.list_(pa.float64()))}), path)
+
+
+def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
+    n, epochs, seed = 45, 4, 7
     g = np.random.default_rng(0)
     x = g.normal(size=(n, 3)).astype(np.float32)
     y = g.integers(0, 3, n)
+    _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
     job = from_dict({
-        "seed": 7, "model": {"name": "test_infobatch:input_logits"},
-        "train": {"num_workers": 2, "batch_size": 8, "val_every_epoch": True},
+        "seed": seed, "run_dir": str(tmp_path / "run"),
+        "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
+        "model": {"name": "test_infobatch:input_logits"},
+        "train": {"num_workers": 2, "batch_size": 8, "val_every_epoch": True,
+                  "checkpoint_every_s": 0},
         "strategy": {"name": "infobatch", "epochs": epochs, "prune_ratio": 0.5,
                      "anneal_delta": 0.5}})
-    train = from_columns({"id": np.arange(n), "label": y, "x": x})
-    val = from_columns({"id": np.arange(6), "label": VAL_Y, "x": VAL_X[:, :3]})
-    shown = []  # what the driver's progress bar gets while the workers train
-    result = train_round(job, train, val, round_index=0, epochs=epochs, schedule="onecycle",
-                         init_checkpoint=None, storage=tmp_path, num_classes=3, x_shape=(3,),
-                         on_epoch=shown.append)
+    summary = run_job(job, echo=lambda *_: None)
 
     losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y),
                              reduction="none").double()
-    # Epoch 0 trains all rows (equal scores), epoch 1 what the rule keeps given epoch 0's losses,
-    # epochs 2 and 3 all (annealing from ceil(0.5 * 4)).
-    kept, _ = plan_epoch(losses, 1, epochs, 0.5, 0.5,
-                         torch.Generator().manual_seed(derive_seed(7, "infobatch", 0, 1)))
-    assert 23 <= len(kept) < n
-    per_epoch = [n, len(kept), n, n]
-    passes = np.cumsum([k + k % 2 for k in per_epoch]).tolist()  # padded to an even split
-    assert result.train_sample_passes == passes[-1]
-    assert [p["train_sample_passes"] for p in result.curve] == passes
-    assert [p["epoch"] for p in result.curve] == [0, 1, 2, 3]
-    assert [p["val_sample_passes"] for p in result.curve] == [6, 12, 18, 24]
-    assert result.val_sample_passes == 24
+    order = pq.read_table(tmp_path / "run" / "data" / "train")["id"].to_numpy()
+    ranks = owner(order, seed, 2)
+    shares = [order[ranks == r] for r in (0, 1)]  # each worker's rows, in its file order
+    # Epoch 0 trains all rows (equal scores); epoch 1 what each rank keeps of its own rows by
+    # the mean over both; epochs 2 and 3 all (annealing from ceil(0.5 * 4)).
+    mean = float(losses.mean())
+    kept = [len(plan_epoch(losses[share], 1, epochs, 0.5, 0.5, torch.Generator().manual_seed(
+        derive_seed(seed, "infobatch", 0, 1, r)), mean=mean)[0]) for r, share in enumerate(shares)]
+    assert 23 <= sum(kept) < n
+    longest = max(len(s) for s in shares)
+    per_epoch = [longest, max(kept), longest, longest]  # every rank steps with the longest
+    passes = np.cumsum([2 * k for k in per_epoch]).tolist()
+    curve = summary["per_round"][0]["curve"]
+    assert summary["train_sample_passes"] == passes[-1]
+    assert [p["train_sample_passes"] for p in curve] == passes
+    assert [p["epoch"] for p in curve] == [0, 1, 2, 3]
+    assert [p["val_sample_passes"] for p in curve] == [6, 12, 18, 24]
     # On three classes the input-logits model recalls class 0 three times of four, class 1 once
     # and class 2 never (its row's logits point at class 0).
-    assert [p["val_accuracy"] for p in result.curve] == pytest.approx([4 / 6] * epochs)
-    assert [p["val_balanced_accuracy"] for p in result.curve] == pytest.approx(
+    assert [p["val_accuracy"] for p in curve] == pytest.approx([4 / 6] * epochs)
+    assert [p["val_balanced_accuracy"] for p in curve] == pytest.approx(
         [(3 / 4 + 1 + 0) / 3] * epochs)
-    assert result.val_balanced_accuracy == result.curve[-1]["val_balanced_accuracy"]
-    assert [(m["epoch"], m["epochs"], m["train_sample_passes"], m["val_accuracy"])
-            for m in shown] == [(p["epoch"], epochs, p["train_sample_passes"], p["val_accuracy"])
-                                for p in result.curve]
-    state = torch.load(f"{result.checkpoint}/{MODEL_FILE}", weights_only=True)
-    # every row scored by its own entry of the last (full) epoch, summed over both ranks
-    torch.testing.assert_close(state["scores"], losses, rtol=0, atol=1e-6)
+    assert summary["test_samples"] == 2
+    # Each worker's scores, in its last checkpoint: every row's loss from the last (full) epoch.
+    last = sorted(p for p in (tmp_path / "run" / "train" / "job").glob("checkpoint_*")
+                  if p.is_dir())[-1]
+    for r, share in enumerate(shares):
+        scores = torch.load(last / f"policy_rank{r}.pt", weights_only=True)["scores"]
+        torch.testing.assert_close(scores, losses[share], rtol=0, atol=1e-6)

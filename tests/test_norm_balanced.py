@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, X, from_columns
 from pipelines.config import StrategyConfig, from_dict
+from pipelines.engine import pool_rows, share_scorer
 from pipelines.rounds import run_job
 from pipelines.run_state import DROPPED, RunState
-from pipelines.strategies import NormBalanced, RoundContext, remaining_stop
+from pipelines.share import Share
+from pipelines.strategies import NormBalanced, RoundView, remaining_stop
 
 # id -> (label, norm, the stub's prediction). With per_class 2, a = b = 1 per class.
 ROWS = {
@@ -41,64 +42,62 @@ class ReadsItsAnswer(torch.nn.Module):
         return 20.0 * F.one_hot(x[:, 0, 0].long(), 3).float()
 
 
-def reads_its_answer():
-    return ReadsItsAnswer()
-
-
-def _train():
+def _share():
+    """The rows in no helpful order, as one worker's share."""
     ids = np.array(list(ROWS), np.int64)
     label, norm, pred = (np.array(col) for col in zip(*ROWS.values()))
     x = np.zeros((len(ids), 2, 1), np.float32)
     x[:, 0, 0] = pred  # channel 0: the stub's answer; weight 0 keeps it out of the norm
     x[:, 1, 0] = norm  # channel 1: the norm
-    order = np.random.default_rng(0).permutation(len(ids))  # rows in no helpful order
-    return from_columns({ID: ids[order], LABEL: label[order], X: x[order]}, rows_per_block=5)
+    order = np.random.default_rng(0).permutation(len(ids))
+    return Share.from_arrays(ids[order], label[order], x[order])
 
 
 def _job(tmp_path, **strategy):
     return from_dict({"run_dir": str(tmp_path / "run"), "score": {"batch_size": 4},
+                      "train": {"num_workers": 1},
                       "strategy": {"name": "norm_balanced", "per_class": 2,
                                    "channel_weights": [0.0, 1.0], **strategy}})
 
 
-def _context(job, train, state, round_index):
-    return RoundContext(job=job, train=train, subset_ids=state.subset_ids(),
-                        manifest_ids=state.manifest_ids(), round_index=round_index,
-                        model_factory=reads_its_answer)
+def _view(job, share, state, round_index):
+    return RoundView(job=job, round_index=round_index, num_classes=3, share=share,
+                     pool=pool_rows(share, state.manifest_ids()),
+                     score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"))
 
 
-def test_drop_the_learned_then_draw_from_what_remains(ray_session, tmp_path):
-    job, train, strategy = _job(tmp_path), _train(), NormBalanced()
-    first = strategy.initial(job, train)
+def test_drop_the_learned_then_draw_from_what_remains(tmp_path):
+    job, share, strategy = _job(tmp_path), _share(), NormBalanced()
+    first = strategy.initial(_view(job, share, RunState(), 0))
     assert first.ids.tolist() == INITIAL and set(first.reasons) == {"initial"}
     state = RunState()
     state.add(first.ids, first.reasons, 0)
 
-    added = strategy.next(_context(job, train, state, 0))
+    added = strategy.after_round(_view(job, share, state, 0))
     assert added.dropped.tolist() == DROPPED_IDS
     assert added.remaining == REMAINING and added.stop_reason is None
     assert added.ids.tolist() == NEXT_DRAW and set(added.reasons) == {"balanced"}
     assert added.notes == ["fewer than per_class=2, all taken: class (samples) 1 (1)"]
-    assert added.stats["infer_sample_passes"] == 11  # the whole pool: 17 rows - 6 initial
-    assert added.stats["hard_found"] == 3
+    assert added.infer_sample_passes == 11  # the whole pool: 17 rows - 6 initial
+    assert added.hard_found == 3
 
-    # What the driver does with it: the dropped ones leave the pool but are never trained on.
+    # What the engine does with it: the dropped ones leave the pool but are never trained on.
     state.add(added.dropped, DROPPED, 0)
     state.add(added.ids, added.reasons, 1)
     assert sorted(state.subset_ids().tolist()) == sorted(INITIAL + NEXT_DRAW)
     assert sorted(state.manifest_ids().tolist()) == sorted(ROWS)
 
-    last = strategy.next(_context(job, train, state, 1))  # the pool is empty now
+    last = strategy.after_round(_view(job, share, state, 1))  # the pool is empty now
     assert last.stop_reason == "no misclassified samples left in the pool"
     assert len(last.ids) == 0 and len(last.dropped) == 0 and last.remaining == {}
-    assert last.stats["infer_sample_passes"] == 0
+    assert last.infer_sample_passes == 0
 
 
-def test_a_met_stop_condition_draws_nothing_but_still_drops(ray_session, tmp_path):
-    job, train, strategy = _job(tmp_path, remaining_total=3), _train(), NormBalanced()
+def test_a_met_stop_condition_draws_nothing_but_still_drops(tmp_path):
+    job, share, strategy = _job(tmp_path, remaining_total=3), _share(), NormBalanced()
     state = RunState()
     state.add(INITIAL, "initial", 0)
-    added = strategy.next(_context(job, train, state, 0))
+    added = strategy.after_round(_view(job, share, state, 0))
     assert added.stop_reason == "3 misclassified samples left <= remaining_total 3"
     assert len(added.ids) == 0 and added.dropped.tolist() == DROPPED_IDS
 

@@ -1,9 +1,9 @@
-"""The scorer's numbers, M2's early stop, and the seeded pool order."""
+"""The scorer's numbers, by hand and through the Ray Data actor pool."""
 import numpy as np
 import torch
 
 from operators.contract import ID, LABEL, X, from_columns
-from operators.predict import collect_hard, score, score_logits, shuffled_pool
+from operators.predict import score, score_logits
 
 
 class AlwaysZero(torch.nn.Module):
@@ -34,33 +34,15 @@ def test_score_logits_by_hand():
     np.testing.assert_allclose(out["loss"].numpy(), [-np.log(0.7), -np.log(0.3)], atol=1e-6)
 
 
-def test_early_stop_after_exactly_n_mispredictions(ray_session):
-    # Labels run 0,1,2,0,1,2...; the model always says 0, so ids 1,2,4,5,7,8,10 ... are wrong.
-    scored = score(_pool(), always_zero, batch_size=10)
-    scan = collect_hard(scored, 5, batch_size=10)
-    assert scan.hard_ids.tolist() == [1, 2, 4, 5, 7]
-    assert scan.n_scored == 10  # the 5th miss is in the first batch: nothing more is read
-    assert not scan.exhausted
-
-    scan = collect_hard(score(_pool(), always_zero, batch_size=10), 7, batch_size=10)
-    assert scan.hard_ids.tolist() == [1, 2, 4, 5, 7, 8, 10]
-    assert scan.n_scored == 20
-
-
-def test_scan_of_a_pool_with_too_few_misses_reads_it_all(ray_session):
-    scan = collect_hard(score(_pool(), always_zero, batch_size=10), 100, batch_size=10)
-    assert len(scan.hard_ids) == 40 and scan.n_scored == 60 and scan.exhausted
-
-
-def test_shuffled_pool_is_seeded_and_excludes_the_subset(ray_session):
-    exclude = np.array([3, 4, 50])
-
-    def order(seed):
-        return np.concatenate([b[ID] for b in shuffled_pool(_pool(), exclude, seed)
-                               .iter_batches(batch_size=None, batch_format="numpy")])
-
-    a, b, c = order(7), order(7), order(8)
-    assert a.tolist() == b.tolist()
-    assert sorted(a.tolist()) == sorted(set(range(60)) - {3, 4, 50})
-    assert a.tolist() != c.tolist()
-    assert a.tolist() != sorted(a.tolist())
+def test_the_actor_pool_scores_every_row_with_the_model(ray_session):
+    # Labels run 0,1,2,0,1,2...; the model always says 0, so ids 1,2,4,5,7,8 ... are wrong.
+    rows = {}
+    for b in score(_pool(), always_zero, batch_size=10).iter_batches(batch_format="numpy"):
+        for k, v in b.items():
+            rows.setdefault(k, []).append(v)
+    rows = {k: np.concatenate(v) for k, v in rows.items()}
+    order = np.argsort(rows[ID])
+    assert rows[ID][order].tolist() == list(range(60))
+    assert rows["correct"][order].tolist() == [i % 3 == 0 for i in range(60)]
+    assert (rows["pred"] == 0).all()
+    assert set(rows) == {ID, LABEL, "loss", "correct", "margin", "pred"}

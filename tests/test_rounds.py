@@ -1,43 +1,55 @@
-"""End to end on a local Ray: M2 on digits with two workers, resume equality, run-dir rules."""
+"""End to end on a local Ray: M2 on digits with two workers in one Ray Train run, the shipped
+model, a worker killed mid-round, the driver killed between and within rounds, run-dir rules."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
-from pipelines import rounds, strategies
 from pipelines.config import ConfigError, from_dict
+from pipelines.engine import balanced_accuracy, load_model
 from pipelines.ingest import load_info
 from pipelines.rounds import run_job
-from pipelines.train import balanced_accuracy, load_model
+from pipelines.share import owner
+
+SEED = 3
 
 
-def _job(tmp_path, name="e2e", **strategy):
-    return from_dict({
-        "name": name, "seed": 3, "run_dir": str(tmp_path / name),
+def _raw(tmp_path, name, marker):
+    return {
+        "name": name, "seed": SEED, "run_dir": str(tmp_path / name),
         "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
-        "model": {"name": "cnn2d", "kwargs": {"channels": 8, "hidden": 32}},
+        "model": {"name": "crashing_model:crash_once_cnn2d",
+                  "kwargs": {"channels": 8, "hidden": 32, "marker": str(marker),
+                             "crash_at": 30}},
         "train": {"num_workers": 2, "batch_size": 32, "epochs_per_round": 4, "lr": 0.01,
-                  "final_epochs": 2},
+                  "final_epochs": 2, "checkpoint_every_s": 0},
         "strategy": {"name": "m2", "initial_ratio": 0.3, "hard_per_round": 40,
-                     "reps_per_round": 20, "cluster_k": 4, "max_rounds": 2, **strategy},
+                     "reps_per_round": 20, "cluster_k": 4, "max_rounds": 2},
         "score": {"batch_size": 128},
-    })
+    }
 
 
 def _comparable(run_dir):
     manifest = pq.read_table(run_dir / "manifest.parquet").to_pylist()
     rounds = json.loads((run_dir / "rounds.json").read_text())
-    drop = {"checkpoint", "seconds_train", "seconds_score", "seconds_select"}
-    return manifest, [{k: v for k, v in r.items() if k not in drop} for r in rounds]
+    return manifest, [{k: v for k, v in r.items() if not k.startswith("seconds_")}
+                      for r in rounds]
 
 
 @pytest.fixture(scope="module")
 def finished_run(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
-    job = _job(tmp)
+    (tmp / "no-crash").touch()
+    job = from_dict(_raw(tmp, "e2e", tmp / "no-crash"))
     return job, run_job(job, echo=lambda *_: None)
 
 
@@ -58,10 +70,12 @@ def test_m2_end_to_end(finished_run):
     assert per_round[0]["subset_size"] == len(first) and per_round[0]["hard_found"] == 40
     assert summary["compute"] == pytest.approx(summary["train_sample_passes"]
                                                + summary["infer_sample_passes"] / 3)
-    # Four epochs on each round's subset, two final ones (padded to an even split between the
-    # two workers).
-    expected_train = sum((2 if r["phase"] == "final" else 4)
-                         * (r["subset_size"] + r["subset_size"] % 2) for r in per_round)
+    # Each worker trains its own rows of the subset; every epoch both step as far as the one
+    # holding more: four epochs a round, two final ones.
+    expected_train = 0
+    for r, epochs in ((0, 4), (1, 4), (1, 2)):
+        held = np.bincount(owner(manifest["id"][manifest["round"] <= r].to_numpy(), SEED, 2))
+        expected_train += epochs * 2 * held.max()
     assert summary["train_sample_passes"] == expected_train
     assert summary["test_accuracy"] > 0.5  # digits are easy: far above the 0.1 of chance
     assert (run_dir / "final" / "model.pt").exists() and (run_dir / "summary.json").exists()
@@ -70,9 +84,8 @@ def test_m2_end_to_end(finished_run):
 def _accuracy(model, split_dir, x_shape):
     table = pq.read_table(split_dir)
     x = np.stack(table["x"].to_numpy(zero_copy_only=False)).reshape(-1, *x_shape)
-    x = torch.from_numpy(x.astype(np.float32))
     with torch.no_grad():
-        pred = model(x).argmax(1).numpy()
+        pred = model(torch.from_numpy(x.astype(np.float32))).argmax(1).numpy()
     return float((pred == table["label"].to_numpy()).mean())
 
 
@@ -81,11 +94,11 @@ def test_the_shipped_model_is_the_final_phase_and_the_one_tested(finished_run):
     run_dir = Path(job.run_dir)
     info = load_info(run_dir / "data")
     model = load_model(job, str(run_dir / "final"), info.num_classes, info.x_shape)
-    assert _accuracy(model, run_dir / "data" / "val", info.x_shape) == pytest.approx(summary["val_accuracy"])
-    assert _accuracy(model, run_dir / "data" / "test", info.x_shape) == pytest.approx(summary["test_accuracy"])
-    rounds = json.loads((run_dir / "rounds.json").read_text())
-    shipped = (run_dir / "final" / "model.pt").read_bytes()
-    assert shipped == (Path(rounds[-1]["checkpoint"]) / "model.pt").read_bytes()
+    assert summary["per_round"][-1]["phase"] == "final"
+    assert _accuracy(model, run_dir / "data" / "val", info.x_shape) == pytest.approx(
+        summary["val_accuracy"])
+    assert _accuracy(model, run_dir / "data" / "test", info.x_shape) == pytest.approx(
+        summary["test_accuracy"])
 
 
 def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
@@ -96,32 +109,63 @@ def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     assert balanced_accuracy(np.zeros(3), np.zeros(3)) == 0.0
 
 
-class Interrupt(Exception):
-    pass
-
-
-def test_resume_after_crashes_gives_the_same_run(finished_run, tmp_path, monkeypatch):
-    """Killed mid-round 0 (after training, before the state is saved), then again between the
-    final phase and the test evaluation: each resume ends as the uninterrupted run did."""
+def test_a_worker_killed_mid_round_gives_the_same_run(finished_run, tmp_path):
     job, summary = finished_run
-    crashed = _job(tmp_path, name="crashed")
-    for module, name in ((strategies.M2, "next"), (rounds, "_evaluate")):
-        real = getattr(module, name)
-
-        def crash_once(*args, _module=module, _name=name, _real=real, **kwargs):
-            monkeypatch.setattr(_module, _name, _real)
-            raise Interrupt()
-
-        monkeypatch.setattr(module, name, crash_once)
-        with pytest.raises(Interrupt):
-            run_job(crashed, resume=name == "_evaluate", echo=lambda *_: None)
-    with pytest.raises(ConfigError, match="--resume"):
-        run_job(crashed, echo=lambda *_: None)
-    resumed = run_job(crashed, resume=True, echo=lambda *_: None)
+    marker = tmp_path / "crashed-once"
+    crashed = from_dict(_raw(tmp_path, "crashed", marker))
+    again = run_job(crashed, echo=lambda *_: None)
+    assert marker.exists()  # rank 1 died at its 30th training step; Ray Train restarted both
     assert _comparable(tmp_path / "crashed") == _comparable(Path(job.run_dir))
+    assert again["test_accuracy"] == summary["test_accuracy"]
+
+
+def _driver(job_file, *args):
+    """`raysift run` in its own process group (with the Ray it starts), lines on a pipe."""
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(job_file), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _kill(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _checkpoints(run_dir):
+    return {p.name for p in (run_dir / "train" / "job").glob("checkpoint_*") if p.is_dir()}
+
+
+def test_the_driver_killed_between_and_within_rounds_resumes_to_the_same_run(finished_run,
+                                                                            tmp_path):
+    job, summary = finished_run
+    (tmp_path / "no-crash").touch()
+    raw = _raw(tmp_path, "killed", tmp_path / "no-crash")
+    job_file = tmp_path / "killed.yaml"
+    job_file.write_text(yaml.safe_dump(raw))
+    run_dir = tmp_path / "killed"
+
+    first = _driver(job_file)  # killed right after round 0's line: between rounds
+    for line in first.stdout:
+        if "round 0:" in line:
+            break
+    _kill(first)
+    with pytest.raises(ConfigError, match="--resume"):
+        run_job(from_dict(raw), echo=lambda *_: None)
+
+    second = _driver(job_file, "--resume")  # killed at round 1's first epoch checkpoint
+    seen, deadline = _checkpoints(run_dir), time.monotonic() + 300
+    while not (_checkpoints(run_dir) - seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _kill(second)
+    rounds = json.loads((run_dir / "rounds.json").read_text())
+    assert [r["round"] for r in rounds] == [0]  # round 1 was under way
+
+    last = _driver(job_file, "--resume")
+    out = last.stdout.read()
+    assert last.wait() == 0 and "resuming after round 0" in out
+    assert _comparable(run_dir) == _comparable(Path(job.run_dir))
+    resumed = json.loads((run_dir / "summary.json").read_text())
     assert resumed["test_accuracy"] == summary["test_accuracy"]
-    assert ((tmp_path / "crashed" / "final" / "model.pt").read_bytes()
-            == (Path(job.run_dir) / "final" / "model.pt").read_bytes())
 
 
 def test_resume_refuses_a_different_job(finished_run):
@@ -133,7 +177,7 @@ def test_resume_refuses_a_different_job(finished_run):
 
 
 def test_too_many_workers_stops_before_any_output(ray_session, tmp_path):
-    job = _job(tmp_path)
+    job = from_dict(_raw(tmp_path, "e2e", tmp_path / "m"))
     job.train.num_workers = 64
     with pytest.raises(ConfigError, match="train.num_workers: 64"):
         run_job(job, echo=lambda *_: None)

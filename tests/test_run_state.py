@@ -11,12 +11,12 @@ def test_save_load_roundtrip(tmp_path):
     state.add([5, 3], "initial", 0)
     state.add(np.array([9]), np.array(["hard"], dtype=object), 1)
     state.records.append({"round": 0, "val_accuracy": 0.5})
-    state.next_round, state.checkpoint = 1, "/ckpt"
+    state.next_round, state.test = 1, {"test_accuracy": 0.75}
     state.save(tmp_path)
     back = RunState.load(tmp_path)
     assert back.ids == [5, 3, 9] and back.rounds_added == [0, 0, 1]
     assert back.reasons == ["initial", "initial", "hard"]
-    assert back.records == state.records and back.checkpoint == "/ckpt" and back.next_round == 1
+    assert back.records == state.records and back.test == {"test_accuracy": 0.75} and back.next_round == 1
 
 
 def test_dropped_rows_stay_in_the_manifest_but_out_of_the_subset(tmp_path):

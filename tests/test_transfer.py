@@ -222,7 +222,7 @@ def scene(path, n, n_test, shift, seed):
 
 def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_session):
     from pipelines.ingest import read_split
-    from pipelines.train import collect_rows
+    from pipelines.transfer import collect_rows
     from pipelines.transfer import load_meta, run_transfer
     from pipelines.transfer_config import load_transfer
 
