@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from .config import JobConfig
-from .report import COMPARISON, comparison_table, write_report
+from .report import COMPARISON, comparison_table, saving_sentence, write_report
 from .rounds import run_job
 from .run_state import atomic_write_json
 
@@ -24,5 +24,8 @@ def compare(job: JobConfig, strategies: list[str], *, resume: bool = False,
     atomic_write_json(root / COMPARISON, summaries)
     report = write_report(root, summaries)
     echo(comparison_table(summaries))
+    sentence = saving_sentence(summaries)
+    if sentence:
+        echo(sentence)
     echo(f"report: {report}")
     return summaries

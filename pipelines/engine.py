@@ -19,6 +19,7 @@ rank's policy state. Ray Train restarts a failed worker group from the latest on
 from __future__ import annotations
 
 import os
+import resource
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -238,7 +239,7 @@ class Worker:
             "hard_found": 0, "added": 0,
             "seconds_train": phase.seconds_train, "seconds_steps": phase.seconds_steps,
             "seconds_score": 0.0, "seconds_score_batches": 0.0, "seconds_select": 0.0,
-            "seconds_round": phase.seconds_train,
+            "seconds_round": phase.seconds_train, "peak_rss_mb": peak_rss_mb(),
         }
 
     def _epoch(self, phase: Phase, rows: np.ndarray, optimizer, scheduler,
@@ -329,6 +330,11 @@ class Worker:
                 self._publish(ScanProgress(phase.label, seen, found))
 
         return show
+
+
+def peak_rss_mb() -> int:
+    """The largest resident memory any worker has had so far, in MiB (the same on all ranks)."""
+    return all_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
 def pool_rows(share: Share, manifest_ids: np.ndarray) -> np.ndarray:

@@ -71,7 +71,8 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     target = full["val_accuracy"] - REACH_POINTS / 100 if scale else None
     head = ["strategy", "rounds", "subset", "test acc", "test bal acc", "val acc",
             "val bal acc", "train passes", "infer passes", "compute", "vs full", "reach",
-            "wall s"]
+            "wall s", "wall vs full"]
+    wall = full["wall_seconds"]["total"] if full else None
     rows = []
     for s in summaries:
         reach = compute_to_reach(s, target) if scale else None
@@ -81,8 +82,22 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
                      str(s["train_sample_passes"]), str(s["infer_sample_passes"]),
                      f"{s['compute']:.0f}", f"{s['compute'] / scale:.3f}" if scale else "-",
                      "-" if reach is None else f"{reach / scale:.3f}",
-                     f"{s['wall_seconds']['total']:.0f}"])
+                     f"{s['wall_seconds']['total']:.0f}",
+                     f"{s['wall_seconds']['total'] / wall:.2f}" if wall else "-"])
     return head, rows
+
+
+def saving_sentence(summaries: list[dict]) -> str | None:
+    """What M2 reached, at what share of `full`'s compute and of its wall time; None unless
+    both ran."""
+    by = {s["strategy"]: s for s in summaries}
+    if not {"m2", "full"} <= set(by):
+        return None
+    m2, full = by["m2"], by["full"]
+    return (f"M2 reached test accuracy {m2['test_accuracy']:.4f} against full's "
+            f"{full['test_accuracy']:.4f}, at {m2['compute'] / full['compute']:.0%} of full's "
+            f"compute and {m2['wall_seconds']['total'] / full['wall_seconds']['total']:.0%} "
+            f"of its wall time.")
 
 
 def compute_to_reach(summary: dict, target: float, key: str = "val_accuracy") -> float | None:

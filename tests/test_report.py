@@ -12,7 +12,7 @@ from operators.contract import DataError
 from pipelines import cli
 from pipelines.report import (ACCURACY_PNG, BALANCE_PNG, COMPARISON, REPORT, accuracy_figure,
                               class_balance_figure, comparison_table, compute_to_reach,
-                              curve_points, equal_compute_table, rebuild_report,
+                              curve_points, equal_compute_table, rebuild_report, saving_sentence,
                               subset_class_counts, table, value_at, write_report)
 from pipelines.run_state import RunState, atomic_write_json
 
@@ -131,7 +131,19 @@ def test_compute_relative_to_full_and_balanced_columns():
     assert [(r[col["vs full"]], r[col["reach"]]) for r in rows] == [("-", "-")] * 4
     text = comparison_table(summaries).splitlines()
     assert text[0].split()[:5] == ["strategy", "rounds", "subset", "test", "acc"]
-    assert text[3].split()[0] == "m2" and text[3].split()[-3] == "0.250"
+    assert text[3].split()[0] == "m2" and text[3].split()[-4] == "0.250"
+
+
+def test_wall_time_beside_full_and_the_closing_sentence():
+    summaries = [_summary(s) for s in ("full", "m2", "random")]
+    summaries[1]["wall_seconds"] = {**summaries[1]["wall_seconds"], "total": 0.5}
+    head, rows = table(summaries)
+    assert [r[head.index("wall vs full")] for r in rows] == ["1.00", "0.25", "1.00"]
+    assert saving_sentence(summaries) == (
+        "M2 reached test accuracy 0.7100 against full's 0.9200, at 25% of full's compute and "
+        "25% of its wall time.")
+    assert saving_sentence(summaries[1:]) is None
+    assert table(summaries[1:])[1][0][-1] == "-"
 
 
 def test_compute_to_reach_is_the_first_validation_at_the_target():
