@@ -109,10 +109,13 @@ def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     assert balanced_accuracy(np.zeros(3), np.zeros(3)) == 0.0
 
 
-def test_a_worker_killed_mid_round_gives_the_same_run(finished_run, tmp_path):
+def test_a_worker_killed_mid_round_with_its_rows_on_disk_gives_the_same_run(finished_run,
+                                                                            tmp_path):
     job, summary = finished_run
     marker = tmp_path / "crashed-once"
-    crashed = from_dict(_raw(tmp_path, "crashed", marker))
+    raw = _raw(tmp_path, "crashed", marker)
+    raw["train"]["cache_mb"] = 0  # every feature row on disk: the same numbers again
+    crashed = from_dict(raw)
     again = run_job(crashed, echo=lambda *_: None)
     assert marker.exists()  # rank 1 died at its 30th training step; Ray Train restarted both
     assert _comparable(tmp_path / "crashed") == _comparable(Path(job.run_dir))
