@@ -1,0 +1,100 @@
+"""The strategy policies on one rank, on hand-made rows with a model whose answers are fixed:
+`full`, `random` and M2 (M1 and InfoBatch have their own files)."""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from operators.keys import hash_keys
+from pipelines.config import from_dict
+from pipelines.engine import pool_rows, share_scorer
+from pipelines.run_state import RunState
+from pipelines.seeding import derive_seed
+from pipelines.share import Share
+from pipelines.strategies import Full, M2, RandomGrowth, RoundView
+
+SEED = 5
+N = 30
+IDS = np.arange(100, 100 + N)
+LABELS = IDS % 3
+WRONG = {103, 107, 108, 115, 121, 122, 129}  # the stub's mistakes
+
+
+class ReadsItsAnswer(torch.nn.Module):
+    """Predicts the class written in channel 0 of the sample."""
+
+    def forward(self, x):
+        return 20.0 * F.one_hot(x[:, 0, 0].long(), 3).float()
+
+
+def _share(features=None):
+    x = np.zeros((N, 2, 1), np.float32)
+    x[:, 0, 0] = [(l + 1) % 3 if i in WRONG else l for i, l in zip(IDS, LABELS)]
+    if features is not None:
+        x[:, 1, 0] = features
+    return Share.from_arrays(IDS, LABELS, x)
+
+
+def _job(**strategy):
+    return from_dict({"seed": SEED, "train": {"num_workers": 1}, "score": {"batch_size": 4},
+                      "strategy": {"name": "m2", **strategy}})
+
+
+def _view(job, share, manifest_ids, round_index=0):
+    return RoundView(job=job, round_index=round_index, num_classes=3, share=share,
+                     pool=pool_rows(share, manifest_ids),
+                     score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"))
+
+
+def test_full_takes_every_row_once_and_stops_after_its_round():
+    job, share = _job(name="full"), _share()
+    first = Full().initial(_view(job, share, []))
+    assert first.ids.tolist() == IDS.tolist() and set(first.reasons) == {"all"}
+    assert Full().after_round(_view(job, share, IDS)).stop_reason == "full data trained"
+    assert Full.single_round and not M2.single_round
+
+
+def test_random_draws_the_smallest_seeded_hashes():
+    job, share = _job(name="random", initial_ratio=0.3, hard_per_round=4, reps_per_round=1), _share()
+    first = RandomGrowth().initial(_view(job, share, []))
+    n = math.floor(0.3 * N + 0.5)
+    keys = hash_keys(IDS, derive_seed(SEED, "initial"))
+    assert first.ids.tolist() == sorted(IDS[np.argsort(keys)[:n]].tolist())
+    added = RandomGrowth().after_round(_view(job, share, first.ids, round_index=2))
+    pool = IDS[~np.isin(IDS, first.ids)]
+    keys = hash_keys(pool, derive_seed(SEED, "random", 2))
+    assert added.ids.tolist() == sorted(pool[np.argsort(keys)[:5]].tolist())
+    assert set(added.reasons) == {"random"} and added.stop_reason is None
+
+
+def test_m2_takes_the_first_mistakes_of_its_scan_and_the_rest_as_representatives():
+    job, share = _job(hard_per_round=3, reps_per_round=100), _share()
+    subset = IDS[:6]
+    added = M2().after_round(_view(job, share, subset, round_index=1))
+    pool = np.arange(6, N)
+    order = IDS[pool[np.random.default_rng(derive_seed(SEED, "pool", 1, 0)).permutation(len(pool))]]
+    misses = np.flatnonzero(np.isin(order, list(WRONG)))
+    stop_at = -(-(misses[2] + 1) // 4) * 4  # batches of 4 until the third miss is in hand
+    scored = order[:stop_at]
+    hard = [i for i in scored if i in WRONG][:3]
+    assert added.ids[:3].tolist() == hard and added.hard_found == 3
+    assert added.infer_sample_passes == len(scored)
+    # Fewer correct scored rows than reps_per_round: all of them, in scan order.
+    assert added.ids[3:].tolist() == [i for i in scored if i not in WRONG]
+    assert list(added.reasons) == ["hard"] * 3 + ["representative"] * (len(added.ids) - 3)
+
+
+def test_m2_representatives_are_the_rows_nearest_each_centre():
+    # Feature channel 1: two groups, around 0 and around 1000, far wider than channel 0 (the
+    # stub's answer, 0-2); the mistakes are in the subset already, so nothing is left to find.
+    features = np.where(np.arange(N) < 15, 0.0, 1000.0) + np.tile([0, -10, 10, -20, 20], 6)
+    job = _job(hard_per_round=1, reps_per_round=2, cluster_k=2, cluster_on="x")
+    share = _share(features)
+    right = ~np.isin(IDS, list(WRONG))
+    added = M2().after_round(_view(job, share, IDS[~right]))  # no mistakes left to find
+    assert added.stop_reason == "no hard samples left in the pool"
+    centred = IDS[(features == 0) | (features == 1000)]  # the rows nearest each group's mean
+    reps = added.ids.tolist()
+    assert len(reps) == 2 and set(reps) <= set(centred.tolist())
+    assert {r < 115 for r in reps} == {True, False}  # one from each group
