@@ -56,7 +56,8 @@ def test_full_takes_every_row_once_and_stops_after_its_round():
 
 
 def test_random_draws_the_smallest_seeded_hashes():
-    job, share = _job(name="random", initial_ratio=0.3, hard_per_round=4, reps_per_round=1), _share()
+    job = _job(name="random", initial_ratio=0.3, hard_per_round=4, reps_per_round=1)
+    share = _share()
     first = RandomGrowth().initial(_view(job, share, []))
     n = math.floor(0.3 * N + 0.5)
     keys = hash_keys(IDS, derive_seed(SEED, "initial"))
