@@ -136,10 +136,7 @@ class Worker:
     def run(self) -> None:
         state = self.run_state
         if not state.ids:  # a new run: the first subset
-            everything = RoundView(job=self.job, round_index=0, num_classes=self.num_classes,
-                                   share=self.train, pool=np.arange(len(self.train)),
-                                   score_rows=share_scorer(self.model, self.train, self.device))
-            first = self.policy.initial(everything)
+            first = self.policy.initial(self._view(0, np.arange(len(self.train))))
             state.add(first.ids, first.reasons, 0)
             if self.rank == 0:
                 state.save(self.run_dir)
@@ -168,7 +165,9 @@ class Worker:
         stop = None if self.policy.single_round else stop_rule(job, state.records + [record])
         added = None
         if stop is None:
-            added = self.policy.after_round(self._view(phase))
+            pool = pool_rows(self.train, state.manifest_ids())
+            added = self.policy.after_round(self._view(phase.index, pool,
+                                                       self._scan_progress(phase)))
             stop = added.stop_reason
             _apply(state, record, added, phase.index)
         state.records.append(record)
@@ -179,12 +178,11 @@ class Worker:
         self._checkpoint({"phase": "round", "round": phase.index})
         self._publish(PhaseDone(record, added.notes if added else [], state.stop_reason))
 
-    def _view(self, phase: Phase) -> RoundView:
-        return RoundView(job=self.job, round_index=phase.index, num_classes=self.num_classes,
-                         share=self.train,
-                         pool=pool_rows(self.train, self.run_state.manifest_ids()),
+    def _view(self, round_index: int, pool: np.ndarray, progress=None) -> RoundView:
+        return RoundView(job=self.job, round_index=round_index, num_classes=self.num_classes,
+                         share=self.train, pool=pool,
                          score_rows=share_scorer(self.model, self.train, self.device),
-                         progress=self._scan_progress(phase))
+                         progress=progress)
 
     # -- training ----------------------------------------------------------------------------
     def _train_phase(self, phase: Phase) -> dict:
