@@ -215,10 +215,8 @@ def subset_class_counts(run_dir: str | Path, rounds: list[int]) -> np.ndarray:
     if state is None:
         raise DataError(f"{run_dir}: no run state (state.json): did this run start?")
     info = load_info(run_dir / "data")
-    ids = np.asarray(state.ids, dtype=np.int64)
-    labels = _labels(run_dir / "data" / "train", ids, run_dir / MANIFEST)
-    joined = np.asarray(state.rounds_added, dtype=np.int64)
-    kept = np.asarray(state.reasons, dtype=object) != DROPPED
+    labels = _labels(run_dir / "data" / "train", state.ids, run_dir / MANIFEST)
+    joined, kept = state.rounds_added, state.reasons != DROPPED
     return np.stack([np.bincount(labels[kept & (joined <= r)], minlength=info.num_classes)
                      for r in rounds])
 
