@@ -31,7 +31,7 @@ import ray.train
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, X
+from operators.contract import ID, LABEL, PIXEL_MAX, X
 from operators.predict import forward_scores
 
 from .augmentation import batch_generator, batch_loss, sample_losses
@@ -110,6 +110,7 @@ class Worker:
         torch.set_num_threads(self.job.train.threads_per_worker)
         self.device = ray.train.torch.get_device()
         self.num_classes, self.x_shape = config["num_classes"], tuple(config["x_shape"])
+        self.x_dtype = np.dtype(config["x_dtype"])
         self.data_dir = Path(config["data_dir"])
         self.train = self._read("train")
         self.val = self._read("val")
@@ -130,12 +131,12 @@ class Worker:
     def _read(self, split: str) -> Share:
         t = self.job.train
         return read_share(self.data_dir / split, self.job.seed, self.rank, self.world,
-                          self.x_shape, t.cache_mb * 2**20, t.spill_dir)
+                          self.x_shape, t.cache_mb * 2**20, t.spill_dir, self.x_dtype)
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> None:
         state = self.run_state
-        if not state.ids:  # a new run: the first subset
+        if not len(state.ids):  # a new run: the first subset
             first = self.policy.initial(self._view(0, np.arange(len(self.train))))
             state.add(first.ids, first.reasons, 0)
             if self.rank == 0:
@@ -294,8 +295,9 @@ class Worker:
                 torch.save({"model": _unwrap(self.model).state_dict(),
                             "optimizer": optimizer.state_dict() if optimizer else None,
                             "scheduler": scheduler.state_dict() if scheduler else None,
-                            "phase": asdict(self.phase) if self.phase else None,
-                            "run": state.to_dict()}, os.path.join(d, MODEL_FILE))
+                            "phase": asdict(self.phase) if self.phase else None},
+                           os.path.join(d, MODEL_FILE))
+                state.save(Path(d))
                 if self.phase is None:
                     state.save(self.run_dir)
             if policy_state:
@@ -307,7 +309,7 @@ class Worker:
     def _restore(self, model, d: Path) -> None:
         saved = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
-        self.run_state = RunState.from_dict(saved["run"])
+        self.run_state = RunState.load(d)
         self.phase = Phase(**saved["phase"]) if saved["phase"] else None
         self.optimizer_state, self.scheduler_state = saved["optimizer"], saved["scheduler"]
         policy_file = d / f"policy_rank{self.rank}.pt"
@@ -341,14 +343,15 @@ def pool_rows(share: Share, manifest_ids: np.ndarray) -> np.ndarray:
 
 
 def device_batch(share: Share, positions: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of the share's rows at `positions`, on `device` (through pinned
-    memory to a GPU, so the copy overlaps the work already queued)."""
+    """Features (float32) and labels of the share's rows at `positions`, on `device`: through
+    pinned memory to a GPU, so the copy overlaps the work already queued, and 8-bit pixels
+    travel as they are stored and are scaled there (a quarter of the bytes to copy)."""
     x = torch.from_numpy(share.x.take(positions))
     y = torch.from_numpy(share.labels[positions].astype(np.int64))
-    if torch.device(device).type != "cuda":
-        return x, y
-    return (x.pin_memory().to(device, non_blocking=True),
-            y.pin_memory().to(device, non_blocking=True))
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+        y = y.pin_memory().to(device, non_blocking=True)
+    return (x.float().div_(PIXEL_MAX) if x.dtype == torch.uint8 else x), y
 
 
 def share_scorer(model, share: Share, device):
@@ -435,9 +438,7 @@ def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test"
     sums = torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(share), _EVAL_ROWS):
-            at = np.arange(i, min(i + _EVAL_ROWS, len(share)))
-            xs = torch.from_numpy(share.x.take(at)).to(device)
-            ys = torch.from_numpy(share.labels[at].astype(np.int64)).to(device)
+            xs, ys = device_batch(share, np.arange(i, min(i + _EVAL_ROWS, len(share))), device)
             logits = model(xs)
             hits = (logits.argmax(1) == ys).double().cpu()
             sums[0] += float(F.cross_entropy(logits.float(), ys, reduction="sum"))

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 from ray.data import DataContext
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -64,8 +63,7 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     with Feed(Progress(job.name, state.records, echo)) as feed:
         result = _trainer(job, state, info, run_dir, feed).fit()
     checkpoint = Path(result.checkpoint.path)
-    state = RunState.from_dict(torch.load(checkpoint / MODEL_FILE, map_location="cpu",
-                                          weights_only=True)["run"])
+    state = RunState.load(checkpoint)
     final_dir = run_dir / "final"
     shutil.rmtree(final_dir, ignore_errors=True)
     final_dir.mkdir()
@@ -85,6 +83,7 @@ def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed) -> Torc
         train_loop_config={"job": job.to_dict(), "run_dir": str(run_dir.resolve()),
                            "data_dir": str((run_dir / "data").resolve()),
                            "num_classes": info.num_classes, "x_shape": list(info.x_shape),
+                           "x_dtype": info.x_dtype,
                            "state": state.to_dict(), "feed": feed},
         scaling_config=ScalingConfig(num_workers=job.train.num_workers,
                                      use_gpu=job.train.use_gpu),
