@@ -116,6 +116,7 @@ class Worker:
         self.val = self._read("val")
         self.policy: Policy = make_strategy(self.job.strategy.name)
         self.run_state = RunState.from_dict(config["state"])
+        self.started_at = config["started_at"]  # the driver's time.time() at the session's start
         self.phase: Phase | None = None
         torch.manual_seed(derive_seed(self.job.seed, "init", 0))
         model = build_model(self.job.model, self.x_shape, self.num_classes)
@@ -124,6 +125,7 @@ class Worker:
         if resumed:
             with resumed.as_directory() as d:
                 self._restore(model, Path(d))
+        self.clock_origin = run_clock_origin(self.run_state, self.started_at)
         self.model = ray.train.torch.prepare_model(model)
         self.per_rank_batch = max(1, self.job.train.batch_size // self.world)
         self.last_checkpoint = time.perf_counter()
@@ -148,6 +150,7 @@ class Worker:
                 and not any(r["phase"] == "final" for r in state.records)):
             phase = self.phase or Phase(len(state.records), "final", self.job.train.final_epochs)
             record = self._train_phase(phase)
+            record["seconds_end"] = self._clock()
             state.records.append(record)
             self.phase = None
             self._checkpoint({"phase": "final"})
@@ -176,6 +179,7 @@ class Worker:
         state.stop_reason = stop
         self.phase = None
         record["seconds_round"] = time.perf_counter() - started
+        record["seconds_end"] = self._clock()
         self._checkpoint({"phase": "round", "round": phase.index})
         self._publish(PhaseDone(record, added.notes if added else [], state.stop_reason))
 
@@ -217,7 +221,8 @@ class Worker:
                                     "train_sample_passes": phase.train_sample_passes,
                                     "val_sample_passes": phase.val_sample_passes,
                                     "val_accuracy": val["val_accuracy"],
-                                    "val_balanced_accuracy": val["val_balanced_accuracy"]})
+                                    "val_balanced_accuracy": val["val_balanced_accuracy"],
+                                    "seconds_at": self._clock()})
                 metrics["val_accuracy"] = val["val_accuracy"]
             phase.next_epoch = epoch + 1
             phase.seconds_train += time.perf_counter() - start
@@ -284,11 +289,17 @@ class Worker:
         due = time.perf_counter() - self.last_checkpoint >= self.job.train.checkpoint_every_s
         return bool(all_max(int(due)))
 
+    def _clock(self) -> float:
+        """The run's wall seconds so far: since the driver started it, start-up included, plus
+        the time of the sessions before a resume (up to the checkpoint it resumed from)."""
+        return time.time() - self.clock_origin
+
     def _checkpoint(self, metrics: dict, optimizer=None, scheduler=None) -> None:
         """Report `metrics` with a checkpoint of everything a restart needs. Rank 0 also
         writes the run directory's manifest and rounds.json at each phase's end."""
         self.last_checkpoint = time.perf_counter()
         state = self.run_state
+        state.seconds, state.clock_origin = self._clock(), self.clock_origin
         policy_state = self.policy.state_dict()
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
@@ -330,6 +341,16 @@ class Worker:
                 self._publish(ScanProgress(phase.label, seen, found))
 
         return show
+
+
+def run_clock_origin(state: RunState, session_start: float) -> float:
+    """The time.time() the run's clock counts from, for a worker starting from `state` in a
+    driver session that began at `session_start`: the state's own origin when it was saved in
+    this session (a restarted worker group: the clock ran on through the failure), else the
+    session's start less the state's reading (a new run, or a resumed one)."""
+    if state.clock_origin is not None and state.clock_origin + state.seconds >= session_start:
+        return state.clock_origin
+    return session_start - state.seconds
 
 
 def peak_rss_mb() -> int:

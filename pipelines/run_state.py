@@ -80,6 +80,11 @@ class RunState:
     next_round: int = 0
     stop_reason: str | None = None  # set when the rounds are over (a final phase may follow)
     test: dict | None = None  # the test split's metrics, once the last model is evaluated
+    # The run's wall clock (pipelines/engine.py Worker.clock): its reading at this state, and
+    # the time.time() it counts from (start-ups, waits and a restarted worker group included;
+    # a resumed run goes on from `seconds`, without the time no driver ran).
+    seconds: float = 0.0
+    clock_origin: float | None = None
 
     def __post_init__(self):
         self.ids = _ints(self.ids, np.int64)
@@ -112,7 +117,8 @@ class RunState:
     def to_dict(self) -> dict:
         return {"ids": self.ids, "rounds_added": self.rounds_added, "reasons": self.reasons,
                 "records": self.records, "next_round": self.next_round,
-                "stop_reason": self.stop_reason, "test": self.test}
+                "stop_reason": self.stop_reason, "test": self.test, "seconds": self.seconds,
+                "clock_origin": self.clock_origin}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
@@ -128,6 +134,8 @@ class RunState:
                                            "stop_reason": self.stop_reason,
                                            "test": self.test,
                                            "manifest_rows": len(self.ids),
+                                           "seconds": self.seconds,
+                                           "clock_origin": self.clock_origin,
                                            "records": self.records})
         atomic_write_json(folder / ROUNDS, self.records)  # a readable copy; state is the truth
 
@@ -141,4 +149,5 @@ class RunState:
         return cls(ids=table["id"].to_numpy(), rounds_added=table["round"].to_numpy(),
                    reasons=table["reason"].to_numpy(zero_copy_only=False),
                    records=state["records"], next_round=state["next_round"],
-                   stop_reason=state["stop_reason"], test=state.get("test"))
+                   stop_reason=state["stop_reason"], test=state.get("test"),
+                   seconds=state.get("seconds", 0.0), clock_origin=state.get("clock_origin"))

@@ -66,3 +66,14 @@ def test_replace_via_staging_keeps_the_old_run_when_filling_fails(tmp_path):
 
     assert replace_via_staging(run, lambda s: (s / "new.txt").write_text("new")) == 3
     assert sorted(p.name for p in run.iterdir()) == ["new.txt"]
+
+
+def test_the_run_clock_runs_on_through_a_worker_restart_and_skips_the_time_no_driver_ran():
+    from pipelines.engine import run_clock_origin
+
+    assert run_clock_origin(RunState(), 1000.0) == 1000.0  # a new run counts from its start
+    # Saved at 100 + 50 = 150 s, after this session began at 120: a restarted worker group
+    # keeps the clock, the time lost to the failure included.
+    assert run_clock_origin(RunState(seconds=50.0, clock_origin=100.0), 120.0) == 100.0
+    # Saved before this session began at 1000: resumed, 50 s in already.
+    assert run_clock_origin(RunState(seconds=50.0, clock_origin=100.0), 1000.0) == 950.0
