@@ -1,16 +1,19 @@
-"""`raysift norms | cluster | select IN OUT`: one operator as a batch job, Parquet in and out.
+"""`raysift norms | cluster | select | score ... IN OUT`: one operator as a batch job, Parquet in
+and out.
 
 IN is a Parquet file or directory, OUT a new directory; both may be local paths or URIs that
 pyarrow reads (s3://, gs://, ...). The data streams through Ray Data, so IN may be far larger
 than memory. The lead CLI calls `add_commands`; notebooks and jobs call `norms_job`,
-`cluster_job` and `select_job`.
+`cluster_job`, `select_job` and `score_job`.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +23,11 @@ import ray
 from operators.cluster import KMeans, drop_near_duplicates
 from operators.contract import ID, LABEL, X, DataError, data_errors
 from operators.norms import KINDS, Norms, add_norms, class_norm_stats
+from operators.predict import score
 from operators.select import Selection, balanced_draw, random_draw, require
+
+from .config import ConfigError
+from .engine import saved_model
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +102,48 @@ def select_job(src: str, dst: str, per_class: int | None = None, ratio: float | 
     return sel
 
 
+def score_job(model: str, src: str, dst: str, *, with_embedding: bool = False,
+              keep_features: bool = False, batch_size: int = 1024, num_actors: int = 1,
+              use_gpu: bool = False, column: str = X, label_column: str = LABEL) -> dict:
+    """Write every row of `src` with the model's `loss`, `margin`, `pred`, `correct` (when
+    rows have labels) and optionally `embedding` (operators/predict.py), on an actor pool;
+    `model` is a run directory or a model file a run wrote. Returns the model's spec."""
+    _, spec = saved_model(model)  # a bad model path fails before anything is read
+    ds = read(src)
+    require(ds, [column], where=src)
+    if use_gpu and ray.cluster_resources().get("GPU", 0) < 1:
+        raise ConfigError("--use-gpu: the Ray cluster has no GPU")
+    _check_scorable(ds, src, column, label_column, spec)
+    write(score(ds, functools.partial(_model_of, str(Path(model).resolve())),
+                batch_size=batch_size, num_actors=num_actors, use_gpu=use_gpu,
+                with_embedding=with_embedding, keep_features=keep_features, column=column,
+                label_column=label_column, x_shape=tuple(spec["x_shape"])), dst)
+    return spec
+
+
+def _check_scorable(ds: ray.data.Dataset, src: str, column: str, label_column: str,
+                    spec: dict) -> None:
+    """Refuse rows the model cannot take, before the scoring pool starts: a feature row whose
+    size is not the model's input, a label outside its classes (one pass over the label column
+    alone)."""
+    x_shape = tuple(spec["x_shape"])
+    first = np.asarray(ds.select_columns([column]).take(1)[0][column])
+    if first.size != int(np.prod(x_shape)):
+        raise DataError(f"{src}: column '{column}': rows of shape {first.shape}, the model "
+                        f"takes {x_shape}")
+    if label_column in ds.schema().names:
+        labels = ds.select_columns([label_column])
+        lo, hi = labels.min(label_column), labels.max(label_column)
+        if lo < 0 or hi >= spec["num_classes"]:
+            raise DataError(f"{src}: column '{label_column}': label {lo if lo < 0 else hi} is "
+                            f"outside the model's {spec['num_classes']} classes")
+
+
+def _model_of(path: str):
+    """The model alone, built once in each scoring actor."""
+    return saved_model(path)[0]
+
+
 def _chosen_rows(batch: dict, ids: np.ndarray, reasons: np.ndarray) -> dict:
     """The batch's rows whose id is in the sorted `ids`, with their reason."""
     pos = np.searchsorted(ids, batch[ID])
@@ -140,6 +189,22 @@ def _select_command(args: argparse.Namespace) -> None:
     print(f"select: {len(sel)} rows -> {args.output}")
     for note in sel.notes:
         print(f"  note: {note}")
+
+
+def _score_command(args: argparse.Namespace) -> None:
+    _show_progress()
+    score_job(args.model, args.input, args.output, with_embedding=args.embedding,
+              keep_features=args.keep_features, batch_size=args.batch_size,
+              num_actors=args.num_actors, use_gpu=args.use_gpu, column=args.feature_column,
+              label_column=args.label_column)
+    scored = read(args.output)
+    if "correct" in scored.schema().names:
+        correct = scored.select_columns(["correct"]).to_pandas()["correct"]
+        print(f"score: {len(correct)} rows, {int((~correct).sum())} mispredicted "
+              f"-> {args.output}")
+    else:
+        print(f"score: {scored.count()} rows, no labels: scored against the model's "
+              f"predictions -> {args.output}")
 
 
 def _positive_int(text: str) -> int:
@@ -195,7 +260,7 @@ def _io_and_norm_options(p: argparse.ArgumentParser, norm_help: str) -> None:
 
 
 def add_commands(subparsers) -> None:
-    """Register `norms`, `cluster` and `select` on the CLI's subparsers."""
+    """Register `norms`, `cluster`, `select` and `score` on the CLI's subparsers."""
     p = subparsers.add_parser("norms", help="add a per-sample norm column (M1 step 2)")
     _io_and_norm_options(p, "which norm (default pixel_weighted_l2)")
     p.set_defaults(func=_norms_command)
@@ -226,3 +291,25 @@ def add_commands(subparsers) -> None:
     how.add_argument("--ratio", type=_ratio, help="a seeded uniform draw of this fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of --ratio (default 0)")
     p.set_defaults(func=_select_command)
+
+    p = subparsers.add_parser(
+        "score", help="add a trained model's loss, margin, pred, correct (and embedding)",
+        description="Score every row of IN with a model a raysift run trained, on a Ray Data "
+                    "actor pool: an active-learning query from a model you already have. "
+                    "Without a label column each row is scored against the model's own "
+                    "prediction (loss = -log p(pred), margin = p(pred) - p(runner-up)).",
+        epilog="example: raysift score runs/demo/m2 pool.parquet scored/ --embedding")
+    p.add_argument("model", metavar="MODEL",
+                   help="a run directory (its final/model.pt) or a model file a run wrote")
+    p.add_argument("input", metavar="IN", help="Parquet file or directory (path or URI)")
+    p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
+    p.add_argument("--feature-column", default=X, help=f"default {X}; flat rows are reshaped "
+                                                      f"to the model's input shape")
+    p.add_argument("--label-column", default=LABEL, help=f"default {LABEL}")
+    p.add_argument("--embedding", action="store_true",
+                   help="also write the model's embedding (the input of its last stage)")
+    p.add_argument("--keep-features", action="store_true", help="keep the feature column")
+    p.add_argument("--batch-size", type=_positive_int, default=1024, help="default 1024")
+    p.add_argument("--num-actors", type=_positive_int, default=1, help="default 1")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per scoring actor")
+    p.set_defaults(func=_score_command)

@@ -1,9 +1,13 @@
-"""The norms, cluster and select batch jobs: Parquet in, Parquet out, and their errors."""
+"""The norms, cluster, select and score batch jobs: Parquet in, Parquet out, and their errors."""
 import argparse
+import re
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
 
 from operators.contract import ID, LABEL, X, DataError, from_columns
 from operators.keys import hash_keys
@@ -102,3 +106,84 @@ def test_job_errors_name_the_problem(ray_session, tmp_path):
                  ["norms", src, "o", "--channel-weights", "a,b"]):
         with pytest.raises(SystemExit):
             _cli(*argv)
+
+
+def linear_scores(input_shape, num_classes):
+    """logits = W x on the flat features: with W = [[1, 0], [0, 1], [0, 0]], rows [a, b] score
+    [a, b, 0] (the model file below holds that W)."""
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, num_classes, bias=False))
+
+
+def _model_file(path):
+    from pipelines.config import ModelConfig
+    from pipelines.engine import model_spec
+
+    weights = {"1.weight": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])}
+    spec = model_spec(ModelConfig(name="test_operator_jobs:linear_scores"), 3, [1, 2])
+    torch.save({"model": weights, "spec": spec}, path)
+    return path
+
+
+def _user_pool(path, rows, labels=None):
+    """A user's own Parquet: a flat `pixels` list column, `key` and optionally `target`."""
+    table = {"key": [f"r{i}" for i in range(len(rows))],
+             "pixels": pa.array(rows, pa.list_(pa.float32()))}
+    if labels is not None:
+        table["target"] = labels
+    pq.write_table(pa.table(table), path)
+    return path
+
+
+def test_score_job_adds_the_models_scores_to_a_users_rows(ray_session, tmp_path, capsys):
+    model = _model_file(tmp_path / "model.pt")
+    src = _user_pool(tmp_path / "pool.parquet", [[2.0, 0.0], [0.0, 1.0], [-1.0, -2.0]], [0, 0, 2])
+    _cli("score", model, src, tmp_path / "out", "--feature-column", "pixels",
+         "--label-column", "target", "--batch-size", 2)
+    rows = sorted(ray.data.read_parquet(str(tmp_path / "out")).take_all(), key=lambda r: r["key"])
+    assert [r["key"] for r in rows] == ["r0", "r1", "r2"] and "pixels" not in rows[0]
+    assert [r["target"] for r in rows] == [0, 0, 2]
+    assert [r["pred"] for r in rows] == [0, 1, 2] and [r["correct"] for r in rows] == [
+        True, False, True]
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -2.0, 0.0]])
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    np.testing.assert_allclose([r["loss"] for r in rows], -np.log(p[[0, 1, 2], [0, 0, 2]]),
+                               rtol=1e-6)
+    np.testing.assert_allclose([r["margin"] for r in rows],
+                               [p[0, 0] - p[0, 1], p[1, 0] - p[1, 1], p[2, 2] - p[2, 0]],
+                               rtol=1e-6)
+    assert capsys.readouterr().out.strip().endswith("3 rows, 1 mispredicted -> "
+                                                    + str(tmp_path / "out"))
+
+
+def test_score_job_without_labels_scores_against_the_prediction(ray_session, tmp_path):
+    model = _model_file(tmp_path / "model.pt")
+    src = _user_pool(tmp_path / "pool.parquet", [[2.0, 0.0], [0.0, 1.0]])
+    _cli("score", model, src, tmp_path / "out", "--feature-column", "pixels", "--keep-features")
+    rows = sorted(ray.data.read_parquet(str(tmp_path / "out")).take_all(), key=lambda r: r["key"])
+    assert "correct" not in rows[0] and list(rows[0]["pixels"]) == [2.0, 0.0]
+    p = np.exp([2.0, 0.0, 0.0]) / np.exp([2.0, 0.0, 0.0]).sum()
+    assert rows[0]["pred"] == 0 and rows[0]["loss"] == pytest.approx(-np.log(p[0]))
+    assert rows[0]["margin"] == pytest.approx(p[0] - p[1])
+
+
+def test_score_job_errors_name_the_problem(ray_session, tmp_path, capsys):
+    from pipelines.cli import main
+
+    model = _model_file(tmp_path / "model.pt")
+    src = _user_pool(tmp_path / "pool.parquet", [[2.0, 0.0], [0.0, 1.0]], [0, 7])
+    wide = _user_pool(tmp_path / "wide.parquet", [[2.0, 0.0, 1.0]], [0])
+    not_a_model = tmp_path / "notes.txt"
+    not_a_model.write_text("hello")
+    cases = [
+        ((model, src, tmp_path / "a", "--feature-column", "pixels", "--label-column", "target"),
+         "pool.parquet: column 'target': label 7 is outside the model's 3 classes"),
+        ((model, wide, tmp_path / "b", "--feature-column", "pixels"),
+         r"wide.parquet: column 'pixels': rows of shape \(3,\), the model takes \(1, 2\)"),
+        ((not_a_model, src, tmp_path / "c"), "notes.txt: not a model file raysift wrote"),
+        ((tmp_path, src, tmp_path / "d"), "no model here: give a run directory"),
+        ((model, src, tmp_path / "e"), r"missing column\(s\) \['x'\]"),
+    ]
+    for argv, message in cases:
+        assert main(["score", *map(str, argv)]) == 2, message
+        err = capsys.readouterr().err
+        assert re.search("raysift: error: .*" + message, err), err

@@ -46,3 +46,11 @@ def test_the_actor_pool_scores_every_row_with_the_model(ray_session):
     assert rows["correct"][order].tolist() == [i % 3 == 0 for i in range(60)]
     assert (rows["pred"] == 0).all()
     assert set(rows) == {ID, LABEL, "loss", "correct", "margin", "pred"}
+
+
+def test_without_labels_a_row_is_scored_against_its_prediction():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]))
+    out = score_logits(logits, None)
+    assert "correct" not in out and out["pred"].tolist() == [0, 2]
+    np.testing.assert_allclose(out["margin"].numpy(), [0.7 - 0.2, 0.6 - 0.3], atol=1e-6)
+    np.testing.assert_allclose(out["loss"].numpy(), [-np.log(0.7), -np.log(0.6)], atol=1e-6)
