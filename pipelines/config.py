@@ -107,17 +107,19 @@ class AugmentConfig:
 
 
 STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch")
-MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial")
+MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
+ASCENTS = ("mean", "sample")
+MOMENTS = ("channel", "spatial")
 
 
 @dataclass
 class MixupConfig:
     """How training batches are mixed (after the single-sample transforms)."""
 
-    kind: str = "none"  # none | mixup | cutmix | pairing | adversarial
+    kind: str = "none"  # none | mixup | cutmix | pairing | adversarial | moex
     alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
-    layer: int = 0  # mixup, adversarial: 0 mixes inputs, k > 0 the input of model stage k
+    layer: int = 0  # mixup, adversarial, moex: 0 mixes inputs, k > 0 the input of model stage k
     per_sample: bool = True  # one lam per sample, or one per batch (input mixup, cutmix)
     n_steps: int = 1  # adversarial: gradient-ascent steps on lam
     gamma: float = 0.002  # adversarial: step size
@@ -125,6 +127,9 @@ class MixupConfig:
     clip: bool = True  # adversarial: keep lam in [0, 1]
     keep_rose: bool = True  # adversarial: keep the new lam only where the loss rose
     target_ratio: str = "perturbed"  # adversarial: mix targets with the perturbed or drawn lam
+    ascent: str = "mean"  # adversarial: step on the batch-mean loss (AMP) or each sample's own
+    moex_lambda: float = 0.9  # moex: target weight of the sample's own label
+    moments: str = "channel"  # moex: over the channels (positional norm) or the positions
     smoothing: float = 0.0  # label smoothing, with or without mixing
 
 
@@ -207,10 +212,14 @@ class JobConfig:
         check_field(m.target_ratio in TARGET_RATIOS, "mixup.target_ratio", m.target_ratio,
                f"one of {', '.join(TARGET_RATIOS)}")
         check_field(0 <= m.smoothing < 1, "mixup.smoothing", m.smoothing, "in [0, 1)")
+        check_field(m.ascent in ASCENTS, "mixup.ascent", m.ascent, f"one of {', '.join(ASCENTS)}")
+        check_field(0 <= m.moex_lambda <= 1, "mixup.moex_lambda", m.moex_lambda, "in [0, 1]")
+        check_field(m.moments in MOMENTS, "mixup.moments", m.moments,
+                    f"one of {', '.join(MOMENTS)}")
         if self.model.name == "textcnn" and m.kind != "none":
             text = "for textcnn, whose input is token ids"
-            check_field(m.kind in ("mixup", "adversarial"), "mixup.kind", m.kind,
-                   f"mixup or adversarial {text}")
+            check_field(m.kind in ("mixup", "adversarial", "moex"), "mixup.kind", m.kind,
+                   f"mixup, adversarial or moex {text}")
             check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
         if self.strategy.name == "infobatch":
