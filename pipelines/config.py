@@ -200,6 +200,9 @@ class JobConfig:
             vocab = self.model.kwargs.setdefault("vocab_size", src.max_vocab)
             check_field(isinstance(vocab, int) and vocab >= src.max_vocab, "model.kwargs.vocab_size",
                    vocab, f"an integer >= source.max_vocab ({src.max_vocab})")
+            if self.model.kwargs.get("word_vectors"):
+                # Pretrained vectors go to the words of this run's vocabulary (ingest writes it).
+                self.model.kwargs["vocab"] = str(Path(self.run_dir) / "data" / "vocab.json")
 
     def _validate_mixup(self) -> None:
         m = self.mixup
