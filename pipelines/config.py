@@ -133,6 +133,28 @@ class MixupConfig:
     smoothing: float = 0.0  # label smoothing, with or without mixing
 
 
+SYNTHESIZE_KINDS = ("none", "vae", "gan", "style", "neural", "moex")
+
+
+@dataclass
+class SynthesizeConfig:
+    """Synthetic rows added to the train split before training (M4), with their provenance."""
+
+    kind: str = "none"  # none | vae | gan | style | neural | moex
+    per_class: int = 100  # rows added per class (moex: about as many)
+    epochs: int = 200  # vae, gan, neural: training epochs of the generator or augmenter
+    lr: float = 0.001  # vae, gan, neural
+    batch_size: int = 64  # vae, gan, neural
+    latent: int = 16  # vae, gan: noise dimensions
+    hidden: int = 256  # vae, gan: width of the MLPs
+    steps: int = 50  # style: Adam steps per new sample
+    style_weight: float = 10.0  # style: against content weight 1
+    tv_weight: float = 0.1  # style: total variation
+    content_weight: float = 1.0  # neural: content loss against classification weight 1
+    moex_lambda: float = 0.9  # moex: target weight of the sample's own label
+    moments: str = "spatial"  # moex on inputs: over the positions, or the channels
+
+
 @dataclass
 class JobConfig:
     name: str = "job"
@@ -145,6 +167,7 @@ class JobConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
 
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
@@ -179,6 +202,7 @@ class JobConfig:
         check_field(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
         self._validate_text()
         self._validate_mixup()
+        self._validate_synthesize()
         # Late import: the transform catalogue lives beside the loss, which imports this module.
         from .augmentation import build_transforms
 
@@ -203,6 +227,22 @@ class JobConfig:
             if self.model.kwargs.get("word_vectors"):
                 # Pretrained vectors go to the words of this run's vocabulary (ingest writes it).
                 self.model.kwargs["vocab"] = str(Path(self.run_dir) / "data" / "vocab.json")
+
+    def _validate_synthesize(self) -> None:
+        y = self.synthesize
+        check_field(y.kind in SYNTHESIZE_KINDS, "synthesize.kind", y.kind,
+                    f"one of {', '.join(SYNTHESIZE_KINDS)}")
+        for name in ("per_class", "epochs", "batch_size", "latent", "hidden", "steps"):
+            check_field(getattr(y, name) >= 1, f"synthesize.{name}", getattr(y, name), ">= 1")
+        for name in ("lr", "style_weight", "tv_weight", "content_weight"):
+            check_field(getattr(y, name) >= 0, f"synthesize.{name}", getattr(y, name), ">= 0")
+        check_field(y.lr > 0, "synthesize.lr", y.lr, "> 0")
+        check_field(0 <= y.moex_lambda <= 1, "synthesize.moex_lambda", y.moex_lambda, "in [0, 1]")
+        check_field(y.moments in MOMENTS, "synthesize.moments", y.moments,
+                    f"one of {', '.join(MOMENTS)}")
+        if y.kind != "none":
+            check_field(self.source.kind != "text", "synthesize.kind", y.kind,
+                        "none for a text source (token ids cannot be generated or blended)")
 
     def _validate_mixup(self) -> None:
         m = self.mixup
