@@ -226,7 +226,8 @@ class JobConfig:
                    vocab, f"an integer >= source.max_vocab ({src.max_vocab})")
             if self.model.kwargs.get("word_vectors"):
                 # Pretrained vectors go to the words of this run's vocabulary (ingest writes it).
-                self.model.kwargs["vocab"] = str(Path(self.run_dir) / "data" / "vocab.json")
+                vocab_file = Path(self.run_dir).resolve() / "data" / "vocab.json"
+                self.model.kwargs["vocab"] = str(vocab_file)
 
     def _validate_synthesize(self) -> None:
         y = self.synthesize
