@@ -155,14 +155,14 @@ def generate(run_dir: str | Path, out: str, n: int, per_class: bool = False,
 
     folder = Path(run_dir) / GENERATORS
     found = [k for k in generative.KINDS if (folder / f"{k}.pt").exists()]
-    if kind is None and len(found) != 1:
-        raise DataError(f"{folder}: {'no saved generator' if not found else 'both vae and gan'}"
-                        f" ({', '.join(f'{k}.pt' for k in generative.KINDS)}); "
-                        + ("run a job with synthesize.kind vae or gan" if not found
-                           else "pick one with --kind"))
+    if not found:
+        raise DataError(f"{folder}: no saved generator (vae.pt or gan.pt); run a job with "
+                        f"synthesize.kind vae or gan first")
+    if kind is None and len(found) > 1:
+        raise DataError(f"{folder}: holds both vae.pt and gan.pt; pick one with --kind")
     kind = kind or found[0]
     if kind not in found:
-        raise DataError(f"{folder / f'{kind}.pt'} does not exist")
+        raise DataError(f"{folder / f'{kind}.pt'} does not exist (found {found[0]}.pt)")
     model = generative.load(folder / f"{kind}.pt")
     k = model.spec.num_classes
     counts = {c: n if per_class else n // k + (c < n % k) for c in range(k)}
