@@ -2,19 +2,15 @@
 mean and standard deviation of a partner, and its target leans towards the partner's label.
 
 `exchange_moments` is the rule on a batch of feature maps, used at a hidden layer during training
-(pipelines/moex.py) and on the inputs by `moex_dataset`, which writes the exchanged rows with
-their provenance. Moments are taken per sample and position over the channels (positional
+(pipelines/moex.py) and on the inputs by `MomentMixer`, which operators.mixup.mix_dataset runs
+as a Ray Data job that writes the exchanged rows with their provenance. Moments are taken per sample and position over the channels (positional
 normalisation, the paper's choice) or per sample and channel over the positions ('spatial',
 instance normalisation: for one-channel inputs, where moments over one channel say nothing).
 """
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
 import torch
 
-from .augment import IdScheme, block_generator, one_hot, rows_table
-from .contract import ID, LABEL, X, check_finite, features, require_columns
 from .mixup import cycle_partners
 
 MOMENTS = ("channel", "spatial")
@@ -60,44 +56,22 @@ def check_lambda(lam: float) -> float:
     return float(lam)
 
 
-def _moex_block(batch: dict, num_classes: int, lam: float, over: str, seed: int,
-                ids: IdScheme, copies: int) -> pa.Table:
-    require_columns(batch, [ID, LABEL, X], "moex_dataset")
-    row_ids = np.asarray(batch[ID], dtype=np.int64)
-    x = features(batch)
-    check_finite(x, row_ids)
-    y = one_hot(batch[LABEL], num_classes, row_ids)
-    first = int(row_ids[0]) if len(row_ids) else 0
-    tables = []
-    for c in range(copies):
-        if len(row_ids) >= 2:
-            partner = cycle_partners(len(x), block_generator(seed, first, c, "moex"))
-            xm = exchange_moments(torch.from_numpy(x), partner, over).numpy()
-            ym = moex_targets(torch.from_numpy(y), partner, lam).numpy()
-            partner = partner.numpy()
-        else:  # a block of one row has no partner: nothing to exchange
-            xm, ym, partner = x[:0], y[:0], np.zeros(0, np.int64)
-            row_ids = row_ids[:0]
-        parents = np.stack([row_ids, row_ids[partner]], 1)
-        tables.append(rows_table(ids.new_ids(row_ids, c), ym.argmax(1), xm, "moex", parents,
-                                 ym))
-    return pa.concat_tables(tables)
+class MomentMixer:
+    """MoEx on the inputs as an offline mixer for operators.mixup.mix_dataset: each sample takes
+    the moments of its partner along a random cycle of the batch, its target is lam own label
+    + (1 - lam) the partner's."""
 
+    name = "moex"
 
-def moex_dataset(ds, *, num_classes: int, seed: int, ids: IdScheme, lam: float = 0.9,
-                 over: str = "spatial", copies: int = 1, batch_size: int | None = None):
-    """`copies` moment-exchanged rows per input row, partners along a random cycle of each block
-    (only the new rows; union with `tag_real(ds)`). `parent_ids` = [sample, moment donor];
-    `y_soft` = lam * own one-hot + (1 - lam) * donor's; `label` its largest entry."""
-    check_lambda(lam)
-    if over not in MOMENTS:
-        raise ValueError(f"over: expected one of {MOMENTS}, got {over!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
-    if copies < 1:
-        raise ValueError(f"copies: must be >= 1, got {copies}")
-    return ds.map_batches(
-        _moex_block,
-        fn_kwargs={"num_classes": num_classes, "lam": lam, "over": over, "seed": seed,
-                   "ids": ids, "copies": copies},
-        batch_size=batch_size, batch_format="numpy")
+    def __init__(self, lam: float = 0.9, over: str = "spatial"):
+        if over not in MOMENTS:
+            raise ValueError(f"over: expected one of {MOMENTS}, got {over!r}")
+        self.lam, self.over = check_lambda(lam), over
+
+    def apply(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+        """(exchanged x, soft targets, partner index)."""
+        partner = cycle_partners(len(x), generator)
+        return exchange_moments(x, partner, self.over), moex_targets(y, partner, self.lam), partner
+
+    def __call__(self, x, y, generator):
+        return self.apply(x, y, generator)[:2]

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .augment import IdScheme, block_generator, one_hot, rows_table
-from .contract import ID, LABEL, X, DataError, check_finite, features, require_columns
+from .augment import IdScheme, block_generator, class_rows, one_hot, rows_table
+from .contract import LABEL, DataError
 
 
 def draw_pairs(n: int, n_pairs: int, generator: torch.Generator) -> tuple[torch.Tensor,
@@ -31,12 +31,7 @@ def draw_pairs(n: int, n_pairs: int, generator: torch.Generator) -> tuple[torch.
 
 def _pair_group(batch: dict, combine, per_class: int, seed: int, ids: IdScheme,
                 num_classes: int, source: str, batch_size: int) -> pa.Table:
-    require_columns(batch, [ID, LABEL, X], "pair_dataset")
-    order = np.argsort(np.asarray(batch[ID], dtype=np.int64), kind="stable")
-    row_ids = np.asarray(batch[ID], dtype=np.int64)[order]
-    x = features(batch)[order]
-    check_finite(x, row_ids)
-    label = int(batch[LABEL][0])
+    row_ids, x, label = class_rows(batch, "pair_dataset")
     if len(row_ids) < 2:
         raise DataError(f"pair_dataset: class {label} has only id {int(row_ids[0])}; a pair "
                         f"needs 2 samples of a class")

@@ -16,7 +16,6 @@ a classifier raysift has trained.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .augment import spatial_dims

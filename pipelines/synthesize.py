@@ -32,7 +32,8 @@ import torch
 from operators.augment import IdScheme
 from operators.contract import ID, LABEL, X, DataError, data_errors, features
 from operators.generate import sample_dataset
-from operators.moex import moex_dataset
+from operators.mixup import mix_dataset
+from operators.moex import MomentMixer
 from operators.pairs import pair_dataset
 from operators.style import StyleTransfer, random_extractor
 
@@ -73,8 +74,9 @@ def synthetic_rows(job: JobConfig, data_dir: Path, run_dir: Path) -> ray.data.Da
     train = read_split(data_dir, "train")
     if cfg.kind == "moex":
         copies = max(1, round(cfg.per_class * k / info.counts["train"]))
-        return moex_dataset(train.random_shuffle(seed=seed % 2 ** 32), num_classes=k, seed=seed,
-                            ids=IDS, lam=cfg.moex_lambda, over=cfg.moments, copies=copies)
+        return mix_dataset(train.random_shuffle(seed=seed % 2 ** 32),
+                           MomentMixer(cfg.moex_lambda, cfg.moments), num_classes=k, seed=seed,
+                           ids=IDS, copies=copies)
     if cfg.kind == "style":
         rule = StyleTransfer(random_extractor(tuple(info.x_shape), seed), steps=cfg.steps,
                              style_weight=cfg.style_weight, tv_weight=cfg.tv_weight)

@@ -8,7 +8,9 @@ from torch import nn
 
 from operators.augment import IdScheme
 from operators.contract import ID, LABEL, X, from_columns
-from operators.moex import exchange_moments, moex_dataset, moex_targets
+from operators.mixup import mix_dataset
+from operators.moex import MomentMixer, exchange_moments, moex_targets
+from pipelines.models import Staged
 from pipelines.moex import MomentExchange
 
 
@@ -42,17 +44,6 @@ def test_targets_weigh_the_own_label_by_lam():
                           torch.tensor([[0.9, 0, 0.1], [0.1, 0.9, 0], [0, 0.1, 0.9]]))
 
 
-class Staged(nn.Module):
-    def __init__(self, stages):
-        super().__init__()
-        self.stages = nn.ModuleList(stages)
-
-    def forward(self, x):
-        for stage in self.stages:
-            x = stage(x)
-        return x
-
-
 def test_training_loss_is_the_models_pass_on_exchanged_features():
     torch.manual_seed(0)
     model = Staged([nn.Linear(4, 6), nn.Linear(6, 3)]).double()
@@ -75,7 +66,7 @@ def test_offline_rows_carry_provenance_and_repeat_with_the_seed(ray_session):
     x = np.random.default_rng(0).normal(size=(n, 1, 5)).astype(np.float32)
     ds = from_columns({ID: ids, LABEL: np.arange(n) % 2, X: x}, rows_per_block=4)
     scheme = IdScheme(offset=1000, stride=1000)
-    rows = moex_dataset(ds, num_classes=2, seed=1, ids=scheme, lam=0.9).take_all()
+    rows = mix_dataset(ds, MomentMixer(0.9), num_classes=2, seed=1, ids=scheme).take_all()
     assert len(rows) == n
     by_id = dict(zip(ids.tolist(), x))
     for r in rows:
@@ -90,5 +81,5 @@ def test_offline_rows_carry_provenance_and_repeat_with_the_seed(ray_session):
         same = (own - donor) % 2 == 0
         assert y[(own - 100) % 2] == pytest.approx(1.0 if same else 0.9)
         assert r[LABEL] == (own - 100) % 2
-    again = moex_dataset(ds, num_classes=2, seed=1, ids=scheme, lam=0.9).take_all()
+    again = mix_dataset(ds, MomentMixer(0.9), num_classes=2, seed=1, ids=scheme).take_all()
     assert [np.asarray(r[X]).tolist() for r in rows] == [np.asarray(r[X]).tolist() for r in again]
