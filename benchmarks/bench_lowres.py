@@ -164,7 +164,7 @@ def synthetic(method: str, x, y, k: int, x_shape, args, seed: int):
 
 def fit(job, method: str, data: dict, shots: int, seed: int, args) -> dict:
     """Train on the labelled draw; the test accuracy of the best validation epoch."""
-    k = data["num_classes"]
+    k, started = data["num_classes"], time.perf_counter()
     idx = draw_labelled(data["train"][1], shots, seed)
     x, y = data["train"][0][idx], data["train"][1][idx]
     torch.manual_seed(derive_seed(seed, "init", shots))
@@ -209,6 +209,7 @@ def fit(job, method: str, data: dict, shots: int, seed: int, args) -> dict:
         out = build_mixer(job.mixup)(model, x, F.one_hot(y, k).float(),
                                      batch_generator(seed, 0, args.epochs, 0, 0))
         result.update(out.stats())
+    result["seconds"] = time.perf_counter() - started  # generators and evaluations included
     return result
 
 
@@ -220,7 +221,7 @@ def mean_std(values) -> str:
 def table(results: list[dict], columns: list[str]) -> str:
     """Test accuracy (%) per dataset and shots, a column per method; then the paired gain of
     each adversarial column over hidden-layer mixup (same seeds) and the mean |lam - lam0| its
-    step made; last, the mean epoch chosen per method."""
+    step made; last, the mean epoch chosen and the mean wall seconds of a run per method."""
     cells = {}
     for r in results:
         cells.setdefault((r["dataset"], r["shots"]), {}).setdefault(r["method"], []).append(r)
@@ -229,7 +230,7 @@ def table(results: list[dict], columns: list[str]) -> str:
     head = ["dataset", "shots", *columns]
     for c in adversarial:
         head += [f"{c} - hidden", f"lam change {c}"]
-    head.append("epochs chosen")
+    head += ["epochs chosen", "wall s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (dataset, shots), by in cells.items():
         row = [dataset, str(shots)] + [mean_std([r["test"] for r in by[c]]) if c in by else "-"
@@ -242,6 +243,8 @@ def table(results: list[dict], columns: list[str]) -> str:
             row += [mean_std(gain), f"{np.mean([r['lam_change'] for r in by[c]]):.4f}"]
         row.append(" / ".join(f"{np.mean([r['epoch'] for r in by[c]]):.0f}" if c in by else "-"
                               for c in columns))
+        row.append(" / ".join(f"{np.mean([r['seconds'] for r in by[c]]):.0f}"
+                              if c in by and "seconds" in by[c][0] else "-" for c in columns))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
