@@ -30,7 +30,7 @@ import ray
 import torch
 
 from operators.augment import IdScheme
-from operators.contract import ID, LABEL, X, DataError, data_errors, features
+from operators.contract import ID, LABEL, PIXEL_MAX, X, DataError, data_errors, features
 from operators.generate import sample_dataset
 from operators.mixup import mix_dataset
 from operators.moex import MomentMixer
@@ -119,7 +119,7 @@ def add_synthetic(job: JobConfig, data_dir: Path, run_dir: Path):
     train_dir = data_dir / "train"
     x = features({X: np.concatenate([c.to_numpy() for c in table.column(X).chunks])})
     pq.write_table(pa.table({ID: table.column(ID), LABEL: table.column(LABEL),
-                             X: _like_train(x, train_dir)}), train_dir / TRAIN_SHARD)
+                             X: like_train(x, train_dir)}), train_dir / TRAIN_SHARD)
     info = load_info(data_dir)
     labels = table.column(LABEL).to_numpy()
     info.counts["train"] += len(labels)
@@ -137,15 +137,15 @@ def _new_dir(path: Path) -> Path:
     return path
 
 
-def _like_train(x: np.ndarray, train_dir: Path):
-    """x as a tensor column of the train shards' dtype: 8-bit shards hold round(255 x), which
-    `features` scales back to x."""
+def like_train(x: np.ndarray, train_dir: Path):
+    """x as a tensor column of the train shards' dtype: 8-bit shards hold round(x * PIXEL_MAX)
+    clipped to the byte's range, which `features` scales back to about x."""
     from ray.data.extensions import ArrowTensorArray
 
     first = sorted(train_dir.glob("part-*.parquet"))[0]
     dtype = pq.read_table(first, columns=[X]).column(X).chunk(0).to_numpy().dtype
     if dtype == np.uint8:
-        x = np.clip(np.rint(x * 255), 0, 255)
+        x = np.clip(np.rint(x * PIXEL_MAX), 0, 255)
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(x.astype(dtype)))
 
 

@@ -9,7 +9,7 @@ import pytest
 from pipelines.cli import main
 from pipelines.config import ConfigError, from_dict
 from pipelines.ingest import ingest, load_info
-from pipelines.synthesize import SYNTHETIC, TRAIN_SHARD, add_synthetic
+from pipelines.synthesize import SYNTHETIC, TRAIN_SHARD, add_synthetic, like_train
 
 
 @pytest.fixture
@@ -77,3 +77,17 @@ def test_a_text_source_cannot_synthesize():
     with pytest.raises(ConfigError, match="synthesize.kind"):
         from_dict({"source": {"kind": "text", "path": "r.csv"}, "model": {"name": "textcnn"},
                    "synthesize": {"kind": "vae"}})
+
+
+def test_rows_added_to_8_bit_shards_are_bytes_that_read_back_as_the_values(tmp_path):
+    import pyarrow as pa
+    from ray.data.extensions import ArrowTensorArray
+
+    from operators.contract import features
+    pixels = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    pq.write_table(pa.table({"x": ArrowTensorArray.from_numpy(pixels)}),
+                   tmp_path / "part-00000.parquet")
+    column = like_train(np.array([[[0.5, 1.2, -0.1]]], np.float32), tmp_path)
+    stored = column.to_numpy()
+    assert stored.dtype == np.uint8 and stored.tolist() == [[[128, 255, 0]]]
+    assert np.allclose(features({"x": stored}), [[[128 / 255, 1.0, 0.0]]])
