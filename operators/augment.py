@@ -464,6 +464,17 @@ def rows_table(ids, labels, x, source: str, parent_ids: np.ndarray,
     return pa.table(columns)
 
 
+def class_rows(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """One class's group (groupby(label).map_groups) as (ids, features) in id order and the
+    label: the same rows in the same order however the group's task received them."""
+    require_columns(batch, [ID, LABEL, X], where)
+    order = np.argsort(np.asarray(batch[ID], dtype=np.int64), kind="stable")
+    row_ids = np.asarray(batch[ID], dtype=np.int64)[order]
+    x = features(batch)[order]
+    check_finite(x, row_ids)
+    return row_ids, x, int(batch[LABEL][0])
+
+
 def _tag_real_block(batch: dict, num_classes: int | None) -> pa.Table:
     require_columns(batch, [ID, LABEL, X], "tag_real")
     ids = np.asarray(batch[ID], dtype=np.int64)

@@ -12,8 +12,8 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from .augment import (IdScheme, block_generator, box_mask, masked_fill_boxes, one_hot,
-                      per_sample, rows_table, spatial_dims)
+from .augment import (IdScheme, block_generator, box_mask, class_rows, masked_fill_boxes,
+                      one_hot, per_sample, rows_table, spatial_dims)
 from .contract import ID, LABEL, X, DataError, check_finite, features, require_columns
 
 
@@ -230,7 +230,8 @@ def mix_dataset(ds, mixer, *, num_classes: int, seed: int, ids: IdScheme, copies
     `parent_ids` = [sample, partner]; `label` is the class with the largest weight in `y_soft`.
     """
     if not hasattr(mixer, "apply") or not getattr(mixer, "name", None):
-        raise ValueError(f"mixer: expected Mixup, CutMix or SamplePairing, got {mixer!r}")
+        raise ValueError(f"mixer: expected Mixup, CutMix, SamplePairing or MomentMixer, got "
+                         f"{mixer!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     if copies < 1:
@@ -244,12 +245,7 @@ def mix_dataset(ds, mixer, *, num_classes: int, seed: int, ids: IdScheme, copies
 
 def _smote_group(batch: dict, target, k: int, seed: int, ids: IdScheme,
                  num_classes: int | None) -> pa.Table:
-    require_columns(batch, [ID, LABEL, X], "smote_dataset")
-    order = np.argsort(np.asarray(batch[ID], dtype=np.int64), kind="stable")
-    row_ids = np.asarray(batch[ID], dtype=np.int64)[order]
-    x = features(batch)[order]
-    check_finite(x, row_ids)
-    label = int(batch[LABEL][0])
+    row_ids, x, label = class_rows(batch, "smote_dataset")
     want = target.get(label, 0) if isinstance(target, dict) else target
     n_new = max(0, int(want) - len(row_ids))
     if len(row_ids) < 2 and n_new:

@@ -34,6 +34,7 @@ from operators.mixup import (beta, check_smoothing, cycle_partners, smooth_label
                              soft_cross_entropy)
 
 TARGET_RATIOS = ("perturbed", "original")
+ASCENTS = ("mean", "sample")
 
 
 @dataclass
@@ -104,19 +105,24 @@ def _restored_buffers(module: nn.Module):
 
 class AdversarialMixup:
     """Mixup at hidden layer `layer` whose ratio takes `n_steps` gradient-ascent steps of size
-    `gamma` on the batch-mean loss before the model trains on it (n_steps=0: plain mixup at
-    that layer).
+    `gamma` before the model trains on it (n_steps=0: plain mixup at that layer).
 
-    Defaults follow the published AMP code: one step, gamma=0.002, alpha=1, keep the perturbed
+    `ascent='mean'` follows the published AMP code: the step is the gradient of the batch-mean
+    loss, so each sample's step is its own loss's gradient divided by the batch size and shrinks
+    as batches grow. `ascent='sample'` steps each ratio on its own sample's loss (the gradient
+    of the summed loss): the step does not depend on the batch size. Exact when no layer after
+    `layer` mixes samples (BatchNorm in training mode does, a little).
+
+    The other defaults follow AMP too: one step, gamma=0.002, alpha=1, keep the perturbed
     ratio only where the loss rose, and mix the target with the perturbed ratio
-    (`target_ratio='original'` keeps the drawn one). `max_change` bounds |lam - lam0|; `clip`
-    keeps lam in [0, 1] (our choice: on by default).
+    (`target_ratio='original'` keeps the drawn one). `max_change` bounds |lam - lam0| (the
+    source's "controllable strength"); `clip` keeps lam in [0, 1] (our choice: on by default).
     """
 
     def __init__(self, layer: int = 0, alpha: float = 1.0, n_steps: int = 1,
                  gamma: float = 0.002, max_change: float | None = None, clip: bool = True,
                  keep_rose: bool = True, target_ratio: str = "perturbed",
-                 smoothing: float = 0.0):
+                 smoothing: float = 0.0, ascent: str = "mean"):
         if layer < 0:
             raise ValueError(f"layer: must be >= 0, got {layer}")
         if not alpha > 0:
@@ -129,10 +135,12 @@ class AdversarialMixup:
             raise ValueError(f"max_change: must be >= 0 or None, got {max_change}")
         if target_ratio not in TARGET_RATIOS:
             raise ValueError(f"target_ratio: expected one of {TARGET_RATIOS}, got {target_ratio!r}")
+        if ascent not in ASCENTS:
+            raise ValueError(f"ascent: expected one of {ASCENTS}, got {ascent!r}")
         check_smoothing(smoothing)
         self.layer, self.alpha, self.n_steps, self.gamma = layer, float(alpha), n_steps, gamma
         self.max_change, self.clip, self.keep_rose = max_change, clip, keep_rose
-        self.target_ratio, self.smoothing = target_ratio, smoothing
+        self.target_ratio, self.smoothing, self.ascent = target_ratio, smoothing, ascent
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator) -> AdvMixOutput:
@@ -179,7 +187,8 @@ class AdversarialMixup:
                                              self._target(leaf, lam0), self.layer, self.smoothing)
                 if step == 0:
                     before = losses.detach()
-                (grad,) = torch.autograd.grad(losses.mean(), leaf)
+                objective = losses.mean() if self.ascent == "mean" else losses.sum()
+                (grad,) = torch.autograd.grad(objective, leaf)
                 lam = self._bound(leaf.detach() + self.gamma * grad, lam0)
             if not self.keep_rose:
                 return lam, None

@@ -21,6 +21,7 @@ from operators.mixup import CutMix, Mixup, SamplePairing, soft_cross_entropy
 
 from .advmix import AdversarialMixup, unwrap
 from .config import AugmentConfig, ConfigError, JobConfig, MixupConfig
+from .moex import MomentExchange
 from .seeding import derive_seed
 
 TRANSFORMS = {"flip": Flip, "rotate": Rotate, "crop_resize": CropResize, "shear": Shear,
@@ -70,10 +71,13 @@ def build_mixer(mixup: MixupConfig):
         return SamplePairing(m.smoothing)
     if m.kind == "mixup" and m.layer == 0:
         return Mixup(m.alpha, m.per_sample, m.smoothing)
+    if m.kind == "moex":
+        return MomentExchange(m.layer, m.moex_lambda, m.moments, m.smoothing)
     steps = m.n_steps if m.kind == "adversarial" else 0
     return AdversarialMixup(layer=m.layer, alpha=m.alpha, n_steps=steps, gamma=m.gamma,
                             max_change=m.bound, clip=m.clip, keep_rose=m.keep_rose,
-                            target_ratio=m.target_ratio, smoothing=m.smoothing)
+                            target_ratio=m.target_ratio, smoothing=m.smoothing,
+                            ascent=m.ascent)
 
 
 def batch_generator(seed: int, round_index: int, epoch: int, step: int, rank: int,
@@ -88,22 +92,24 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: 
                job: JobConfig, generator: torch.Generator) -> torch.Tensor:
     """The scalar loss to backpropagate for batch (x, y) with integer labels y.
 
-    Order: single-sample transforms, then mixing (input, hidden layer or adversarial) against
-    soft targets; with neither, cross-entropy with `mixup.smoothing` label smoothing.
+    Order: single-sample transforms, then mixing (input, hidden layer, adversarial or moment
+    exchange) against soft targets; with neither, cross-entropy with `mixup.smoothing` label
+    smoothing.
     """
     x = _transformed(x, job.augment, generator)
     mixer = build_mixer(job.mixup)
     if mixer is None:
         return F.cross_entropy(model(x), y, label_smoothing=job.mixup.smoothing)
     target = F.one_hot(y, num_classes).to(x.dtype if x.is_floating_point() else torch.float32)
-    if isinstance(mixer, AdversarialMixup):
+    if isinstance(mixer, (AdversarialMixup, MomentExchange)):
         stages = getattr(unwrap(model), "stages", None)
         if not isinstance(stages, nn.ModuleList) or job.mixup.layer >= len(stages):
             have = f"{len(stages)} stages" if isinstance(stages, nn.ModuleList) else "no stages"
             raise ConfigError(f"mixup.layer: got {job.mixup.layer}, but model "
                               f"{job.model.name!r} has {have} (mixing at layer k needs k < the "
                               f"number of stages)")
-        return mixer(model, x, target, generator).loss
+        out = mixer(model, x, target, generator)
+        return out if isinstance(mixer, MomentExchange) else out.loss
     mixed_x, mixed_target = mixer(x, target, generator)
     return soft_cross_entropy(model(mixed_x), mixed_target)
 

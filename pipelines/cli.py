@@ -4,6 +4,7 @@
     raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch]
     raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
     raysift norms | cluster | select | feedback IN OUT ...   (one operator as a batch job)
+    raysift generate RUN_DIR OUT --n N [--per-class]   (sample a run's VAE or GAN)
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import yaml
 
 from operators.contract import DataError
 
-from . import feedback_job, operator_jobs, transfer
+from . import feedback_job, operator_jobs, synthesize, transfer
 from .config import ConfigError, load_job
 
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_jobs.add_commands(commands)
     feedback_job.add_commands(commands)
     transfer.add_commands(commands)
+    synthesize.add_commands(commands)
     return parser
 
 

@@ -107,17 +107,19 @@ class AugmentConfig:
 
 
 STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch")
-MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial")
+MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
+ASCENTS = ("mean", "sample")
+MOMENTS = ("channel", "spatial")
 
 
 @dataclass
 class MixupConfig:
     """How training batches are mixed (after the single-sample transforms)."""
 
-    kind: str = "none"  # none | mixup | cutmix | pairing | adversarial
+    kind: str = "none"  # none | mixup | cutmix | pairing | adversarial | moex
     alpha: float = 1.0  # lam ~ Beta(alpha, alpha)
-    layer: int = 0  # mixup, adversarial: 0 mixes inputs, k > 0 the input of model stage k
+    layer: int = 0  # mixup, adversarial, moex: 0 mixes inputs, k > 0 the input of model stage k
     per_sample: bool = True  # one lam per sample, or one per batch (input mixup, cutmix)
     n_steps: int = 1  # adversarial: gradient-ascent steps on lam
     gamma: float = 0.002  # adversarial: step size
@@ -125,7 +127,32 @@ class MixupConfig:
     clip: bool = True  # adversarial: keep lam in [0, 1]
     keep_rose: bool = True  # adversarial: keep the new lam only where the loss rose
     target_ratio: str = "perturbed"  # adversarial: mix targets with the perturbed or drawn lam
+    ascent: str = "mean"  # adversarial: step on the batch-mean loss (AMP) or each sample's own
+    moex_lambda: float = 0.9  # moex: target weight of the sample's own label
+    moments: str = "channel"  # moex: over the channels (positional norm) or the positions
     smoothing: float = 0.0  # label smoothing, with or without mixing
+
+
+SYNTHESIZE_KINDS = ("none", "vae", "gan", "style", "neural", "moex")
+
+
+@dataclass
+class SynthesizeConfig:
+    """Synthetic rows added to the train split before training (M4), with their provenance."""
+
+    kind: str = "none"  # none | vae | gan | style | neural | moex
+    per_class: int = 100  # rows added per class (moex: about as many)
+    epochs: int = 200  # vae, gan, neural: training epochs of the generator or augmenter
+    lr: float = 0.001  # vae, gan, neural
+    batch_size: int = 64  # vae, gan, neural
+    latent: int = 16  # vae, gan: noise dimensions
+    hidden: int = 256  # vae, gan: width of the MLPs
+    steps: int = 50  # style: Adam steps per new sample
+    style_weight: float = 10.0  # style: against content weight 1
+    tv_weight: float = 0.1  # style: total variation
+    content_weight: float = 1.0  # neural: content loss against classification weight 1
+    moex_lambda: float = 0.9  # moex: target weight of the sample's own label
+    moments: str = "spatial"  # moex on inputs: over the positions, or the channels
 
 
 @dataclass
@@ -140,6 +167,7 @@ class JobConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig)
 
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
@@ -174,6 +202,7 @@ class JobConfig:
         check_field(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
         self._validate_text()
         self._validate_mixup()
+        self._validate_synthesize()
         # Late import: the transform catalogue lives beside the loss, which imports this module.
         from .augmentation import build_transforms
 
@@ -195,6 +224,26 @@ class JobConfig:
             vocab = self.model.kwargs.setdefault("vocab_size", src.max_vocab)
             check_field(isinstance(vocab, int) and vocab >= src.max_vocab, "model.kwargs.vocab_size",
                    vocab, f"an integer >= source.max_vocab ({src.max_vocab})")
+            if self.model.kwargs.get("word_vectors"):
+                # Pretrained vectors go to the words of this run's vocabulary (ingest writes it).
+                vocab_file = Path(self.run_dir).resolve() / "data" / "vocab.json"
+                self.model.kwargs["vocab"] = str(vocab_file)
+
+    def _validate_synthesize(self) -> None:
+        y = self.synthesize
+        check_field(y.kind in SYNTHESIZE_KINDS, "synthesize.kind", y.kind,
+                    f"one of {', '.join(SYNTHESIZE_KINDS)}")
+        for name in ("per_class", "epochs", "batch_size", "latent", "hidden", "steps"):
+            check_field(getattr(y, name) >= 1, f"synthesize.{name}", getattr(y, name), ">= 1")
+        for name in ("lr", "style_weight", "tv_weight", "content_weight"):
+            check_field(getattr(y, name) >= 0, f"synthesize.{name}", getattr(y, name), ">= 0")
+        check_field(y.lr > 0, "synthesize.lr", y.lr, "> 0")
+        check_field(0 <= y.moex_lambda <= 1, "synthesize.moex_lambda", y.moex_lambda, "in [0, 1]")
+        check_field(y.moments in MOMENTS, "synthesize.moments", y.moments,
+                    f"one of {', '.join(MOMENTS)}")
+        if y.kind != "none":
+            check_field(self.source.kind != "text", "synthesize.kind", y.kind,
+                        "none for a text source (token ids cannot be generated or blended)")
 
     def _validate_mixup(self) -> None:
         m = self.mixup
@@ -207,10 +256,14 @@ class JobConfig:
         check_field(m.target_ratio in TARGET_RATIOS, "mixup.target_ratio", m.target_ratio,
                f"one of {', '.join(TARGET_RATIOS)}")
         check_field(0 <= m.smoothing < 1, "mixup.smoothing", m.smoothing, "in [0, 1)")
+        check_field(m.ascent in ASCENTS, "mixup.ascent", m.ascent, f"one of {', '.join(ASCENTS)}")
+        check_field(0 <= m.moex_lambda <= 1, "mixup.moex_lambda", m.moex_lambda, "in [0, 1]")
+        check_field(m.moments in MOMENTS, "mixup.moments", m.moments,
+                    f"one of {', '.join(MOMENTS)}")
         if self.model.name == "textcnn" and m.kind != "none":
             text = "for textcnn, whose input is token ids"
-            check_field(m.kind in ("mixup", "adversarial"), "mixup.kind", m.kind,
-                   f"mixup or adversarial {text}")
+            check_field(m.kind in ("mixup", "adversarial", "moex"), "mixup.kind", m.kind,
+                   f"mixup, adversarial or moex {text}")
             check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
         if self.strategy.name == "infobatch":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import math
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -103,10 +105,17 @@ class ConvMaxPool(nn.Module):
         return torch.cat([F.relu(conv(h)).amax(dim=2) for conv in self.convs], dim=1)
 
 
-def textcnn(input_shape, num_classes: int, vocab_size: int, dim: int = 64,
-            widths=(3, 4, 5), channels: int = 64, dropout: float = 0.5) -> Staged:
+def textcnn(input_shape, num_classes: int, vocab_size: int, dim: int | None = None,
+            widths=(3, 4, 5), channels: int = 64, dropout: float = 0.5,
+            word_vectors: str | None = None, vocab: str | None = None,
+            freeze_vectors: bool = False) -> Staged:
     """Kim's sentence CNN on (L,) token ids. Stages: 0 embedding, 1 convolutions and max-pool,
-    2 dropout and the dense layer; mixing at layer 1 mixes word vectors, at 2 pooled features."""
+    2 dropout and the dense layer; mixing at layer 1 mixes word vectors, at 2 pooled features.
+
+    `word_vectors` ('glove-6b-50d') starts the embedding from pretrained vectors for the words of
+    `vocab` (the run's vocab.json; set by the job for a text source) and `dim` is theirs; the
+    other words start random at the vectors' scale. `freeze_vectors` keeps them fixed (Kim's
+    CNN-static)."""
     (length,) = input_shape
     widths = list(widths)
     if not 1 <= vocab_size <= 2 ** 24:
@@ -117,9 +126,44 @@ def textcnn(input_shape, num_classes: int, vocab_size: int, dim: int = 64,
                           f"(the token length)")
     if not 0 <= dropout < 1:
         raise ConfigError(f"model.kwargs.dropout: got {dropout}, expected in [0, 1)")
-    return Staged([TokenEmbedding(vocab_size, dim), ConvMaxPool(dim, widths, channels),
+    if word_vectors is None:
+        embedding = TokenEmbedding(vocab_size, dim or 64)
+    else:
+        embedding = _pretrained_embedding(vocab_size, dim, word_vectors, vocab, freeze_vectors)
+    dim = embedding.embedding.embedding_dim
+    return Staged([embedding, ConvMaxPool(dim, widths, channels),
                    nn.Sequential(nn.Dropout(dropout),
                                  nn.Linear(len(widths) * channels, num_classes))])
+
+
+def _pretrained_embedding(vocab_size: int, dim: int | None, name: str, vocab: str | None,
+                          freeze: bool) -> TokenEmbedding:
+    from .text import Vocabulary
+    from .word_vectors import align, load_table
+
+    if vocab is None:
+        raise ConfigError("model.kwargs.vocab: word_vectors needs the run's vocab.json (a job "
+                          "with a text source sets it)")
+    words, table = load_table(name)
+    if dim not in (None, table.shape[1]):
+        raise ConfigError(f"model.kwargs.dim: got {dim}, but {name} has {table.shape[1]} "
+                          f"dimensions")
+    try:
+        vocab_words = Vocabulary.load(vocab).words
+    except (OSError, ValueError, KeyError) as err:
+        raise ConfigError(f"model.kwargs.vocab: cannot read {vocab}: {err}") from None
+    if len(vocab_words) > vocab_size:
+        raise ConfigError(f"model.kwargs.vocab_size: got {vocab_size}, but {vocab} holds "
+                          f"{len(vocab_words)} words")
+    embedding = TokenEmbedding(vocab_size, table.shape[1])
+    weight = embedding.embedding.weight
+    init = weight.detach()[:len(vocab_words)].numpy() * float(np.std(table[:10000]))
+    matrix, _ = align(vocab_words, words, table, init)
+    with torch.no_grad():
+        weight[:len(vocab_words)] = torch.from_numpy(matrix)
+        weight[0] = 0  # <pad>
+    weight.requires_grad_(not freeze)
+    return embedding
 
 
 BUILT_IN = {"mlp": mlp, "cnn1d": cnn1d, "cnn2d": cnn2d, "textcnn": textcnn}

@@ -26,6 +26,7 @@ from .engine import MODEL_FILE, compute_totals, overhead_seconds, train_job
 from .ingest import ingest, load_info
 from .progress import Feed, Progress
 from .run_state import RunState, atomic_write_json, replace_via_staging
+from .synthesize import add_synthetic
 
 SUMMARY = "summary.json"
 JOB_COPY = "job.json"
@@ -155,6 +156,8 @@ def _start_run_dir(run_dir: Path, job: JobConfig):
     """Ingest into a staging folder first: bad input fails before an old run is replaced."""
     def fill(staging: Path):
         info = ingest(job.source, job.seed, staging / "data")
+        if job.synthesize.kind != "none":
+            info = add_synthetic(job, staging / "data", staging)
         atomic_write_json(staging / JOB_COPY, _comparable(job))
         return info
 

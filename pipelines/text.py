@@ -16,12 +16,14 @@ import numpy as np
 
 PAD, UNK = 0, 1
 SPECIALS = ("<pad>", "<unk>")
-_TOKEN = re.compile(r"[\w']+|[^\w\s]")
+# a word before "n't", "n't", a clitic ('s 're 've 'm 'll 'd), a word, one punctuation mark
+_TOKEN = re.compile(r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|m|ll|d)\b|\w+|[^\w\s]")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words (letters, digits, apostrophes) and single punctuation marks, which
-    carry sentiment too ('!')."""
+    """Lower-cased words, clitics split off as the Penn Treebank (and GloVe's vocabulary) does
+    ("isn't" -> "is", "n't"; "it's" -> "it", "'s"), and single punctuation marks, which carry
+    sentiment too ('!')."""
     return _TOKEN.findall(text.lower())
 
 

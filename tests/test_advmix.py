@@ -149,6 +149,8 @@ def test_parameters_are_validated_by_name():
         AdversarialMixup(target_ratio="mixed")
     with pytest.raises(ValueError, match="gamma"):
         AdversarialMixup(gamma=-1.0)
+    with pytest.raises(ValueError, match="ascent"):
+        AdversarialMixup(ascent="batch")
     with pytest.raises(ValueError, match="layer"):
         AdversarialMixup(layer=3)(model, x, y, torch.Generator())
     with pytest.raises(ValueError, match="stages"):
@@ -191,3 +193,28 @@ def test_under_ddp_only_the_trained_pass_is_synced_and_gradients_average(tmp_pat
         for step in range(2):
             for g, e in zip(got[step], expected[step]):
                 torch.testing.assert_close(g, e)
+
+
+def test_per_sample_step_is_each_samples_own_lam_gradient_whatever_the_batch_size():
+    model = tanh_mlp()
+    x, y = batch(n=8, seed=5)
+    lam0 = torch.tensor([0.3, 0.6, 0.5, 0.8, 0.2, 0.7, 0.4, 0.9], dtype=torch.float64)
+    partner = torch.tensor([1, 2, 3, 0, 5, 6, 7, 4])  # two cycles of four: 0-3 and 4-7
+    gamma, eps = 0.1, 1e-6
+    steps = {}
+    for ascent in ("sample", "mean"):
+        adv = AdversarialMixup(layer=1, gamma=gamma, keep_rose=False, clip=False, ascent=ascent)
+        whole, _ = adv.perturb(model, x, y, partner, lam0)
+        half, _ = adv.perturb(model, x[:4], y[:4], partner[:4], lam0[:4])
+        steps[ascent] = (whole - lam0, half - lam0[:4])
+    whole, half = steps["sample"]
+    for i in range(8):  # a finite difference of sample i's own loss in its own ratio
+        e = torch.zeros(8, dtype=torch.float64)
+        e[i] = eps
+        up = losses_at(model, x, y, partner, lam0 + e)[i]
+        down = losses_at(model, x, y, partner, lam0 - e)[i]
+        assert whole[i].item() == pytest.approx(gamma * (up - down).item() / (2 * eps), abs=1e-8)
+    assert torch.allclose(whole[:4], half, atol=1e-12)  # the batch of 4 steps as the batch of 8
+    mean_whole, mean_half = steps["mean"]  # AMP's step: the same direction, 1/N the size
+    assert torch.allclose(mean_whole, whole / 8, atol=1e-12)
+    assert torch.allclose(mean_half, half / 4, atol=1e-12)

@@ -12,7 +12,9 @@ from pipelines.augmentation import batch_loss
 from pipelines.config import ConfigError, ModelConfig, SourceConfig, from_dict
 from pipelines.ingest import VOCAB, ingest
 from pipelines.models import build_model, embed
+from pipelines import word_vectors
 from pipelines.text import Vocabulary, tokenize
+from pipelines.word_vectors import align
 
 
 def shards(folder):
@@ -23,7 +25,8 @@ def shards(folder):
 
 
 def test_tokens_vocabulary_order_and_encoding(tmp_path):
-    assert tokenize("It's GREAT, isn't it!") == ["it's", "great", ",", "isn't", "it", "!"]
+    assert tokenize("It's GREAT, isn't it! We'll") == ["it", "'s", "great", ",", "is", "n't",
+                                                        "it", "!", "we", "'ll"]
     counts = Counter({"b": 3, "a": 3, "c": 5, "rare": 1})
     vocab = Vocabulary.build(counts, max_size=5, min_count=2)
     assert vocab.words == ["<pad>", "<unk>", "c", "a", "b"]  # ties: alphabetical
@@ -114,7 +117,7 @@ def test_textcnn_stages_embedding_and_hidden_layer_mixing():
 
 @pytest.mark.parametrize("raw, message", [
     ({"mixup": {"kind": "mixup"}}, "mixup.layer: got 0, expected >= 1 for textcnn"),
-    ({"mixup": {"kind": "cutmix"}}, "mixup.kind: got 'cutmix', expected mixup or adversarial"),
+    ({"mixup": {"kind": "cutmix"}}, "mixup.kind: got 'cutmix', expected mixup, adversarial or moex"),
     ({"augment": {"transforms": [{"name": "noise"}]}}, "augment.transforms: textcnn"),
     ({"model": {"name": "textcnn", "kwargs": {"vocab_size": 10}}},
      "model.kwargs.vocab_size: got 10, expected an integer >= source.max_vocab"),
@@ -131,3 +134,36 @@ def test_textcnn_widths_longer_than_the_text_are_named():
         build_model(ModelConfig(name="textcnn", kwargs={"vocab_size": 9}), (3,), 2)
     with pytest.raises(ConfigError, match="textcnn needs token ids"):
         build_model(ModelConfig(name="textcnn", kwargs={"vocab_size": 9}), (1, 8), 2)
+
+
+def test_word_vectors_go_to_the_words_the_table_has():
+    table_words = ["the", "good", "bad"]
+    table = np.array([[1, 1], [2, 2], [3, 3]], dtype=np.float32)
+    vocab = ["<pad>", "<unk>", "bad", "plot", "the"]
+    init = -np.ones((5, 2), np.float32)
+    matrix, found = align(vocab, table_words, table, init)
+    assert found == 2  # <pad> and <unk> never take a table row
+    assert matrix.tolist() == [[-1, -1], [-1, -1], [3, 3], [-1, -1], [1, 1]]
+
+
+def test_textcnn_starts_from_the_vectors_of_its_vocabulary(tmp_path, monkeypatch):
+    Vocabulary(["<pad>", "<unk>", "good", "zzz"]).save(tmp_path / "vocab.json")
+    table = np.array([[0.5, -0.5, 1.0], [9, 9, 9]], dtype=np.float32)
+    monkeypatch.setattr(word_vectors, "load_table", lambda name: (["good", "other"], table))
+    kwargs = {"vocab_size": 6, "word_vectors": "glove-6b-50d", "freeze_vectors": True,
+              "vocab": str(tmp_path / "vocab.json"), "widths": [2]}
+    model = build_model(ModelConfig(name="textcnn", kwargs=kwargs), (4,), 2)
+    weight = model.stages[0].embedding.weight
+    assert weight.shape == (6, 3) and not weight.requires_grad  # dim from the table, frozen
+    assert weight[2].tolist() == [0.5, -0.5, 1.0] and weight[0].tolist() == [0, 0, 0]
+    with pytest.raises(ConfigError, match="model.kwargs.dim: got 8, but glove-6b-50d has 3"):
+        build_model(ModelConfig(name="textcnn", kwargs={**kwargs, "dim": 8}), (4,), 2)
+    with pytest.raises(ConfigError, match="model.kwargs.vocab: cannot read"):
+        build_model(ModelConfig(name="textcnn", kwargs={**kwargs, "vocab": "nowhere.json"}),
+                    (4,), 2)
+
+
+def test_a_text_job_points_the_vectors_at_its_own_vocabulary(tmp_path):
+    job = from_dict({"run_dir": str(tmp_path / "run"), "source": {"kind": "text", "path": "r.csv"},
+                     "model": {"name": "textcnn", "kwargs": {"word_vectors": "glove-6b-50d"}}})
+    assert job.model.kwargs["vocab"] == str((tmp_path / "run" / "data" / "vocab.json").resolve())

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from operators.mixup import CutMix, Mixup, SamplePairing, beta, cycle_partners
+from pipelines.moex import MomentExchange
 from pipelines.advmix import AdversarialMixup, mixed_losses
 from pipelines.augmentation import batch_generator, batch_loss, build_mixer
 from pipelines.config import ConfigError, from_dict
@@ -95,11 +96,16 @@ def test_adversarial_section_maps_onto_the_advmix_options():
 def test_kinds_build_their_mixers():
     assert build_mixer(from_dict({}).mixup) is None
     kinds = {"mixup": Mixup, "cutmix": CutMix, "pairing": SamplePairing,
-             "adversarial": AdversarialMixup}
+             "adversarial": AdversarialMixup, "moex": MomentExchange}
     for kind, cls in kinds.items():
         assert type(build_mixer(from_dict({"mixup": {"kind": kind}}).mixup)) is cls
     hidden = build_mixer(from_dict({"mixup": {"kind": "mixup", "layer": 1}}).mixup)
     assert type(hidden) is AdversarialMixup and hidden.n_steps == 0
+    own = build_mixer(from_dict({"mixup": {"kind": "adversarial", "ascent": "sample"}}).mixup)
+    assert own.ascent == "sample"
+    moex = build_mixer(from_dict({"mixup": {"kind": "moex", "layer": 2, "moex_lambda": 0.7,
+                                            "moments": "spatial"}}).mixup)
+    assert (moex.layer, moex.lam, moex.over) == (2, 0.7, "spatial")
 
 
 def test_same_step_same_loss_other_step_other_loss():
@@ -127,6 +133,9 @@ def test_a_layer_beyond_the_model_is_named():
     ({"mixup": {"bound": -0.1}}, "mixup.bound"),
     ({"mixup": {"smoothing": 1.0}}, "mixup.smoothing"),
     ({"mixup": {"target_ratio": "mixed"}}, "mixup.target_ratio"),
+    ({"mixup": {"ascent": "batch"}}, "mixup.ascent"),
+    ({"mixup": {"moex_lambda": 1.5}}, "mixup.moex_lambda"),
+    ({"mixup": {"moments": "layer"}}, "mixup.moments"),
     ({"mixup": {"kind": "cutmix", "layer": 2}}, "mixup.layer: got 2, expected 0"),
     ({"mixup": {"kind": "adversarial", "per_sample": False}}, "mixup.per_sample"),
     ({"mixup": {"kind": "mixup", "gama": 1}}, "mixup.gama"),
