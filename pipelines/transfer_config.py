@@ -41,6 +41,7 @@ class TransferTrainConfig:
     floor: float = 0.0  # similarity: the smallest weight either gradient keeps
     cos_scale: float = 1.0  # similarity: the cosine that counts as full conflict (gradmix)
     distill: float = 0.0  # weight of the meta-model's distillation on the history batches
+    joint_forward: bool = False  # one forward pass over new and history rows (BatchNorm)
     epochs: int = 10
     batch_size: int = 32  # new-scene rows per step (global, over all workers)
     lr: float = 0.01

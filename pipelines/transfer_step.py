@@ -77,22 +77,45 @@ def _world() -> int:
     return _rank_world()[1]
 
 
-def global_mean_gradient(model: torch.nn.Module, params: list, batch: Batch,
-                         task: Task = CLASSIFIER, teacher: torch.nn.Module | None = None,
-                         distill: float = 0.0) -> torch.Tensor:
-    """The gradient of the global batch's mean loss (plus `distill` times the distillation
-    against `teacher`), the same on every worker."""
-    model.zero_grad(set_to_none=True)
-    if len(batch.y):  # a worker without rows in a short last batch contributes zeros
-        out = model(batch.x)
-        loss = task.loss(out, batch.y)
-        if distill:
-            teacher.train(model.training)
-            with torch.no_grad():
-                taught = teacher(batch.x)
-            loss = loss + distill * task.distillation(out, taught)
-        (loss * (_world() / batch.rows)).backward()
-    return allreduce_mean(flat_grad(params))
+def step_gradients(model: torch.nn.Module, params: list, new: Batch, history: Batch | None,
+                   task: Task = CLASSIFIER, teacher: torch.nn.Module | None = None,
+                   distill: float = 0.0, joint: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """g_t and g_h (None without a history batch), the same on every worker: each the
+    gradient of its global batch's mean loss, g_h's with `distill` times the distillation
+    against `teacher`.
+
+    Apart (the default), each batch has its own forward pass, so BatchNorm normalises the new
+    rows by their own statistics and the history rows by theirs, while its running statistics
+    (what evaluation uses) average the two. `joint` takes one forward pass over both batches
+    and two backward passes: training then normalises by the mixture, as evaluation will.
+    """
+    batches = [new] if history is None else [new, history]
+    weights = [0.0, distill]
+    if joint:
+        x = torch.cat([b.x for b in batches])
+        rows = [len(b.y) for b in batches]
+        outs = model(x).split(rows)
+        taught = _teach(teacher, model, x).split(rows) if distill else None
+    grads = []
+    for i, batch in enumerate(batches):
+        model.zero_grad(set_to_none=True)
+        if len(batch.y):  # a worker without rows in a short last batch contributes zeros
+            out = outs[i] if joint else model(batch.x)
+            loss = task.loss(out, batch.y)
+            if weights[i]:
+                teach = taught[i] if joint else _teach(teacher, model, batch.x)
+                loss = loss + weights[i] * task.distillation(out, teach)
+            (loss * (_world() / batch.rows)).backward(retain_graph=joint and i == 0)
+        grads.append(allreduce_mean(flat_grad(params)))
+    return grads[0], grads[1] if history is not None else None
+
+
+def _teach(teacher: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's outputs, in the student's mode (the same batch statistics)."""
+    teacher.train(model.training)
+    with torch.no_grad():
+        return teacher(x)
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
@@ -114,8 +137,8 @@ def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new:
     distillation against `teacher`), mixed by `train.rule`, applied by `optimizer`.
 
     `finetune` takes g_t alone (no history batch); the other rules are `gradmix.mix`'s, the
-    similarity rule with `train.floor` and `train.cos_scale`. Returns mix's info ({} for
-    finetune).
+    similarity rule with `train.floor` and `train.cos_scale`; `train.joint_forward` is
+    `step_gradients`'s `joint`. Returns mix's info ({} for finetune).
     """
     rule = train.rule
     if rule not in RULES:
@@ -126,9 +149,10 @@ def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new:
         raise ValueError("teacher: distill > 0 needs the meta-model as the teacher")
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    g, info = global_mean_gradient(model, params, new, task), {}
-    if rule != "finetune":
-        g_h = global_mean_gradient(model, params, history, task, teacher, train.distill)
+    g, g_h = step_gradients(model, params, new, None if rule == "finetune" else history, task,
+                            teacher, train.distill, train.joint_forward)
+    info = {}
+    if g_h is not None:
         options = {"floor": train.floor, "cos_scale": train.cos_scale}
         g, info = mix(g, g_h, rule, **(options if rule == "similarity" else {}))
     set_flat_grad(params, g)

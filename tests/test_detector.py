@@ -12,7 +12,7 @@ from pipelines.detector import (DETECTOR, FOCAL_ALPHA, STRIDE, TinyDetector, dec
                                 detection_loss, distillation, encode_targets, head_gradients,
                                 nms)
 from pipelines.transfer_config import TransferTrainConfig
-from pipelines.transfer_step import Batch, global_mean_gradient, transfer_step
+from pipelines.transfer_step import Batch, step_gradients, transfer_step
 
 
 def test_targets_by_hand():
@@ -75,12 +75,14 @@ def test_distillation_is_zero_when_the_model_equals_the_meta_model():
     y = torch.from_numpy(np.stack([encode_targets(np.array([[2, 2, 10, 10]]), 16)] * 4))
     params = list(model.parameters())
     model.train()
-    plain = global_mean_gradient(model, params, Batch(x, y, 4), DETECTOR)
-    taught = global_mean_gradient(model, params, Batch(x, y, 4), DETECTOR, meta, distill=5.0)
-    torch.testing.assert_close(taught, plain, atol=1e-6, rtol=1e-5)
+    new, hist = Batch(x[:2], y[:2], 2), Batch(x[2:], y[2:], 2)
+    for joint in (False, True):
+        _, plain = step_gradients(model, params, new, hist, DETECTOR, joint=joint)
+        _, taught = step_gradients(model, params, new, hist, DETECTOR, meta, 5.0, joint)
+        torch.testing.assert_close(taught, plain, atol=1e-6, rtol=1e-5)
     with torch.no_grad():
         meta.head.bias += 0.5
-    moved = global_mean_gradient(model, params, Batch(x, y, 4), DETECTOR, meta, distill=5.0)
+    _, moved = step_gradients(model, params, new, hist, DETECTOR, meta, 5.0)
     assert (moved - plain).abs().max() > 1e-3
 
 

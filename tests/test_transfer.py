@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from operators.contract import ID, LABEL, X
@@ -96,6 +97,26 @@ def test_distillation_on_history_only_and_not_at_the_meta_model():
     assert (step(3.0, other) - plain).abs().max() > 1e-4
     with pytest.raises(ValueError, match="teacher"):
         step(3.0, None)
+
+
+def test_a_joint_forward_normalises_new_and_history_rows_together():
+    from pipelines.models import cnn1d
+    from pipelines.transfer_step import step_gradients
+
+    torch.manual_seed(0)
+    model = cnn1d((1, 8), 3, channels=4, hidden=8).train()
+    params = list(model.parameters())
+    x_t, x_h = torch.randn(6, 1, 8), torch.randn(4, 1, 8) + 2.0
+    y_t, y_h = torch.tensor([0, 1, 2] * 2), torch.tensor([2, 1] * 2)
+    g_t, g_h = step_gradients(model, params, Batch(x_t, y_t, 6), Batch(x_h, y_h, 4),
+                              joint=True)
+    out = model(torch.cat([x_t, x_h]))  # one forward: BatchNorm over all ten rows
+    want_t = torch.autograd.grad(F.cross_entropy(out[:6], y_t), params, retain_graph=True)
+    want_h = torch.autograd.grad(F.cross_entropy(out[6:], y_h), params)
+    torch.testing.assert_close(g_t, torch.cat([g.flatten() for g in want_t]))
+    torch.testing.assert_close(g_h, torch.cat([g.flatten() for g in want_h]))
+    apart_t, _ = step_gradients(model, params, Batch(x_t, y_t, 6), Batch(x_h, y_h, 4))
+    assert (apart_t - g_t).abs().max() > 1e-4  # apart, the new rows have their own statistics
 
 
 def test_step_arguments_are_checked():
