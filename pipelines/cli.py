@@ -14,7 +14,7 @@ import yaml
 
 from operators.contract import DataError
 
-from . import feedback_job, operator_jobs, transfer
+from . import adapt, feedback_job, operator_jobs, transfer
 from .config import ConfigError, load_job
 
 
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     operator_jobs.add_commands(commands)
     feedback_job.add_commands(commands)
     transfer.add_commands(commands)
+    adapt.add_commands(commands)
     return parser
 
 

@@ -60,7 +60,7 @@ class NewSceneConfig(SceneConfig):
     name: str = "new"
     size: list[int] = field(default_factory=lambda: [8, 11])
     brightness: list[float] = field(default_factory=lambda: [0.6, 0.9])
-    background: float = 0.15
+    background: float = 0.2
     stripes: float = 0.15
     period: list[float] = field(default_factory=lambda: [5.0, 9.0])
     noise: float = 0.06
