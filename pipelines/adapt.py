@@ -21,7 +21,6 @@ thousand 40x40 canvases: megabytes), and so does every training worker for the n
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from collections import Counter
@@ -48,7 +47,7 @@ from .rounds import init_ray
 from .run_state import atomic_write_json, replace_via_staging
 from .scenes import SceneConfig, make_images
 from .seeding import derive_seed
-from .transfer import TransferPlan, check_resources, fit_transfer
+from .transfer import TransferPlan, add_job_command, check_resources, fit_transfer
 from .transfer_config import TransferTrainConfig
 
 JOB_COPY = "adapt.json"
@@ -294,14 +293,7 @@ def format_summary(s: dict) -> str:
             f"{s['wall_seconds']['total']:.0f}s -> {s['model']}")
 
 
-def _command(args: argparse.Namespace) -> None:
-    run_adapt(load_adapt(args.job), overwrite=args.overwrite)
-
-
 def add_commands(subparsers) -> None:
     """Register `adapt` on the CLI's subparsers."""
-    p = subparsers.add_parser("adapt", help="adapt a detector to a new scene from a person's "
-                                            "checks, replaying a history library (M5)")
-    p.add_argument("job", help="the adapt job file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    p.set_defaults(func=_command)
+    add_job_command(subparsers, "adapt", "adapt a detector to a new scene from a person's "
+                    "checks, replaying a history library (M5)", load_adapt, run_adapt)

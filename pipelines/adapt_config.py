@@ -16,7 +16,8 @@ from . import history
 from .config import ConfigError, build_section, check_field, read_job_file
 from .detector import STRIDE
 from .scenes import NewSceneConfig, SceneConfig, check_scene
-from .transfer_config import TransferTrainConfig, check_history_batch, check_train
+from .transfer_config import (TransferJob, TransferTrainConfig, check_history_batch,
+                              check_train)
 
 
 @dataclass
@@ -71,7 +72,7 @@ class AdaptTrainConfig(TransferTrainConfig):
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(TransferJob):
     name: str = "adapt"
     seed: int = 0
     run_dir: str = "runs/adapt"
@@ -128,14 +129,6 @@ class AdaptConfig:
         check_train(self.train)
         check_history_batch(self.history_batch_size, self.train.num_workers)
         return self
-
-    @property
-    def history_batch_size(self) -> int:
-        h = self.history.batch_size
-        return self.train.batch_size if h is None else h
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def adapt_from_dict(raw: dict, where: str = "adapt job") -> AdaptConfig:

@@ -19,7 +19,6 @@ ignores gradients and is kept as it was. A loaded library must hold samples of `
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
@@ -291,17 +290,18 @@ def format_summary(s: dict) -> str:
             f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}")
 
 
-def _command(args: argparse.Namespace) -> None:
-    run_transfer(load_transfer(args.job), overwrite=args.overwrite)
+def add_job_command(subparsers, name: str, help: str, load: Callable, run: Callable) -> None:
+    """Register `raysift NAME JOB.yaml [--overwrite]`, which runs `run(load(JOB.yaml))`."""
+    p = subparsers.add_parser(name, help=help)
+    p.add_argument("job", help=f"the {name} job file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.set_defaults(func=lambda args: run(load(args.job), overwrite=args.overwrite))
 
 
 def add_commands(subparsers) -> None:
     """Register `transfer` on the CLI's subparsers."""
-    p = subparsers.add_parser("transfer", help="adapt a trained model to a new scene, "
-                                               "replaying a history library (M5)")
-    p.add_argument("job", help="the transfer job file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    p.set_defaults(func=_command)
+    add_job_command(subparsers, "transfer", "adapt a trained model to a new scene, replaying "
+                    "a history library (M5)", load_transfer, run_transfer)
 
 
 def collect_rows(shard, target: str = LABEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

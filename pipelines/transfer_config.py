@@ -52,8 +52,21 @@ class TransferTrainConfig:
     threads_per_worker: int = 1
 
 
+class TransferJob:
+    """What the transfer-like job files (transfer, adapt) share: a `history` section with an
+    optional `batch_size` and a `train` section with one."""
+
+    @property
+    def history_batch_size(self) -> int:
+        h = self.history.batch_size
+        return self.train.batch_size if h is None else h
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TransferConfig:
+class TransferConfig(TransferJob):
     name: str = "transfer"
     seed: int = 0
     run_dir: str = "runs/transfer"
@@ -82,14 +95,6 @@ class TransferConfig:
                f"one of {', '.join(history.RULES)}")
         check_history_batch(self.history_batch_size, self.train.num_workers)
         return self
-
-    @property
-    def history_batch_size(self) -> int:
-        h = self.history.batch_size
-        return self.train.batch_size if h is None else h
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def check_train(t: TransferTrainConfig, prefix: str = "train") -> None:
