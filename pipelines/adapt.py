@@ -124,9 +124,9 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
     y_new = np.stack([encode_targets(labels, canvas, negatives, cfg.check.negative_weight)
                       for labels, negatives in zip(check["label_boxes"], check["negative"])])
     seconds["check"] = time.perf_counter() - t
-    counts = {c: int(n) for c, n in Counter(check["category"]).items()}
+    counts = Counter(check["category"])
     echo(f"[{cfg.name}] meta-detector ({meta_origin}) checked on {len(y_new)} new images: "
-         + ", ".join(f"{counts.get(c, 0)} {c}" for c in CATEGORIES))
+         + ", ".join(f"{counts[c]} {c}" for c in CATEGORIES))
 
     t = time.perf_counter()
     library = HistoryLibrary(cfg.history.size, 1, cfg.history.rule, seed=cfg.seed)
@@ -166,7 +166,7 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
     summary = {
         "name": cfg.name, "rule": cfg.train.rule, "new_images": len(y_new),
         "meta": meta_origin,
-        "check": {"images": {c: counts.get(c, 0) for c in CATEGORIES},
+        "check": {"images": {c: counts[c] for c in CATEGORIES},
                   "boxes": {k: int(np.sum(check[f"n_{k}"])) for k in ("correct", "missed",
                                                                       "false")}},
         "new_scene_map50": {"before": before["new"], "after": after["new"]},
