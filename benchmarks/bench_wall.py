@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from operators.contract import as_float
 from pipelines.config import load_job
 from pipelines.ingest import load_info
 from pipelines.models import build_model
@@ -36,7 +37,7 @@ from pipelines.rounds import init_ray, run_job
 def _split(data_dir: Path, split: str, x_shape) -> tuple[np.ndarray, np.ndarray]:
     table = pq.read_table(data_dir / split)
     x = np.stack(table["x"].to_numpy(zero_copy_only=False)).reshape(-1, *x_shape)
-    return x.astype(np.float32), table["label"].to_numpy()
+    return as_float(x), table["label"].to_numpy()
 
 
 def _plain_worker(rank: int, job, data_dir: str, world: int, out: str) -> None:

@@ -31,7 +31,7 @@ import ray.train
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, X
+from operators.contract import ID, LABEL, PIXEL_MAX, X
 from operators.predict import forward_scores
 
 from .augmentation import batch_generator, batch_loss, sample_losses
@@ -110,11 +110,13 @@ class Worker:
         torch.set_num_threads(self.job.train.threads_per_worker)
         self.device = ray.train.torch.get_device()
         self.num_classes, self.x_shape = config["num_classes"], tuple(config["x_shape"])
+        self.x_dtype = np.dtype(config["x_dtype"])
         self.data_dir = Path(config["data_dir"])
         self.train = self._read("train")
         self.val = self._read("val")
         self.policy: Policy = make_strategy(self.job.strategy.name)
         self.run_state = RunState.from_dict(config["state"])
+        self.started_at = config["started_at"]  # the driver's time.time() at the session's start
         self.phase: Phase | None = None
         torch.manual_seed(derive_seed(self.job.seed, "init", 0))
         model = build_model(self.job.model, self.x_shape, self.num_classes)
@@ -123,6 +125,7 @@ class Worker:
         if resumed:
             with resumed.as_directory() as d:
                 self._restore(model, Path(d))
+        self.clock_origin = run_clock_origin(self.run_state, self.started_at)
         self.model = ray.train.torch.prepare_model(model)
         self.per_rank_batch = max(1, self.job.train.batch_size // self.world)
         self.last_checkpoint = time.perf_counter()
@@ -130,12 +133,12 @@ class Worker:
     def _read(self, split: str) -> Share:
         t = self.job.train
         return read_share(self.data_dir / split, self.job.seed, self.rank, self.world,
-                          self.x_shape, t.cache_mb * 2**20, t.spill_dir)
+                          self.x_shape, t.cache_mb * 2**20, t.spill_dir, self.x_dtype)
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> None:
         state = self.run_state
-        if not state.ids:  # a new run: the first subset
+        if not len(state.ids):  # a new run: the first subset
             first = self.policy.initial(self._view(0, np.arange(len(self.train))))
             state.add(first.ids, first.reasons, 0)
             if self.rank == 0:
@@ -147,6 +150,7 @@ class Worker:
                 and not any(r["phase"] == "final" for r in state.records)):
             phase = self.phase or Phase(len(state.records), "final", self.job.train.final_epochs)
             record = self._train_phase(phase)
+            record["seconds_end"] = self._clock()
             state.records.append(record)
             self.phase = None
             self._checkpoint({"phase": "final"})
@@ -175,6 +179,7 @@ class Worker:
         state.stop_reason = stop
         self.phase = None
         record["seconds_round"] = time.perf_counter() - started
+        record["seconds_end"] = self._clock()
         self._checkpoint({"phase": "round", "round": phase.index})
         self._publish(PhaseDone(record, added.notes if added else [], state.stop_reason))
 
@@ -216,7 +221,8 @@ class Worker:
                                     "train_sample_passes": phase.train_sample_passes,
                                     "val_sample_passes": phase.val_sample_passes,
                                     "val_accuracy": val["val_accuracy"],
-                                    "val_balanced_accuracy": val["val_balanced_accuracy"]})
+                                    "val_balanced_accuracy": val["val_balanced_accuracy"],
+                                    "seconds_at": self._clock()})
                 metrics["val_accuracy"] = val["val_accuracy"]
             phase.next_epoch = epoch + 1
             phase.seconds_train += time.perf_counter() - start
@@ -283,19 +289,26 @@ class Worker:
         due = time.perf_counter() - self.last_checkpoint >= self.job.train.checkpoint_every_s
         return bool(all_max(int(due)))
 
+    def _clock(self) -> float:
+        """The run's wall seconds so far: since the driver started it, start-up included, plus
+        the time of the sessions before a resume (up to the checkpoint it resumed from)."""
+        return time.time() - self.clock_origin
+
     def _checkpoint(self, metrics: dict, optimizer=None, scheduler=None) -> None:
         """Report `metrics` with a checkpoint of everything a restart needs. Rank 0 also
         writes the run directory's manifest and rounds.json at each phase's end."""
         self.last_checkpoint = time.perf_counter()
         state = self.run_state
+        state.seconds, state.clock_origin = self._clock(), self.clock_origin
         policy_state = self.policy.state_dict()
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
                 torch.save({"model": _unwrap(self.model).state_dict(),
                             "optimizer": optimizer.state_dict() if optimizer else None,
                             "scheduler": scheduler.state_dict() if scheduler else None,
-                            "phase": asdict(self.phase) if self.phase else None,
-                            "run": state.to_dict()}, os.path.join(d, MODEL_FILE))
+                            "phase": asdict(self.phase) if self.phase else None},
+                           os.path.join(d, MODEL_FILE))
+                state.save(Path(d))
                 if self.phase is None:
                     state.save(self.run_dir)
             if policy_state:
@@ -307,7 +320,7 @@ class Worker:
     def _restore(self, model, d: Path) -> None:
         saved = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
-        self.run_state = RunState.from_dict(saved["run"])
+        self.run_state = RunState.load(d)
         self.phase = Phase(**saved["phase"]) if saved["phase"] else None
         self.optimizer_state, self.scheduler_state = saved["optimizer"], saved["scheduler"]
         policy_file = d / f"policy_rank{self.rank}.pt"
@@ -330,6 +343,16 @@ class Worker:
         return show
 
 
+def run_clock_origin(state: RunState, session_start: float) -> float:
+    """The time.time() the run's clock counts from, for a worker starting from `state` in a
+    driver session that began at `session_start`: the state's own origin when it was saved in
+    this session (a restarted worker group: the clock ran on through the failure), else the
+    session's start less the state's reading (a new run, or a resumed one)."""
+    if state.clock_origin is not None and state.clock_origin + state.seconds >= session_start:
+        return state.clock_origin
+    return session_start - state.seconds
+
+
 def peak_rss_mb() -> int:
     """The largest resident memory any worker has had so far, in MiB (the same on all ranks)."""
     return all_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
@@ -341,14 +364,15 @@ def pool_rows(share: Share, manifest_ids: np.ndarray) -> np.ndarray:
 
 
 def device_batch(share: Share, positions: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of the share's rows at `positions`, on `device` (through pinned
-    memory to a GPU, so the copy overlaps the work already queued)."""
+    """Features (float32) and labels of the share's rows at `positions`, on `device`: through
+    pinned memory to a GPU, so the copy overlaps the work already queued, and 8-bit pixels
+    travel as they are stored and are scaled there (a quarter of the bytes to copy)."""
     x = torch.from_numpy(share.x.take(positions))
     y = torch.from_numpy(share.labels[positions].astype(np.int64))
-    if torch.device(device).type != "cuda":
-        return x, y
-    return (x.pin_memory().to(device, non_blocking=True),
-            y.pin_memory().to(device, non_blocking=True))
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+        y = y.pin_memory().to(device, non_blocking=True)
+    return (x.float().div_(PIXEL_MAX) if x.dtype == torch.uint8 else x), y
 
 
 def share_scorer(model, share: Share, device):
@@ -435,9 +459,7 @@ def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test"
     sums = torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(share), _EVAL_ROWS):
-            at = np.arange(i, min(i + _EVAL_ROWS, len(share)))
-            xs = torch.from_numpy(share.x.take(at)).to(device)
-            ys = torch.from_numpy(share.labels[at].astype(np.int64)).to(device)
+            xs, ys = device_batch(share, np.arange(i, min(i + _EVAL_ROWS, len(share))), device)
             logits = model(xs)
             hits = (logits.argmax(1) == ys).double().cpu()
             sums[0] += float(F.cross_entropy(logits.float(), ys, reduction="sum"))

@@ -1,9 +1,11 @@
 """Ingest: one streaming pass from a source to checked, split, canonical Parquet shards.
 
 Output: `out_dir/{train,val,test}/part-NNNNN.parquet` with `id` int64, `label` int64 and `x` as
-Ray's float32 tensor column, plus `out_dir/info.json` (and, for text, `out_dir/vocab.json`: the
-vocabulary counted over the training split in a first pass, whose ids the `x` rows hold). Shards are written into a temporary folder
-beside `out_dir` and renamed into place only after the whole source has passed every check, so
+Ray's tensor column, plus `out_dir/info.json` (and, for text, `out_dir/vocab.json`: the
+vocabulary counted over the training split in a first pass, whose ids the `x` rows hold). `x`
+is float32, or uint8 when the source gives 8-bit pixels (IDX, image folders, uint8 arrays): they
+stay 8-bit, a quarter of the bytes to store and read, and are scaled on the worker, batch by
+batch (operators.contract.as_float). Shards are written into a temporary folder beside `out_dir` and renamed into place only after the whole source has passed every check, so
 bad input never leaves half an output. The train/val/test carving is a seeded hash of each id:
 the same (id, seed) lands in the same split in every run, whatever the chunking.
 
@@ -52,6 +54,7 @@ class DataInfo:
     source: str  # a description of where the data came from
     # imbalance_ratio > 1: {imbalance_ratio, keep_fraction per class, class_counts_before}
     long_tail: dict | None = None
+    x_dtype: str = "float32"  # or "uint8": 8-bit pixels, read as x / 255
 
 
 def ingest(cfg: SourceConfig, seed: int, out_dir: str | Path, *, chunk_rows: int = 4096,
@@ -137,7 +140,7 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
         if checker.shape is None:
             raise DataError(f"{source.description}: the dataset is empty (no rows)")
         for w in writers.values():
-            w.close(checker.shape)
+            w.close(checker.no_rows())
     finally:
         for w in writers.values():
             w.abort()
@@ -148,7 +151,7 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
     description, long_tail = source.description, None
     if cfg.imbalance_ratio > 1:
         long_tail, note = _make_long_tail(tmp, cfg.imbalance_ratio, seed, class_counts,
-                                          shard_rows, checker.shape)
+                                          shard_rows, checker.no_rows())
         counts.update((s, int(class_counts[s].sum())) for s in LONG_TAILED)
         description += note
     if not counts["train"]:
@@ -159,7 +162,8 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
                         f"source.val_fraction or give more data")
     info = DataInfo(num_classes=num_classes, x_shape=tuple(checker.shape), counts=counts,
                     class_counts={s: c.tolist() for s, c in class_counts.items()},
-                    class_names=names, source=description, long_tail=long_tail)
+                    class_names=names, source=description, long_tail=long_tail,
+                    x_dtype=str(checker.dtype))
     (tmp / INFO).write_text(json.dumps(asdict(info), indent=1))
     return info
 
@@ -177,7 +181,7 @@ def long_tail_mask(ids: np.ndarray, labels: np.ndarray, seed: int,
 
 
 def _cut_long_tail(folder: Path, seed: int, keep: np.ndarray, shard_rows: int,
-                   shape: tuple) -> np.ndarray:
+                   no_rows: np.ndarray) -> np.ndarray:
     """Rewrite a split's shards, one at a time, with only the rows the long tail keeps; returns
     the rows kept per class."""
     cut = folder.with_name(f"{folder.name}.cut")
@@ -189,7 +193,7 @@ def _cut_long_tail(folder: Path, seed: int, keep: np.ndarray, shard_rows: int,
             m = long_tail_mask(table.column(ID).to_numpy(), labels, seed, keep)
             writer.write(table.filter(pa.array(m)))
             kept += np.bincount(labels[m], minlength=len(keep))
-        writer.close(shape)
+        writer.close(no_rows)
     finally:
         writer.abort()
     shutil.rmtree(folder)
@@ -198,7 +202,7 @@ def _cut_long_tail(folder: Path, seed: int, keep: np.ndarray, shard_rows: int,
 
 
 def _make_long_tail(tmp: Path, ratio: float, seed: int, class_counts: dict, shard_rows: int,
-                    shape: tuple) -> tuple[dict, str]:
+                    no_rows: np.ndarray) -> tuple[dict, str]:
     """Cut train and val to the long tail (`class_counts` follows); returns the record for
     info.json and a note for the data description. A class the cut empties in train stops ingest
     (no model could learn it); one emptied in val only leaves a val metric without it: noted."""
@@ -206,7 +210,7 @@ def _make_long_tail(tmp: Path, ratio: float, seed: int, class_counts: dict, shar
     keep = keep_fractions(num_classes, ratio)
     before = {s: class_counts[s] for s in LONG_TAILED}
     for s in LONG_TAILED:
-        class_counts[s] = _cut_long_tail(tmp / s, seed, keep, shard_rows, shape)
+        class_counts[s] = _cut_long_tail(tmp / s, seed, keep, shard_rows, no_rows)
     emptied = {s: np.flatnonzero((before[s] > 0) & (class_counts[s] == 0)) for s in LONG_TAILED}
     if len(emptied["train"]):
         k = emptied["train"][0]
@@ -246,6 +250,7 @@ class _Checker:
         self.cfg = cfg
         self.shape = None  # the row shape of the first chunk, and where it came from
         self.shape_where = None
+        self.dtype = None  # uint8 (8-bit pixels, kept as they are) or float32, from the first chunk
         self.modes = {}  # "id" / "split" -> (given?, where the mode was set)
         self.next_id = 0
         self.given_ids, self.places = [], []  # ids from the data, and (offset, where, first_row)
@@ -300,17 +305,30 @@ class _Checker:
                 raise ConfigError(f"source.shape: {self.cfg.shape} holds {size} values, but "
                                   f"{c.where} {_row(c, 0)} has shape {x.shape[1:]}")
             x = x.reshape(len(x), *self.cfg.shape)
+        dtype = np.dtype(np.uint8 if x.dtype == np.uint8 else np.float32)
         if self.shape is None:
             self.shape, self.shape_where = x.shape[1:], f"{c.where} {_row(c, 0)}"
+            self.dtype = dtype
         elif x.shape[1:] != self.shape:
             raise DataError(f"{c.where}: {field} has ragged feature shapes: {_row(c, 0)} has "
                             f"shape {x.shape[1:]}, {self.shape_where} has {self.shape}")
+        elif dtype != self.dtype:
+            first = "uint8" if self.dtype == np.uint8 else "other numbers than uint8"
+            raise DataError(f"{c.where}: {field} holds {x.dtype} at {_row(c, 0)}, but "
+                            f"{self.shape_where} holds {first}: 8-bit pixels (uint8) must be "
+                            f"8-bit in every file or in none")
+        if dtype == np.uint8:
+            return x
         x = x.astype(np.float32, copy=False)
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
             raise DataError(f"{c.where}: {field} holds NaN or inf at {_row(c, int(np.argmax(bad)))}"
                             f" ({int(bad.sum())} such rows in this chunk)")
         return x
+
+    def no_rows(self) -> np.ndarray:
+        """An empty feature array of the rows' shape and dtype."""
+        return np.zeros((0, *self.shape), self.dtype)
 
     def _given_split(self, c: Chunk) -> np.ndarray | None:
         if c.split is None:
@@ -381,11 +399,11 @@ class _ShardWriter:
             self.count += k
             start += k
 
-    def close(self, shape: tuple) -> None:
-        """Finish the last shard; an empty split gets one empty shard, so it reads as a Dataset."""
+    def close(self, no_rows: np.ndarray) -> None:
+        """Finish the last shard; an empty split gets one empty shard (with `no_rows`, the
+        features' shape and dtype), so it reads as a Dataset."""
         if self.writer is None:
-            empty = _table(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                           np.zeros((0, *shape), np.float32))
+            empty = _table(np.zeros(0, np.int64), np.zeros(0, np.int64), no_rows)
             self._next_file(empty.schema)
         self.abort()
 

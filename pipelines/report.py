@@ -25,13 +25,14 @@ from .run_state import DROPPED, MANIFEST, RunState, atomic_write_bytes
 
 COMPARISON = "comparison.json"
 REPORT = "comparison.md"
-ACCURACY_PNG = "accuracy_vs_compute.png"
+ACCURACY_PNG = "accuracy.png"  # against compute and against wall time
 BALANCE_PNG = "class_balance.png"
 _NEEDED = ("strategy", "rounds", "subset_size", "test_accuracy", "test_balanced_accuracy",
            "val_accuracy", "train_sample_passes", "infer_sample_passes", "compute",
            "wall_seconds", "per_round")
 _COMPUTE = "compute (sample-passes: train + infer / 3)"
 REACH_POINTS = 0.5  # the "reach" column: within this many points of full's validation accuracy
+COMPUTE, SECONDS = "compute", "seconds"  # the two axes a run's validations are placed on
 
 
 def write_report(root: str | Path, summaries: list[dict]) -> Path:
@@ -71,11 +72,14 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     target = full["val_accuracy"] - REACH_POINTS / 100 if scale else None
     head = ["strategy", "rounds", "subset", "test acc", "test bal acc", "val acc",
             "val bal acc", "train passes", "infer passes", "compute", "vs full", "reach",
-            "wall s", "wall vs full"]
+            "wall s", "wall vs full", "reach wall"]
     wall = full["wall_seconds"]["total"] if full else None
     rows = []
     for s in summaries:
-        reach = compute_to_reach(s, target) if scale else None
+        reach = reach_wall = None
+        if scale:
+            reach = compute_to_reach(s, target)
+            reach_wall = compute_to_reach(s, target, axis=SECONDS)
         rows.append([s["strategy"], str(s["rounds"]), str(s["subset_size"]),
                      _acc(s["test_accuracy"]), _acc(s["test_balanced_accuracy"]),
                      _acc(s["val_accuracy"]), _acc(s.get("val_balanced_accuracy")),
@@ -83,7 +87,8 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
                      f"{s['compute']:.0f}", f"{s['compute'] / scale:.3f}" if scale else "-",
                      "-" if reach is None else f"{reach / scale:.3f}",
                      f"{s['wall_seconds']['total']:.0f}",
-                     f"{s['wall_seconds']['total'] / wall:.2f}" if wall else "-"])
+                     f"{s['wall_seconds']['total'] / wall:.2f}" if wall else "-",
+                     "-" if reach_wall is None or not wall else f"{reach_wall / wall:.2f}"])
     return head, rows
 
 
@@ -100,9 +105,11 @@ def saving_sentence(summaries: list[dict]) -> str | None:
             f"of its wall time.")
 
 
-def compute_to_reach(summary: dict, target: float, key: str = "val_accuracy") -> float | None:
-    """The cumulative compute at the run's first validation with `key` >= `target`, or None."""
-    return next((at for at, value in curve_points(summary, key) if value >= target), None)
+def compute_to_reach(summary: dict, target: float, key: str = "val_accuracy",
+                     axis: str = COMPUTE) -> float | None:
+    """The cumulative compute (or with `axis` SECONDS the run's wall clock) at the run's first
+    validation with `key` >= `target`, or None."""
+    return next((at for at, value in curve_points(summary, key, axis) if value >= target), None)
 
 
 def value_at(summary: dict, compute: float, key: str) -> float | None:
@@ -142,16 +149,19 @@ def markdown(title: str, summaries: list[dict]) -> str:
         "balanced accuracy (`bal`) is the mean per-class recall. Compute is in sample-passes "
         "(train + infer / 3); `vs full` divides it by the `full` run's. `reach` is the compute, "
         f"relative to `full`'s, at which a run's validation accuracy first came within "
-        f"{REACH_POINTS} points of `full`'s final one (\"-\": never).", "",
+        f"{REACH_POINTS} points of `full`'s final one (\"-\": never); `reach wall` is the same "
+        "on the wall clock, relative to `full`'s total wall seconds. Wall seconds count the "
+        "whole run: ingest, start-up, training, scoring, validation and checkpoints.", "",
         *_markdown_table(head, rows), "",
         "## At equal compute", "",
         f"Each run's last validation within {budget:.0f} sample-passes, the cheapest run's "
         "total (\"-\": none by then).", "",
         *_markdown_table(["strategy", "val acc", "val bal acc"], equal), "",
-        "## Accuracy against compute", "",
-        "Accuracy (left) and balanced accuracy (right). Lines: validation as the run went on; "
-        "stars: the final model on the test split.", "",
-        f"![accuracy against compute]({ACCURACY_PNG})", "",
+        "## Accuracy against compute and wall time", "",
+        "Accuracy (left) and balanced accuracy (right), against compute (top) and the run's "
+        "wall clock (bottom). Lines: validation as the run went on; stars: the final model on "
+        "the test split.", "",
+        f"![accuracy against compute and wall time]({ACCURACY_PNG})", "",
         "## Class balance of each strategy's subset per round", "",
         f"![class balance per round]({BALANCE_PNG})", "",
         "## Why each run stopped", "", *stops, ""])
@@ -163,47 +173,61 @@ def _markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(cells) + " |" for cells in [head, rule, *rows]]
 
 
-def curve_points(summary: dict, key: str = "val_accuracy") -> list[tuple[float, float]]:
+def curve_points(summary: dict, key: str = "val_accuracy",
+                 axis: str = COMPUTE) -> list[tuple[float, float]]:
     """(cumulative compute, `key`) at each validation: per epoch where a round kept a `curve`,
-    else once per round, at the compute that round ended with (its scoring included)."""
+    else once per round, at the compute that round ended with (its scoring included). With
+    `axis` SECONDS, the run's wall clock at each validation instead (start-up included; runs
+    from before the clock was kept have no such points)."""
     points, done = [], []
     for record in summary["per_round"]:
         for p in record.get("curve") or [{**record,
-                                          "val_sample_passes": record["infer_sample_passes"]}]:
-            if p.get(key) is not None:
-                at = {"train_sample_passes": p["train_sample_passes"],
-                      "infer_sample_passes": p["val_sample_passes"]}
-                points.append((compute_totals(done + [at])["compute"], p[key]))
+                                          "val_sample_passes": record["infer_sample_passes"],
+                                          "seconds_at": record.get("seconds_end")}]:
+            if p.get(key) is None:
+                continue
+            if axis == SECONDS:
+                if p.get("seconds_at") is not None:
+                    points.append((p["seconds_at"], p[key]))
+                continue
+            at = {"train_sample_passes": p["train_sample_passes"],
+                  "infer_sample_passes": p["val_sample_passes"]}
+            points.append((compute_totals(done + [at])["compute"], p[key]))
         done.append(record)
     return points
 
 
 def accuracy_figure(summaries: list[dict]) -> Figure:
-    """Two panels, accuracy and balanced accuracy against cumulative compute: one line per
-    strategy through its validations (a run without balanced values has none in the second),
-    and the final test value as a star."""
-    fig = Figure(figsize=(13, 5), layout="constrained")
-    panels = fig.subplots(1, 2, sharex=True)
-    for ax, key, label, title in (
-            (panels[0], "accuracy", "accuracy", "accuracy"),
-            (panels[1], "balanced_accuracy", "balanced accuracy",
-             "balanced accuracy (mean per-class recall)")):
-        for i, s in enumerate(summaries):
-            color = f"C{i}"
-            points = curve_points(s, f"val_{key}")
-            if points:
-                ax.plot(*zip(*points), marker="o", markersize=3, color=color,
-                        label=s["strategy"])
-            ax.scatter([s["compute"]], [s[f"test_{key}"]], marker="*", s=160, color=color,
-                       edgecolors="black", linewidths=0.5, zorder=3)
-        ax.set(title=title, xlabel=_COMPUTE, ylabel=label)
-        ax.grid(alpha=0.3)
-        if not ax.get_lines():
-            ax.text(0.5, 0.5, f"no validation {label} in these runs", transform=ax.transAxes,
-                    ha="center", color="gray")
+    """Accuracy (left) and balanced accuracy (right) against cumulative compute (top) and
+    against the run's wall clock (bottom): one line per strategy through its validations (a run
+    without balanced values or without a clock has none in those panels), and the final test
+    value as a star at the run's total."""
+    fig = Figure(figsize=(13, 9.5), layout="constrained")
+    panels = fig.subplots(2, 2)
+    metrics = (("accuracy", "accuracy", "accuracy"),
+               ("balanced_accuracy", "balanced accuracy",
+                "balanced accuracy (mean per-class recall)"))
+    axes = ((COMPUTE, _COMPUTE, lambda s: s["compute"]),
+            (SECONDS, "wall seconds (the run's clock, start-up included)",
+             lambda s: s["wall_seconds"]["total"]))
+    for row, (axis, xlabel, total) in zip(panels, axes):
+        for ax, (key, label, title) in zip(row, metrics):
+            for i, s in enumerate(summaries):
+                color = f"C{i}"
+                points = curve_points(s, f"val_{key}", axis)
+                if points:
+                    ax.plot(*zip(*points), marker="o", markersize=3, color=color,
+                            label=s["strategy"])
+                ax.scatter([total(s)], [s[f"test_{key}"]], marker="*", s=160, color=color,
+                           edgecolors="black", linewidths=0.5, zorder=3)
+            ax.set(title=title, xlabel=xlabel, ylabel=label)
+            ax.grid(alpha=0.3)
+            if not ax.get_lines():
+                ax.text(0.5, 0.5, f"no validation {label} in these runs",
+                        transform=ax.transAxes, ha="center", color="gray")
     star = Line2D([], [], marker="*", markersize=11, linestyle="none", color="gray",
                   markeredgecolor="black", label="final test")
-    panels[0].legend(handles=[*panels[0].get_lines(), star], loc="lower right")
+    panels[0][0].legend(handles=[*panels[0][0].get_lines(), star], loc="lower right")
     return fig
 
 
@@ -215,10 +239,8 @@ def subset_class_counts(run_dir: str | Path, rounds: list[int]) -> np.ndarray:
     if state is None:
         raise DataError(f"{run_dir}: no run state (state.json): did this run start?")
     info = load_info(run_dir / "data")
-    ids = np.asarray(state.ids, dtype=np.int64)
-    labels = _labels(run_dir / "data" / "train", ids, run_dir / MANIFEST)
-    joined = np.asarray(state.rounds_added, dtype=np.int64)
-    kept = np.asarray(state.reasons, dtype=object) != DROPPED
+    labels = _labels(run_dir / "data" / "train", state.ids, run_dir / MANIFEST)
+    joined, kept = state.rounds_added, state.reasons != DROPPED
     return np.stack([np.bincount(labels[kept & (joined <= r)], minlength=info.num_classes)
                      for r in rounds])
 

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import ray
-import torch
 from ray.data import DataContext
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -43,7 +42,7 @@ RAY_ENV = {
 def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
             echo=print) -> dict:
     """Run (or resume) a job to the end and return its summary."""
-    started = time.perf_counter()
+    started_at = time.time()
     run_dir = Path(job.run_dir)
     resume = _check_run_dir(run_dir, job, resume=resume, overwrite=overwrite)
     init_ray()
@@ -62,22 +61,22 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
              f"{state.records[-1]['round']}")
 
     with Feed(Progress(job.name, state.records, echo)) as feed:
-        result = _trainer(job, state, info, run_dir, feed).fit()
+        result = _trainer(job, state, info, run_dir, feed, started_at).fit()
     checkpoint = Path(result.checkpoint.path)
-    state = RunState.from_dict(torch.load(checkpoint / MODEL_FILE, map_location="cpu",
-                                          weights_only=True)["run"])
+    state = RunState.load(checkpoint)
     final_dir = run_dir / "final"
     shutil.rmtree(final_dir, ignore_errors=True)
     final_dir.mkdir()
     shutil.copy2(checkpoint / MODEL_FILE, final_dir / MODEL_FILE)
-    summary = _summary(job, state, ingest_seconds, time.perf_counter() - started)
+    summary = _summary(job, state, ingest_seconds, time.time() - state.clock_origin)
     state.save(run_dir)
     atomic_write_json(run_dir / SUMMARY, summary)
     echo(format_summary(summary))
     return summary
 
 
-def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed) -> TorchTrainer:
+def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed,
+             started_at: float) -> TorchTrainer:
     """The job's one Ray Train run; on the same storage it continues from its latest
     checkpoint (a restarted worker group, or a driver started again with --resume)."""
     return TorchTrainer(
@@ -85,7 +84,8 @@ def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed) -> Torc
         train_loop_config={"job": job.to_dict(), "run_dir": str(run_dir.resolve()),
                            "data_dir": str((run_dir / "data").resolve()),
                            "num_classes": info.num_classes, "x_shape": list(info.x_shape),
-                           "state": state.to_dict(), "feed": feed},
+                           "x_dtype": info.x_dtype,
+                           "state": state.to_dict(), "feed": feed, "started_at": started_at},
         scaling_config=ScalingConfig(num_workers=job.train.num_workers,
                                      use_gpu=job.train.use_gpu),
         run_config=RunConfig(
@@ -99,7 +99,7 @@ def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed) -> Torc
 
 
 def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
-             session_seconds: float) -> dict:
+             run_seconds: float) -> dict:
     records = state.records
     totals = compute_totals(records)
     phases = {p: sum(r[f"seconds_{p}"] for r in records) for p in ("train", "score", "select")}
@@ -115,11 +115,11 @@ def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
         **totals,
         "wall_seconds": {**phases, "ingest": ingest_seconds,
                          "overhead": sum(overhead_seconds(r) for r in records),
-                         "total": max(session_seconds, sum(phases.values()))},
+                         "total": run_seconds},
         "per_round": [{k: r[k] for k in ("round", "phase", "subset_size", "val_accuracy",
                                          "val_balanced_accuracy", "hard_found", "added",
                                          "train_sample_passes", "infer_sample_passes", "curve",
-                                         "seconds_round")}
+                                         "seconds_round", "seconds_end")}
                       | {"seconds_overhead": overhead_seconds(r)}
                       | {k: r[k] for k in ("dropped", "remaining") if k in r} for r in records],
     }

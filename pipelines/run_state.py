@@ -58,74 +58,96 @@ def replace_via_staging(run_dir: Path, fill):
     return result
 
 
+def _ints(values, dtype) -> np.ndarray:
+    return np.asarray(values, dtype=dtype).reshape(-1)
+
+
 @dataclass
 class RunState:
     """The manifest rows and round records of a run, with its resume point.
 
     A manifest row is a sample trained on from its round on, or (reason DROPPED) one the model
     of its round already classified correctly, which leaves the pool without being trained on.
-    The state travels inside every Ray Train checkpoint of the run (`to_dict`); `save` writes
-    the readable copies into the run directory.
+    The rows are NumPy arrays (a `full` run's manifest is the whole training split: 8 bytes an
+    id, not a Python object each). `save` writes the state as the run directory's files, and
+    every Ray Train checkpoint of the run holds the same files, so one format serves both.
     """
 
-    ids: list = field(default_factory=list)
-    rounds_added: list = field(default_factory=list)
-    reasons: list = field(default_factory=list)
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    rounds_added: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    reasons: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
     records: list = field(default_factory=list)  # one dict of metrics per finished phase
     next_round: int = 0
     stop_reason: str | None = None  # set when the rounds are over (a final phase may follow)
     test: dict | None = None  # the test split's metrics, once the last model is evaluated
+    # The run's wall clock (pipelines/engine.py Worker.clock): its reading at this state, and
+    # the time.time() it counts from (start-ups, waits and a restarted worker group included;
+    # a resumed run goes on from `seconds`, without the time no driver ran).
+    seconds: float = 0.0
+    clock_origin: float | None = None
+
+    def __post_init__(self):
+        self.ids = _ints(self.ids, np.int64)
+        self.rounds_added = _ints(self.rounds_added, np.int32)
+        self.reasons = np.asarray(self.reasons, dtype=object).reshape(-1)
 
     def add(self, ids, reasons, round_index: int) -> None:
-        ids = np.asarray(ids, dtype=np.int64)
-        self.ids.extend(ids.tolist())
-        self.rounds_added.extend([round_index] * len(ids))
-        self.reasons.extend(list(np.broadcast_to(np.asarray(reasons, dtype=object), len(ids))))
+        ids = _ints(ids, np.int64)
+        self.ids = np.concatenate([self.ids, ids])
+        self.rounds_added = np.concatenate([self.rounds_added,
+                                            np.full(len(ids), round_index, np.int32)])
+        self.reasons = np.concatenate([self.reasons, np.broadcast_to(
+            np.asarray(reasons, dtype=object), len(ids))])
 
     def subset_ids(self) -> np.ndarray:
         """The ids trained on: every manifest row but the dropped ones."""
-        trained = np.asarray(self.reasons, dtype=object) != DROPPED
-        return np.asarray(self.ids, dtype=np.int64)[trained]
+        return self.ids[self.reasons != DROPPED]
 
     def manifest_ids(self) -> np.ndarray:
         """Every id in the manifest, dropped ones included: no longer in the pool."""
-        return np.asarray(self.ids, dtype=np.int64)
+        return self.ids
 
     def manifest_table(self) -> pa.Table:
         return pa.table({
             "id": pa.array(self.ids, pa.int64()),
             "round": pa.array(self.rounds_added, pa.int32()),
-            "reason": pa.array([str(r) for r in self.reasons], pa.string()),
+            "reason": pa.array(self.reasons.astype(str), pa.string()),
         })
 
     def to_dict(self) -> dict:
-        return {"ids": list(self.ids), "rounds_added": list(self.rounds_added),
-                "reasons": [str(r) for r in self.reasons], "records": self.records,
-                "next_round": self.next_round, "stop_reason": self.stop_reason,
-                "test": self.test}
+        return {"ids": self.ids, "rounds_added": self.rounds_added, "reasons": self.reasons,
+                "records": self.records, "next_round": self.next_round,
+                "stop_reason": self.stop_reason, "test": self.test, "seconds": self.seconds,
+                "clock_origin": self.clock_origin}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
         return cls(**d)
 
-    def save(self, run_dir: Path) -> None:
+    def save(self, folder: Path) -> None:
+        """The manifest first, then the state that says how many of its rows are final."""
+        folder = Path(folder)
         sink = pa.BufferOutputStream()
         pq.write_table(self.manifest_table(), sink)
-        atomic_write_bytes(run_dir / MANIFEST, sink.getvalue().to_pybytes())
-        atomic_write_json(run_dir / STATE, {"next_round": self.next_round,
-                                            "stop_reason": self.stop_reason,
-                                            "test": self.test,
-                                            "manifest_rows": len(self.ids),
-                                            "records": self.records})
-        atomic_write_json(run_dir / ROUNDS, self.records)  # a readable copy; state is the truth
+        atomic_write_bytes(folder / MANIFEST, sink.getvalue().to_pybytes())
+        atomic_write_json(folder / STATE, {"next_round": self.next_round,
+                                           "stop_reason": self.stop_reason,
+                                           "test": self.test,
+                                           "manifest_rows": len(self.ids),
+                                           "seconds": self.seconds,
+                                           "clock_origin": self.clock_origin,
+                                           "records": self.records})
+        atomic_write_json(folder / ROUNDS, self.records)  # a readable copy; state is the truth
 
     @classmethod
-    def load(cls, run_dir: Path) -> "RunState | None":
-        if not (run_dir / STATE).exists():
+    def load(cls, folder: Path) -> "RunState | None":
+        folder = Path(folder)
+        if not (folder / STATE).exists():
             return None
-        state = json.loads((run_dir / STATE).read_text())
-        table = pq.read_table(run_dir / MANIFEST).slice(0, state["manifest_rows"])
-        return cls(ids=table["id"].to_pylist(), rounds_added=table["round"].to_pylist(),
-                   reasons=table["reason"].to_pylist(), records=state["records"],
-                   next_round=state["next_round"], stop_reason=state["stop_reason"],
-                   test=state.get("test"))
+        state = json.loads((folder / STATE).read_text())
+        table = pq.read_table(folder / MANIFEST).slice(0, state["manifest_rows"])
+        return cls(ids=table["id"].to_numpy(), rounds_added=table["round"].to_numpy(),
+                   reasons=table["reason"].to_numpy(zero_copy_only=False),
+                   records=state["records"], next_round=state["next_round"],
+                   stop_reason=state["stop_reason"], test=state.get("test"),
+                   seconds=state.get("seconds", 0.0), clock_origin=state.get("clock_origin"))

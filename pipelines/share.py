@@ -10,6 +10,7 @@ Ids and labels (16 bytes a row) stay in memory.
 """
 from __future__ import annotations
 
+import mmap
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from operators.contract import ID, LABEL, X, DataError
+from operators.contract import ID, LABEL, X, DataError, as_float
 from operators.keys import hash_keys
 
 from .seeding import derive_seed
@@ -31,20 +32,31 @@ def owner(ids: np.ndarray, seed: int, world: int) -> np.ndarray:
 
 
 class RowStore:
-    """Fixed-shape float32 rows, appended once: the first `budget_bytes` in memory, the rest
+    """Fixed-shape rows of one dtype, appended once: the first `budget_bytes` in memory, the rest
     appended to one file under `spill_dir` and read back through a memory map (the file goes
-    with the store)."""
+    with the store).
 
-    def __init__(self, row_shape: tuple, budget_bytes: int, spill_dir: str | None = None):
+    Mapped pages count as the process's resident memory once read, so a pass over a large spill
+    file would end up holding all of it: the store hands the pages back to the OS (they stay in
+    the page cache) each time `RESIDENT_WINDOW` bytes have been read from the map. A worker's
+    memory is then its budget plus that window, whatever the size of its share.
+    """
+
+    RESIDENT_WINDOW = 32 << 20
+
+    def __init__(self, row_shape: tuple, budget_bytes: int, spill_dir: str | None = None,
+                 dtype=np.float32, capacity: int | None = None):
         self.row_shape = tuple(row_shape)
-        row_bytes = max(1, int(np.prod(self.row_shape)) * 4)
-        self._room = max(0, int(budget_bytes) // row_bytes)
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = max(1, int(np.prod(self.row_shape)) * self.dtype.itemsize)
+        room = max(0, int(budget_bytes) // self.row_bytes)
+        # Pages of an empty array are only backed once written: `capacity` (the most rows the
+        # store can get) merely keeps the reservation small.
+        self._mem = np.empty((room if capacity is None else min(room, capacity),
+                              *self.row_shape), self.dtype)
         self._spill_dir = spill_dir
-        self._tmp = None
-        self._file = None
-        self._parts = [np.zeros((0, *self.row_shape), np.float32)]
-        self._mem = self._parts[0]
-        self._disk = None
+        self._tmp = self._file = self._map = self._disk = None
+        self._read_since_release = 0
         self.n_memory = 0
         self.n_spilled = 0
 
@@ -52,29 +64,28 @@ class RowStore:
         return self.n_memory + self.n_spilled
 
     def append(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float32)
-        room = self._room - self.n_memory
-        if room > 0:
-            self._parts.append(np.array(x[:room]))
-            self.n_memory += len(self._parts[-1])
-            x = x[room:]
-        if len(x):
+        x = np.asarray(x, dtype=self.dtype)
+        k = min(len(x), len(self._mem) - self.n_memory)
+        self._mem[self.n_memory:self.n_memory + k] = x[:k]
+        self.n_memory += k
+        if len(x) > k:
             if self._file is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="raysift-share-",
                                                         dir=self._spill_dir)
-                self._file = open(Path(self._tmp.name) / "rows.f32", "wb")
-            self._file.write(np.ascontiguousarray(x).tobytes())
-            self.n_spilled += len(x)
+                self._file = open(Path(self._tmp.name) / "rows.bin", "wb")
+            self._file.write(np.ascontiguousarray(x[k:]).tobytes())
+            self.n_spilled += len(x) - k
 
     def finish(self) -> "RowStore":
-        """Join the in-memory parts into one array and map the spilled file."""
-        self._mem = np.concatenate(self._parts)
-        self._parts = []
+        """Trim the memory part to what it holds and map the spilled file."""
+        self._mem = self._mem[:self.n_memory]
         if self._file is not None:
             self._file.close()
             self._file = None
-            self._disk = np.memmap(Path(self._tmp.name) / "rows.f32", dtype=np.float32,
-                                   mode="r", shape=(self.n_spilled, *self.row_shape))
+            with open(Path(self._tmp.name) / "rows.bin", "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._disk = np.frombuffer(self._map, self.dtype).reshape(self.n_spilled,
+                                                                      *self.row_shape)
         return self
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -82,17 +93,24 @@ class RowStore:
         rows = np.asarray(rows, dtype=np.int64)
         if self._disk is None:
             return self._mem[rows]
-        out = np.empty((len(rows), *self.row_shape), np.float32)
+        out = np.empty((len(rows), *self.row_shape), self.dtype)
         low = rows < self.n_memory
         out[low] = self._mem[rows[low]]
         high = np.flatnonzero(~low)
         if len(high):
             order = high[np.argsort(rows[high], kind="stable")]  # ascending reads from the map
             out[order] = self._disk[rows[order] - self.n_memory]
+            self._read_since_release += len(high) * self.row_bytes
+            if self._read_since_release >= self.RESIDENT_WINDOW:
+                self._map.madvise(mmap.MADV_DONTNEED)
+                self._read_since_release = 0
         return out
 
     def close(self) -> None:
         self._disk = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -112,11 +130,16 @@ class Share:
     @classmethod
     def from_arrays(cls, ids, labels, x, budget_bytes: int = 2**40,
                     spill_dir: str | None = None) -> "Share":
-        """A share held in arrays already (tests, notebooks)."""
-        x = np.asarray(x, dtype=np.float32)
-        store = RowStore(x.shape[1:], budget_bytes, spill_dir)
+        """A share held in arrays already (tests, notebooks); uint8 stays 8-bit."""
+        x = np.asarray(x)
+        x = x if x.dtype == np.uint8 else x.astype(np.float32)
+        store = RowStore(x.shape[1:], budget_bytes, spill_dir, x.dtype, capacity=len(x))
         store.append(x)
         return cls(np.asarray(ids, np.int64), np.asarray(labels, np.int64), store.finish())
+
+    def features(self, positions: np.ndarray) -> np.ndarray:
+        """The rows' features as float32 (8-bit pixels scaled: operators.contract.as_float)."""
+        return as_float(self.x.take(positions))
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Positions of this share's rows whose id is in `ids` (others are skipped)."""
@@ -124,12 +147,15 @@ class Share:
 
 
 def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
-               budget_bytes: int, spill_dir: str | None = None) -> Share:
-    """Stream a split's Parquet shards once and keep the rows that `rank` owns."""
+               budget_bytes: int, spill_dir: str | None = None, dtype=np.float32) -> Share:
+    """Stream a split's Parquet shards once and keep the rows that `rank` owns, their features
+    in the ingested dtype (`dtype`: float32, or uint8 for 8-bit pixels)."""
     files = sorted(Path(split_dir).glob("*.parquet"))
     if not files:
         raise DataError(f"{split_dir}: no Parquet shards (was the data ingested?)")
-    ids, labels, store = [], [], RowStore(x_shape, budget_bytes, spill_dir)
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    ids, labels = [], []
+    store = RowStore(x_shape, budget_bytes, spill_dir, dtype, capacity=rows)
     width = int(np.prod(x_shape))
     for path in files:
         for batch in pq.ParquetFile(path).iter_batches(batch_size=_READ_ROWS,
@@ -138,7 +164,7 @@ def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
             mine = owner(batch_ids, seed, world) == rank
             if not mine.any():
                 continue
-            x = _flat_values(batch.column(X), path, width)
+            x = _flat_values(batch.column(X), path, width, store.dtype)
             ids.append(batch_ids[mine])
             labels.append(batch.column(LABEL).to_numpy()[mine])
             store.append(x[mine].reshape(-1, *x_shape))
@@ -146,11 +172,14 @@ def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
                  np.concatenate(labels) if labels else np.zeros(0, np.int64), store.finish())
 
 
-def _flat_values(column, path: Path, width: int) -> np.ndarray:
-    """A fixed-shape tensor column as (rows, width) float32, without a per-row Python loop."""
+def _flat_values(column, path: Path, width: int, dtype: np.dtype) -> np.ndarray:
+    """A fixed-shape tensor column as (rows, width) of `dtype`, without a per-row Python loop."""
     storage = column.storage if hasattr(column, "storage") else column
     values = storage.flatten().to_numpy(zero_copy_only=False)
     if len(values) != len(column) * width:
         raise DataError(f"{path}: column '{X}' holds {len(values)} values for {len(column)} "
                         f"rows, expected {width} a row")
-    return values.reshape(len(column), width).astype(np.float32, copy=False)
+    if values.dtype != dtype:
+        raise DataError(f"{path}: column '{X}' holds {values.dtype}, the ingest recorded "
+                        f"{dtype} (data/info.json x_dtype)")
+    return values.reshape(len(column), width)

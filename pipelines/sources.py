@@ -30,6 +30,7 @@ from .config import ConfigError, SourceConfig
 SPLITS = ("train", "val", "test")
 CHUNK_BYTES = 64 << 20  # a chunk's feature bytes stay below this, whatever `chunk_rows` says
 MNIST1D_SEED = 42  # the package's own seed: the standard MNIST-1D, whatever the job's seed is
+MNIST1D_PART = 60000  # the standard set's size; larger sizes are parts of it with seeds 43, ...
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -83,19 +84,27 @@ def _array_chunks(label, x, where: str, chunk_rows: int, id=None, split=None):
 # ---- built-in data ---------------------------------------------------------------------------
 
 def read_mnist1d(cfg: SourceConfig, chunk_rows: int) -> Source:
-    """MNIST-1D with its own 80/20 train/test split; x is (1, 40): one channel for a 1-D CNN."""
+    """MNIST-1D with its own 80/20 train/test split; x is (1, 40): one channel for a 1-D CNN.
+
+    Up to MNIST1D_PART samples it is the package's standard set (seed 42); a larger size is made
+    of parts of that size with seeds 42, 43, ..., generated and cached one at a time, so that
+    no process holds more than one part."""
     if cfg.num_samples < 10:
         raise ConfigError(f"source.num_samples: got {cfg.num_samples}, expected >= 10 "
                           f"(one per class at least)")
-    data = _mnist1d_arrays(cfg.num_samples)
+    sizes = [min(MNIST1D_PART, cfg.num_samples - start)
+             for start in range(0, cfg.num_samples, MNIST1D_PART)]
 
     def chunks():
-        for split, suffix in (("train", ""), ("test", "_test")):
-            x = data["x" + suffix].astype(np.float32)[:, None, :]
-            yield from _array_chunks(data["y" + suffix], x, f"mnist1d {split}", chunk_rows,
-                                     split=split)
+        for part, size in enumerate(sizes):
+            data = _mnist1d_arrays(size, MNIST1D_SEED + part)
+            for split, suffix in (("train", ""), ("test", "_test")):
+                x = data["x" + suffix].astype(np.float32)[:, None, :]
+                yield from _array_chunks(data["y" + suffix], x, f"mnist1d {split}", chunk_rows,
+                                         split=split)
 
-    return Source(chunks(), f"mnist1d (num_samples={cfg.num_samples}, seed {MNIST1D_SEED})",
+    parts = f", {len(sizes)} parts of up to {MNIST1D_PART}" if len(sizes) > 1 else ""
+    return Source(chunks(), f"mnist1d (num_samples={cfg.num_samples}, seed {MNIST1D_SEED}{parts})",
                   frozenset({"train", "test"}), [str(c) for c in range(10)])
 
 
@@ -104,16 +113,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raysift"
 
 
-def _mnist1d_arrays(num_samples: int) -> dict:
-    """Generated once per size and kept as .npz: 60,000 samples take ~14 s to make."""
-    path = cache_dir() / f"mnist1d-n{num_samples}-seed{MNIST1D_SEED}.npz"
+def _mnist1d_arrays(num_samples: int, seed: int) -> dict:
+    """Generated once per size and seed and kept as .npz: 60,000 samples take ~14 s to make."""
+    path = cache_dir() / f"mnist1d-n{num_samples}-seed{seed}.npz"
     if path.exists():
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     from mnist1d.data import get_dataset_args, make_dataset
 
     args = get_dataset_args()
-    args.num_samples, args.seed = num_samples, MNIST1D_SEED
+    args.num_samples, args.seed = num_samples, seed
     np_state, py_state = np.random.get_state(), random.getstate()  # it seeds the global RNGs
     try:
         made = make_dataset(args)
@@ -428,7 +437,8 @@ _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 def read_idx(cfg: SourceConfig, chunk_rows: int) -> Source:
     """`<prefix>-images-idx3-ubyte[.gz]` with `<prefix>-labels-idx1-ubyte[.gz]`: `train*` files
-    are the train split, `t10k*` (or `*test*`) the test split; images (1, H, W) in [0, 1]."""
+    are the train split, `t10k*` (or `*test*`) the test split; images (1, H, W) as stored (8-bit
+    pixels stay uint8)."""
     fs, files = list_files(cfg.path, ("-ubyte", "-ubyte.gz"))
     pairs: dict[str, dict] = {}
     for f in files:
@@ -456,11 +466,8 @@ def read_idx(cfg: SourceConfig, chunk_rows: int) -> Source:
             start = 0
             for images, labels in zip(_idx_rows(fs, pair["images"], rows),
                                       _idx_rows(fs, pair["labels"], rows)):
-                x = images.astype(np.float32)
-                if images.dtype == np.uint8:
-                    x /= 255.0
-                yield Chunk(labels, x[:, None] if x.ndim == 3 else x, pair["images"], start,
-                            split=split)
+                yield Chunk(labels, images[:, None] if images.ndim == 3 else images,
+                            pair["images"], start, split=split)
                 start += len(labels)
 
     return Source(chunks(), f"idx {cfg.path} ({', '.join(sorted(pairs))})",
@@ -506,7 +513,7 @@ def _idx_rows(fs, path: str, rows: int) -> Iterator[np.ndarray]:
 # ---- image folder ----------------------------------------------------------------------------
 
 def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
-    """One subfolder per class (class index = sorted folder names); x (C, H, W) in [0, 1]."""
+    """One subfolder per class (class index = sorted folder names); x (C, H, W) 8-bit pixels."""
     fs, root = filesystem(cfg.path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -531,7 +538,7 @@ def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
 
     def chunks():
         channels = 1 if mode == "L" else 3
-        rows = _rows_per_chunk(4 * channels * size[0] * size[1], chunk_rows)
+        rows = _rows_per_chunk(channels * size[0] * size[1], chunk_rows)
         for s in range(0, len(items), rows):
             part = items[s:s + rows]
             x = np.stack([_load_image(fs, p, mode, size) for p, _ in part])
@@ -576,5 +583,5 @@ def _load_image(fs, path: str, mode: str, size: tuple) -> np.ndarray:
             raise DataError(f"{path}: not a readable image: {e}") from e
     if (img.height, img.width) != size:
         img = img.resize((size[1], size[0]), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.float32) / 255.0
+    a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)

@@ -253,7 +253,7 @@ class NormBalanced(Policy):
         s, share, k = view.job.strategy, view.share, view.num_classes
         norms = Norms(kind=s.norm, channel_weights=s.channel_weights, keep_features=False)
         norm = np.concatenate([np.zeros(0)] + [
-            norms.norms(share.x.take(rows[i:i + 4096])).astype(np.float64)
+            norms.norms(share.features(rows[i:i + 4096])).astype(np.float64)
             for i in range(0, len(rows), 4096)])
         labels = share.labels[rows]
         sums = all_sum_np(np.concatenate([np.bincount(labels, weights=norm, minlength=k),

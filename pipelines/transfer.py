@@ -34,7 +34,7 @@ import torch
 from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from operators.contract import ID, LABEL, X
+from operators.contract import ID, LABEL, features
 
 from .config import ConfigError, JobConfig
 from .engine import MODEL_FILE, load_model
@@ -195,7 +195,7 @@ def _offer(library: HistoryLibrary, model: torch.nn.Module, dataset) -> None:
 def _accuracy(model: torch.nn.Module, dataset) -> float:
     correct = total = 0
     for batch in dataset.iter_batches(batch_size=4096, batch_format="numpy"):
-        correct += count_correct(model, batch[X], batch[LABEL])
+        correct += count_correct(model, features(batch), batch[LABEL])
         total += len(batch[ID])
     return correct / total
 
@@ -311,7 +311,7 @@ def collect_rows(shard, target: str = LABEL) -> tuple[np.ndarray, np.ndarray, np
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
         ids.append(batch[ID])
         labels.append(batch[target])
-        xs.append(np.asarray(batch[X], dtype=np.float32))
+        xs.append(features(batch))
     ids, labels, xs = np.concatenate(ids), np.concatenate(labels), np.concatenate(xs)
     order = np.argsort(ids, kind="stable")
     return ids[order], labels[order], xs[order]

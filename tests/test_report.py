@@ -13,7 +13,7 @@ from pipelines import cli
 from pipelines.report import (ACCURACY_PNG, BALANCE_PNG, COMPARISON, REPORT, accuracy_figure,
                               class_balance_figure, comparison_table, compute_to_reach,
                               curve_points, equal_compute_table, rebuild_report, saving_sentence,
-                              subset_class_counts, table, value_at, write_report)
+                              subset_class_counts, table, value_at, write_report, SECONDS)
 from pipelines.run_state import RunState, atomic_write_json
 
 # Training ids 0..11: ids 0-5 are class 0, 6-8 class 1, 9-11 class 2.
@@ -35,33 +35,42 @@ COUNTS = {"full": [[6, 3, 3]], "m2": [[1, 1, 1], [2, 2, 2]],
           "infobatch": [[6, 3, 3]]}
 
 
-def _round(r, train, infer, acc, bal=None, curve=None, phase="round"):
+def _round(r, train, infer, acc, bal=None, curve=None, phase="round", end=None):
+    """A phase record; `curve` rows (train, val passes, acc, bal[, clock]), `end` its clock."""
     rec = {"round": r, "phase": phase, "subset_size": 0, "val_accuracy": acc, "hard_found": 0,
            "added": 0, "train_sample_passes": train, "infer_sample_passes": infer}
     if bal is not None:
         rec["val_balanced_accuracy"] = bal
     if curve is not None:
         rec["curve"] = [{"epoch": e, "train_sample_passes": t, "val_sample_passes": v,
-                         "val_accuracy": a, "val_balanced_accuracy": b}
-                        for e, (t, v, a, b) in enumerate(curve)]
+                         "val_accuracy": a, "val_balanced_accuracy": b,
+                         **({"seconds_at": c[0]} if c else {})}
+                        for e, (t, v, a, b, *c) in enumerate(curve)]
+    if end is not None:
+        rec["seconds_end"] = end
     return rec
 
 
 # Compute (train + infer / 3): full 400, m2 100, random 120, norm_balanced 200, infobatch 300.
 PER_ROUND = {
     # One round with a per-epoch curve: 15 val passes per epoch.
-    "full": [_round(0, 385, 45, 0.93, 0.91, curve=[(128, 15, 0.8, 0.75), (256, 30, 0.9, 0.88),
-                                                   (385, 45, 0.93, 0.91)])],
-    # A curve in round 0 (24 of its 30 infer passes are scoring), none in round 1 or final.
-    "m2": [_round(0, 30, 30, 0.6, 0.55, curve=[(15, 3, 0.5, 0.45), (30, 6, 0.6, 0.55)]),
-           _round(1, 45, 15, 0.7, 0.66), _round(2, 9, 3, 0.72, 0.7, phase="final")],
-    # An older run: no curves, no validation balanced accuracy.
+    # Wall clock at each epoch's validation: 10, 20, 30 s.
+    "full": [_round(0, 385, 45, 0.93, 0.91, curve=[(128, 15, 0.8, 0.75, 10),
+                                                   (256, 30, 0.9, 0.88, 20),
+                                                   (385, 45, 0.93, 0.91, 30)], end=31)],
+    # A curve in round 0 (24 of its 30 infer passes are scoring), none in round 1 or final;
+    # the clock at round 0's epochs 5 and 8 s, at round 1's end 12 s, the final's 15 s.
+    "m2": [_round(0, 30, 30, 0.6, 0.55, curve=[(15, 3, 0.5, 0.45, 5), (30, 6, 0.6, 0.55, 8)],
+                  end=9),
+           _round(1, 45, 15, 0.7, 0.66, end=12), _round(2, 9, 3, 0.72, 0.7, phase="final", end=15)],
+    # Older runs: no clock; the first also has no curves and no validation balanced accuracy.
     "random": [_round(0, 30, 30, 0.5), _round(1, 70, 30, 0.65)],
     "norm_balanced": [_round(0, 50, 30, 0.4, 0.4), _round(1, 50, 30, 0.5, 0.45),
                       _round(2, 74, 18, 0.6, 0.58)],
     "infobatch": [_round(0, 270, 90, 0.9)],
 }
 COMPUTE = {"full": 400, "m2": 100, "random": 120, "norm_balanced": 200, "infobatch": 300}
+WALL = {"full": 40.0, "m2": 16.0, "random": 20.0, "norm_balanced": 30.0, "infobatch": 35.0}
 
 
 def _summary(strategy):
@@ -77,7 +86,7 @@ def _summary(strategy):
          "infer_sample_passes": sum(r["infer_sample_passes"] for r in per_round),
          "compute": COMPUTE[strategy],
          "wall_seconds": {"train": 1.0, "score": 0.0, "select": 0.0, "ingest": 0.0,
-                          "total": 2.0},
+                          "total": WALL[strategy]},
          "per_round": per_round}
     if "val_balanced_accuracy" in last:
         s["val_balanced_accuracy"] = last["val_balanced_accuracy"]
@@ -131,14 +140,16 @@ def test_compute_relative_to_full_and_balanced_columns():
     assert [(r[col["vs full"]], r[col["reach"]]) for r in rows] == [("-", "-")] * 4
     text = comparison_table(summaries).splitlines()
     assert text[0].split()[:5] == ["strategy", "rounds", "subset", "test", "acc"]
-    assert text[3].split()[0] == "m2" and text[3].split()[-4] == "0.250"
+    assert text[3].split()[0] == "m2" and text[3].split()[-5] == "0.250"
 
 
 def test_wall_time_beside_full_and_the_closing_sentence():
     summaries = [_summary(s) for s in ("full", "m2", "random")]
-    summaries[1]["wall_seconds"] = {**summaries[1]["wall_seconds"], "total": 0.5}
+    summaries[1]["wall_seconds"] = {**summaries[1]["wall_seconds"], "total": 10.0}
     head, rows = table(summaries)
-    assert [r[head.index("wall vs full")] for r in rows] == ["1.00", "0.25", "1.00"]
+    assert [r[head.index("wall vs full")] for r in rows] == ["1.00", "0.25", "0.50"]
+    # full's validation came within 0.5 points of its own at 30 s of its 40; m2 never did
+    assert [r[head.index("reach wall")] for r in rows] == ["0.75", "-", "-"]
     assert saving_sentence(summaries) == (
         "M2 reached test accuracy 0.7100 against full's 0.9200, at 25% of full's compute and "
         "25% of its wall time.")
@@ -153,6 +164,8 @@ def test_compute_to_reach_is_the_first_validation_at_the_target():
     assert compute_to_reach(m2, 0.4) == 16
     assert compute_to_reach(m2, 0.73) is None
     assert compute_to_reach(_summary("full"), 0.88, "val_balanced_accuracy") == 266
+    assert compute_to_reach(m2, 0.65, axis=SECONDS) == 12
+    assert compute_to_reach(_summary("random"), 0.4, axis=SECONDS) is None  # no clock kept
 
 
 def test_values_at_equal_compute_are_the_last_validation_within_it():
@@ -178,11 +191,16 @@ def test_curve_points_take_epochs_where_kept_else_rounds():
                                                                 (400, 0.91)]
     assert curve_points(s["random"]) == [(40, 0.5), (120, 0.65)]
     assert curve_points(s["random"], "val_balanced_accuracy") == []
+    # On the wall clock: each epoch's reading, else the round's end; none for older runs.
+    assert curve_points(s["m2"], axis=SECONDS) == [(5, 0.5), (8, 0.6), (12, 0.7), (15, 0.72)]
+    assert curve_points(s["full"], "val_balanced_accuracy", SECONDS) == [
+        (10, 0.75), (20, 0.88), (30, 0.91)]
+    assert curve_points(s["random"], axis=SECONDS) == []
 
 
-def test_accuracy_figure_has_one_line_per_strategy():
+def test_accuracy_figure_has_one_line_per_strategy_against_compute_and_wall_time():
     summaries = [_summary(s) for s in MANIFESTS]
-    acc, bal = accuracy_figure(summaries).axes
+    acc, bal, acc_wall, bal_wall = accuracy_figure(summaries).axes
     assert [line.get_label() for line in acc.get_lines()] == list(MANIFESTS)
     m2 = acc.get_lines()[1]
     assert list(m2.get_xdata()) == [16, 32, 90, 100]
@@ -191,6 +209,12 @@ def test_accuracy_figure_has_one_line_per_strategy():
     assert [line.get_label() for line in bal.get_lines()] == ["full", "m2", "norm_balanced"]
     stars = [tuple(c.get_offsets()[0]) for c in bal.collections]
     assert stars == [(s["compute"], s["test_balanced_accuracy"]) for s in summaries]
+    # Against the wall clock: lines for the runs that kept one, stars at each run's total.
+    assert [line.get_label() for line in acc_wall.get_lines()] == ["full", "m2"]
+    assert list(acc_wall.get_lines()[1].get_xdata()) == [5, 8, 12, 15]
+    stars = [tuple(c.get_offsets()[0]) for c in acc_wall.collections]
+    assert stars == [(WALL[s["strategy"]], s["test_accuracy"]) for s in summaries]
+    assert "wall seconds" in bal_wall.get_xlabel()
 
 
 def test_subset_class_counts_per_round_leave_out_dropped(compared):

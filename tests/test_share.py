@@ -3,6 +3,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from ray.data.extensions import ArrowTensorArray
 
 from operators.contract import DataError
@@ -63,3 +64,18 @@ def test_a_folder_without_shards_names_itself(tmp_path):
         read_share(tmp_path, 0, 0, 1, (1,), 1)
     share = Share.from_arrays([3, 4], [0, 1], np.zeros((2, 5)))
     assert len(share) == 2 and share.x.take(np.array([1])).shape == (1, 5)
+
+
+def test_8_bit_rows_are_kept_8_bit_and_scaled_batch_by_batch(tmp_path):
+    from pipelines.engine import device_batch
+
+    pixels = np.array([[[0, 51]], [[255, 3]], [[17, 18]]], np.uint8)
+    _write(tmp_path / "train", np.array([10, 11, 12]), pixels)
+    share = read_share(tmp_path / "train", 0, 0, 1, (1, 2), budget_bytes=2, dtype=np.uint8)
+    assert share.x.n_memory == 1 and share.x.take(np.arange(3)).dtype == np.uint8
+    x, y = device_batch(share, np.array([2, 0, 1]), "cpu")
+    assert x.dtype == torch.float32 and y.tolist() == [2, 0, 1]
+    assert x.numpy().tolist() == (pixels[[2, 0, 1]] / np.float32(255)).tolist()
+    assert share.features(np.array([1])).tolist() == [[[1.0, 3 / np.float32(255)]]]
+    with pytest.raises(DataError, match="holds uint8, the ingest recorded float32"):
+        read_share(tmp_path / "train", 0, 0, 1, (1, 2), budget_bytes=2)

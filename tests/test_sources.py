@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from ray.data.extensions import ArrowTensorArray
 
+from operators.contract import DataError, features
 from pipelines.config import SourceConfig
 from pipelines.ingest import ingest, load_info, read_split
 
@@ -128,11 +129,12 @@ def test_idx_train_and_t10k_files(ray_session, tmp_path):
 
     ids, labels, got = shards(tmp_path / "out" / "test")
     assert ids.tolist() == [0, 1] and labels.tolist() == [7, 8]  # t10k sorts first
-    np.testing.assert_array_equal(got, (test / 255.0).astype(np.float32)[:, None])
+    assert got.dtype == np.uint8  # 8-bit pixels stay 8-bit on disk
+    np.testing.assert_array_equal(got, test[:, None])
     ids, labels, got = read_all(tmp_path / "out", "train")
     assert ids.tolist() == [2, 3, 4, 5, 6, 7] and labels.tolist() == [0, 1, 2, 3, 4, 5]
-    np.testing.assert_array_equal(got, (train / 255.0).astype(np.float32)[:, None])
-    assert info.x_shape == (1, 3, 2) and info.num_classes == 9
+    np.testing.assert_array_equal(features({"x": got}), (train / 255.0).astype(np.float32)[:, None])
+    assert info.x_shape == (1, 3, 2) and info.num_classes == 9 and info.x_dtype == "uint8"
 
 
 def test_imagefolder_grey_images_and_class_names(ray_session, tmp_path):
@@ -152,8 +154,8 @@ def test_imagefolder_grey_images_and_class_names(ray_session, tmp_path):
     ids, labels, got = read_all(tmp_path / "out", "train")
     assert labels.tolist() == [0, 1, 1] and info.class_names == ["ant", "cat"]
     expected = [images[k] for k in (("ant", "z.png"), ("cat", "a.png"), ("cat", "b.png"))]
-    np.testing.assert_array_equal(got, np.stack(expected)[:, None] / np.float32(255))
-    assert info.x_shape == (1, 3, 4)
+    np.testing.assert_array_equal(got, np.stack(expected)[:, None])
+    assert info.x_shape == (1, 3, 4) and info.x_dtype == "uint8"
 
 
 def test_imagefolder_rgb_resized_to_image_size(tmp_path):
@@ -166,7 +168,7 @@ def test_imagefolder_rgb_resized_to_image_size(tmp_path):
                   tmp_path / "out")
     x = shard_x(tmp_path / "out" / "train")
     assert x.shape == (2, 3, 6, 8) and info.x_shape == (3, 6, 8)
-    np.testing.assert_allclose(x[:, :, 2, 3], [[1.0, 0.0, 0.2]] * 2, atol=1e-6)
+    assert x[:, :, 2, 3].tolist() == [[255, 0, 51]] * 2
 
 
 def test_mnist1d_given_split_and_cache(ray_session, tmp_path, monkeypatch):
@@ -190,6 +192,22 @@ def test_mnist1d_given_split_and_cache(ray_session, tmp_path, monkeypatch):
     assert ingest(cfg, 0, tmp_path / "b") == info
 
 
+def test_mnist1d_past_one_part_is_parts_with_the_next_seeds(tmp_path, monkeypatch):
+    from pipelines import sources
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(sources, "MNIST1D_PART", 100)
+    cfg = all_train(kind="mnist1d", num_samples=250)
+    info = ingest(cfg, 0, tmp_path / "a")
+    cache = tmp_path / "cache" / "raysift"
+    parts = [np.load(cache / f"mnist1d-n{n}-seed{seed}.npz")
+             for n, seed in ((100, 42), (100, 43), (50, 44))]
+    assert info.counts == {"train": 200, "val": 0, "test": 50}
+    train = shard_x(tmp_path / "a" / "train")[:, 0]
+    np.testing.assert_array_equal(train, np.concatenate([p["x"] for p in parts]).astype(np.float32))
+    assert not np.array_equal(parts[0]["x"][:50], parts[2]["x"])  # new seeds, new samples
+
+
 def test_digits_scaled_to_unit_range(tmp_path):
     info = ingest(SourceConfig(kind="digits", test_fraction=0.2, val_fraction=0.1), 0,
                   tmp_path / "out")
@@ -205,3 +223,23 @@ def test_user_kinds_need_a_path(kind, tmp_path):
 
     with pytest.raises(ConfigError, match="source.path: required"):
         ingest(SourceConfig(kind=kind), 0, tmp_path / "out")
+
+
+def test_uint8_arrays_stay_8_bit_and_other_numbers_become_float32(tmp_path):
+    pixels = np.array([[0, 128, 255], [7, 8, 9]], np.uint8)
+    np.savez(tmp_path / "p.npz", x=pixels, label=[0, 1])
+    info = ingest(all_train(kind="npz", path=str(tmp_path / "p.npz")), 0, tmp_path / "p")
+    assert info.x_dtype == "uint8" and shard_x(tmp_path / "p" / "train").tolist() == pixels.tolist()
+    np.savez(tmp_path / "f.npz", x=pixels.astype(np.int16), label=[0, 1])
+    info = ingest(all_train(kind="npz", path=str(tmp_path / "f.npz")), 0, tmp_path / "f")
+    got = shard_x(tmp_path / "f" / "train")
+    assert info.x_dtype == "float32" and got.dtype == np.float32
+    assert got.tolist() == pixels.astype(np.float32).tolist()  # not pixels: values as given
+
+
+def test_8_bit_in_one_file_and_not_in_another_is_refused_by_name(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros((2, 3), np.uint8), label=[0, 1])
+    np.savez(tmp_path / "b.npz", x=np.zeros((2, 3), np.float32), label=[0, 1])
+    with pytest.raises(DataError, match=r"b\.npz.*float32.*a\.npz.*8-bit"):
+        ingest(all_train(kind="npz", path=str(tmp_path)), 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
