@@ -15,7 +15,7 @@ import yaml
 
 from operators.contract import DataError
 
-from . import feedback_job, operator_jobs, synthesize, transfer
+from . import adapt, feedback_job, operator_jobs, synthesize, transfer
 from .config import ConfigError, load_job
 
 
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback_job.add_commands(commands)
     transfer.add_commands(commands)
     synthesize.add_commands(commands)
+    adapt.add_commands(commands)
     return parser
 
 

@@ -284,14 +284,20 @@ def check_field(ok: bool, name: str, value, expected: str) -> None:
         raise ConfigError(f"{name}: got {value!r}, expected {expected}")
 
 
-def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
-    """Read a YAML job, apply `overrides` (dotted keys), type-check and validate it."""
+def read_job_file(path: str | Path) -> dict:
+    """A YAML job file's mapping of sections (any job kind), or a ConfigError naming the file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"job file {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the job must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
+    """Read a YAML job, apply `overrides` (dotted keys), type-check and validate it."""
+    raw = read_job_file(path)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")

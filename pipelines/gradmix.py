@@ -62,16 +62,24 @@ def allreduce_mean(vec: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
-def _weights_similarity(cos: float, floor: float = 0.0) -> tuple[float, float]:
-    """w_h = 1 - cos, w_t = 1 + cos, with each weight kept at least `floor`.
+def _weights_similarity(cos: float, floor: float = 0.0, cos_scale: float = 1.0
+                        ) -> tuple[float, float]:
+    """w_h = 1 - c, w_t = 1 + c with c = clip(cos / cos_scale, -1, 1), each kept >= `floor`.
 
     Why: the history weight grows as the two gradients conflict, so the old task is protected
     exactly when the new task would pull the model away from it; when they agree, the transfer
     gradient already serves both and takes the step. The weights sum to 2, the total weight of
     plain replay, so the rules compare at the same step size; at cos = 0 the rule *is* plain
-    replay. `floor > 0` keeps either task from being switched off entirely (cos = +-1).
+    replay. `floor > 0` keeps either task from being switched off entirely.
+
+    `cos_scale` (in (0, 1]) is the cosine that counts as full conflict or full agreement:
+    two minibatch gradients of a network with thousands of weights are nearly orthogonal
+    (|cos| about 0.1), where 1 +- cos stays within a few percent of plain replay; with
+    cos_scale 0.1 a cosine of -0.05 already gives the history 1.5 and the new scene 0.5.
+    cos_scale 1 is the rule above unchanged.
     """
-    w_h = min(max(1.0 - cos, floor), 2.0 - floor)
+    c = min(max(cos / cos_scale, -1.0), 1.0)
+    w_h = min(max(1.0 - c, floor), 2.0 - floor)
     return 2.0 - w_h, w_h
 
 
@@ -79,7 +87,8 @@ def mix(g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
         ) -> tuple[torch.Tensor, dict]:
     """The mixed gradient `w_t g_t + w_h g_h` under `rule`, and info {cosine, w_t, w_h, conflict}.
 
-    similarity: weights from the cosine (see `_weights_similarity`); option `floor` (0 to 1).
+    similarity: weights from the cosine (see `_weights_similarity`); options `floor` (0 to 1)
+            and `cos_scale` (in (0, 1], default 1).
     agem:   when g_t . g_h < 0, g_t minus its component along g_h (A-GEM); else g_t.
     pcgrad: when g_t . g_h < 0, each projected onto the other's normal plane, then summed;
             else g_t + g_h (PCGrad for two tasks).
@@ -88,7 +97,7 @@ def mix(g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
     """
     if rule not in RULES:
         raise ValueError(f"rule: unknown rule {rule!r}; choose one of {', '.join(RULES)}")
-    allowed = {"floor"} if rule == "similarity" else set()
+    allowed = {"floor", "cos_scale"} if rule == "similarity" else set()
     unknown = sorted(set(opts) - allowed)
     if unknown:
         raise ValueError(f"rule {rule!r}: unknown option(s) {unknown}; "
@@ -99,6 +108,9 @@ def mix(g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
     floor = float(opts.get("floor", 0.0))
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"floor: must be in [0, 1], got {floor}")
+    cos_scale = float(opts.get("cos_scale", 1.0))
+    if not 0.0 < cos_scale <= 1.0:
+        raise ValueError(f"cos_scale: must be in (0, 1], got {cos_scale}")
 
     g_t64, g_h64 = g_t.double(), g_h.double()
     dot = float(g_t64 @ g_h64)
@@ -107,7 +119,7 @@ def mix(g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
     conflict = dot < 0  # implies both norms are non-zero
 
     if rule == "similarity":
-        w_t, w_h = _weights_similarity(cos, floor)
+        w_t, w_h = _weights_similarity(cos, floor, cos_scale)
     elif rule == "agem":
         w_t, w_h = 1.0, (-dot / nh2 if conflict else 0.0)
     elif rule == "pcgrad":

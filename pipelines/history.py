@@ -17,6 +17,11 @@ Both keep at most `per_class` samples of each class, so the size and the class b
 across updates. `save`/`load` put the library beside a checkpoint: a Parquet table (id, label,
 x) that reads back as a dataset under the data contract, and a JSON file of its settings and
 random state, so a resumed run continues the same stream.
+
+A sample whose training target is more than its class (a detector's image and its dense box
+target, `detector.encode_targets`) carries it in a `target` column: a library offered batches
+with that column holds, replays, saves and loads it with the sample, passes it to `grad_fn`
+in place of the label, and uses the label only to balance (one label for all: one group).
 """
 from __future__ import annotations
 
@@ -33,10 +38,11 @@ from .models import embed
 from .run_state import atomic_write_bytes, atomic_write_json
 
 RULES = ("herding", "reservoir")
+TARGET = "target"
 TABLE_FILE = "history.parquet"
 SETTINGS_FILE = "history.json"
 
-GradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+GradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, training targets) -> (n, d)
 
 
 def last_layer_gradients(embedding: torch.Tensor, logits: torch.Tensor,
@@ -110,6 +116,7 @@ class HistoryLibrary:
         self.ids_ = np.zeros(0, np.int64)
         self.labels_ = np.zeros(0, np.int64)
         self.x_: np.ndarray | None = None
+        self.targets_: np.ndarray | None = None  # the `target` column, when samples carry one
         self.seen_ = np.zeros(num_classes, np.int64)  # new samples offered so far, per class
 
     def __len__(self) -> int:
@@ -120,26 +127,40 @@ class HistoryLibrary:
         return np.bincount(self.labels_, minlength=self.num_classes)
 
     def update(self, batch: dict, grad_fn: GradFn | None = None) -> "HistoryLibrary":
-        """Offer a batch (id, label, x); ids already held are ignored.
+        """Offer a batch (id, label, x, and target when samples carry one); ids already held
+        are ignored.
 
-        `grad_fn(x, labels) -> (n, d)` gives each sample's gradient under the current model
-        (e.g. `last_layer_gradients`); the herding rule needs it, reservoir ignores it.
+        `grad_fn(x, y) -> (n, d)` gives each sample's gradient under the current model, y the
+        targets when the samples carry them, else the labels (e.g. `last_layer_gradients`);
+        the herding rule needs it, reservoir ignores it.
         """
         if self.rule == "herding" and grad_fn is None:
             raise ValueError("grad_fn: the herding rule needs per-sample gradients")
-        ids, labels, x = self._validated(batch)
+        ids, labels, x, targets = self._validated(batch)
         new = ~np.isin(ids, self.ids_)
         ids, labels, x = ids[new], labels[new], x[new]
         if self.x_ is None:
             self.x_ = np.zeros((0, *x.shape[1:]), np.float32)
+            if targets is not None:
+                self.targets_ = np.zeros((0, *targets.shape[1:]), np.float32)
+        held = len(self.ids_)
+        pool_ids = np.concatenate([self.ids_, ids])
+        pool_labels = np.concatenate([self.labels_, labels])
+        pool_x = np.concatenate([self.x_, x])
+        pool_targets = None if targets is None else np.concatenate([self.targets_, targets[new]])
         if self.rule == "reservoir":
-            self._reservoir(ids, labels, x)
+            kept = self._reservoir(labels, held)
         else:
-            self._herd(ids, labels, x, grad_fn)
+            y = pool_labels if pool_targets is None else pool_targets
+            kept = self._herd(pool_labels, pool_x, y, grad_fn)
+        self.ids_, self.labels_, self.x_ = pool_ids[kept], pool_labels[kept], pool_x[kept]
+        if pool_targets is not None:
+            self.targets_ = pool_targets[kept]
         self.seen_ += np.bincount(labels, minlength=self.num_classes)
         return self
 
-    def _validated(self, batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _validated(self, batch: dict
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         require_columns(batch.keys(), [ID, LABEL, X], where="history batch")
         ids = np.asarray(batch[ID], dtype=np.int64)
         labels = np.asarray(batch[LABEL], dtype=np.int64)
@@ -157,54 +178,54 @@ class HistoryLibrary:
         if self.x_ is not None and x.shape[1:] != self.x_.shape[1:]:
             raise DataError(f"column '{X}': feature shape {x.shape[1:]} differs from the "
                             f"library's {self.x_.shape[1:]}")
-        return ids, labels, x
+        targets = features(batch, TARGET) if TARGET in batch else None
+        if self.x_ is not None and (targets is None) != (self.targets_ is None):
+            raise DataError(f"column '{TARGET}': the library's samples "
+                            f"{'carry' if self.targets_ is not None else 'do not carry'} one; "
+                            f"the batch's {'do not' if targets is None else 'do'}")
+        if targets is not None:
+            check_finite(targets, ids, where=f"column '{TARGET}'")
+            if self.targets_ is not None and targets.shape[1:] != self.targets_.shape[1:]:
+                raise DataError(f"column '{TARGET}': shape {targets.shape[1:]} differs from "
+                                f"the library's {self.targets_.shape[1:]}")
+        return ids, labels, x, targets
 
-    def _reservoir(self, ids, labels, x) -> None:
-        """Algorithm R per class: the n-th sample of a class replaces a random slot w.p. k/n."""
+    def _reservoir(self, labels: np.ndarray, held: int) -> np.ndarray:
+        """Algorithm R per class: the n-th sample of a class replaces a random slot w.p. k/n.
+
+        The pool is the `held` members, then the offered samples (of `labels`); returns the
+        pool rows kept, class by class in slot order."""
         slots = [list(np.flatnonzero(self.labels_ == c)) for c in range(self.num_classes)]
-        held_ids, held_labels, held_x = list(self.ids_), list(self.labels_), list(self.x_)
         seen = self.seen_.copy()
         for i, c in enumerate(labels):
             seen[c] += 1
             if len(slots[c]) < self.per_class:
-                slots[c].append(len(held_ids))
-                held_ids.append(ids[i])
-                held_labels.append(c)
-                held_x.append(x[i])
+                slots[c].append(held + i)
                 continue
             j = int(self._rng.integers(seen[c]))
             if j < self.per_class:
-                held_ids[slots[c][j]], held_x[slots[c][j]] = ids[i], x[i]
-        order = np.asarray([s for class_slots in slots for s in class_slots], np.int64)
-        shape = self.x_.shape[1:]
-        self._keep(np.asarray(held_ids, np.int64)[order],
-                   np.asarray(held_labels, np.int64)[order],
-                   np.asarray(held_x, np.float32).reshape(-1, *shape)[order])
+                slots[c][j] = held + i
+        return np.asarray([s for class_slots in slots for s in class_slots], np.int64)
 
-    def _herd(self, ids, labels, x, grad_fn: GradFn) -> None:
-        pool_ids = np.concatenate([self.ids_, ids])
-        pool_labels = np.concatenate([self.labels_, labels])
-        pool_x = np.concatenate([self.x_, x])
+    def _herd(self, pool_labels: np.ndarray, pool_x: np.ndarray, pool_y: np.ndarray,
+              grad_fn: GradFn) -> np.ndarray:
+        """The pool rows herding keeps, class by class (pool: the members, then the offer)."""
         per_class = [np.flatnonzero(pool_labels == c) for c in range(self.num_classes)]
         crowded = [rows for rows in per_class if len(rows) > self.per_class]
         if crowded:  # one grad_fn call for every class that must give up samples
             rows = np.concatenate(crowded)
-            grads = np.asarray(grad_fn(pool_x[rows], pool_labels[rows]))
+            grads = np.asarray(grad_fn(pool_x[rows], pool_y[rows]))
             if grads.ndim != 2 or len(grads) != len(rows) or not np.isfinite(grads).all():
                 raise ValueError(f"grad_fn: expected {len(rows)} finite gradient rows (n, d), "
                                  f"got shape {grads.shape}")
-            at = np.empty(len(pool_ids), np.int64)
+            at = np.empty(len(pool_labels), np.int64)
             at[rows] = np.arange(len(rows))
         kept = []
         for rows in per_class:
             if len(rows) > self.per_class:
                 rows = rows[herding(grads[at[rows]], self.per_class)]
             kept.append(rows)
-        kept = np.concatenate(kept)
-        self._keep(pool_ids[kept], pool_labels[kept], pool_x[kept])
-
-    def _keep(self, ids, labels, x) -> None:
-        self.ids_, self.labels_, self.x_ = ids, labels, x
+        return np.concatenate(kept)
 
     def iter_batches(self, batch_size: int, seed: int, rank: int = 0,
                      world: int = 1) -> Iterator[dict]:
@@ -229,7 +250,10 @@ class HistoryLibrary:
                 perm = np.random.default_rng([seed, passes]).permutation(len(self))
                 pending, passes = np.concatenate([pending, perm]), passes + 1
             take, pending = pending[:batch_size][rank::world], pending[batch_size:]
-            yield {ID: self.ids_[take], LABEL: self.labels_[take], X: self.x_[take]}
+            out = {ID: self.ids_[take], LABEL: self.labels_[take], X: self.x_[take]}
+            if self.targets_ is not None:
+                out[TARGET] = self.targets_[take]
+            yield out
 
     def save(self, directory: str | Path) -> None:
         """Write the table and the settings into `directory` (beside a checkpoint)."""
@@ -240,8 +264,11 @@ class HistoryLibrary:
         if self.x_ is None:
             raise ValueError("the history library is empty: there is nothing to save")
         directory = Path(directory)
-        table = pa.table({ID: pa.array(self.ids_), LABEL: pa.array(self.labels_),
-                          X: ArrowTensorArray.from_numpy(self.x_)})
+        columns = {ID: pa.array(self.ids_), LABEL: pa.array(self.labels_),
+                   X: ArrowTensorArray.from_numpy(self.x_)}
+        if self.targets_ is not None:
+            columns[TARGET] = ArrowTensorArray.from_numpy(self.targets_)
+        table = pa.table(columns)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write_bytes(directory / TABLE_FILE, sink.getvalue().to_pybytes())
@@ -263,8 +290,11 @@ class HistoryLibrary:
                   settings["seed"])
         table = pq.read_table(directory / TABLE_FILE)
         require_columns(table.column_names, [ID, LABEL, X], where=str(directory / TABLE_FILE))
-        lib._keep(table[ID].to_numpy(), table[LABEL].to_numpy(),
-                  table[X].combine_chunks().to_numpy().astype(np.float32, copy=False))
+        lib.ids_, lib.labels_ = table[ID].to_numpy(), table[LABEL].to_numpy()
+        lib.x_ = table[X].combine_chunks().to_numpy().astype(np.float32, copy=False)
+        if TARGET in table.column_names:
+            lib.targets_ = table[TARGET].combine_chunks().to_numpy().astype(np.float32,
+                                                                           copy=False)
         lib.seen_ = np.asarray(settings["seen"], np.int64)
         lib._rng.bit_generator.state = settings["rng_state"]
         return lib

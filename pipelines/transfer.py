@@ -19,11 +19,13 @@ ignores gradients and is kept as it was. A loaded library must hold samples of `
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
@@ -41,8 +43,8 @@ from .ingest import DataInfo, ingest, read_split
 from .rounds import init_ray
 from .run_state import atomic_write_json, replace_via_staging
 from .seeding import derive_seed
-from .transfer_config import MetaConfig, TransferConfig, load_transfer, transfer_from_dict
-from .transfer_step import count_correct, run_epochs
+from .transfer_config import MetaConfig, TransferConfig, TransferTrainConfig, load_transfer
+from .transfer_step import CLASSIFIER, Task, count_correct, run_epochs
 
 JOB_COPY = "transfer.json"
 SUMMARY = "summary.json"
@@ -68,7 +70,7 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     _check_inputs(cfg, run_dir, overwrite)
     meta = load_meta(cfg.meta)
     init_ray()
-    _check_resources(cfg)
+    check_resources(cfg.train)
     seconds = {}
 
     t = time.perf_counter()
@@ -92,7 +94,9 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     seconds["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    checkpoint, metrics = _fit(cfg, new_train, run_dir)
+    plan = TransferPlan(partial(load_meta, cfg.meta), save_model, CLASSIFIER, LABEL, cfg.train,
+                        cfg.history_batch_size, cfg.seed, str((run_dir / "history").resolve()))
+    checkpoint, metrics = fit_transfer(plan, new_train, run_dir / "train")
     seconds["train"] = time.perf_counter() - t
     final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
@@ -133,11 +137,11 @@ def _check_inputs(cfg: TransferConfig, run_dir: Path, overwrite: bool) -> None:
                               f"replaces; copy it out or choose another run_dir")
 
 
-def _check_resources(cfg: TransferConfig) -> None:
-    kind = "GPU" if cfg.train.use_gpu else "CPU"
+def check_resources(train: TransferTrainConfig) -> None:
+    kind = "GPU" if train.use_gpu else "CPU"
     have = int(ray.cluster_resources().get(kind, 0))
-    if cfg.train.num_workers > have:
-        raise ConfigError(f"train.num_workers: {cfg.train.num_workers} {kind} workers asked "
+    if train.num_workers > have:
+        raise ConfigError(f"train.num_workers: {train.num_workers} {kind} workers asked "
                           f"for, the cluster has {have} {kind}s")
 
 
@@ -196,13 +200,34 @@ def _accuracy(model: torch.nn.Module, dataset) -> float:
     return correct / total
 
 
-def _fit(cfg: TransferConfig, new_train, run_dir: Path) -> tuple[str, dict]:
+@dataclass(frozen=True)
+class TransferPlan:
+    """What every Ray Train worker of a transfer needs; pickled into the loop's config."""
+
+    load_model: Callable[[], torch.nn.Module]  # the model to start from, built on the worker
+    save_model: Callable[[torch.nn.Module, Path], None]  # writes it into a checkpoint folder
+    task: Task
+    target: str  # the column the new rows train against: `label`, or a detector's `target`
+    train: TransferTrainConfig
+    history_batch_size: int
+    seed: int
+    library: str | None  # a saved HistoryLibrary's folder; None with rule finetune
+
+
+def save_model(model: torch.nn.Module, folder: Path) -> None:
+    """A classifier checkpoint in train.py's format."""
+    torch.save({"model": model.state_dict()}, Path(folder) / MODEL_FILE)
+
+
+def fit_transfer(plan: TransferPlan, new_train, storage: Path) -> tuple[str, dict]:
+    """One Ray Train run of `run_epochs` over `new_train`; returns its checkpoint folder and
+    its metrics (the step statistics)."""
+    train = plan.train
     trainer = TorchTrainer(
         _transfer_loop,
-        train_loop_config={"job": cfg.to_dict(), "library": str((run_dir / "history").resolve())},
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers,
-                                     use_gpu=cfg.train.use_gpu),
-        run_config=RunConfig(storage_path=str((run_dir / "train").resolve()), name="transfer",
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
+        run_config=RunConfig(storage_path=str(Path(storage).resolve()), name="transfer",
                              failure_config=FailureConfig(max_failures=2)),
         # Materialised before fit, as in train.py: the workers may hold every CPU.
         datasets={"new": new_train.materialize()},
@@ -215,21 +240,23 @@ def _fit(cfg: TransferConfig, new_train, run_dir: Path) -> tuple[str, dict]:
 def _transfer_loop(config: dict) -> None:
     """Every worker: all new rows and the library, its share of each batch (run_epochs).
 
-    A restarted worker group starts again from the meta-model; the seeds make it end the same.
+    Every worker reads all new rows into memory: the transfers here are a few thousand small
+    samples at most. A restarted worker group starts again from the plan's model; the seeds
+    make it end the same.
     """
-    cfg = transfer_from_dict(config["job"])
+    plan: TransferPlan = config["plan"]
     rank = ray.train.get_context().get_world_rank()
-    torch.set_num_threads(cfg.train.threads_per_worker)
-    torch.manual_seed(derive_seed(cfg.seed, "transfer", rank))
-    _, y_new, x_new = collect_rows(ray.train.get_dataset_shard("new"))
-    library = HistoryLibrary.load(config["library"])
-    model = load_meta(cfg.meta).to(ray.train.torch.get_device())
-    stats = run_epochs(model, x_new, y_new, library, cfg.train, cfg.history_batch_size,
-                       cfg.seed)
+    torch.set_num_threads(plan.train.threads_per_worker)
+    torch.manual_seed(derive_seed(plan.seed, "transfer", rank))
+    _, y_new, x_new = collect_rows(ray.train.get_dataset_shard("new"), plan.target)
+    library = HistoryLibrary.load(plan.library) if plan.library else None
+    model = plan.load_model().to(ray.train.torch.get_device())
+    stats = run_epochs(model, x_new, y_new, library, plan.train, plan.history_batch_size,
+                       plan.seed, plan.task)
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if rank == 0:
-            torch.save({"model": model.state_dict()}, Path(d) / MODEL_FILE)
+            plan.save_model(model, Path(d))
             checkpoint = ray.train.Checkpoint.from_directory(d)
         ray.train.report({k: v for k, v in stats.items() if v is not None},
                          checkpoint=checkpoint)
@@ -263,25 +290,27 @@ def format_summary(s: dict) -> str:
             f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}")
 
 
-def _command(args: argparse.Namespace) -> None:
-    run_transfer(load_transfer(args.job), overwrite=args.overwrite)
+def add_job_command(subparsers, name: str, help: str, load: Callable, run: Callable) -> None:
+    """Register `raysift NAME JOB.yaml [--overwrite]`, which runs `run(load(JOB.yaml))`."""
+    p = subparsers.add_parser(name, help=help)
+    p.add_argument("job", help=f"the {name} job file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    p.set_defaults(func=lambda args: run(load(args.job), overwrite=args.overwrite))
 
 
 def add_commands(subparsers) -> None:
     """Register `transfer` on the CLI's subparsers."""
-    p = subparsers.add_parser("transfer", help="adapt a trained model to a new scene, "
-                                               "replaying a history library (M5)")
-    p.add_argument("job", help="the transfer job file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    p.set_defaults(func=_command)
+    add_job_command(subparsers, "transfer", "adapt a trained model to a new scene, replaying "
+                    "a history library (M5)", load_transfer, run_transfer)
 
 
-def collect_rows(shard) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All rows of a dataset shard as (ids, labels, x), ordered by id."""
+def collect_rows(shard, target: str = LABEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All rows of a dataset shard as (ids, targets, x), ordered by id: the targets are the
+    `target` column (the labels by default). Holds the whole shard in memory."""
     ids, labels, xs = [], [], []
     for batch in shard.iter_batches(batch_size=4096, batch_format="numpy"):
         ids.append(batch[ID])
-        labels.append(batch[LABEL])
+        labels.append(batch[target])
         xs.append(features(batch))
     ids, labels, xs = np.concatenate(ids), np.concatenate(labels), np.concatenate(xs)
     order = np.argsort(ids, kind="stable")

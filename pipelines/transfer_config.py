@@ -9,10 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from . import history
-from .config import ConfigError, ModelConfig, SourceConfig, build_section, check_field
+from .config import ModelConfig, SourceConfig, build_section, check_field, read_job_file
 
 RULES = ("finetune", "sum", "agem", "pcgrad", "similarity")
 
@@ -41,6 +39,9 @@ class HistoryConfig:
 class TransferTrainConfig:
     rule: str = "similarity"  # finetune | sum | agem | pcgrad | similarity
     floor: float = 0.0  # similarity: the smallest weight either gradient keeps
+    cos_scale: float = 1.0  # similarity: the cosine that counts as full conflict (gradmix)
+    distill: float = 0.0  # weight of the meta-model's distillation on the history batches
+    joint_forward: bool = False  # one forward pass over new and history rows (BatchNorm)
     epochs: int = 10
     batch_size: int = 32  # new-scene rows per step (global, over all workers)
     lr: float = 0.01
@@ -51,8 +52,21 @@ class TransferTrainConfig:
     threads_per_worker: int = 1
 
 
+class TransferJob:
+    """What the transfer-like job files (transfer, adapt) share: a `history` section with an
+    optional `batch_size` and a `train` section with one."""
+
+    @property
+    def history_batch_size(self) -> int:
+        h = self.history.batch_size
+        return self.train.batch_size if h is None else h
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
-class TransferConfig:
+class TransferConfig(TransferJob):
     name: str = "transfer"
     seed: int = 0
     run_dir: str = "runs/transfer"
@@ -74,31 +88,34 @@ class TransferConfig:
                m.num_classes, "an integer >= 1")
         check_field(self.new_source is not None, "new_source", None, "a source section (new scene)")
         check_field(self.old_source is not None, "old_source", None, "a source section (old scene)")
-        t = self.train
-        check_field(t.rule in RULES, "train.rule", t.rule, f"one of {', '.join(RULES)}")
-        check_field(0 <= t.floor <= 1, "train.floor", t.floor, "in [0, 1]")
-        for name in ("epochs", "batch_size", "num_workers", "threads_per_worker"):
-            check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
-        check_field(t.lr > 0, "train.lr", t.lr, "> 0")
-        check_field(0 <= t.momentum < 1, "train.momentum", t.momentum, "in [0, 1)")
-        check_field(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+        check_train(self.train)
         h = self.history
         check_field(h.per_class >= 1, "history.per_class", h.per_class, ">= 1")
         check_field(h.rule in history.RULES, "history.rule", h.rule,
                f"one of {', '.join(history.RULES)}")
-        rows = self.history_batch_size
-        # The library splits each history batch evenly over the workers (HistoryLibrary).
-        check_field(rows >= 1 and rows % t.num_workers == 0, "history.batch_size", rows,
-               f"a positive multiple of train.num_workers ({t.num_workers})")
+        check_history_batch(self.history_batch_size, self.train.num_workers)
         return self
 
-    @property
-    def history_batch_size(self) -> int:
-        h = self.history.batch_size
-        return self.train.batch_size if h is None else h
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+def check_train(t: TransferTrainConfig, prefix: str = "train") -> None:
+    """The ranges of a `train` section (a transfer's, or the adapt job's)."""
+    check_field(t.rule in RULES, f"{prefix}.rule", t.rule, f"one of {', '.join(RULES)}")
+    check_field(0 <= t.floor <= 1, f"{prefix}.floor", t.floor, "in [0, 1]")
+    check_field(0 < t.cos_scale <= 1, f"{prefix}.cos_scale", t.cos_scale, "in (0, 1]")
+    check_field(t.distill >= 0, f"{prefix}.distill", t.distill, ">= 0")
+    check_field(not (t.distill and t.rule == "finetune"), f"{prefix}.distill", t.distill,
+                "0 with rule finetune (distillation acts on the history batches)")
+    for name in ("epochs", "batch_size", "num_workers", "threads_per_worker"):
+        check_field(getattr(t, name) >= 1, f"{prefix}.{name}", getattr(t, name), ">= 1")
+    check_field(t.lr > 0, f"{prefix}.lr", t.lr, "> 0")
+    check_field(0 <= t.momentum < 1, f"{prefix}.momentum", t.momentum, "in [0, 1)")
+    check_field(t.weight_decay >= 0, f"{prefix}.weight_decay", t.weight_decay, ">= 0")
+
+
+def check_history_batch(rows: int, num_workers: int) -> None:
+    # The library splits each history batch evenly over the workers (HistoryLibrary).
+    check_field(rows >= 1 and rows % num_workers == 0, "history.batch_size", rows,
+                f"a positive multiple of train.num_workers ({num_workers})")
 
 
 def transfer_from_dict(raw: dict, where: str = "transfer job") -> TransferConfig:
@@ -107,11 +124,4 @@ def transfer_from_dict(raw: dict, where: str = "transfer job") -> TransferConfig
 
 def load_transfer(path: str | Path) -> TransferConfig:
     """Read a YAML transfer job, type-check and validate it."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"job file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the job must be a mapping of sections, "
-                          f"got {type(raw).__name__}")
-    return transfer_from_dict(raw, where=str(path))
+    return transfer_from_dict(read_job_file(path), where=str(path))

@@ -10,10 +10,19 @@ batch's mean loss, also when the last batch does not split evenly. Both gradient
 before they are mixed, so every worker mixes the same two vectors and takes the same step; the
 floating buffers (BatchNorm's running statistics) are averaged after each step, so the workers'
 models stay equal.
+
+What is trained is a `Task`: a batch's summed loss (cross-entropy for a classifier,
+`detector.detection_loss` for the detector) and the distillation term. With
+`train.distill > 0` the history batch's loss gets `distill` times the distillation of the
+meta-model's outputs (LwF-style, on the history samples only: on the new ones it would pull
+against the new labels). The teacher is the model as `run_epochs` received it (the
+meta-model), run in the student's mode: with BatchNorm both then normalise by the same batch's
+statistics, so the term is exactly zero while the two are equal.
 """
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+import copy
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -23,15 +32,39 @@ import torch.nn.functional as F
 from operators.contract import LABEL, X
 
 from .gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
-from .history import HistoryLibrary
+from .history import TARGET, HistoryLibrary
 from .seeding import derive_seed
 from .transfer_config import RULES, TransferTrainConfig
 
 
+DISTILL_TEMPERATURE = 2.0  # LwF's
+
+
 class Batch(NamedTuple):
     x: torch.Tensor  # this worker's rows
-    y: torch.Tensor
+    y: torch.Tensor  # their targets: labels, or a detector's dense targets
     rows: int  # rows of the global batch, over all workers
+
+
+class Task(NamedTuple):
+    """What a transfer trains; both functions sum over the batch's rows."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (outputs, targets)
+    distillation: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (student, teacher)
+
+
+def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def softmax_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """T^2 KL(softmax(teacher / T) || softmax(student / T)), summed over rows (Hinton, LwF)."""
+    t = DISTILL_TEMPERATURE
+    return t * t * F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
+                            reduction="sum", log_target=True)
+
+
+CLASSIFIER = Task(cross_entropy_sum, softmax_distillation)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -44,13 +77,45 @@ def _world() -> int:
     return _rank_world()[1]
 
 
-def global_mean_gradient(model: torch.nn.Module, params: list, batch: Batch) -> torch.Tensor:
-    """The gradient of the global batch's mean cross-entropy, the same on every worker."""
-    model.zero_grad(set_to_none=True)
-    if len(batch.y):  # a worker without rows in a short last batch contributes zeros
-        loss = F.cross_entropy(model(batch.x), batch.y, reduction="sum")
-        (loss * (_world() / batch.rows)).backward()
-    return allreduce_mean(flat_grad(params))
+def step_gradients(model: torch.nn.Module, params: list, new: Batch, history: Batch | None,
+                   task: Task = CLASSIFIER, teacher: torch.nn.Module | None = None,
+                   distill: float = 0.0, joint: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """g_t and g_h (None without a history batch), the same on every worker: each the
+    gradient of its global batch's mean loss, g_h's with `distill` times the distillation
+    against `teacher`.
+
+    Apart (the default), each batch has its own forward pass, so BatchNorm normalises the new
+    rows by their own statistics and the history rows by theirs, while its running statistics
+    (what evaluation uses) average the two. `joint` takes one forward pass over both batches
+    and two backward passes: training then normalises by the mixture, as evaluation will.
+    """
+    batches = [new] if history is None else [new, history]
+    weights = [0.0, distill]
+    if joint:
+        x = torch.cat([b.x for b in batches])
+        rows = [len(b.y) for b in batches]
+        outs = model(x).split(rows)
+        taught = _teach(teacher, model, x).split(rows) if distill else None
+    grads = []
+    for i, batch in enumerate(batches):
+        model.zero_grad(set_to_none=True)
+        if len(batch.y):  # a worker without rows in a short last batch contributes zeros
+            out = outs[i] if joint else model(batch.x)
+            loss = task.loss(out, batch.y)
+            if weights[i]:
+                teach = taught[i] if joint else _teach(teacher, model, batch.x)
+                loss = loss + weights[i] * task.distillation(out, teach)
+            (loss * (_world() / batch.rows)).backward(retain_graph=joint and i == 0)
+        grads.append(allreduce_mean(flat_grad(params)))
+    return grads[0], grads[1] if history is not None else None
+
+
+def _teach(teacher: torch.nn.Module, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The teacher's outputs, in the student's mode (the same batch statistics)."""
+    teacher.train(model.training)
+    with torch.no_grad():
+        return teacher(x)
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
@@ -66,22 +131,30 @@ def sync_buffers(model: torch.nn.Module) -> None:
 
 
 def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new: Batch,
-                  history: Batch | None, rule: str, floor: float = 0.0) -> dict:
-    """One update: g_t from `new`, g_h from `history`, mixed by `rule`, applied by `optimizer`.
+                  history: Batch | None, train: TransferTrainConfig, task: Task = CLASSIFIER,
+                  teacher: torch.nn.Module | None = None) -> dict:
+    """One update: g_t from `new`, g_h from `history` (with `train.distill` times the
+    distillation against `teacher`), mixed by `train.rule`, applied by `optimizer`.
 
-    `finetune` takes g_t alone (no history batch); the other rules are `gradmix.mix`'s.
-    Returns mix's info ({} for finetune).
+    `finetune` takes g_t alone (no history batch); the other rules are `gradmix.mix`'s, the
+    similarity rule with `train.floor` and `train.cos_scale`; `train.joint_forward` is
+    `step_gradients`'s `joint`. Returns mix's info ({} for finetune).
     """
+    rule = train.rule
     if rule not in RULES:
         raise ValueError(f"rule: unknown rule {rule!r}; choose one of {', '.join(RULES)}")
     if rule != "finetune" and history is None:
         raise ValueError(f"history: rule {rule!r} needs a history batch")
+    if train.distill and teacher is None:
+        raise ValueError("teacher: distill > 0 needs the meta-model as the teacher")
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    g, info = global_mean_gradient(model, params, new), {}
-    if rule != "finetune":
-        g_h = global_mean_gradient(model, params, history)
-        g, info = mix(g, g_h, rule, **({"floor": floor} if rule == "similarity" else {}))
+    g, g_h = step_gradients(model, params, new, None if rule == "finetune" else history, task,
+                            teacher, train.distill, train.joint_forward)
+    info = {}
+    if g_h is not None:
+        options = {"floor": train.floor, "cos_scale": train.cos_scale}
+        g, info = mix(g, g_h, rule, **(options if rule == "similarity" else {}))
     set_flat_grad(params, g)
     optimizer.step()
     sync_buffers(model)
@@ -111,9 +184,11 @@ def epoch_walk(n_new: int, batch_size: int, seed: int, epoch: int,
 
 def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
                library: HistoryLibrary | None, train: TransferTrainConfig,
-               history_batch_size: int, seed: int) -> dict:
+               history_batch_size: int, seed: int, task: Task = CLASSIFIER) -> dict:
     """Transfer `model` in place for `train.epochs` epochs (SGD); returns the step statistics.
 
+    `y_new` are labels for the classifier task, dense targets for the detector's; the
+    library's batches give their `target` column when they have one, else their labels.
     Under torch.distributed every worker passes the same `x_new`, `y_new` and library and
     takes its rank's share of each batch; the counts and mixing statistics returned are
     global, the same on every worker. Without a process group it is one worker (world 1).
@@ -121,7 +196,8 @@ def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
     rank, world = _rank_world()
     device = next(model.parameters()).device
     x_all = torch.as_tensor(x_new, dtype=torch.float32, device=device)
-    y_all = torch.as_tensor(y_new, dtype=torch.long, device=device)
+    y_all = torch.as_tensor(y_new, device=device)
+    teacher = copy.deepcopy(model) if train.distill else None
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=train.lr,
                                 momentum=train.momentum, weight_decay=train.weight_decay)
     history = None
@@ -137,10 +213,10 @@ def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
                                         rank, world):
             idx = torch.from_numpy(rows).to(device)
             h = None if hist is None else Batch(
-                torch.from_numpy(hist[X]).to(device), torch.from_numpy(hist[LABEL]).to(device),
-                history_batch_size)
-            info = transfer_step(model, optimizer, Batch(x_all[idx], y_all[idx], n), h,
-                                 train.rule, train.floor)
+                torch.from_numpy(hist[X]).to(device),
+                torch.from_numpy(hist.get(TARGET, hist[LABEL])).to(device), history_batch_size)
+            info = transfer_step(model, optimizer, Batch(x_all[idx], y_all[idx], n), h, train,
+                                 task, teacher)
             steps, new_passes = steps + 1, new_passes + n
             if info:
                 history_passes += history_batch_size

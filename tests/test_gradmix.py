@@ -69,6 +69,19 @@ def test_similarity_floor_keeps_the_new_task_alive_when_opposed():
     torch.testing.assert_close(g, v(0.5 - 1.75, 0))
 
 
+@pytest.mark.parametrize("cos, cos_scale, w_t, w_h", [
+    (-0.05, 0.1, 0.5, 1.5),   # half-way to full conflict at scale 0.1
+    (0.05, 0.1, 1.5, 0.5),    # ... and half-way to full agreement
+    (-0.5, 0.1, 0.0, 2.0),    # beyond the scale: saturated
+    (-0.05, 1.0, 0.95, 1.05),  # scale 1 is the plain rule 1 -+ cos
+])
+def test_similarity_cos_scale_makes_small_cosines_decide(cos, cos_scale, w_t, w_h):
+    g_h = v(cos, math.sqrt(1 - cos * cos))  # a unit vector at that cosine with (1, 0)
+    g, info = mix(v(1, 0), g_h, "similarity", cos_scale=cos_scale)
+    assert (info["w_t"], info["w_h"]) == (pytest.approx(w_t), pytest.approx(w_h))
+    torch.testing.assert_close(g, w_t * v(1, 0) + w_h * g_h)
+
+
 def test_a_zero_gradient_has_cosine_zero_and_is_not_projected_on():
     g, info = mix(v(1, 2), v(0, 0), "pcgrad")
     assert info["cosine"] == 0.0 and not info["conflict"]
@@ -82,6 +95,10 @@ def test_bad_arguments_name_the_parameter():
         mix(v(1), v(1), "agem", floor=0.1)
     with pytest.raises(ValueError, match="floor"):
         mix(v(1), v(1), "similarity", floor=1.5)
+    with pytest.raises(ValueError, match="cos_scale"):
+        mix(v(1), v(1), "similarity", cos_scale=0.0)
+    with pytest.raises(ValueError, match="cos_scale"):
+        mix(v(1), v(1), "pcgrad", cos_scale=0.5)
     with pytest.raises(ValueError, match="g_t, g_h"):
         mix(v(1, 2), v(1), "sum")
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from operators.contract import ID, LABEL, X, DataError
-from pipelines.history import HistoryLibrary, herding, last_layer_gradients
+from pipelines.history import TARGET, HistoryLibrary, herding, last_layer_gradients
 
 
 def batch(ids, labels, values):
@@ -144,3 +144,34 @@ def test_bad_input_and_parameters_are_named():
                          ({"rule": "random"}, "rule"), ({"seed": -1}, "seed")]:
         with pytest.raises(ValueError, match=name):
             HistoryLibrary(**{"per_class": 2, "num_classes": 2, **kwargs})
+
+
+def with_targets(ids, values):
+    """One-group samples whose (2, 2) target is their value: the target is the gradient."""
+    b = batch(ids, np.zeros(len(ids)), values)
+    b[TARGET] = np.repeat(np.asarray(values, np.float32)[:, None, None], 4, 1).reshape(-1, 2, 2)
+    return b
+
+
+def test_targets_travel_with_their_samples_and_feed_the_gradients(tmp_path):
+    seen = []
+
+    def target_as_gradient(x, y):
+        seen.append(y.shape)
+        return y.reshape(len(y), -1)[:, :1]
+
+    lib = HistoryLibrary(per_class=3, num_classes=1, rule="herding")
+    lib.update(with_targets([10, 11, 12], [4, 0, 1.5]), grad_fn=target_as_gradient)
+    lib.update(with_targets([13], [1.6]), grad_fn=target_as_gradient)
+    assert seen == [(4, 2, 2)]  # the herding pool's targets, not its labels
+    assert lib.ids_.tolist() == [13, 12, 10]  # as with the same values as gradients above
+    np.testing.assert_array_equal(lib.targets_[:, 0, 0], np.float32([1.6, 1.5, 4.0]))
+    drawn = next(lib.iter_batches(3, seed=0))
+    np.testing.assert_array_equal(drawn[TARGET][:, 1, 1], drawn[X][:, 0])
+    lib.save(tmp_path)
+    back = HistoryLibrary.load(tmp_path)
+    np.testing.assert_array_equal(back.targets_, lib.targets_)
+    with pytest.raises(DataError, match="'target'.*carry"):
+        back.update(batch([20], [0], [1.0]), grad_fn=target_as_gradient)
+    reservoir = HistoryLibrary(2, 1, rule="reservoir").update(with_targets([1, 2, 3], [7, 8, 9]))
+    np.testing.assert_array_equal(reservoir.targets_[:, 0, 0], reservoir.x_[:, 0])

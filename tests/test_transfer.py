@@ -1,10 +1,12 @@
 """Transfer (M5): the step per rule by hand, the epoch walk, the job file, and one Ray run."""
+import copy
 import json
 import math
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 
 from operators.contract import ID, LABEL, X
@@ -42,7 +44,8 @@ def test_one_step_applies_the_rule_s_mixed_gradient(rule):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     new = Batch(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), 1)
     hist = Batch(torch.tensor([[1.0, 1.0]]), torch.tensor([1]), 1)
-    info = transfer_step(model, opt, new, None if rule == "finetune" else hist, rule)
+    info = transfer_step(model, opt, new, None if rule == "finetune" else hist,
+                         TransferTrainConfig(rule=rule))
     want = -torch.tensor(EXPECTED[rule]).view(2, 2)  # w <- 0 - lr * g
     torch.testing.assert_close(model.weight.detach(), want, atol=1e-6, rtol=0)
     if rule != "finetune":
@@ -55,9 +58,65 @@ def test_a_batch_loss_is_the_mean_over_the_global_batch():
     torch.nn.init.zeros_(model.weight)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     both = Batch(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([0, 1]), 2)
-    transfer_step(model, opt, both, None, "finetune")
+    transfer_step(model, opt, both, None, TransferTrainConfig(rule="finetune"))
     want = -(torch.tensor(G_T) + torch.tensor(G_H)).view(2, 2) / 2
     torch.testing.assert_close(model.weight.detach(), want, atol=1e-6, rtol=0)
+
+
+def test_softmax_distillation_by_hand_and_zero_at_the_meta_model():
+    from pipelines.transfer_step import softmax_distillation
+
+    # T = 2: teacher logits (0, 0) -> (1/2, 1/2); student (2 ln 3, 0) -> (3/4, 1/4) at T.
+    # KL = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3), times T^2 = 4.
+    got = softmax_distillation(torch.tensor([[2 * math.log(3), 0.0]]), torch.zeros(1, 2))
+    assert float(got) == pytest.approx(2 * math.log(4 / 3))
+    logits = torch.randn(5, 3)
+    assert float(softmax_distillation(logits, logits)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_on_history_only_and_not_at_the_meta_model():
+    from pipelines.models import cnn1d
+
+    torch.manual_seed(0)
+    model = cnn1d((1, 8), 3, channels=4, hidden=8)  # BatchNorm: the teacher shares its mode
+    x_t, x_h = torch.randn(6, 1, 8), torch.randn(6, 1, 8)
+    new, hist = Batch(x_t, torch.tensor([0, 1, 2] * 2), 6), Batch(x_h, torch.tensor([2, 1] * 3), 6)
+
+    def step(distill, teacher):
+        m = copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        transfer_step(m, opt, new, hist, TransferTrainConfig(rule="sum", distill=distill),
+                      teacher=teacher)
+        return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+    plain = step(0.0, None)
+    torch.testing.assert_close(step(3.0, copy.deepcopy(model)), plain)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.stages[-1].bias += torch.tensor([1.0, 0.0, -1.0])  # not a shift of all
+    assert (step(3.0, other) - plain).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="teacher"):
+        step(3.0, None)
+
+
+def test_a_joint_forward_normalises_new_and_history_rows_together():
+    from pipelines.models import cnn1d
+    from pipelines.transfer_step import step_gradients
+
+    torch.manual_seed(0)
+    model = cnn1d((1, 8), 3, channels=4, hidden=8).train()
+    params = list(model.parameters())
+    x_t, x_h = torch.randn(6, 1, 8), torch.randn(4, 1, 8) + 2.0
+    y_t, y_h = torch.tensor([0, 1, 2] * 2), torch.tensor([2, 1] * 2)
+    g_t, g_h = step_gradients(model, params, Batch(x_t, y_t, 6), Batch(x_h, y_h, 4),
+                              joint=True)
+    out = model(torch.cat([x_t, x_h]))  # one forward: BatchNorm over all ten rows
+    want_t = torch.autograd.grad(F.cross_entropy(out[:6], y_t), params, retain_graph=True)
+    want_h = torch.autograd.grad(F.cross_entropy(out[6:], y_h), params)
+    torch.testing.assert_close(g_t, torch.cat([g.flatten() for g in want_t]))
+    torch.testing.assert_close(g_h, torch.cat([g.flatten() for g in want_h]))
+    apart_t, _ = step_gradients(model, params, Batch(x_t, y_t, 6), Batch(x_h, y_h, 4))
+    assert (apart_t - g_t).abs().max() > 1e-4  # apart, the new rows have their own statistics
 
 
 def test_step_arguments_are_checked():
@@ -65,9 +124,9 @@ def test_step_arguments_are_checked():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     new = Batch(torch.ones(1, 2), torch.tensor([0]), 1)
     with pytest.raises(ValueError, match="rule"):
-        transfer_step(model, opt, new, None, "replay")
+        transfer_step(model, opt, new, None, TransferTrainConfig(rule="replay"))
     with pytest.raises(ValueError, match="history"):
-        transfer_step(model, opt, new, None, "agem")
+        transfer_step(model, opt, new, None, TransferTrainConfig(rule="agem"))
 
 
 def test_head_gradient_fn_gives_each_sample_s_last_layer_gradient_in_chunks():
@@ -171,6 +230,8 @@ def test_defaults_and_the_history_batch_size():
     (raw(old_source={"kindd": "npz"}), "old_source.kindd"),
     (raw(history={"rule": "random"}), "history.rule"),
     (raw(train={"num_workers": 2}, history={"batch_size": 3}), "history.batch_size"),
+    (raw(train={"cos_scale": 0.0}), "train.cos_scale"),
+    (raw(train={"rule": "finetune", "distill": 1.0}), "train.distill"),
 ])
 def test_mistakes_name_the_field(job, field):
     with pytest.raises(ConfigError, match=field):
