@@ -3,7 +3,8 @@
     raysift run JOB.yaml [--resume | --overwrite] [--set strategy.max_rounds=3 ...]
     raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch]
     raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
-    raysift norms | cluster | select | feedback IN OUT ...   (one operator as a batch job)
+    raysift norms | cluster | select | score | feedback IN OUT ...   (one operator as a batch job)
+    raysift transfer | adapt JOB.yaml      (M5: a classifier, or a detector from checks)
     raysift generate RUN_DIR OUT --n N [--per-class]   (sample a run's VAE or GAN)
 """
 from __future__ import annotations
