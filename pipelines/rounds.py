@@ -21,9 +21,11 @@ from ray.data import DataContext
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from operators.contract import DataError
+
 from .config import ConfigError, JobConfig
 from .engine import MODEL_FILE, compute_totals, overhead_seconds, train_job
-from .ingest import ingest, load_info
+from .ingest import DataInfo, ingest, load_info
 from .progress import Feed, Progress
 from .run_state import RunState, atomic_write_json, replace_via_staging
 from .synthesize import add_synthetic
@@ -156,12 +158,23 @@ def _start_run_dir(run_dir: Path, job: JobConfig):
     """Ingest into a staging folder first: bad input fails before an old run is replaced."""
     def fill(staging: Path):
         info = ingest(job.source, job.seed, staging / "data")
+        _check_two_classes(info)
         if job.synthesize.kind != "none":
             info = add_synthetic(job, staging / "data", staging)
         atomic_write_json(staging / JOB_COPY, _comparable(job))
         return info
 
     return replace_via_staging(run_dir, fill)
+
+
+def _check_two_classes(info: DataInfo) -> None:
+    """A classifier of one class learns nothing: refuse it before any worker starts."""
+    counts = info.class_counts["train"]
+    present = [c for c, n in enumerate(counts) if n]
+    if len(present) < 2:
+        held = f"only class {present[0]} ({counts[present[0]]} rows)" if present else "no rows"
+        raise DataError(f"{info.source}: the train split holds {held}; a classifier needs two "
+                        f"or more classes: check source.label_column")
 
 
 def _comparable(job: JobConfig) -> dict:

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
@@ -203,7 +204,8 @@ def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
     fs, files = list_files(cfg.path, (".parquet", ".pq"))
     given = set()
     for f in files:
-        names = pq.read_schema(f, filesystem=fs).names
+        with reading_parquet(f):
+            names = pq.read_schema(f, filesystem=fs).names
         require_columns(names, [cfg.label_column], where=f"{f}: source.label_column")
         require_columns(names, [cfg.feature_column], where=f"{f}: source.feature_column")
         if cfg.split_column in names:
@@ -211,15 +213,25 @@ def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
 
     def chunks():
         for f in files:
-            with pq.ParquetFile(f, filesystem=fs) as pf:
+            with reading_parquet(f), pq.ParquetFile(f, filesystem=fs) as pf:
                 yield from _parquet_chunks(pf, f, cfg, chunk_rows)
 
     return Source(chunks(), f"parquet {cfg.path} ({len(files)} files)",
                   frozenset(given & set(SPLITS)))
 
 
+@contextmanager
+def reading_parquet(path: str):
+    """pyarrow's errors for a damaged file, or one that is not Parquet, as a DataError naming
+    the file (pyarrow raises ArrowInvalid for a missing footer, OSError for a corrupt one)."""
+    try:
+        yield
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+
+
 def _split_values(fs, path: str, column: str) -> set:
-    with pq.ParquetFile(path, filesystem=fs) as pf:
+    with reading_parquet(path), pq.ParquetFile(path, filesystem=fs) as pf:
         return {v for b in pf.iter_batches(columns=[column])
                 for v in pc.unique(b.column(0)).to_pylist()}
 
@@ -347,7 +359,8 @@ def _open_csv(stream, path: str, columns: list[str] | None, split_column: str):
 
 def _table_schema(fs, path: str) -> pa.Schema:
     if not _is_csv(path):
-        return pq.read_schema(path, filesystem=fs)
+        with reading_parquet(path):
+            return pq.read_schema(path, filesystem=fs)
     with fs.open_input_stream(path) as stream:
         return _open_csv(stream, path, None, "").schema
 
@@ -355,7 +368,7 @@ def _table_schema(fs, path: str) -> pa.Schema:
 def _table_batches(fs, path: str, columns: list[str], split_column: str):
     """Record batches of `columns` from a CSV or Parquet file."""
     if not _is_csv(path):
-        with pq.ParquetFile(path, filesystem=fs) as pf:
+        with reading_parquet(path), pq.ParquetFile(path, filesystem=fs) as pf:
             yield from pf.iter_batches(columns=columns)
         return
     with fs.open_input_stream(path) as stream:
@@ -370,6 +383,9 @@ def _text_chunk(batch: pa.RecordBatch, cfg: SourceConfig, path: str, first_row: 
     has = batch.schema.names
     text = batch.column(cfg.text_column)
     what = f"source.text_column {cfg.text_column!r}"
+    if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+        raise DataError(f"{path}: {what} is not UTF-8 text: {_first_undecodable(text, first_row)}"
+                        f"; save the file as UTF-8")
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise DataError(f"{path}: {what} must hold strings, got type {text.type}")
     if text.null_count:
@@ -383,6 +399,16 @@ def _text_chunk(batch: pa.RecordBatch, cfg: SourceConfig, path: str, first_row: 
                     f"{cfg.id_column!r}") if cfg.id_column in has else None,
         split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
                        f"{cfg.split_column!r}") if cfg.split_column in has else None)
+
+
+def _first_undecodable(col: pa.Array, first_row: int) -> str:
+    """Where the first value that is not UTF-8 sits (a CSV reader hands such text as bytes)."""
+    for k, value in enumerate(col.to_pylist()):
+        try:
+            (value or b"").decode("utf-8")
+        except UnicodeDecodeError as e:
+            return f"row {first_row + k} has byte {value[e.start]:#04x} at offset {e.start}"
+    return "the reader found bytes that are not text"
 
 
 # ---- NumPy .npz ------------------------------------------------------------------------------
@@ -561,7 +587,7 @@ def _image_layout(fs, items: list, image_size) -> tuple[str, tuple]:
             try:
                 img = Image.open(fh)
             except Exception as e:
-                raise DataError(f"{path}: not a readable image: {e}") from e
+                raise DataError(f"{path}: not a readable image ({_reason(e)})") from e
             grey &= img.mode in _GRAY_MODES
             hw = (img.height, img.width)
         if first is None:
@@ -580,8 +606,13 @@ def _load_image(fs, path: str, mode: str, size: tuple) -> np.ndarray:
         try:
             img = Image.open(fh).convert(mode)
         except Exception as e:
-            raise DataError(f"{path}: not a readable image: {e}") from e
+            raise DataError(f"{path}: not a readable image ({_reason(e)})") from e
     if (img.height, img.width) != size:
         img = img.resize((size[1], size[0]), Image.BILINEAR)
     a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def _reason(e: Exception) -> str:
+    """An exception as words: PIL raises some (a truncated file's) with an empty message."""
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -1,8 +1,11 @@
 """Ingest: deterministic ids and splits, and every bad input stopped with a message naming it."""
+import re
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from operators.contract import DataError
 from pipelines.config import ConfigError, SourceConfig
@@ -199,3 +202,88 @@ def test_bad_input_leaves_no_output_and_keeps_an_existing_one(tmp_path):
     with pytest.raises(ConfigError, match="old already exists; it is never overwritten"):
         ingest(SourceConfig(kind="digits"), 0, tmp_path / "old")
     assert [p.name for p in (tmp_path / "old").iterdir()] == ["keep.txt"]
+
+
+def _half_a_parquet_file(folder):
+    """A Parquet file whose middle is zeros: its footer says Parquet, its metadata is damaged."""
+    good = write(folder / "good.parquet", [0, 1] * 5, [[1.0, 2.0]] * 10)
+    data = good.read_bytes()
+    bad = folder / "bad.parquet"
+    bad.write_bytes(data[:len(data) // 2] + bytes(50) + data[-200:])
+    return bad
+
+
+def _truncated_idx(folder):
+    import gzip
+    import struct
+
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">HBB3I", 0, 8, 3, 10, 4, 4) + bytes(100))  # 6.25 of 10 rows
+    with gzip.open(folder / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">HBBI", 0, 8, 1, 10) + bytes(range(10)))
+    return folder / "train-images-idx3-ubyte.gz"
+
+
+def _folder_with_a_cut_image(folder):
+    from PIL import Image
+
+    for c in "ab":
+        (folder / c).mkdir()
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / c / f"{i}.png")
+    cut = folder / "b" / "1.png"
+    cut.write_bytes(cut.read_bytes()[:40])
+    return cut
+
+
+def _latin1_csv(folder):
+    path = folder / "t.csv"
+    path.write_bytes(b"label,text\n0,hello world\n1,caf\xe9 noir\n0,more text\n")
+    return path
+
+
+@pytest.mark.parametrize("kind, make, message", [
+    ("parquet", _half_a_parquet_file, r"bad\.parquet: not a readable Parquet file \("),
+    ("parquet", lambda d: (d / "d.parquet").write_text("label,x\n0,1\n") and d / "d.parquet",
+     r"d\.parquet: not a readable Parquet file \(Parquet magic bytes not found"),
+    ("idx", _truncated_idx, r"train-images-idx3-ubyte\.gz: the file ends at row 6, its header "
+                            r"says 10 rows"),
+    ("imagefolder", _folder_with_a_cut_image, r"b/1\.png: not a readable image \(\w+"),
+    ("text", _latin1_csv, r"t\.csv: source\.text_column 'text' is not UTF-8 text: row 1 has "
+                          r"byte 0xe9 at offset 3; save the file as UTF-8"),
+], ids=["corrupt-parquet", "not-parquet", "truncated-idx", "cut-image", "latin-1-csv"])
+def test_unreadable_files_are_named(kind, make, message, tmp_path):
+    (tmp_path / "in").mkdir()
+    make(tmp_path / "in")
+    cfg = SourceConfig(kind=kind, path=str(tmp_path / "in"), val_fraction=0.0, test_fraction=0.0)
+    with pytest.raises(DataError, match=message):
+        ingest(cfg, 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def _job_file(tmp_path, data):
+    job = {"name": "j", "run_dir": str(tmp_path / "run"),
+           "source": {"kind": "parquet", "path": str(data), "val_fraction": 0.0,
+                      "test_fraction": 0.0},
+           "model": {"name": "mlp"}, "train": {"num_workers": 1}}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    return tmp_path / "job.yaml"
+
+
+@pytest.mark.parametrize("make, message", [
+    (_half_a_parquet_file, r"raysift: error: .*bad\.parquet: not a readable Parquet file"),
+    (lambda d: write(d / "d.parquet", [3] * 6, [[1.0, 2.0]] * 6),
+     r"raysift: error: parquet .*: the train split holds only class 3 \(6 rows\); a "
+     r"classifier needs two or more classes: check source\.label_column"),
+], ids=["corrupt-parquet", "one-class"])
+def test_raysift_run_exits_2_naming_the_file_and_keeps_an_old_run(make, message, ray_session,
+                                                                  tmp_path, capsys):
+    from pipelines.cli import main
+
+    (tmp_path / "in").mkdir()
+    make(tmp_path / "in")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("an earlier run")
+    assert main(["run", str(_job_file(tmp_path, tmp_path / "in")), "--overwrite"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["keep.txt"]
