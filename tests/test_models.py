@@ -13,13 +13,13 @@ def test_built_ins_give_logits_and_embeddings(name, shape):
     x = torch.randn(5, *shape)
     logits = model(x)
     assert logits.shape == (5, 7)
-    h = x
-    for stage in model.stages:  # the stages compose to the model
-        h = stage(h)
-    torch.testing.assert_close(h, logits)
     emb = embed(model, x)
-    assert emb.ndim == 2 and len(emb) == 5
-    torch.testing.assert_close(model.stages[-1](emb), logits)
+    head = model.stages[-1]  # the classifier head reads the embedding, one row per sample
+    assert isinstance(head, torch.nn.Linear) and emb.shape == (5, head.in_features)
+    torch.testing.assert_close(head(emb), logits)
+    # In eval mode a sample's embedding and logits depend on that sample alone.
+    torch.testing.assert_close(embed(model, x[3:4]), emb[3:4])
+    torch.testing.assert_close(model(x[3:4]), logits[3:4])
 
 
 def tiny_factory(input_shape, num_classes, width=3):
