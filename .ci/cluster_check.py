@@ -1,0 +1,145 @@
+"""The README's cluster path, run for real: `ray job submit --working-dir . -- raysift run`.
+
+Starts a local Ray cluster of two nodes (a head and a second `ray start --address`, one CPU
+each), submits configs/cluster_check.yaml through the job API with this checkout as the working
+directory, and checks the job's summary and that the two training workers ran on the two nodes.
+It also validates cluster.yaml against the cluster-config schema Ray ships. Run by
+`make cluster-check`, which `.ci/run` calls.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+JOB = "configs/cluster_check.yaml"
+TIMEOUT_S = 900
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def validate_cluster_yaml() -> None:
+    """cluster.yaml against ray/autoscaler/ray-schema.json, the schema `ray up` checks."""
+    import jsonschema
+    import ray.autoscaler
+    import yaml
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(yaml.safe_load((ROOT / "cluster.yaml").read_text()), schema)
+    print("cluster.yaml: valid against Ray's cluster-config schema")
+
+
+def ray_cli(*args: str, env: dict) -> None:
+    subprocess.run([str(BIN / "ray"), *args], check=True, env=env, stdout=subprocess.DEVNULL)
+
+
+def start_cluster(temp: Path, env: dict) -> tuple[str, str]:
+    """A head and a second node, one CPU each; returns (GCS address, dashboard URL)."""
+    port, dash = free_port(), free_port()
+    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000",
+              "--disable-usage-stats"]
+    ray_cli("start", "--head", f"--port={port}", f"--dashboard-port={dash}",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+            '--resources={"head_node": 1}', *common, env=env)
+    ray_cli("start", f"--address=127.0.0.1:{port}", '--resources={"second_node": 1}', *common,
+            env=env)
+    return f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+
+
+def stop_cluster(temp: Path) -> None:
+    """Stop this cluster's processes only (`ray stop` would stop every Ray on the machine):
+    each of them names the cluster's temp folder on its command line."""
+    subprocess.run(["pkill", "-TERM", "-f", str(temp)], check=False)
+    time.sleep(3)
+    subprocess.run(["pkill", "-KILL", "-f", str(temp)], check=False)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def submit(dashboard: str, run_dir: Path) -> None:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    for attempt in range(30):  # the head's job agent registers a few seconds after `ray start`
+        try:
+            job_id = client.submit_job(
+                entrypoint=f"raysift run {JOB} --set run_dir={run_dir}",
+                runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git"]})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 29:
+                raise
+            time.sleep(2)
+    print(f"submitted {job_id}: raysift run {JOB}")
+    deadline = time.monotonic() + TIMEOUT_S
+    while (status := client.get_job_status(job_id)) not in JobStatus.__members__.values() or \
+            not status.is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(job_id)
+            sys.exit(f"cluster check: the job ran past {TIMEOUT_S} s")
+        time.sleep(2)
+    logs = client.get_job_logs(job_id)
+    if status != JobStatus.SUCCEEDED:
+        sys.exit(f"cluster check: the job ended {status}:\n{logs[-4000:]}")
+    print(logs.strip().splitlines()[-1])
+
+
+def worker_nodes(address: str) -> set[str]:
+    """The nodes that hosted Ray Train's training-worker actors (dead ones included)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
+                         detail=True, limit=1000, raise_on_missing_output=False)
+    return {a.node_id for a in actors}
+
+
+def cluster_nodes(address: str) -> set[str]:
+    from ray.util.state import list_nodes
+
+    return {n.node_id for n in list_nodes(address=address, raise_on_missing_output=False)}
+
+
+def main() -> int:
+    temp = Path(tempfile.mkdtemp(prefix="rs-cluster-", dir="/tmp"))  # short: socket paths
+    # Token authentication, as `ray start --head` sets up by default: every node, the job
+    # client and the state API read one token, kept in this check's folder, not ~/.ray. Set
+    # before Ray is imported, which reads the mode once.
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    os.environ.pop("RAY_ADDRESS", None)
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    validate_cluster_yaml()
+    try:
+        address, dashboard = start_cluster(temp, env)
+        submit(dashboard, temp / "run")
+        summary = json.loads((temp / "run" / "summary.json").read_text())
+        nodes, used = cluster_nodes(address), worker_nodes(address)
+        print(f"summary: strategy {summary['strategy']}, test accuracy "
+              f"{summary['test_accuracy']:.4f}; training workers on {len(used)} of "
+              f"{len(nodes)} nodes")
+        if summary["strategy"] != "m2" or summary["test_accuracy"] < 0.8:
+            sys.exit(f"cluster check: unexpected summary {summary}")
+        if len(nodes) != 2 or used != nodes:
+            sys.exit(f"cluster check: training workers ran on {sorted(used)}, the cluster's "
+                     f"nodes are {sorted(nodes)}")
+        print("cluster check: passed")
+        return 0
+    finally:
+        stop_cluster(temp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
