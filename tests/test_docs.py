@@ -23,7 +23,8 @@ def heading_anchors(text: str) -> set[str]:
 
 
 def test_heading_anchors_follow_the_renderer():
-    text = "# M1, InfoBatch and `raysift compare` (issue 4)\n## A person's check\n## A person's check"
+    text = ("# M1, InfoBatch and `raysift compare` (issue 4)\n"
+            "## A person's check\n## A person's check")
     assert heading_anchors(text) == {"m1-infobatch-and-raysift-compare-issue-4",
                                      "a-persons-check", "a-persons-check-1"}
 
