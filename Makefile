@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean fashion-mnist
+.PHONY: demo test cluster-check install clean fashion-mnist
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# The README's cluster path for real: a local two-node Ray cluster, a job submitted through
+# the job API with this checkout as its working directory (about a minute).
+cluster-check: $(STAMP)
+	$(BIN)/python .ci/cluster_check.py
 
 # Fashion-MNIST (60,000 train / 10,000 test, MIT) as IDX files, from Debian's package; only
 # configs/compare_fashion_mnist.yaml needs it, never `make demo` or `make test`.

@@ -49,13 +49,20 @@ def ray_cli(*args: str, env: dict) -> None:
 def start_cluster(temp: Path, env: dict) -> tuple[str, str]:
     """A head and a second node, one CPU each; returns (GCS address, dashboard URL)."""
     port, dash = free_port(), free_port()
-    common = ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000",
-              "--disable-usage-stats"]
+
+    def node_args() -> list[str]:
+        # Each node's agents on ports of their own: the defaults (52365, ...) are taken by
+        # any other Ray on this machine, and a job agent that cannot bind takes no jobs.
+        return ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000",
+                "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-grpc-port={free_port()}",
+                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+
     ray_cli("start", "--head", f"--port={port}", f"--dashboard-port={dash}",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
-            '--resources={"head_node": 1}', *common, env=env)
-    ray_cli("start", f"--address=127.0.0.1:{port}", '--resources={"second_node": 1}', *common,
-            env=env)
+            '--resources={"head_node": 1}', *node_args(), env=env)
+    ray_cli("start", f"--address=127.0.0.1:{port}", '--resources={"second_node": 1}',
+            *node_args(), env=env)
     return f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
 
 
@@ -72,16 +79,17 @@ def submit(dashboard: str, run_dir: Path) -> None:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(dashboard)
-    for attempt in range(30):  # the head's job agent registers a few seconds after `ray start`
+    agent_deadline = time.monotonic() + 300
+    while True:  # the head's job agent registers some seconds after `ray start` returns
         try:
             job_id = client.submit_job(
                 entrypoint=f"raysift run {JOB} --set run_dir={run_dir}",
-                runtime_env={"working_dir": str(ROOT), "excludes": [".venv", "runs", ".git"]})
+                runtime_env={"working_dir": str(ROOT), "excludes": ["runs"]})
             break
         except RuntimeError as e:
-            if "No available agent" not in str(e) or attempt == 29:
+            if "No available agent" not in str(e) or time.monotonic() > agent_deadline:
                 raise
-            time.sleep(2)
+            time.sleep(3)
     print(f"submitted {job_id}: raysift run {JOB}")
     deadline = time.monotonic() + TIMEOUT_S
     while (status := client.get_job_status(job_id)) not in JobStatus.__members__.values() or \
