@@ -10,14 +10,21 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 import yaml
 
 from operators.contract import DataError
 
-from . import adapt, feedback_job, operator_jobs, synthesize, transfer
 from .config import ConfigError, load_job
+
+# Commands whose modules load torch or Ray Train, by the module that registers them
+# (`add_commands`): imported only when one of them is the command, so that `raysift --help`
+# and `raysift report` start without either.
+JOB_MODULES = {"norms": "operator_jobs", "cluster": "operator_jobs", "select": "operator_jobs",
+               "score": "operator_jobs", "feedback": "feedback_job", "transfer": "transfer",
+               "adapt": "adapt", "generate": "synthesize"}
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -52,8 +59,11 @@ def _report(args) -> None:
     print(f"report: {report}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raysift", description=__doc__.splitlines()[0])
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    """The CLI; a batch or transfer job's options only when it is `command`."""
+    parser = argparse.ArgumentParser(prog="raysift", description=__doc__.splitlines()[0],
+                                     epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a YAML job (M2 or a baseline) to the end")
     run.add_argument("job", help="the job file")
@@ -72,16 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
                                              "comparison.json")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="the comparison's run_dir")
     rep.set_defaults(func=_report)
-    operator_jobs.add_commands(commands)
-    feedback_job.add_commands(commands)
-    transfer.add_commands(commands)
-    synthesize.add_commands(commands)
-    adapt.add_commands(commands)
+    wanted = {JOB_MODULES.get(command)}
+    for module in dict.fromkeys(JOB_MODULES.values()):
+        if module in wanted:
+            importlib.import_module(f"{__package__}.{module}").add_commands(commands)
+    for name, module in JOB_MODULES.items():
+        if module not in wanted:
+            commands.add_parser(name, help=f"(raysift {name} --help)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         args.func(args)
     except (ConfigError, DataError) as err:

@@ -39,7 +39,7 @@ from .augmentation import batch_generator, batch_loss, sample_losses
 from .collective import all_max, all_sum, sync_buffers
 from .config import JobConfig, ModelConfig, from_dict
 from .models import build_model
-from .run_state import DROPPED, RunState
+from .run_state import DROPPED, RunState, compute_totals
 from .seeding import derive_seed
 from .share import Share, read_share
 from .strategies import Additions, Policy, RoundView, make_strategy
@@ -426,21 +426,6 @@ def stop_rule(job: JobConfig, records: list) -> str | None:
 def _stalled(records: list, patience: int) -> bool:
     accs = [r["val_accuracy"] for r in records if r["phase"] == "round"]
     return len(accs) > patience and max(accs[-patience:]) <= max(accs[:-patience])
-
-
-def compute_totals(records: list) -> dict:
-    """Sample-passes of `records` (dicts with train/infer_sample_passes); `compute` counts an
-    inference pass as a third of a training pass (forward only, no backward)."""
-    train = sum(r["train_sample_passes"] for r in records)
-    infer = sum(r["infer_sample_passes"] for r in records)
-    return {"train_sample_passes": train, "infer_sample_passes": infer,
-            "compute": train + infer / 3}
-
-
-def overhead_seconds(record: dict) -> float:
-    """A phase's wall time less its training steps and scoring batches: what the engine
-    spends around the arithmetic (validation, selection, checkpoints, waits)."""
-    return record["seconds_round"] - record["seconds_steps"] - record["seconds_score_batches"]
 
 
 def advance_schedule(scheduler, epoch: int, step: int, steps: int, steps_per_epoch: int) -> None:

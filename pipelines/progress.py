@@ -15,7 +15,8 @@ from collections.abc import Callable
 from ray.util.queue import Queue
 from tqdm import tqdm
 
-from .engine import EpochDone, Notes, PhaseDone, ScanProgress, compute_totals, overhead_seconds
+from .engine import EpochDone, Notes, PhaseDone, ScanProgress
+from .run_state import compute_totals, overhead_seconds
 
 
 class Feed:

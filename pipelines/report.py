@@ -20,8 +20,7 @@ from matplotlib.lines import Line2D
 from operators.contract import ID, LABEL, DataError
 
 from .ingest import load_info
-from .engine import compute_totals
-from .run_state import DROPPED, MANIFEST, RunState, atomic_write_bytes
+from .run_state import DROPPED, MANIFEST, RunState, atomic_write_bytes, compute_totals
 
 COMPARISON = "comparison.json"
 REPORT = "comparison.md"

@@ -24,10 +24,11 @@ from ray.train.torch import TorchTrainer
 from operators.contract import DataError
 
 from .config import ConfigError, JobConfig
-from .engine import MODEL_FILE, compute_totals, overhead_seconds, train_job
+from .engine import MODEL_FILE, train_job
 from .ingest import DataInfo, ingest, load_info
 from .progress import Feed, Progress
-from .run_state import RunState, atomic_write_json, replace_via_staging
+from .run_state import (RunState, atomic_write_json, compute_totals, overhead_seconds,
+                        replace_via_staging)
 from .synthesize import add_synthetic
 
 SUMMARY = "summary.json"

@@ -151,3 +151,18 @@ class RunState:
                    records=state["records"], next_round=state["next_round"],
                    stop_reason=state["stop_reason"], test=state.get("test"),
                    seconds=state.get("seconds", 0.0), clock_origin=state.get("clock_origin"))
+
+
+def compute_totals(records: list) -> dict:
+    """Sample-passes of `records` (dicts with train/infer_sample_passes); `compute` counts an
+    inference pass as a third of a training pass (forward only, no backward)."""
+    train = sum(r["train_sample_passes"] for r in records)
+    infer = sum(r["infer_sample_passes"] for r in records)
+    return {"train_sample_passes": train, "infer_sample_passes": infer,
+            "compute": train + infer / 3}
+
+
+def overhead_seconds(record: dict) -> float:
+    """A phase's wall time less its training steps and scoring batches: what the engine
+    spends around the arithmetic (validation, selection, checkpoints, waits)."""
+    return record["seconds_round"] - record["seconds_steps"] - record["seconds_score_batches"]

@@ -1,0 +1,37 @@
+"""The command line starts light: listing commands or rebuilding a report loads no torch and no
+Ray Train; a job's options still come with its command."""
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import contextlib, io, sys
+from pipelines.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    try:
+        main(sys.argv[1:])
+    except SystemExit:
+        pass
+print(sorted(m for m in ("torch", "ray.train") if m in sys.modules))
+"""
+
+
+def loaded(*argv):
+    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
+                         check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["report", "/nonexistent-run-dir"]])
+def test_help_and_report_load_neither_torch_nor_ray_train(argv):
+    assert loaded(*argv) == "[]"
+
+
+def test_a_job_command_still_gets_its_options(capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["norms", "--help"])
+    assert "--channel-weights" in capsys.readouterr().out
+    assert loaded("norms", "--help") == "['ray.train', 'torch']"  # the probe can tell
