@@ -53,10 +53,10 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     batch_size: int = 128
-    epochs_per_round: int = 3
+    epochs_per_round: int | None = 3  # None: planned by strategy.budget_fraction
     lr: float = 0.01
     weight_decay: float = 0.0
-    final_epochs: int = 0  # a last phase on the final subset with a one-cycle schedule
+    final_epochs: int | None = 0  # a last phase on the final subset with a one-cycle schedule
     threads_per_worker: int = 1
     val_every_epoch: bool = False  # validate after every epoch (accuracy-vs-compute curves)
     cache_mb: int = 2048  # per worker and split: features kept in memory; the rest on disk
@@ -68,16 +68,20 @@ class TrainConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "m2"  # m2 | random | full | norm_balanced | infobatch
-    initial_ratio: float = 0.1
-    hard_per_round: int = 2000
-    reps_per_round: int = 1000
+    name: str = "m2"  # m2 | random | full | norm_balanced | infobatch | seta
+    # The knobs in PLANNED_KEYS may be None while budget_fraction is set: the plan fills them.
+    initial_ratio: float | None = 0.1
+    hard_per_round: int | None = 2000
+    reps_per_round: int | None = 1000
     cluster_k: int = 20
     cluster_on: str = "embedding"  # embedding | x
-    max_rounds: int = 5
+    max_rounds: int | None = 5
     target_val_accuracy: float | None = None
     patience: int | None = None  # stop after this many rounds without a val gain
     budget: float | None = None  # compute budget in sample-passes
+    # plan rounds, rows per round and final phase to spend at most this share of full's compute
+    # (full's `epochs` over the training set); the planned knobs the job sets stay as set
+    budget_fraction: float | None = None
     epochs: int = 20  # the `full` and `infobatch` baselines' epochs
     # norm_balanced (M1): m per class by the norm rule, then drop what the model has learned
     per_class: int = 100
@@ -107,6 +111,9 @@ class AugmentConfig:
 
 
 STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch")
+# Knobs a budget plans (pipelines/budget.py) where the job leaves them out, by section.
+PLANNED_KEYS = {"strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
+                "train": ("epochs_per_round", "final_epochs")}
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
 ASCENTS = ("mean", "sample")
@@ -172,13 +179,23 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
         s = self.strategy
-        check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]")
+        check_field(s.budget_fraction is None or 0 < s.budget_fraction <= 1,
+                    "strategy.budget_fraction", s.budget_fraction, "in (0, 1] or null")
+        for section, keys in PLANNED_KEYS.items():
+            for key in keys:
+                check_field(getattr(getattr(self, section), key) is not None or
+                            s.budget_fraction is not None, f"{section}.{key}", None,
+                            "a number (null only with strategy.budget_fraction, to plan it)")
+        if s.initial_ratio is not None:
+            check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio,
+                        "in (0, 1]")
         check_field(s.name in STRATEGY_NAMES, "strategy.name", s.name,
                     f"one of {', '.join(STRATEGY_NAMES)}")
         check_field(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
                "embedding or x")
         for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
-            check_field(getattr(s, name) >= 0, f"strategy.{name}", getattr(s, name), ">= 0")
+            value = getattr(s, name)
+            check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0")
         check_field(s.per_class >= 1, "strategy.per_class", s.per_class, ">= 1")
         check_field(s.norm in NORM_KINDS, "strategy.norm", s.norm, f"one of {', '.join(NORM_KINDS)}")
         for name in ("remaining_total", "remaining_per_class"):
@@ -187,6 +204,9 @@ class JobConfig:
         check_field(0 <= s.prune_ratio < 1, "strategy.prune_ratio", s.prune_ratio, "in [0, 1)")
         check_field(0 < s.anneal_delta <= 1, "strategy.anneal_delta", s.anneal_delta, "in (0, 1]")
         t = self.train
+        for name in ("epochs_per_round", "final_epochs"):
+            value = getattr(t, name)
+            check_field(value is None or value >= 0, f"train.{name}", value, ">= 0")
         for name in ("num_workers", "batch_size", "threads_per_worker"):
             check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
         check_field(t.lr > 0, "train.lr", t.lr, "> 0")
@@ -308,7 +328,21 @@ def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
 
 
 def from_dict(raw: dict, where: str = "job") -> JobConfig:
-    return build_section(JobConfig, raw, prefix="", where=where).validate()
+    return build_section(JobConfig, left_to_plan(raw), prefix="", where=where).validate()
+
+
+def left_to_plan(raw: dict) -> dict:
+    """`raw` with the PLANNED_KEYS it leaves out set to None when it sets
+    strategy.budget_fraction: those the budget plans, the ones it sets stay as set."""
+    strategy = raw.get("strategy") if isinstance(raw, dict) else None
+    if not isinstance(strategy, dict) or strategy.get("budget_fraction") is None:
+        return raw
+    out = dict(raw)
+    for section, keys in PLANNED_KEYS.items():
+        given = out.get(section) or {}
+        if isinstance(given, dict):
+            out[section] = {**{k: None for k in keys}, **given}
+    return out
 
 
 def build_section(cls, raw, prefix: str, where: str):

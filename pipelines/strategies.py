@@ -84,6 +84,7 @@ class Policy(ABC):
 
     name = ""
     single_round = False  # one round on all the data: no stop rules, no final phase
+    plans_budget = False  # strategy.budget_fraction plans its rounds (pipelines/budget.py)
 
     @abstractmethod
     def initial(self, view: RoundView) -> Selection:
@@ -165,6 +166,7 @@ class RandomGrowth(Policy):
     """Baseline: M2's schedule, with random additions of M2's size instead of chosen ones."""
 
     name = "random"
+    plans_budget = True
 
     def initial(self, view: RoundView) -> Selection:
         total = int(all_sum_np(np.array([len(view.pool)]))[0])
