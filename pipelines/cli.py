@@ -1,7 +1,7 @@
 """`raysift`: run a job, or one operator as a batch job.
 
     raysift run JOB.yaml [--resume | --overwrite] [--set strategy.max_rounds=3 ...]
-    raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch]
+    raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch,seta]
     raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
     raysift norms | cluster | select | score | feedback IN OUT ...   (one operator as a batch job)
     raysift transfer | adapt JOB.yaml      (M5: a classifier, or a detector from checks)
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     cmp = commands.add_parser("compare", help="run the job under several strategies, side by side")
     cmp.add_argument("job", help="the job file")
-    cmp.add_argument("--strategies", default="full,random,m2,norm_balanced,infobatch",
+    cmp.add_argument("--strategies", default="full,random,m2,norm_balanced,infobatch,seta",
                      help="comma-separated strategy names (default: %(default)s)")
     for p in (run, cmp):
         p.add_argument("--resume", action="store_true", help="continue an interrupted run")

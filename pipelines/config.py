@@ -91,7 +91,12 @@ class StrategyConfig:
     remaining_per_class: int | None = None  # ... or when every class has at most this many
     # infobatch: prune a fraction of the below-mean-loss samples each epoch, anneal at the end
     prune_ratio: float = 0.5  # r
-    anneal_delta: float = 0.875  # full data from epoch delta * epochs on
+    anneal_delta: float = 0.875  # full data from epoch delta * epochs on (seta: its annealing)
+    # seta: a random share, grouped by loss, a window sliding from easy to hard (the authors'
+    # CIFAR settings)
+    seta_ratio: float = 0.1  # rows left out at random each epoch (at most 0.9)
+    num_group: int = 5  # loss groups
+    window_scale: float = 0.9  # share of the groups the window holds
 
 
 @dataclass
@@ -110,7 +115,7 @@ class AugmentConfig:
     transforms: list[dict] = field(default_factory=list)
 
 
-STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch")
+STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch", "seta")
 # Knobs a budget plans (pipelines/budget.py) where the job leaves them out, by section.
 PLANNED_KEYS = {"strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
                 "train": ("epochs_per_round", "final_epochs")}
@@ -203,6 +208,11 @@ class JobConfig:
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0 or null")
         check_field(0 <= s.prune_ratio < 1, "strategy.prune_ratio", s.prune_ratio, "in [0, 1)")
         check_field(0 < s.anneal_delta <= 1, "strategy.anneal_delta", s.anneal_delta, "in (0, 1]")
+        check_field(0 <= s.seta_ratio < 1, "strategy.seta_ratio", s.seta_ratio, "in [0, 1)")
+        check_field(s.num_group >= 1, "strategy.num_group", s.num_group, ">= 1")
+        check_field(0 < s.window_scale <= 1 and round(s.num_group * s.window_scale) >= 1,
+                    "strategy.window_scale", s.window_scale,
+                    "in (0, 1], a window of at least one of strategy.num_group groups")
         t = self.train
         for name in ("epochs_per_round", "final_epochs"):
             value = getattr(t, name)
@@ -286,9 +296,10 @@ class JobConfig:
                    f"mixup, adversarial or moex {text}")
             check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
-        if self.strategy.name == "infobatch":
+        if self.strategy.name in ("infobatch", "seta"):
             check_field(m.kind == "none", "mixup.kind", m.kind,
-                        "none with strategy infobatch (it scores each sample by its own loss)")
+                        f"none with strategy {self.strategy.name} (it scores each sample by "
+                        f"its own loss)")
         if m.kind in ("cutmix", "pairing"):
             check_field(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
         if m.kind == "adversarial" or m.layer > 0:

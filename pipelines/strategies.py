@@ -23,6 +23,7 @@ from operators.norms import Norms
 from operators.select import (Selection, balanced_candidates, compose_balanced,
                               random_candidates, selection)
 
+from . import seta
 from .collective import all_sum, all_sum_np, gather, merge_smallest, rank_and_world, \
     representatives
 from .config import JobConfig, StrategyConfig
@@ -128,12 +129,10 @@ class Full(Policy):
         return nothing("full data trained")
 
 
-class InfoBatch(Full):
-    """Baseline: Full's one round, each epoch pruning well-learned rows by the InfoBatch rule
-    (pipelines/infobatch.py). Each rank keeps the scores of its own rows; the mean they are
-    compared with is over all ranks, and each rank draws its prune with its own seed."""
-
-    name = "infobatch"
+class ScoredPruning(Full):
+    """Full's one round, each epoch training the rows a dynamic-pruning rule picks from their
+    latest training losses (the subclass's rule). Each rank keeps the scores of its own rows and
+    draws its own rows with its own seed."""
 
     def __init__(self):
         self.scores: torch.Tensor | None = None
@@ -142,15 +141,14 @@ class InfoBatch(Full):
                    epochs: int) -> EpochPlan:
         if self.scores is None:
             self.scores = initial_scores(n_rows)
-        total = all_sum(torch.tensor([float(self.scores.sum()), float(n_rows)],
-                                     dtype=torch.float64))
         rank, _ = rank_and_world()
-        s = job.strategy
-        generator = torch.Generator().manual_seed(
-            derive_seed(job.seed, "infobatch", round_index, epoch, rank))
-        pick, weights = plan_epoch(self.scores, epoch, epochs, s.prune_ratio, s.anneal_delta,
-                                   generator, mean=float(total[0] / total[1]))
-        return EpochPlan(pick.numpy(), weights[pick])
+        return self.pick(job, derive_seed(job.seed, self.name, round_index, epoch, rank),
+                         epoch, epochs)
+
+    @abstractmethod
+    def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
+        """The epoch's rows and weights from `self.scores` (weights are needed: they make the
+        engine return the rows' losses)."""
 
     def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
         self.scores = update_scores(self.scores, torch.from_numpy(pick), losses)
@@ -160,6 +158,36 @@ class InfoBatch(Full):
 
     def load_state_dict(self, state: dict) -> None:
         self.scores = state["scores"]
+
+
+class InfoBatch(ScoredPruning):
+    """Baseline: the InfoBatch rule (pipelines/infobatch.py); the mean the scores are compared
+    with is over all ranks."""
+
+    name = "infobatch"
+
+    def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
+        n = len(self.scores)
+        total = all_sum(torch.tensor([float(self.scores.sum()), float(n)], dtype=torch.float64))
+        s = job.strategy
+        pick, weights = plan_epoch(self.scores, epoch, epochs, s.prune_ratio, s.anneal_delta,
+                                   torch.Generator().manual_seed(seed),
+                                   mean=float(total[0] / total[1]))
+        return EpochPlan(pick.numpy(), weights[pick])
+
+
+class Seta(ScoredPruning):
+    """Baseline: the SeTa rule (pipelines/seta.py): a random share, grouped by loss, a window
+    sliding from easy to hard; the groups are fitted to the kept scores of all ranks."""
+
+    name = "seta"
+
+    def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
+        s = job.strategy
+        rows = seta.plan_epoch(self.scores.numpy(), epoch, epochs, s.seta_ratio, s.num_group,
+                               s.window_scale, s.anneal_delta, np.random.default_rng(seed),
+                               pooled=lambda v: np.concatenate(gather(v)))
+        return EpochPlan(rows, torch.ones(len(rows), dtype=torch.float64))
 
 
 class RandomGrowth(Policy):
@@ -298,7 +326,7 @@ def remaining_stop(s: StrategyConfig, remaining: dict) -> str | None:
     return None
 
 
-STRATEGIES = {p.name: p for p in (M2, RandomGrowth, Full, NormBalanced, InfoBatch)}
+STRATEGIES = {p.name: p for p in (M2, RandomGrowth, Full, NormBalanced, InfoBatch, Seta)}
 
 
 def make_strategy(name: str) -> Policy:
