@@ -75,6 +75,9 @@ class StrategyConfig:
     reps_per_round: int | None = 1000
     cluster_k: int = 20
     cluster_on: str = "embedding"  # embedding | x
+    # m2: when the pool holds fewer mispredictions than hard_per_round, fill the rest with the
+    # correctly predicted rows of highest loss or lowest margin (none: the source rule)
+    hard_fill: str = "none"  # none | loss | margin
     max_rounds: int | None = 5
     target_val_accuracy: float | None = None
     patience: int | None = None  # stop after this many rounds without a val gain
@@ -119,6 +122,7 @@ STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch", "seta")
 # Knobs a budget plans (pipelines/budget.py) where the job leaves them out, by section.
 PLANNED_KEYS = {"strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
                 "train": ("epochs_per_round", "final_epochs")}
+HARD_FILLS = ("none", "loss", "margin")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
 ASCENTS = ("mean", "sample")
@@ -198,6 +202,8 @@ class JobConfig:
                     f"one of {', '.join(STRATEGY_NAMES)}")
         check_field(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
                "embedding or x")
+        check_field(s.hard_fill in HARD_FILLS, "strategy.hard_fill", s.hard_fill,
+                    f"one of {', '.join(HARD_FILLS)}")
         for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0")

@@ -212,7 +212,10 @@ class RandomGrowth(Policy):
 
 class M2(RandomGrowth):
     """M2: the first mispredictions of a seeded scan of the pool, plus cluster representatives
-    of the scored rows the model got right."""
+    of the scored rows the model got right. With `hard_fill`, a scan that runs out of
+    mispredictions fills the rest of `hard_per_round` with the right rows of highest loss or
+    lowest margin: late rounds, when the model gets nearly all the pool right, still add the
+    rows nearest its boundary rather than stopping or adding fewer."""
 
     name = "m2"
 
@@ -227,18 +230,25 @@ class M2(RandomGrowth):
             _rank_batch(job), view.progress)
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
+        got = scan.scored
+        right = got["correct"].astype(bool) if got else np.zeros(0, bool)
+        fill = np.zeros(0, np.int64)
+        short = s.hard_per_round - len(scan.hard_ids)
+        if s.hard_fill != "none" and short > 0:  # the scan ran out of mispredictions
+            fill = nearest_misses(got, right, FILL_KEYS[s.hard_fill], short)
+            if got:  # the fill is no representative
+                right &= ~np.isin(got[ID], fill)
         reps = np.zeros(0, np.int64)
         if s.reps_per_round:
-            got = scan.scored
-            right = got["correct"].astype(bool) if got else np.zeros(0, bool)
             rows = ({ID: got[ID][right], column: got[column][right]} if got
                     else {ID: np.zeros(0, np.int64), column: np.zeros((0, 1), np.float32)})
             reps = representatives(rows, column, s.reps_per_round, s.cluster_k,
                                    derive_seed(job.seed, "kmeans", view.round_index) % 2**31)
-        ids = np.concatenate([scan.hard_ids, reps])
-        reasons = np.array(["hard"] * len(scan.hard_ids) + ["representative"] * len(reps),
-                           dtype=object)
-        return Additions(ids, reasons, stop_reason=None if len(scan.hard_ids) else NO_HARD,
+        ids = np.concatenate([scan.hard_ids, fill, reps])
+        reasons = np.array(["hard"] * len(scan.hard_ids) + ["hard_fill"] * len(fill)
+                           + ["representative"] * len(reps), dtype=object)
+        found = len(scan.hard_ids) + len(fill)
+        return Additions(ids, reasons, stop_reason=None if found else NO_HARD,
                          hard_found=int(len(scan.hard_ids)), infer_sample_passes=scan.n_scored,
                          seconds_score=scored_seconds,
                          seconds_score_batches=scan.seconds_batches,
@@ -297,6 +307,21 @@ class NormBalanced(Policy):
         if got is None:
             return selection([], reason)
         return compose_balanced(got, present, counts[present], s.per_class, reason)
+
+
+# strategy.hard_fill -> the key whose smallest values are the hardest rows the model gets right
+FILL_KEYS = {"loss": lambda scored: -scored["loss"], "margin": lambda scored: scored["margin"]}
+
+
+def nearest_misses(scored: dict, right: np.ndarray, key: Callable[[dict], np.ndarray],
+                   n: int) -> np.ndarray:
+    """The `n` rows of every rank's scored rows the model got right (`right`, this rank's)
+    with the smallest `key` (ties by id), hardest first: what fills M2's hard additions when
+    the pool holds too few mispredictions."""
+    mine = ({"group": np.zeros(int(right.sum()), np.int64), "key": key(scored)[right]
+             .astype(np.float64), ID: scored[ID][right].astype(np.int64)} if scored else None)
+    got = merge_smallest(mine, np.array([n]))
+    return got[ID].astype(np.int64) if got else np.zeros(0, np.int64)
 
 
 def random_pick(view: RoundView, n: int, seed: int, reason: str) -> Selection:
