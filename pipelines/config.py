@@ -92,6 +92,9 @@ class StrategyConfig:
     channel_weights: list[float] | None = None  # pixel_weighted_l2; None: luminance for RGB
     remaining_total: int | None = None  # stop when at most this many unlearned samples remain
     remaining_per_class: int | None = None  # ... or when every class has at most this many
+    # keep the samples a round gets right in the pool, to be scored again next round (false:
+    # dropped for good, the source rule)
+    rescore_dropped: bool = False
     # infobatch: prune a fraction of the below-mean-loss samples each epoch, anneal at the end
     prune_ratio: float = 0.5  # r
     anneal_delta: float = 0.875  # full data from epoch delta * epochs on (seta: its annealing)

@@ -257,7 +257,9 @@ class M2(RandomGrowth):
 
 class NormBalanced(Policy):
     """M1: `per_class` samples per class by the norm rule; each round drops the pool samples the
-    model already classifies correctly and draws `per_class` more per class from the rest."""
+    model already classifies correctly and draws `per_class` more per class from the rest.
+    With `rescore_dropped` they leave only that round's draw and are scored again the next:
+    a round-0 model's verdict no longer removes a sample for good."""
 
     name = "norm_balanced"
 
@@ -276,7 +278,9 @@ class NormBalanced(Policy):
         missed = all_sum_np(np.bincount(labels, minlength=view.num_classes).astype(np.int64))
         remaining = {int(c): int(n) for c, n in enumerate(missed) if n}
         mine = scan.scored[ID][right] if scan.scored else np.zeros(0, np.int64)
-        dropped = np.sort(np.concatenate(gather(mine)).astype(np.int64))
+        # rescore_dropped: what the model gets right sits out this draw only, scored again
+        dropped = (np.zeros(0, np.int64) if s.rescore_dropped
+                   else np.sort(np.concatenate(gather(mine)).astype(np.int64)))
         stop = remaining_stop(s, remaining)
         sel = selection([], "balanced") if stop else self._draw(view, view.pool[~np.isin(
             view.share.ids[view.pool], mine)], "balanced")
