@@ -57,6 +57,9 @@ class TrainConfig:
     lr: float = 0.01
     weight_decay: float = 0.0
     final_epochs: int | None = 0  # a last phase on the final subset with a one-cycle schedule
+    # the final phase validates every epoch and ships the best of the last round's model and
+    # each final epoch's (highest val accuracy, the earliest on a tie)
+    final_keep_best: bool = False
     threads_per_worker: int = 1
     val_every_epoch: bool = False  # validate after every epoch (accuracy-vs-compute curves)
     cache_mb: int = 2048  # per worker and split: features kept in memory; the rest on disk

@@ -131,7 +131,8 @@ def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
                                          "train_sample_passes", "infer_sample_passes", "curve",
                                          "seconds_round", "seconds_end")}
                       | {"seconds_overhead": overhead_seconds(r)}
-                      | {k: r[k] for k in ("dropped", "remaining") if k in r} for r in records],
+                      | {k: r[k] for k in ("dropped", "remaining", "kept") if k in r}
+                      for r in records],
     }
 
 
