@@ -1,7 +1,8 @@
 """`raysift`: run a job, or one operator as a batch job.
 
     raysift run JOB.yaml [--resume | --overwrite] [--set strategy.max_rounds=3 ...]
-    raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch]
+    raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch,seta]
+                                 [--seeds 0,1,2]   (each strategy per seed, mean ± std)
     raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
     raysift norms | cluster | select | score | feedback IN OUT ...   (one operator as a batch job)
     raysift transfer | adapt JOB.yaml      (M5: a classifier, or a detector from checks)
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -48,14 +50,33 @@ def _compare(args) -> None:
     from .compare import compare
 
     job = load_job(args.job, _parse_set(args.set))
-    compare(job, args.strategies.split(","), resume=args.resume, overwrite=args.overwrite)
+    compare(job, args.strategies.split(","), seeds=_parse_seeds(args.seeds),
+            resume=args.resume, overwrite=args.overwrite)
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") \
+            from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: a seed is given twice")
+    return seeds
 
 
 def _report(args) -> None:
     from .report import comparison_table, rebuild_report
+    from .seed_report import SEEDS_JSON, rebuild_seeds_report, seeds_text
 
-    summaries, report = rebuild_report(args.run_dir)
-    print(comparison_table(summaries))
+    if (Path(args.run_dir) / SEEDS_JSON).exists():
+        summaries, report = rebuild_seeds_report(args.run_dir)
+        print(seeds_text(summaries))
+    else:
+        summaries, report = rebuild_report(args.run_dir)
+        print(comparison_table(summaries))
     print(f"report: {report}")
 
 
@@ -70,8 +91,11 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
     cmp = commands.add_parser("compare", help="run the job under several strategies, side by side")
     cmp.add_argument("job", help="the job file")
-    cmp.add_argument("--strategies", default="full,random,m2,norm_balanced,infobatch",
+    cmp.add_argument("--strategies", default="full,random,m2,norm_balanced,infobatch,seta",
                      help="comma-separated strategy names (default: %(default)s)")
+    cmp.add_argument("--seeds", default=None, metavar="0,1,2",
+                     help="run every strategy once per seed (under RUN_DIR/seed<k>/) and "
+                          "report each one's mean ± std")
     for p in (run, cmp):
         p.add_argument("--resume", action="store_true", help="continue an interrupted run")
         p.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -79,7 +103,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
                        help="override a job field, e.g. --set strategy.max_rounds=3")
     cmp.set_defaults(func=_compare)
     rep = commands.add_parser("report", help="rebuild a comparison's report from its "
-                                             "comparison.json")
+                                             "comparison.json (or seeds.json)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="the comparison's run_dir")
     rep.set_defaults(func=_report)
     wanted = {JOB_MODULES.get(command)}

@@ -53,10 +53,13 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     batch_size: int = 128
-    epochs_per_round: int = 3
+    epochs_per_round: int | None = 3  # None: planned by strategy.budget_fraction
     lr: float = 0.01
     weight_decay: float = 0.0
-    final_epochs: int = 0  # a last phase on the final subset with a one-cycle schedule
+    final_epochs: int | None = 0  # a last phase on the final subset with a one-cycle schedule
+    # the final phase validates every epoch and ships the best of the last round's model and
+    # each final epoch's (highest val accuracy, the earliest on a tie)
+    final_keep_best: bool = False
     threads_per_worker: int = 1
     val_every_epoch: bool = False  # validate after every epoch (accuracy-vs-compute curves)
     cache_mb: int = 2048  # per worker and split: features kept in memory; the rest on disk
@@ -68,16 +71,23 @@ class TrainConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "m2"  # m2 | random | full | norm_balanced | infobatch
-    initial_ratio: float = 0.1
-    hard_per_round: int = 2000
-    reps_per_round: int = 1000
+    name: str = "m2"  # m2 | random | full | norm_balanced | infobatch | seta
+    # The knobs in PLANNED_KEYS may be None while budget_fraction is set: the plan fills them.
+    initial_ratio: float | None = 0.1
+    hard_per_round: int | None = 2000
+    reps_per_round: int | None = 1000
     cluster_k: int = 20
     cluster_on: str = "embedding"  # embedding | x
-    max_rounds: int = 5
+    # m2: when the pool holds fewer mispredictions than hard_per_round, fill the rest with the
+    # correctly predicted rows of highest loss or lowest margin (none: the source rule)
+    hard_fill: str = "none"  # none | loss | margin
+    max_rounds: int | None = 5
     target_val_accuracy: float | None = None
     patience: int | None = None  # stop after this many rounds without a val gain
     budget: float | None = None  # compute budget in sample-passes
+    # plan rounds, rows per round and final phase to spend at most this share of full's compute
+    # (full's `epochs` over the training set); the planned knobs the job sets stay as set
+    budget_fraction: float | None = None
     epochs: int = 20  # the `full` and `infobatch` baselines' epochs
     # norm_balanced (M1): m per class by the norm rule, then drop what the model has learned
     per_class: int = 100
@@ -85,9 +95,17 @@ class StrategyConfig:
     channel_weights: list[float] | None = None  # pixel_weighted_l2; None: luminance for RGB
     remaining_total: int | None = None  # stop when at most this many unlearned samples remain
     remaining_per_class: int | None = None  # ... or when every class has at most this many
+    # keep the samples a round gets right in the pool, to be scored again next round (false:
+    # dropped for good, the source rule)
+    rescore_dropped: bool = False
     # infobatch: prune a fraction of the below-mean-loss samples each epoch, anneal at the end
     prune_ratio: float = 0.5  # r
-    anneal_delta: float = 0.875  # full data from epoch delta * epochs on
+    anneal_delta: float = 0.875  # full data from epoch delta * epochs on (seta: its annealing)
+    # seta: a random share, grouped by loss, a window sliding from easy to hard (the authors'
+    # CIFAR settings)
+    seta_ratio: float = 0.1  # rows left out at random each epoch (at most 0.9)
+    num_group: int = 5  # loss groups
+    window_scale: float = 0.9  # share of the groups the window holds
 
 
 @dataclass
@@ -106,7 +124,11 @@ class AugmentConfig:
     transforms: list[dict] = field(default_factory=list)
 
 
-STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch")
+STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch", "seta")
+# Knobs a budget plans (pipelines/budget.py) where the job leaves them out, by section.
+PLANNED_KEYS = {"strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
+                "train": ("epochs_per_round", "final_epochs")}
+HARD_FILLS = ("none", "loss", "margin")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
 ASCENTS = ("mean", "sample")
@@ -172,13 +194,25 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
         s = self.strategy
-        check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]")
+        check_field(s.budget_fraction is None or 0 < s.budget_fraction <= 1,
+                    "strategy.budget_fraction", s.budget_fraction, "in (0, 1] or null")
+        for section, keys in PLANNED_KEYS.items():
+            for key in keys:
+                check_field(getattr(getattr(self, section), key) is not None or
+                            s.budget_fraction is not None, f"{section}.{key}", None,
+                            "a number (null only with strategy.budget_fraction, to plan it)")
+        if s.initial_ratio is not None:
+            check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio,
+                        "in (0, 1]")
         check_field(s.name in STRATEGY_NAMES, "strategy.name", s.name,
                     f"one of {', '.join(STRATEGY_NAMES)}")
         check_field(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
                "embedding or x")
+        check_field(s.hard_fill in HARD_FILLS, "strategy.hard_fill", s.hard_fill,
+                    f"one of {', '.join(HARD_FILLS)}")
         for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
-            check_field(getattr(s, name) >= 0, f"strategy.{name}", getattr(s, name), ">= 0")
+            value = getattr(s, name)
+            check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0")
         check_field(s.per_class >= 1, "strategy.per_class", s.per_class, ">= 1")
         check_field(s.norm in NORM_KINDS, "strategy.norm", s.norm, f"one of {', '.join(NORM_KINDS)}")
         for name in ("remaining_total", "remaining_per_class"):
@@ -186,7 +220,15 @@ class JobConfig:
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0 or null")
         check_field(0 <= s.prune_ratio < 1, "strategy.prune_ratio", s.prune_ratio, "in [0, 1)")
         check_field(0 < s.anneal_delta <= 1, "strategy.anneal_delta", s.anneal_delta, "in (0, 1]")
+        check_field(0 <= s.seta_ratio < 1, "strategy.seta_ratio", s.seta_ratio, "in [0, 1)")
+        check_field(s.num_group >= 1, "strategy.num_group", s.num_group, ">= 1")
+        check_field(0 < s.window_scale <= 1 and round(s.num_group * s.window_scale) >= 1,
+                    "strategy.window_scale", s.window_scale,
+                    "in (0, 1], a window of at least one of strategy.num_group groups")
         t = self.train
+        for name in ("epochs_per_round", "final_epochs"):
+            value = getattr(t, name)
+            check_field(value is None or value >= 0, f"train.{name}", value, ">= 0")
         for name in ("num_workers", "batch_size", "threads_per_worker"):
             check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
         check_field(t.lr > 0, "train.lr", t.lr, "> 0")
@@ -266,9 +308,10 @@ class JobConfig:
                    f"mixup, adversarial or moex {text}")
             check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
-        if self.strategy.name == "infobatch":
+        if self.strategy.name in ("infobatch", "seta"):
             check_field(m.kind == "none", "mixup.kind", m.kind,
-                        "none with strategy infobatch (it scores each sample by its own loss)")
+                        f"none with strategy {self.strategy.name} (it scores each sample by "
+                        f"its own loss)")
         if m.kind in ("cutmix", "pairing"):
             check_field(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
         if m.kind == "adversarial" or m.layer > 0:
@@ -308,7 +351,21 @@ def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
 
 
 def from_dict(raw: dict, where: str = "job") -> JobConfig:
-    return build_section(JobConfig, raw, prefix="", where=where).validate()
+    return build_section(JobConfig, left_to_plan(raw), prefix="", where=where).validate()
+
+
+def left_to_plan(raw: dict) -> dict:
+    """`raw` with the PLANNED_KEYS it leaves out set to None when it sets
+    strategy.budget_fraction: those the budget plans, the ones it sets stay as set."""
+    strategy = raw.get("strategy") if isinstance(raw, dict) else None
+    if not isinstance(strategy, dict) or strategy.get("budget_fraction") is None:
+        return raw
+    out = dict(raw)
+    for section, keys in PLANNED_KEYS.items():
+        given = out.get(section) or {}
+        if isinstance(given, dict):
+            out[section] = {**{k: None for k in keys}, **given}
+    return out
 
 
 def build_section(cls, raw, prefix: str, where: str):

@@ -36,6 +36,7 @@ from operators.contract import ID, LABEL, PIXEL_MAX, X, DataError
 from operators.predict import forward_scores
 
 from .augmentation import batch_generator, batch_loss, sample_losses
+from .best import BestWeights
 from .collective import all_max, all_sum, sync_buffers
 from .config import JobConfig, ModelConfig, from_dict
 from .models import build_model
@@ -45,6 +46,7 @@ from .share import Share, read_share
 from .strategies import Additions, Policy, RoundView, make_strategy
 
 MODEL_FILE = "model.pt"
+VAL_KEYS = ("val_accuracy", "val_balanced_accuracy", "val_loss")  # a record's validation
 _EVAL_ROWS = 4096  # rows per forward pass in validation and test
 
 
@@ -122,6 +124,7 @@ class Worker:
         torch.manual_seed(derive_seed(self.job.seed, "init", 0))
         model = build_model(self.job.model, self.x_shape, self.num_classes)
         self.optimizer_state = self.scheduler_state = None
+        self.best: BestWeights | None = None  # train.final_keep_best, in the final phase
         resumed = ray.train.get_checkpoint()
         if resumed:
             with resumed.as_directory() as d:
@@ -149,8 +152,16 @@ class Worker:
             self._round()
         if (not self.policy.single_round and self.job.train.final_epochs
                 and not any(r["phase"] == "final" for r in state.records)):
+            if self.job.train.final_keep_best and self.best is None:  # the last round's model
+                self.best = BestWeights()
+                last = state.records[-1]
+                self.best.offer({k: last[k] for k in VAL_KEYS}, _unwrap(self.model),
+                                f"round {last['round']}")
             phase = self.phase or Phase(len(state.records), "final", self.job.train.final_epochs)
             record = self._train_phase(phase)
+            if self.best is not None:
+                self.best.restore(_unwrap(self.model))
+                record.update({k: self.best.val[k] for k in VAL_KEYS}, kept=self.best.label)
             record["seconds_end"] = self._clock()
             state.records.append(record)
             self.phase = None
@@ -214,8 +225,11 @@ class Worker:
             epoch = phase.next_epoch
             self._epoch(phase, rows, optimizer, scheduler, steps_per_epoch)
             metrics = {"epoch": epoch, "train_sample_passes": phase.train_sample_passes}
-            if epoch == phase.epochs - 1 or job.train.val_every_epoch:
+            keep_best = self.best is not None and phase.kind == "final"
+            if epoch == phase.epochs - 1 or job.train.val_every_epoch or keep_best:
                 val = evaluate(self.model, self.val, self.num_classes, self.device, "val")
+                if keep_best:
+                    self.best.offer(val, _unwrap(self.model), f"final epoch {epoch}")
                 phase.val_sample_passes += val["val_samples"]
                 phase.last_val = val
                 phase.curve.append({"epoch": epoch,
@@ -308,7 +322,8 @@ class Worker:
                             "spec": model_spec(self.job.model, self.num_classes, self.x_shape),
                             "optimizer": optimizer.state_dict() if optimizer else None,
                             "scheduler": scheduler.state_dict() if scheduler else None,
-                            "phase": asdict(self.phase) if self.phase else None},
+                            "phase": asdict(self.phase) if self.phase else None,
+                            "best": self.best.state_dict() if self.best else None},
                            os.path.join(d, MODEL_FILE))
                 state.save(Path(d))
                 if self.phase is None:
@@ -325,6 +340,9 @@ class Worker:
         self.run_state = RunState.load(d)
         self.phase = Phase(**saved["phase"]) if saved["phase"] else None
         self.optimizer_state, self.scheduler_state = saved["optimizer"], saved["scheduler"]
+        if saved.get("best") and self.phase is not None:  # mid final phase: its best so far
+            self.best = BestWeights()
+            self.best.load_state_dict(saved["best"])
         policy_file = d / f"policy_rank{self.rank}.pt"
         if policy_file.exists():
             self.policy.load_state_dict(torch.load(policy_file, weights_only=True))

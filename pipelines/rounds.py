@@ -10,6 +10,7 @@ and per round) with the same manifest and metrics as an uninterrupted run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -23,12 +24,14 @@ from ray.train.torch import TorchTrainer
 
 from operators.contract import DataError
 
+from .budget import Plan, apply_budget
 from .config import ConfigError, JobConfig
 from .engine import MODEL_FILE, train_job
 from .ingest import DataInfo, ingest, load_info
 from .progress import Feed, Progress
 from .run_state import (RunState, atomic_write_json, compute_totals, overhead_seconds,
                         replace_via_staging)
+from .strategies import STRATEGIES
 from .synthesize import add_synthetic
 
 SUMMARY = "summary.json"
@@ -58,6 +61,10 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     ingest_seconds = time.perf_counter() - t
     echo(f"[{job.name}] data: {info.counts} samples, {info.num_classes} classes, "
          f"x {tuple(info.x_shape)} ({info.source}); strategy {job.strategy.name}")
+    job, plan = apply_budget(job, info.counts["train"], info.counts.get("val", 0),
+                             STRATEGIES[job.strategy.name].plans_budget)
+    if plan:
+        echo(format_plan(job.name, plan))
 
     state = (RunState.load(run_dir) if resume else None) or RunState()
     if state.records:
@@ -73,6 +80,8 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     final_dir.mkdir()
     shutil.copy2(checkpoint / MODEL_FILE, final_dir / MODEL_FILE)
     summary = _summary(job, state, ingest_seconds, time.time() - state.clock_origin)
+    if plan:
+        summary["plan"] = dataclasses.asdict(plan)
     state.save(run_dir)
     atomic_write_json(run_dir / SUMMARY, summary)
     echo(format_summary(summary))
@@ -125,8 +134,16 @@ def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
                                          "train_sample_passes", "infer_sample_passes", "curve",
                                          "seconds_round", "seconds_end")}
                       | {"seconds_overhead": overhead_seconds(r)}
-                      | {k: r[k] for k in ("dropped", "remaining") if k in r} for r in records],
+                      | {k: r[k] for k in ("dropped", "remaining", "kept") if k in r}
+                      for r in records],
     }
+
+
+def format_plan(name: str, plan: Plan) -> str:
+    return (f"[{name}] budget {plan.budget:.0f} sample-passes ({plan.budget / plan.full_compute:.0%}"
+            f" of full's {plan.full_compute:.0f}): {plan.rounds} rounds of {plan.epochs} epochs "
+            f"from {plan.initial} rows, +{plan.hard} hard +{plan.reps} representatives a round, "
+            f"final phase {plan.final_epochs} epochs; at most {plan.compute:.0f} planned")
 
 
 def format_summary(summary: dict) -> str:

@@ -23,6 +23,7 @@ from operators.norms import Norms
 from operators.select import (Selection, balanced_candidates, compose_balanced,
                               random_candidates, selection)
 
+from . import seta
 from .collective import all_sum, all_sum_np, gather, merge_smallest, rank_and_world, \
     representatives
 from .config import JobConfig, StrategyConfig
@@ -84,6 +85,7 @@ class Policy(ABC):
 
     name = ""
     single_round = False  # one round on all the data: no stop rules, no final phase
+    plans_budget = False  # strategy.budget_fraction plans its rounds (pipelines/budget.py)
 
     @abstractmethod
     def initial(self, view: RoundView) -> Selection:
@@ -127,12 +129,10 @@ class Full(Policy):
         return nothing("full data trained")
 
 
-class InfoBatch(Full):
-    """Baseline: Full's one round, each epoch pruning well-learned rows by the InfoBatch rule
-    (pipelines/infobatch.py). Each rank keeps the scores of its own rows; the mean they are
-    compared with is over all ranks, and each rank draws its prune with its own seed."""
-
-    name = "infobatch"
+class ScoredPruning(Full):
+    """Full's one round, each epoch training the rows a dynamic-pruning rule picks from their
+    latest training losses (the subclass's rule). Each rank keeps the scores of its own rows and
+    draws its own rows with its own seed."""
 
     def __init__(self):
         self.scores: torch.Tensor | None = None
@@ -141,15 +141,14 @@ class InfoBatch(Full):
                    epochs: int) -> EpochPlan:
         if self.scores is None:
             self.scores = initial_scores(n_rows)
-        total = all_sum(torch.tensor([float(self.scores.sum()), float(n_rows)],
-                                     dtype=torch.float64))
         rank, _ = rank_and_world()
-        s = job.strategy
-        generator = torch.Generator().manual_seed(
-            derive_seed(job.seed, "infobatch", round_index, epoch, rank))
-        pick, weights = plan_epoch(self.scores, epoch, epochs, s.prune_ratio, s.anneal_delta,
-                                   generator, mean=float(total[0] / total[1]))
-        return EpochPlan(pick.numpy(), weights[pick])
+        return self.pick(job, derive_seed(job.seed, self.name, round_index, epoch, rank),
+                         epoch, epochs)
+
+    @abstractmethod
+    def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
+        """The epoch's rows and weights from `self.scores` (weights are needed: they make the
+        engine return the rows' losses)."""
 
     def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
         self.scores = update_scores(self.scores, torch.from_numpy(pick), losses)
@@ -161,10 +160,41 @@ class InfoBatch(Full):
         self.scores = state["scores"]
 
 
+class InfoBatch(ScoredPruning):
+    """Baseline: the InfoBatch rule (pipelines/infobatch.py); the mean the scores are compared
+    with is over all ranks."""
+
+    name = "infobatch"
+
+    def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
+        n = len(self.scores)
+        total = all_sum(torch.tensor([float(self.scores.sum()), float(n)], dtype=torch.float64))
+        s = job.strategy
+        pick, weights = plan_epoch(self.scores, epoch, epochs, s.prune_ratio, s.anneal_delta,
+                                   torch.Generator().manual_seed(seed),
+                                   mean=float(total[0] / total[1]))
+        return EpochPlan(pick.numpy(), weights[pick])
+
+
+class Seta(ScoredPruning):
+    """Baseline: the SeTa rule (pipelines/seta.py): a random share, grouped by loss, a window
+    sliding from easy to hard; the groups are fitted to the kept scores of all ranks."""
+
+    name = "seta"
+
+    def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
+        s = job.strategy
+        rows = seta.plan_epoch(self.scores.numpy(), epoch, epochs, s.seta_ratio, s.num_group,
+                               s.window_scale, s.anneal_delta, np.random.default_rng(seed),
+                               pooled=lambda v: np.concatenate(gather(v)))
+        return EpochPlan(rows, torch.ones(len(rows), dtype=torch.float64))
+
+
 class RandomGrowth(Policy):
     """Baseline: M2's schedule, with random additions of M2's size instead of chosen ones."""
 
     name = "random"
+    plans_budget = True
 
     def initial(self, view: RoundView) -> Selection:
         total = int(all_sum_np(np.array([len(view.pool)]))[0])
@@ -182,7 +212,10 @@ class RandomGrowth(Policy):
 
 class M2(RandomGrowth):
     """M2: the first mispredictions of a seeded scan of the pool, plus cluster representatives
-    of the scored rows the model got right."""
+    of the scored rows the model got right. With `hard_fill`, a scan that runs out of
+    mispredictions fills the rest of `hard_per_round` with the right rows of highest loss or
+    lowest margin: late rounds, when the model gets nearly all the pool right, still add the
+    rows nearest its boundary rather than stopping or adding fewer."""
 
     name = "m2"
 
@@ -197,18 +230,25 @@ class M2(RandomGrowth):
             _rank_batch(job), view.progress)
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
+        got = scan.scored
+        right = got["correct"].astype(bool) if got else np.zeros(0, bool)
+        fill = np.zeros(0, np.int64)
+        short = s.hard_per_round - len(scan.hard_ids)
+        if s.hard_fill != "none" and short > 0:  # the scan ran out of mispredictions
+            fill = nearest_misses(got, right, FILL_KEYS[s.hard_fill], short)
+            if got:  # the fill is no representative
+                right &= ~np.isin(got[ID], fill)
         reps = np.zeros(0, np.int64)
         if s.reps_per_round:
-            got = scan.scored
-            right = got["correct"].astype(bool) if got else np.zeros(0, bool)
             rows = ({ID: got[ID][right], column: got[column][right]} if got
                     else {ID: np.zeros(0, np.int64), column: np.zeros((0, 1), np.float32)})
             reps = representatives(rows, column, s.reps_per_round, s.cluster_k,
                                    derive_seed(job.seed, "kmeans", view.round_index) % 2**31)
-        ids = np.concatenate([scan.hard_ids, reps])
-        reasons = np.array(["hard"] * len(scan.hard_ids) + ["representative"] * len(reps),
-                           dtype=object)
-        return Additions(ids, reasons, stop_reason=None if len(scan.hard_ids) else NO_HARD,
+        ids = np.concatenate([scan.hard_ids, fill, reps])
+        reasons = np.array(["hard"] * len(scan.hard_ids) + ["hard_fill"] * len(fill)
+                           + ["representative"] * len(reps), dtype=object)
+        found = len(scan.hard_ids) + len(fill)
+        return Additions(ids, reasons, stop_reason=None if found else NO_HARD,
                          hard_found=int(len(scan.hard_ids)), infer_sample_passes=scan.n_scored,
                          seconds_score=scored_seconds,
                          seconds_score_batches=scan.seconds_batches,
@@ -217,7 +257,9 @@ class M2(RandomGrowth):
 
 class NormBalanced(Policy):
     """M1: `per_class` samples per class by the norm rule; each round drops the pool samples the
-    model already classifies correctly and draws `per_class` more per class from the rest."""
+    model already classifies correctly and draws `per_class` more per class from the rest.
+    With `rescore_dropped` they leave only that round's draw and are scored again the next:
+    a round-0 model's verdict no longer removes a sample for good."""
 
     name = "norm_balanced"
 
@@ -236,7 +278,9 @@ class NormBalanced(Policy):
         missed = all_sum_np(np.bincount(labels, minlength=view.num_classes).astype(np.int64))
         remaining = {int(c): int(n) for c, n in enumerate(missed) if n}
         mine = scan.scored[ID][right] if scan.scored else np.zeros(0, np.int64)
-        dropped = np.sort(np.concatenate(gather(mine)).astype(np.int64))
+        # rescore_dropped: what the model gets right sits out this draw only, scored again
+        dropped = (np.zeros(0, np.int64) if s.rescore_dropped
+                   else np.sort(np.concatenate(gather(mine)).astype(np.int64)))
         stop = remaining_stop(s, remaining)
         sel = selection([], "balanced") if stop else self._draw(view, view.pool[~np.isin(
             view.share.ids[view.pool], mine)], "balanced")
@@ -269,6 +313,21 @@ class NormBalanced(Policy):
         return compose_balanced(got, present, counts[present], s.per_class, reason)
 
 
+# strategy.hard_fill -> the key whose smallest values are the hardest rows the model gets right
+FILL_KEYS = {"loss": lambda scored: -scored["loss"], "margin": lambda scored: scored["margin"]}
+
+
+def nearest_misses(scored: dict, right: np.ndarray, key: Callable[[dict], np.ndarray],
+                   n: int) -> np.ndarray:
+    """The `n` rows of every rank's scored rows the model got right (`right`, this rank's)
+    with the smallest `key` (ties by id), hardest first: what fills M2's hard additions when
+    the pool holds too few mispredictions."""
+    mine = ({"group": np.zeros(int(right.sum()), np.int64), "key": key(scored)[right]
+             .astype(np.float64), ID: scored[ID][right].astype(np.int64)} if scored else None)
+    got = merge_smallest(mine, np.array([n]))
+    return got[ID].astype(np.int64) if got else np.zeros(0, np.int64)
+
+
 def random_pick(view: RoundView, n: int, seed: int, reason: str) -> Selection:
     """`n` of every rank's pool rows, uniformly: the smallest hash(seed, id), as
     operators/select.py's `random_draw` picks them. Ids ascending."""
@@ -296,7 +355,7 @@ def remaining_stop(s: StrategyConfig, remaining: dict) -> str | None:
     return None
 
 
-STRATEGIES = {p.name: p for p in (M2, RandomGrowth, Full, NormBalanced, InfoBatch)}
+STRATEGIES = {p.name: p for p in (M2, RandomGrowth, Full, NormBalanced, InfoBatch, Seta)}
 
 
 def make_strategy(name: str) -> Policy:

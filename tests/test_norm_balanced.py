@@ -148,3 +148,19 @@ def test_norm_balanced_run_on_digits(ray_session, tmp_path):
     assert summary["train_sample_passes"] == 2 * 100 + 2 * second["subset_size"]
     assert summary["stop_reason"] == "max_rounds 2 reached" and "remaining" not in second
     assert any("dropped" in line and "remaining" in line for line in lines)
+
+
+def test_rescore_dropped_keeps_the_learned_in_the_pool_and_scores_them_again(tmp_path):
+    job, share, strategy = _job(tmp_path, rescore_dropped=True), _share(), NormBalanced()
+    state = RunState()
+    state.add(INITIAL, "initial", 0)
+    added = strategy.after_round(_view(job, share, state, 0))
+    # the same draw from the same remainder, but nothing leaves the pool
+    assert added.ids.tolist() == NEXT_DRAW and added.remaining == REMAINING
+    assert len(added.dropped) == 0
+    state.add(added.ids, added.reasons, 1)
+    nxt = strategy.after_round(_view(job, share, state, 1))
+    # round 1 scores the 8 rows round 0 got right again; all still right, none left to draw
+    assert nxt.infer_sample_passes == len(DROPPED_IDS)
+    assert nxt.stop_reason == "no misclassified samples left in the pool"
+    assert len(nxt.dropped) == 0

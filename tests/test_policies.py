@@ -99,3 +99,45 @@ def test_m2_representatives_are_the_rows_nearest_each_centre():
     reps = added.ids.tolist()
     assert len(reps) == 2 and set(reps) <= set(centred.tolist())
     assert {r < 115 for r in reps} == {True, False}  # one from each group
+
+
+class InputLogits(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+# Logits per row (label): 0 right and sure, 1 wrong, 2 right with a small margin (0.05, loss
+# 0.64), 3 right with the highest loss (0.79, margin 0.18), 4 and 5 right and sure.
+FILL_X = np.array([[5, 0, 0], [0, 5, 0], [2, 1.9, -10], [0.5, 0, 0], [0, 5, 0], [0, 0, 5]],
+                  np.float32)
+FILL_Y = np.array([0, 0, 0, 0, 1, 2])
+
+
+def _fill_view(job, subset=()):
+    share = Share.from_arrays(np.arange(6), FILL_Y, FILL_X)
+    return RoundView(job=job, round_index=1, num_classes=3, share=share,
+                     pool=pool_rows(share, np.array(subset, np.int64)),
+                     score_rows=share_scorer(InputLogits(), share, "cpu"))
+
+
+def test_m2_fills_the_hard_rows_the_pool_lacks_by_loss_or_by_margin():
+    for by, nearest in (("loss", [3]), ("margin", [2])):
+        job = _job(hard_per_round=2, reps_per_round=0, hard_fill=by)
+        added = M2().after_round(_fill_view(job))
+        assert added.ids.tolist() == [1] + nearest and added.hard_found == 1
+        assert list(added.reasons) == ["hard", "hard_fill"] and added.stop_reason is None
+    job = _job(hard_per_round=3, reps_per_round=0, hard_fill="loss")
+    assert M2().after_round(_fill_view(job)).ids.tolist() == [1, 3, 2]  # hardest first
+    # the source rule: only the one misprediction
+    assert M2().after_round(_fill_view(_job(hard_per_round=2, reps_per_round=0))).ids.tolist() \
+        == [1]
+
+
+def test_a_filled_row_is_no_representative_and_no_mistake_left_still_adds_the_nearest():
+    job = _job(hard_per_round=1, reps_per_round=10, hard_fill="margin", cluster_on="x")
+    added = M2().after_round(_fill_view(job, subset=[1]))  # the one mistake is trained on
+    assert added.ids[0] == 2 and added.reasons[0] == "hard_fill"
+    assert sorted(added.ids[1:].tolist()) == [0, 3, 4, 5]  # every other right row: reps
+    assert added.stop_reason is None and added.hard_found == 0
+    none = M2().after_round(_fill_view(_job(hard_per_round=1, reps_per_round=0), subset=[1]))
+    assert none.stop_reason == "no hard samples left in the pool"

@@ -1,0 +1,97 @@
+"""The budget planner on hand-made sizes: the plan never spends more than its share of full's
+compute, keeps the knobs set by hand, and fills the job's planned keys."""
+import pytest
+
+from pipelines.budget import apply_budget, full_compute, plan_budget, planned_compute
+from pipelines.config import ConfigError, from_dict
+
+
+def test_full_compute_counts_every_row_each_epoch_and_its_validations():
+    assert full_compute(1000, 300, 10, False) == 10000 + 100
+    assert full_compute(1000, 300, 10, True) == 10000 + 1000
+
+
+def test_planned_compute_by_hand():
+    # sizes 100, 123, 146, 169; scans after rounds 0-2 over pools 900, 877, 854
+    got = planned_compute(1000, 0, 100, 23, 4, 3, 3, False)
+    assert got == 3 * (100 + 123 + 146 + 169) + 3 * 169 + (900 + 877 + 854) / 3
+    # 4 rounds x 2 validations + 3 final ones, 30 rows each, a third of a pass
+    assert planned_compute(1000, 30, 100, 0, 4, 2, 3, True) - planned_compute(
+        1000, 0, 100, 0, 4, 2, 3, True) == pytest.approx((4 * 2 + 3) * 10)
+    # the subset never grows past the training set
+    assert planned_compute(100, 0, 50, 40, 3, 1, 0, False) == 50 + 90 + 100 + (50 + 10) / 3
+
+
+def test_the_default_plan_by_hand():
+    # full: 1000 rows x 10 epochs; 30 % is 3000. 4 rounds of 3 epochs from 100 rows, 3 final
+    # epochs: 2400 + 26 * increment <= 3000, so 23 rows a round, 15 of them hard.
+    plan = plan_budget(0.3, 1000, 0, 10, False)
+    assert (plan.initial, plan.rounds, plan.epochs, plan.final_epochs) == (100, 4, 3, 3)
+    assert (plan.hard, plan.reps) == (15, 8)
+    assert plan.compute == 2400 + 26 * 23 <= plan.budget == 3000
+
+
+@pytest.mark.parametrize("n", [10, 97, 1000, 48000])
+@pytest.mark.parametrize("n_val", [0, 13, 5000])
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("val_every", [False, True])
+def test_never_plans_past_the_budget(n, n_val, fraction, val_every):
+    try:
+        plan = plan_budget(fraction, n, n_val, 20, val_every)
+    except ConfigError:  # a budget below even one epoch on one row: refused, not overspent
+        assert fraction * full_compute(n, n_val, 20, val_every) < planned_compute(
+            n, n_val, 1, 0, 1, 3, 0, val_every)
+        return
+    again = planned_compute(n, n_val, plan.initial, plan.increment, plan.rounds, plan.epochs,
+                            plan.final_epochs, val_every)
+    assert again == plan.compute <= plan.budget
+    assert 1 <= plan.initial <= n and plan.rounds >= 1
+    if plan.rounds > 1:
+        assert plan.increment >= 1
+        # one more row a round would not fit, unless the set is already full
+        more = planned_compute(n, n_val, plan.initial, plan.increment + 1, plan.rounds,
+                               plan.epochs, plan.final_epochs, val_every)
+        assert more > plan.budget or plan.initial + (plan.rounds - 1) * plan.increment >= n
+
+
+def test_hand_set_knobs_stay_and_the_rest_fits_around_them():
+    plan = plan_budget(0.3, 1000, 0, 10, False, rounds=2, hard=50, epochs=5, final_epochs=0)
+    assert (plan.rounds, plan.hard, plan.epochs, plan.final_epochs) == (2, 50, 5, 0)
+    # 5 * (100 + 100 + inc) + 900 / 3 <= 3000: inc 340, so 290 representatives
+    assert plan.reps == 290 and plan.compute <= 3000
+
+
+def test_a_tight_budget_shrinks_the_final_phase_then_the_rounds():
+    plan = plan_budget(0.05, 1000, 0, 10, False)  # 500: round 0 alone costs 300
+    assert plan.final_epochs == 0 and plan.rounds == 1 and plan.compute <= 500
+    assert plan.hard == plan.reps == 0
+
+
+def test_hand_set_knobs_over_the_budget_are_refused_by_name():
+    with pytest.raises(ConfigError, match="strategy.budget_fraction: got 0.05"):
+        plan_budget(0.05, 1000, 0, 10, False, rounds=4, final_epochs=3)
+
+
+def test_the_job_leaves_the_planned_keys_to_the_plan_and_keeps_the_ones_it_sets():
+    job = from_dict({"train": {"final_epochs": 2},
+                     "strategy": {"name": "m2", "budget_fraction": 0.3, "epochs": 10,
+                                  "max_rounds": 3}})
+    assert job.strategy.hard_per_round is None and job.train.epochs_per_round is None
+    assert job.strategy.max_rounds == 3 and job.train.final_epochs == 2
+    planned, plan = apply_budget(job, 1000, 0, plans=True)
+    assert plan == plan_budget(0.3, 1000, 0, 10, False, rounds=3, final_epochs=2)
+    s, t = planned.strategy, planned.train
+    assert (s.hard_per_round, s.reps_per_round, s.max_rounds) == (plan.hard, plan.reps, 3)
+    assert (t.epochs_per_round, t.final_epochs) == (3, 2)
+    assert round(s.initial_ratio * 1000) == plan.initial
+    # a strategy that does not grow a subset gets the defaults
+    other, none = apply_budget(job, 1000, 0, plans=False)
+    assert none is None and other.strategy.hard_per_round == 2000
+    assert other.train.epochs_per_round == 3 and other.train.final_epochs == 2
+
+
+def test_a_left_out_knob_without_a_budget_is_refused_by_name():
+    with pytest.raises(ConfigError, match="strategy.hard_per_round: got None"):
+        from_dict({"strategy": {"hard_per_round": None}})
+    with pytest.raises(ConfigError, match="strategy.budget_fraction: got 1.5"):
+        from_dict({"strategy": {"budget_fraction": 1.5}})
