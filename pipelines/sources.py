@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import ray
 import ray.data.extensions  # noqa: F401  registers Ray's tensor types, so Parquet reads them back
 
-from operators.contract import DataError, require_columns
+from operators.contract import X, DataError, data_errors, require_columns
 
 from .config import ConfigError, SourceConfig
 
@@ -539,7 +540,10 @@ def _idx_rows(fs, path: str, rows: int) -> Iterator[np.ndarray]:
 # ---- image folder ----------------------------------------------------------------------------
 
 def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
-    """One subfolder per class (class index = sorted folder names); x (C, H, W) 8-bit pixels."""
+    """One subfolder per class (class index = sorted folder names); x (C, H, W) 8-bit pixels.
+
+    Ray Data tasks read the headers (for the common mode and size) and then decode the pixels,
+    in parallel and in path order; the driver holds the paths and one chunk of pixels."""
     fs, root = filesystem(cfg.path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
@@ -550,67 +554,111 @@ def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
                      if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
     if not classes:
         raise DataError(f"source.path: {cfg.path} has no class subfolders")
-    items = []
+    paths, labels = [], []
     for label, name in enumerate(classes):
         folder = f"{root.rstrip('/')}/{name}"
         infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-        items += [(i.path, label) for i in sorted(infos, key=lambda i: i.path)
-                  if i.is_file and i.base_name.lower().endswith(IMAGE_SUFFIXES)
-                  and not _hidden(i.path[len(folder):])]
-    if not items:
+        found = [i.path for i in sorted(infos, key=lambda i: i.path)
+                 if i.is_file and i.base_name.lower().endswith(IMAGE_SUFFIXES)
+                 and not _hidden(i.path[len(folder):])]
+        paths += found
+        labels += [label] * len(found)
+    if not paths:
         raise DataError(f"source.path: no images in the class subfolders of {cfg.path} "
                         f"({', '.join(classes)})")
-    mode, size = _image_layout(fs, items, cfg.image_size)
+    if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 1):
+        raise ConfigError(f"source.image_size: got {cfg.image_size}, expected [height, width]")
+    items = ray.data.from_items([{"path": p, "label": c} for p, c in zip(paths, labels)])
+    mode, size = _image_layout(_in_order(items.map_batches(_Headers(fs), batch_format="numpy")),
+                               cfg.image_size)
 
     def chunks():
         channels = 1 if mode == "L" else 3
         rows = _rows_per_chunk(channels * size[0] * size[1], chunk_rows)
-        for s in range(0, len(items), rows):
-            part = items[s:s + rows]
-            x = np.stack([_load_image(fs, p, mode, size) for p, _ in part])
-            label = np.array([c for _, c in part], dtype=np.int64)
-            yield Chunk(label, x, cfg.path, s)
+        decoded = _in_order(items.map_batches(_Pixels(fs, mode, size), batch_size=rows,
+                                              batch_format="numpy"))
+        first = 0
+        with data_errors():
+            for batch in decoded.iter_batches(batch_size=rows, batch_format="numpy"):
+                yield Chunk(batch["label"].astype(np.int64), batch[X], cfg.path, first)
+                first += len(batch["label"])
 
     return Source(chunks(), f"imagefolder {cfg.path} ({len(classes)} classes)",
                   class_names=classes)
 
 
-def _image_layout(fs, items: list, image_size) -> tuple[str, tuple]:
-    """The common mode (L when every image is grey, else RGB) and (H, W) of all images."""
-    from PIL import Image
+def _in_order(ds):
+    """Rows in path order, whatever the session's default: ids are assigned by row order."""
+    ds.context.execution_options.preserve_order = True
+    return ds
 
-    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
-        raise ConfigError(f"source.image_size: got {image_size}, expected [height, width]")
-    grey, first = True, None
-    for path, _ in items:
-        with fs.open_input_file(path) as fh:
-            try:
+
+class _Headers:
+    """Per image: grey or not, height, width (a header read: PIL decodes no pixels here)."""
+
+    def __init__(self, fs):
+        self.fs = fs
+
+    def __call__(self, batch: dict) -> dict:
+        from PIL import Image
+
+        grey, hw = [], []
+        for path in batch["path"]:
+            with self.fs.open_input_file(path) as fh, _reading_image(path):
                 img = Image.open(fh)
-            except Exception as e:
-                raise DataError(f"{path}: not a readable image ({_reason(e)})") from e
-            grey &= img.mode in _GRAY_MODES
-            hw = (img.height, img.width)
-        if first is None:
-            first = (path, hw)
-        elif image_size is None and hw != first[1]:
-            raise DataError(f"{path}: image size {hw[0]}x{hw[1]} differs from {first[0]} "
-                            f"({first[1][0]}x{first[1][1]}); set source.image_size to resize all")
+                grey.append(img.mode in _GRAY_MODES)
+                hw.append((img.height, img.width))
+        return {"path": batch["path"], "grey": np.array(grey, bool),
+                "hw": np.array(hw, np.int64).reshape(-1, 2)}
+
+
+class _Pixels:
+    """Decode a batch of images to (n, C, H, W) uint8 in one mode and size."""
+
+    def __init__(self, fs, mode: str, size: tuple):
+        self.fs, self.mode, self.size = fs, mode, size
+
+    def __call__(self, batch: dict) -> dict:
+        from PIL import Image
+
+        out = []
+        for path in batch["path"]:
+            with self.fs.open_input_file(path) as fh, _reading_image(path):
+                img = Image.open(fh).convert(self.mode)
+            if (img.height, img.width) != self.size:
+                img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
+            a = np.asarray(img, dtype=np.uint8)
+            out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        return {"label": batch["label"], X: np.stack(out)}
+
+
+def _image_layout(headers, image_size) -> tuple[str, tuple]:
+    """The common mode (L when every image is grey, else RGB) and (H, W) of all images; without
+    `image_size`, the first image whose size differs from the first image's is named."""
+    grey, first = True, None
+    with data_errors():
+        for batch in headers.iter_batches(batch_size=4096, batch_format="numpy"):
+            grey &= bool(batch["grey"].all())
+            if first is None:
+                first = (batch["path"][0], tuple(batch["hw"][0]))
+            if image_size is None:
+                odd = np.flatnonzero((batch["hw"] != first[1]).any(axis=1))
+                if len(odd):
+                    (h, w), path = batch["hw"][odd[0]], batch["path"][odd[0]]
+                    raise DataError(f"{path}: image size {h}x{w} differs from {first[0]} "
+                                    f"({first[1][0]}x{first[1][1]}); set source.image_size "
+                                    f"to resize all")
     size = tuple(image_size) if image_size is not None else first[1]
     return ("L" if grey else "RGB"), size
 
 
-def _load_image(fs, path: str, mode: str, size: tuple) -> np.ndarray:
-    from PIL import Image
-
-    with fs.open_input_file(path) as fh:
-        try:
-            img = Image.open(fh).convert(mode)
-        except Exception as e:
-            raise DataError(f"{path}: not a readable image ({_reason(e)})") from e
-    if (img.height, img.width) != size:
-        img = img.resize((size[1], size[0]), Image.BILINEAR)
-    a = np.asarray(img, dtype=np.uint8)
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+@contextmanager
+def _reading_image(path: str):
+    """PIL's errors for a damaged or non-image file, as a DataError naming the file."""
+    try:
+        yield
+    except Exception as e:
+        raise DataError(f"{path}: not a readable image ({_reason(e)})") from e
 
 
 def _reason(e: Exception) -> str:

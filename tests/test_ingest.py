@@ -252,7 +252,7 @@ def _latin1_csv(folder):
     ("text", _latin1_csv, r"t\.csv: source\.text_column 'text' is not UTF-8 text: row 1 has "
                           r"byte 0xe9 at offset 3; save the file as UTF-8"),
 ], ids=["corrupt-parquet", "not-parquet", "truncated-idx", "cut-image", "latin-1-csv"])
-def test_unreadable_files_are_named(kind, make, message, tmp_path):
+def test_unreadable_files_are_named(kind, make, message, ray_session, tmp_path):
     (tmp_path / "in").mkdir()
     make(tmp_path / "in")
     cfg = SourceConfig(kind=kind, path=str(tmp_path / "in"), val_fraction=0.0, test_fraction=0.0)

@@ -158,7 +158,7 @@ def test_imagefolder_grey_images_and_class_names(ray_session, tmp_path):
     assert info.x_shape == (1, 3, 4) and info.x_dtype == "uint8"
 
 
-def test_imagefolder_rgb_resized_to_image_size(tmp_path):
+def test_imagefolder_rgb_resized_to_image_size(ray_session, tmp_path):
     from PIL import Image
 
     for cls, size in (("a", (5, 7)), ("b", (9, 4))):
@@ -169,6 +169,36 @@ def test_imagefolder_rgb_resized_to_image_size(tmp_path):
     x = shard_x(tmp_path / "out" / "train")
     assert x.shape == (2, 3, 6, 8) and info.x_shape == (3, 6, 8)
     assert x[:, :, 2, 3].tolist() == [[255, 0, 51]] * 2
+
+
+def test_imagefolder_decoded_in_parallel_keeps_path_order_over_chunks(ray_session, tmp_path):
+    from PIL import Image
+
+    grey = {f"g{i}.png": np.full((2, 3), 10 * i, np.uint8) for i in range(5)}
+    for name, a in grey.items():
+        (tmp_path / "b").mkdir(exist_ok=True)
+        Image.fromarray(a, mode="L").save(tmp_path / "b" / name)
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (3, 2), (1, 2, 3)).save(tmp_path / "a" / "c.png")  # one colour image: RGB
+    info = ingest(all_train(kind="imagefolder", path=str(tmp_path)), 0, tmp_path / "out",
+                  chunk_rows=2)
+    ids, labels, x = read_all(tmp_path / "out", "train")
+    order = np.argsort(ids)  # ids follow the rows' order: a/c.png, then b/g0..g4.png
+    assert labels[order].tolist() == [0, 1, 1, 1, 1, 1] and info.x_shape == (3, 2, 3)
+    assert x[order][0, :, 0, 0].tolist() == [1, 2, 3]
+    assert [int(v) for v in x[order][1:, :, 1, 2].max(axis=1)] == [0, 10, 20, 30, 40]
+    assert (x[order][1:].min(axis=1) == x[order][1:].max(axis=1)).all()  # grey in 3 channels
+
+
+def test_imagefolder_names_the_first_image_of_another_size(ray_session, tmp_path):
+    from PIL import Image
+
+    for cls, size in (("a", (4, 3)), ("b", (4, 3)), ("c", (5, 3))):
+        (tmp_path / cls).mkdir()
+        Image.new("L", size).save(tmp_path / cls / "img.png")
+    with pytest.raises(DataError, match=r"c/img\.png: image size 3x5 differs from .*a/img\.png "
+                                        r"\(3x4\); set source\.image_size to resize all"):
+        ingest(all_train(kind="imagefolder", path=str(tmp_path)), 0, tmp_path / "out")
 
 
 def test_mnist1d_given_split_and_cache(ray_session, tmp_path, monkeypatch):
