@@ -26,11 +26,13 @@ def data_errors():
     """Give callers the DataError a Ray Data UDF raised.
 
     Ray re-raises a UDF's exception as `UserCodeException` and keeps only its text, so without
-    this a caller catching `DataError` (the CLI, the round engine) would miss bad input.
+    this a caller catching `DataError` (the CLI, the round engine) would miss bad input; a
+    streaming task's DataError comes back as a `RayTaskError` that is one, its text the whole
+    remote traceback: either becomes a DataError with the message alone.
     """
     try:
         yield
-    except UserCodeException as err:
+    except (UserCodeException, DataError) as err:
         found = re.search(r"DataError: (.+)", str(err))
         if found is None:
             raise

@@ -118,7 +118,7 @@ def carve(ids: np.ndarray, given: np.ndarray | None, seed: int, given_splits: fr
 
 def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
            chunk_rows: int) -> DataInfo:
-    checker = _Checker(cfg)
+    checker = Checker(cfg)
     writers = {s: _ShardWriter(tmp / s, shard_rows) for s in SPLITS}
     per_class = {s: np.zeros(0, np.int64) for s in SPLITS}
     chunks = source.chunks
@@ -228,7 +228,7 @@ def _make_long_tail(tmp: Path, ratio: float, seed: int, class_counts: dict, shar
 
 def _train_vocabulary(source, cfg: SourceConfig, seed: int) -> Vocabulary:
     """The vocabulary of the rows of a text source that the split puts in train (one pass)."""
-    placer = _Checker(cfg)
+    placer = Checker(cfg)
     counts = Counter()
     for c in source.chunks:
         ids, given = placer.place(c)
@@ -243,7 +243,7 @@ def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.pad(a, (0, n - len(a))) + np.pad(b, (0, n - len(b)))
 
 
-class _Checker:
+class Checker:
     """Checks chunk after chunk, keeping what must agree across them (shape, id and split mode)."""
 
     def __init__(self, cfg: SourceConfig):
@@ -257,20 +257,24 @@ class _Checker:
         self.seen = 0
 
     def check(self, c: Chunk):
-        """Validated (ids, labels int64, x float32, given split codes or None) for one chunk."""
+        """Validated (ids, labels int64, x float32, given split codes or None) for one chunk;
+        labels or x are None when the chunk has none (the batch jobs' optional columns)."""
         ids, given = self.place(c)
         cfg = self.cfg
-        labels = _integers(c.label, c, f"source.label_column {cfg.label_column!r}")
-        if (labels < 0).any():
-            i = int(np.argmax(labels < 0))
-            raise DataError(f"{c.where}: source.label_column {cfg.label_column!r} must be >= 0; "
-                            f"{_row(c, i)} has label {labels[i]}")
-        return ids, labels, self._features(c), given
+        labels = None
+        if c.label is not None:
+            labels = _integers(c.label, c, f"source.label_column {cfg.label_column!r}")
+            if (labels < 0).any():
+                i = int(np.argmax(labels < 0))
+                raise DataError(f"{c.where}: source.label_column {cfg.label_column!r} must be "
+                                f">= 0; {_row(c, i)} has label {labels[i]}")
+        return ids, labels, None if c.x is None else self._features(c), given
 
     def place(self, c: Chunk):
         """(ids, given split codes or None): the ids are the data's own or assigned in order."""
-        cfg, n = self.cfg, len(c.label)
-        if len(c.x) != n:
+        cfg = self.cfg
+        n = next((len(a) for a in (c.label, c.x, c.rest) if a is not None), 0)
+        if c.x is not None and len(c.x) != n:
             raise DataError(f"{c.where}: {len(c.x)} feature rows but {n} labels")
         self._same_mode("id", c.id is not None, c.where, f"source.id_column {cfg.id_column!r}")
         self._same_mode("split", c.split is not None, c.where,

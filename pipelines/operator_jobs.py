@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.fs as pafs
 import ray
 
 from operators.cluster import KMeans, drop_near_duplicates
@@ -28,52 +27,36 @@ from operators.select import Selection, balanced_draw, random_draw, require
 
 from .config import ConfigError
 from .engine import saved_model
+from .user_data import Columns, add_column_options, columns_of, read_rows, write
 
 logger = logging.getLogger(__name__)
 
 
-def read(src: str) -> ray.data.Dataset:
-    """The Parquet dataset at `src`, or a DataError naming the path."""
-    try:
-        return ray.data.read_parquet(src)
-    except (FileNotFoundError, ValueError) as err:
-        raise DataError(f"{src}: no Parquet data to read ({str(err).splitlines()[0]})") from None
+def _operand(column: str, columns: Columns) -> str:
+    """The column an operator works on, after the user's feature column became `x`."""
+    return X if column == columns.feature else column
 
 
-def write(ds: ray.data.Dataset, dst: str) -> None:
-    """Write `ds` as Parquet files into the new or empty directory `dst`."""
-    fs, path = _filesystem(dst)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File or (
-            info.type == pafs.FileType.Directory
-            and fs.get_file_info(pafs.FileSelector(path, recursive=False))):
-        raise DataError(f"{dst}: output already exists; choose a new or empty directory")
-    logger.info("writing %s", dst)
-    with data_errors():
-        ds.write_parquet(dst)
-
-
-def _filesystem(uri: str):
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
-
-
+@data_errors()
 def norms_job(src: str, dst: str, kind: str = "pixel_weighted_l2", channel_weights=None,
-              column: str = X) -> pd.DataFrame | None:
+              column: str = X, columns: Columns = Columns()) -> pd.DataFrame | None:
     """Add `norm` to every row; returns the per-class statistics when rows have labels."""
-    ds = read(src)
+    column = _operand(column, columns)
+    ds = read_rows(src, columns, need_features=column == X)
     names = require(ds, [column], where=src)
     write(add_norms(ds, Norms(kind=kind, channel_weights=channel_weights, column=column)), dst)
-    return class_norm_stats(read(dst)) if LABEL in names else None
+    return class_norm_stats(read_rows(dst)) if LABEL in names else None
 
 
+@data_errors()
 def cluster_job(src: str, dst: str, k: int, column: str = X, max_iter: int = 100,
                 tol: float = 1e-4, mini_batch: int | None = None, sample_size: int = 10_000,
-                seed: int = 0, dedup: float | None = None) -> KMeans:
+                seed: int = 0, dedup: float | None = None,
+                columns: Columns = Columns()) -> KMeans:
     """Fit k-means on `column`, write every row with `cluster` and `dist` (optionally dropping
     near-duplicates within a cluster); returns the fitted model."""
-    ds = read(src)
+    column = _operand(column, columns)
+    ds = read_rows(src, columns, need_features=column == X)
     km = KMeans(k, max_iter=max_iter, tol=tol, mini_batch=mini_batch, sample_size=sample_size,
                 seed=seed, column=column).fit(ds)
     out = km.assign(ds)
@@ -83,14 +66,16 @@ def cluster_job(src: str, dst: str, k: int, column: str = X, max_iter: int = 100
     return km
 
 
+@data_errors()
 def select_job(src: str, dst: str, per_class: int | None = None, ratio: float | None = None,
                seed: int = 0, kind: str = "pixel_weighted_l2", channel_weights=None,
-               column: str = X) -> Selection:
+               column: str = X, columns: Columns = Columns()) -> Selection:
     """Write the rows M1's balanced draw (`per_class`) or a seeded random draw (`ratio`) picks,
     each with a `reason` column; returns the selection."""
     if (per_class is None) == (ratio is None):
         raise ValueError("select_job: give exactly one of per_class and ratio")
-    ds = read(src)
+    column = _operand(column, columns)
+    ds = read_rows(src, columns, need_label=per_class is not None, need_features=column == X)
     if per_class is not None:
         sel = balanced_draw(ds, per_class, kind=kind, channel_weights=channel_weights,
                             column=column)
@@ -100,6 +85,15 @@ def select_job(src: str, dst: str, per_class: int | None = None, ratio: float | 
     write(ds.map_batches(_chosen_rows, batch_format="numpy",
                          fn_kwargs={"ids": sel.ids[order], "reasons": sel.reasons[order]}), dst)
     return sel
+
+
+def read(src: str) -> ray.data.Dataset:
+    """The Parquet dataset at `src` as it is (score keeps the user's column names), or a
+    DataError naming the path."""
+    try:
+        return ray.data.read_parquet(src)
+    except (FileNotFoundError, ValueError) as err:
+        raise DataError(f"{src}: no Parquet data to read ({str(err).splitlines()[0]})") from None
 
 
 def score_job(model: str, src: str, dst: str, *, with_embedding: bool = False,
@@ -168,7 +162,8 @@ def _show_progress() -> None:
 
 def _norms_command(args: argparse.Namespace) -> None:
     _show_progress()
-    stats = norms_job(args.input, args.output, args.kind, args.channel_weights, args.column)
+    stats = norms_job(args.input, args.output, args.kind, args.channel_weights, args.column,
+                      columns_of(args))
     print(f"norms: {args.kind} of '{args.column}' -> {args.output}")
     if stats is not None:
         print(stats.to_string(index=False))
@@ -177,7 +172,7 @@ def _norms_command(args: argparse.Namespace) -> None:
 def _cluster_command(args: argparse.Namespace) -> None:
     _show_progress()
     km = cluster_job(args.input, args.output, args.k, args.column, args.max_iter, args.tol,
-                     args.mini_batch, args.sample_size, args.seed, args.dedup)
+                     args.mini_batch, args.sample_size, args.seed, args.dedup, columns_of(args))
     print(f"cluster: k={args.k}, {km.n_iter_} step(s), inertia {km.inertia_:.6g}, "
           f"cluster sizes {km.counts_.tolist()} -> {args.output}")
 
@@ -185,7 +180,7 @@ def _cluster_command(args: argparse.Namespace) -> None:
 def _select_command(args: argparse.Namespace) -> None:
     _show_progress()
     sel = select_job(args.input, args.output, args.per_class, args.ratio, args.seed, args.kind,
-                     args.channel_weights, args.column)
+                     args.channel_weights, args.column, columns_of(args))
     print(f"select: {len(sel)} rows -> {args.output}")
     for note in sel.notes:
         print(f"  note: {note}")
@@ -252,11 +247,13 @@ def _weights(text: str) -> list[float]:
 def _io_and_norm_options(p: argparse.ArgumentParser, norm_help: str) -> None:
     p.add_argument("input", metavar="IN", help="Parquet file or directory (path or URI)")
     p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
-    p.add_argument("--column", default=X, help=f"feature column (default {X})")
+    p.add_argument("--column", default=X, help=f"the column the norm is taken of (default {X}: "
+                                               f"the features)")
     p.add_argument("--kind", choices=KINDS, default="pixel_weighted_l2", help=norm_help)
     p.add_argument("--channel-weights", type=_weights, metavar="W1,W2,...",
                    help="per-channel weights for pixel_weighted_l2 (default: 1 for one channel, "
                         "luminance for three, the mean otherwise)")
+    add_column_options(p)
 
 
 def add_commands(subparsers) -> None:
@@ -280,6 +277,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--dedup", type=_positive_float, metavar="THRESHOLD",
                    help="drop rows closer than THRESHOLD to a kept row of their cluster")
+    add_column_options(p)
     p.set_defaults(func=_cluster_command)
 
     p = subparsers.add_parser("select", help="M1 balanced draw per class, or a random ratio")

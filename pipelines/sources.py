@@ -48,6 +48,7 @@ class Chunk:
     first_row: int  # the row number of x[0] within `where`
     id: np.ndarray | None = None
     split: np.ndarray | str | None = None  # split names per row, or one name for all rows
+    rest: pa.RecordBatch | None = None  # the file's other columns (parquet_chunks, keep_rest)
 
 
 @dataclass
@@ -215,7 +216,7 @@ def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
     def chunks():
         for f in files:
             with reading_parquet(f), pq.ParquetFile(f, filesystem=fs) as pf:
-                yield from _parquet_chunks(pf, f, cfg, chunk_rows)
+                yield from parquet_chunks(pf, f, cfg, chunk_rows)
 
     return Source(chunks(), f"parquet {cfg.path} ({len(files)} files)",
                   frozenset(given & set(SPLITS)))
@@ -237,28 +238,36 @@ def _split_values(fs, path: str, column: str) -> set:
                 for v in pc.unique(b.column(0)).to_pylist()}
 
 
-def _parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows: int):
+def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows: int, *,
+                   row_groups: list[int] | None = None, first_row: int = 0,
+                   keep_rest: bool = False):
+    """The file's rows (or those of `row_groups`, whose first row is `first_row` of the file)
+    as Chunks; a missing label or feature column gives None there, `keep_rest` keeps the other columns
+    in `rest` (the batch jobs pass them through)."""
     names = pf.schema_arrow.names
     wanted = [cfg.label_column, cfg.feature_column, cfg.id_column, cfg.split_column]
-    columns = [c for c in dict.fromkeys(wanted) if c in names]
+    columns = None if keep_rest else [c for c in dict.fromkeys(wanted) if c in names]
     md = pf.metadata
     row_bytes = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
     rows = _rows_per_chunk(row_bytes / max(md.num_rows, 1), chunk_rows)
-    start = 0
-    for batch in pf.iter_batches(batch_size=rows, columns=columns):
+    start = first_row
+    for batch in pf.iter_batches(batch_size=rows, columns=columns, row_groups=row_groups):
         if not batch.num_rows:
             continue
         has = batch.schema.names
+        rest = [c for c in has if c not in wanted] if keep_rest else []
         yield Chunk(
             label=_numbers(batch.column(cfg.label_column), f"{path}: source.label_column "
-                           f"{cfg.label_column!r}"),
+                           f"{cfg.label_column!r}") if cfg.label_column in has else None,
             x=_tensor(batch.column(cfg.feature_column), path, start,
-                      f"source.feature_column {cfg.feature_column!r}"),
+                      f"source.feature_column {cfg.feature_column!r}")
+            if cfg.feature_column in has else None,
             where=path, first_row=start,
             id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column "
                         f"{cfg.id_column!r}") if cfg.id_column in has else None,
             split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
-                           f"{cfg.split_column!r}") if cfg.split_column in has else None)
+                           f"{cfg.split_column!r}") if cfg.split_column in has else None,
+            rest=batch.select(rest) if keep_rest else None)
         start += batch.num_rows
 
 

@@ -187,3 +187,58 @@ def test_score_job_errors_name_the_problem(ray_session, tmp_path, capsys):
         assert main(["score", *map(str, argv)]) == 2, message
         err = capsys.readouterr().err
         assert re.search("raysift: error: .*" + message, err), err
+
+
+def _user_rows(path, rows, labels, row_group_size=None):
+    """A user's own Parquet: `pixels` (a flat list) and `target`, no ids."""
+    pq.write_table(pa.table({"pixels": pa.array(rows, pa.list_(pa.float32())),
+                             "target": pa.array(labels, pa.int64())}),
+                   path, row_group_size=row_group_size)
+    return str(path)
+
+
+def test_jobs_read_a_users_own_parquet_with_the_source_options(ray_session, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    # Two files, the first in row groups of 2: ids follow the rows across files and groups.
+    _user_rows(folder / "a.parquet", [[0, 0, 0, 1], [0, 0, 1, 0], [9, 9, 9, 9]], [0, 0, 1],
+               row_group_size=2)
+    _user_rows(folder / "b.parquet", [[9, 9, 9, 8]], [1])
+    opts = ["--feature-column", "pixels", "--label-column", "target", "--shape", "1,2,2"]
+    _cli("cluster", folder, tmp_path / "c", "--k", 2, "--seed", 0, *opts)
+    rows = _rows(tmp_path / "c")
+    assert [r[ID] for r in rows] == [0, 1, 2, 3] and [r[LABEL] for r in rows] == [0, 0, 1, 1]
+    assert rows[2][X].tolist() == [[[9, 9], [9, 9]]]
+    assert rows[0]["cluster"] == rows[1]["cluster"] != rows[2]["cluster"] == rows[3]["cluster"]
+
+    _cli("select", folder, tmp_path / "s", "--per-class", 1, "--kind", "l1", *opts)
+    # One row a class: class 0's norms tie (the lower id), class 1's above its mean (id 2).
+    assert {r[ID] for r in _rows(tmp_path / "s")} == {0, 2}
+
+
+def test_a_users_bad_rows_are_named_by_file_and_row(ray_session, tmp_path, capsys):
+    from pipelines.cli import main
+
+    bad_label = _user_rows(tmp_path / "labels.parquet", [[0.0, 1.0]] * 4, [0, 1, 1, -1])
+    bad_value = _user_rows(tmp_path / "values.parquet", [[0.0, 1.0], [float("nan"), 0.0]], [0, 1])
+    ragged = _user_rows(tmp_path / "ragged.parquet", [[0.0, 1.0], [1.0]], [0, 1])
+    good = _user_rows(tmp_path / "good.parquet", [[0.0, 1.0]], [0])
+    opts = ["--feature-column", "pixels", "--label-column", "target"]
+    cases = [
+        (["select", bad_label, tmp_path / "a", "--per-class", 1, *opts],
+         r"labels.parquet: source.label_column 'target' must be >= 0; row 3 has label -1"),
+        (["norms", bad_value, tmp_path / "b", *opts],
+         r"values.parquet: source.feature_column 'pixels' holds NaN or inf at row 1"),
+        (["norms", ragged, tmp_path / "c", *opts],
+         r"ragged.parquet: source.feature_column 'pixels' has ragged feature shapes: row 1"),
+        (["norms", good, tmp_path / "d", *opts, "--shape", "1,3"],
+         r"--shape: \[1, 3\] holds 3 values, but .*good.parquet row 0 has shape \(2,\)"),
+        (["select", bad_label, tmp_path / "e", "--per-class", 1, "--feature-column", "pixels"],
+         r"labels.parquet: --label-column: missing column\(s\) \['label'\]"),
+    ]
+    for argv, message in cases:
+        assert main([str(a) for a in argv]) == 2, message
+        err = capsys.readouterr().err
+        assert re.search("raysift: error: .*" + message, err), err
+    assert not any(p.name.startswith(("a", "b", "c", "d", "e", ".")) for p in tmp_path.iterdir()
+                   if p.is_dir())  # nothing half written
