@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from .config import PLANNED_KEYS, ConfigError, JobConfig
+from .schedule import planned_train_passes
 
 # What a free knob starts from before the budget decides the rows added per round.
 DEFAULT_ROUNDS = 4
@@ -56,7 +57,7 @@ def planned_compute(n_train: int, n_val: int, initial: int, increment: int, roun
     min(n_train, initial + r * increment) rows; every round but the last scans its whole pool;
     the final phase trains `final_epochs` over the last subset; validations as the job does."""
     sizes = [min(n_train, initial + r * increment) for r in range(rounds)]
-    train = epochs * sum(sizes) + final_epochs * sizes[-1]
+    train = planned_train_passes(n_train, initial, increment, rounds, epochs, final_epochs)
     scans = sum(n_train - s for s in sizes[:-1]) / 3
     validations = (rounds * (epochs if val_every_epoch else 1)
                    + (final_epochs if val_every_epoch else min(final_epochs, 1)))

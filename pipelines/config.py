@@ -60,6 +60,9 @@ class TrainConfig:
     # the final phase validates every epoch and ships the best of the last round's model and
     # each final epoch's (highest val accuracy, the earliest on a tie)
     final_keep_best: bool = False
+    # phase: a one-cycle schedule per round and final phase; run_onecycle / run_cosine: one
+    # curve over the whole run, each phase taking its planned share of it
+    lr_schedule: str = "phase"
     threads_per_worker: int = 1
     val_every_epoch: bool = False  # validate after every epoch (accuracy-vs-compute curves)
     cache_mb: int = 2048  # per worker and split: features kept in memory; the rest on disk
@@ -101,6 +104,9 @@ class StrategyConfig:
     # infobatch: prune a fraction of the below-mean-loss samples each epoch, anneal at the end
     prune_ratio: float = 0.5  # r
     anneal_delta: float = 0.875  # full data from epoch delta * epochs on (seta: its annealing)
+    # m2, random, norm_balanced: InfoBatch's rule inside each round's (and the final phase's)
+    # epochs, leaving out this share of the below-mean-loss subset rows (0: off)
+    round_prune_ratio: float = 0.0
     # seta: a random share, grouped by loss, a window sliding from easy to hard (the authors'
     # CIFAR settings)
     seta_ratio: float = 0.1  # rows left out at random each epoch (at most 0.9)
@@ -129,6 +135,7 @@ STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch", "seta")
 PLANNED_KEYS = {"strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
                 "train": ("epochs_per_round", "final_epochs")}
 HARD_FILLS = ("none", "loss", "margin")
+LR_SCHEDULES = ("phase", "run_onecycle", "run_cosine")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
 ASCENTS = ("mean", "sample")
@@ -221,6 +228,8 @@ class JobConfig:
         check_field(0 <= s.prune_ratio < 1, "strategy.prune_ratio", s.prune_ratio, "in [0, 1)")
         check_field(0 < s.anneal_delta <= 1, "strategy.anneal_delta", s.anneal_delta, "in (0, 1]")
         check_field(0 <= s.seta_ratio < 1, "strategy.seta_ratio", s.seta_ratio, "in [0, 1)")
+        check_field(0 <= s.round_prune_ratio < 1, "strategy.round_prune_ratio",
+                    s.round_prune_ratio, "in [0, 1)")
         check_field(s.num_group >= 1, "strategy.num_group", s.num_group, ">= 1")
         check_field(0 < s.window_scale <= 1 and round(s.num_group * s.window_scale) >= 1,
                     "strategy.window_scale", s.window_scale,
@@ -232,6 +241,8 @@ class JobConfig:
         for name in ("num_workers", "batch_size", "threads_per_worker"):
             check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
         check_field(t.lr > 0, "train.lr", t.lr, "> 0")
+        check_field(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", t.lr_schedule,
+                    f"one of {', '.join(LR_SCHEDULES)}")
         check_field(t.cache_mb >= 0, "train.cache_mb", t.cache_mb, ">= 0")
         check_field(t.checkpoint_every_s >= 0, "train.checkpoint_every_s", t.checkpoint_every_s,
                     ">= 0")
@@ -308,10 +319,10 @@ class JobConfig:
                    f"mixup, adversarial or moex {text}")
             check_field(m.layer >= 1, "mixup.layer", m.layer,
                    f">= 1 {text} (1: word vectors, 2: pooled features)")
-        if self.strategy.name in ("infobatch", "seta"):
+        if self.strategy.name in ("infobatch", "seta") or self.strategy.round_prune_ratio:
             check_field(m.kind == "none", "mixup.kind", m.kind,
-                        f"none with strategy {self.strategy.name} (it scores each sample by "
-                        f"its own loss)")
+                        f"none with strategy {self.strategy.name} or round_prune_ratio (each "
+                        f"sample is scored by its own loss)")
         if m.kind in ("cutmix", "pairing"):
             check_field(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
         if m.kind == "adversarial" or m.layer > 0:

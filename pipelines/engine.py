@@ -41,6 +41,7 @@ from .collective import all_max, all_sum, sync_buffers
 from .config import JobConfig, ModelConfig, from_dict
 from .models import build_model
 from .run_state import DROPPED, RunState, compute_totals
+from .schedule import make_scheduler, move_to, phase_span, planned_train_passes
 from .seeding import derive_seed
 from .share import Share, read_share
 from .strategies import Additions, Policy, RoundView, make_strategy
@@ -213,17 +214,22 @@ class Worker:
         steps_per_epoch = -(-all_max(len(rows)) // self.per_rank_batch)
         optimizer = torch.optim.AdamW(self.model.parameters(), lr=job.train.lr,
                                       weight_decay=job.train.weight_decay)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=job.train.lr, total_steps=max(1, phase.epochs * steps_per_epoch))
+        phase_steps = phase.epochs * steps_per_epoch
+        kind = "phase" if self.policy.single_round else job.train.lr_schedule
+        scheduler = make_scheduler(kind, optimizer, job.train.lr, phase_steps)
+        span = (0, phase_steps) if kind == "phase" else self._run_span(phase)
         if self.optimizer_state is not None:  # restored mid-phase
             optimizer.load_state_dict(self.optimizer_state)
             scheduler.load_state_dict(self.scheduler_state)
             self.optimizer_state = self.scheduler_state = None
+        else:
+            move_to(scheduler, span[0])
+        span = (*span, phase_steps)
         self.phase = phase
         while phase.next_epoch < phase.epochs:
             start = time.perf_counter()
             epoch = phase.next_epoch
-            self._epoch(phase, rows, optimizer, scheduler, steps_per_epoch)
+            self._epoch(phase, rows, optimizer, scheduler, steps_per_epoch, span)
             metrics = {"epoch": epoch, "train_sample_passes": phase.train_sample_passes}
             keep_best = self.best is not None and phase.kind == "final"
             if epoch == phase.epochs - 1 or job.train.val_every_epoch or keep_best:
@@ -262,7 +268,7 @@ class Worker:
         }
 
     def _epoch(self, phase: Phase, rows: np.ndarray, optimizer, scheduler,
-               steps_per_epoch: int) -> None:
+               steps_per_epoch: int, span: tuple[int, int, int]) -> None:
         job, epoch, b = self.job, phase.next_epoch, self.per_rank_batch
         plan = self.policy.plan_epoch(job, len(rows), phase.index, epoch, phase.epochs)
         length = all_max(len(plan.pick))
@@ -291,12 +297,26 @@ class Worker:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            advance_schedule(scheduler, epoch, step, steps, steps_per_epoch)
+            advance_schedule(scheduler, epoch, step, steps, steps_per_epoch, span)
             phase.seconds_steps += time.perf_counter() - start
         phase.train_sample_passes += length * self.world  # padded rows are trained on too
         sync_buffers(self.model)
         if weights is not None:
             self.policy.end_epoch(plan.pick, losses_seen)
+
+    def _run_span(self, phase: Phase) -> tuple[int, int]:
+        """The stretch of the run's schedule (grid steps) this phase covers: its planned
+        share of the run's training passes, the rounds planned in full (pipelines/schedule.py).
+        """
+        job, s = self.job, self.job.strategy
+        n = int(all_sum(torch.tensor([len(self.train)], dtype=torch.int64))[0])
+        initial, increment = self.policy.planned_sizes(job, n, self.num_classes)
+        final_epochs = job.train.final_epochs
+        total = planned_train_passes(n, initial, increment, s.max_rounds,
+                                     self.policy.epochs(job), final_epochs)
+        done = sum(r["train_sample_passes"] for r in self.run_state.records)
+        last = phase.kind == "final" or (phase.index >= s.max_rounds - 1 and not final_epochs)
+        return phase_span(done, len(self.run_state.subset_ids()) * phase.epochs, total, last)
 
     # -- checkpoints and messages ---------------------------------------------------------
     def _checkpoint_due(self) -> bool:
@@ -446,15 +466,20 @@ def _stalled(records: list, patience: int) -> bool:
     return len(accs) > patience and max(accs[-patience:]) <= max(accs[:-patience])
 
 
-def advance_schedule(scheduler, epoch: int, step: int, steps: int, steps_per_epoch: int) -> None:
+def advance_schedule(scheduler, epoch: int, step: int, steps: int, steps_per_epoch: int,
+                     span: tuple[int, int, int] | None = None) -> None:
     """Move the schedule to where a full epoch would be at the same fraction of the epoch.
 
     A full epoch steps it once per step; an epoch that InfoBatch shortened to `steps` steps
     covers the same stretch of the one-cycle curve, as the InfoBatch authors' recipe does.
+    With `span` (start, end, the phase's full steps) the phase's steps are laid onto the
+    scheduler's steps start..end: the phase's stretch of the run's schedule.
     """
     target = epoch * steps_per_epoch + (step + 1) * steps_per_epoch // steps
-    while scheduler.last_epoch < target:
-        scheduler.step()
+    if span is not None:
+        start, end, phase_steps = span
+        target = start + (end - start) * target // max(phase_steps, 1)
+    move_to(scheduler, target)
 
 
 def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test") -> dict:

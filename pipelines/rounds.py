@@ -140,8 +140,9 @@ def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
 
 
 def format_plan(name: str, plan: Plan) -> str:
-    return (f"[{name}] budget {plan.budget:.0f} sample-passes ({plan.budget / plan.full_compute:.0%}"
-            f" of full's {plan.full_compute:.0f}): {plan.rounds} rounds of {plan.epochs} epochs "
+    share = plan.budget / plan.full_compute
+    return (f"[{name}] budget {plan.budget:.0f} sample-passes ({share:.0%} of full's "
+            f"{plan.full_compute:.0f}): {plan.rounds} rounds of {plan.epochs} epochs "
             f"from {plan.initial} rows, +{plan.hard} hard +{plan.reps} representatives a round, "
             f"final phase {plan.final_epochs} epochs; at most {plan.compute:.0f} planned")
 

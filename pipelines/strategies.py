@@ -94,12 +94,33 @@ class Policy(ABC):
     def epochs(self, job: JobConfig) -> int:
         return job.train.epochs_per_round
 
+    def planned_sizes(self, job: JobConfig, n_train: int, num_classes: int) -> tuple[int, int]:
+        """(round 0's rows, rows a round adds) when every round adds all it may: the run's
+        planned length, which a schedule over the whole run spans."""
+        return n_train, 0
+
+    def __init__(self):
+        self.scores: torch.Tensor | None = None  # each trained row's latest loss (pruning)
+        self.scores_phase: int | None = None  # the phase the scores belong to
+
     def plan_epoch(self, job: JobConfig, n_rows: int, round_index: int, epoch: int,
                    epochs: int) -> EpochPlan:
-        return EpochPlan(np.arange(n_rows))
+        """Every subset row with weight 1; with `strategy.round_prune_ratio`, InfoBatch's rule
+        inside the phase: its first epoch trains every row, later ones leave out that share of
+        the rows whose loss is below the mean. Scores start over each phase, whose subset is
+        new."""
+        ratio = job.strategy.round_prune_ratio
+        if self.single_round or not ratio:
+            return EpochPlan(np.arange(n_rows))
+        if self.scores is None or self.scores_phase != round_index or len(self.scores) != n_rows:
+            self.scores, self.scores_phase = initial_scores(n_rows), round_index
+        rank, _ = rank_and_world()
+        return infobatch_plan(self.scores, ratio, job.strategy.anneal_delta, derive_seed(
+            job.seed, "round_prune", round_index, epoch, rank), epoch, epochs)
 
     def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
         """Each picked row's training loss (only called when `plan_epoch` gave weights)."""
+        self.scores = update_scores(self.scores, torch.from_numpy(pick), losses)
 
     @abstractmethod
     def after_round(self, view: RoundView) -> Additions:
@@ -107,10 +128,11 @@ class Policy(ABC):
 
     def state_dict(self) -> dict:
         """This rank's policy state, saved with each checkpoint."""
-        return {}
+        return {} if self.scores is None else {"scores": self.scores,
+                                               "scores_phase": self.scores_phase}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        self.scores, self.scores_phase = state.get("scores"), state.get("scores_phase")
 
 
 class Full(Policy):
@@ -134,9 +156,6 @@ class ScoredPruning(Full):
     latest training losses (the subclass's rule). Each rank keeps the scores of its own rows and
     draws its own rows with its own seed."""
 
-    def __init__(self):
-        self.scores: torch.Tensor | None = None
-
     def plan_epoch(self, job: JobConfig, n_rows: int, round_index: int, epoch: int,
                    epochs: int) -> EpochPlan:
         if self.scores is None:
@@ -150,15 +169,6 @@ class ScoredPruning(Full):
         """The epoch's rows and weights from `self.scores` (weights are needed: they make the
         engine return the rows' losses)."""
 
-    def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
-        self.scores = update_scores(self.scores, torch.from_numpy(pick), losses)
-
-    def state_dict(self) -> dict:
-        return {"scores": self.scores}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.scores = state["scores"]
-
 
 class InfoBatch(ScoredPruning):
     """Baseline: the InfoBatch rule (pipelines/infobatch.py); the mean the scores are compared
@@ -167,13 +177,8 @@ class InfoBatch(ScoredPruning):
     name = "infobatch"
 
     def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
-        n = len(self.scores)
-        total = all_sum(torch.tensor([float(self.scores.sum()), float(n)], dtype=torch.float64))
         s = job.strategy
-        pick, weights = plan_epoch(self.scores, epoch, epochs, s.prune_ratio, s.anneal_delta,
-                                   torch.Generator().manual_seed(seed),
-                                   mean=float(total[0] / total[1]))
-        return EpochPlan(pick.numpy(), weights[pick])
+        return infobatch_plan(self.scores, s.prune_ratio, s.anneal_delta, seed, epoch, epochs)
 
 
 class Seta(ScoredPruning):
@@ -200,6 +205,10 @@ class RandomGrowth(Policy):
         total = int(all_sum_np(np.array([len(view.pool)]))[0])
         n = math.floor(view.job.strategy.initial_ratio * total + 0.5)
         return random_pick(view, n, derive_seed(view.job.seed, "initial"), "initial")
+
+    def planned_sizes(self, job: JobConfig, n_train: int, num_classes: int) -> tuple[int, int]:
+        s = job.strategy
+        return math.floor(s.initial_ratio * n_train + 0.5), s.hard_per_round + s.reps_per_round
 
     def after_round(self, view: RoundView) -> Additions:
         s = view.job.strategy
@@ -266,6 +275,9 @@ class NormBalanced(Policy):
     def initial(self, view: RoundView) -> Selection:
         return self._draw(view, view.pool, "initial")
 
+    def planned_sizes(self, job: JobConfig, n_train: int, num_classes: int) -> tuple[int, int]:
+        return (job.strategy.per_class * num_classes,) * 2
+
     def after_round(self, view: RoundView) -> Additions:
         job, s = view.job, view.job.strategy
         start = time.perf_counter()
@@ -311,6 +323,17 @@ class NormBalanced(Policy):
         if got is None:
             return selection([], reason)
         return compose_balanced(got, present, counts[present], s.per_class, reason)
+
+
+def infobatch_plan(scores: torch.Tensor, ratio: float, delta: float, seed: int, epoch: int,
+                   epochs: int) -> EpochPlan:
+    """InfoBatch's epoch (pipelines/infobatch.py) on this rank's `scores`, against the mean
+    score over every rank, drawn with this rank's `seed`."""
+    total = all_sum(torch.tensor([float(scores.sum()), float(len(scores))], dtype=torch.float64))
+    pick, weights = plan_epoch(scores, epoch, epochs, ratio, delta,
+                               torch.Generator().manual_seed(seed),
+                               mean=float(total[0] / total[1]))
+    return EpochPlan(pick.numpy(), weights[pick])
 
 
 # strategy.hard_fill -> the key whose smallest values are the hardest rows the model gets right

@@ -1,0 +1,90 @@
+"""Strategies and M2 variants over several seeds: mean ± std against `full` of the same seed.
+
+    .venv/bin/python benchmarks/bench_seeds.py [--job configs/demo_mnist1d.yaml] [--seeds 0,1,2]
+        [--set source.num_samples=20000 ...] [--root runs/bench_seeds]
+
+Runs the baselines (`full`, `infobatch`, `seta`) and each M2 variant of VARIANTS once per seed
+under ROOT/seed<k>/<label>/, as `raysift compare --seeds` does, but with several M2 variants
+side by side (one job cannot hold two M2 configurations). A finished run (its summary.json is
+there) is read, not run again, so the seeds can be run a few at a time and the table grows.
+Prints the seeds' table (pipelines/seed_report.py: test accuracy, points under `full`, compute
+and wall time against `full`, the compute and wall time to come within 0.5 points) and writes
+ROOT/seeds.json, ROOT/comparison.md and ROOT/accuracy.png.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from pipelines.config import load_job
+from pipelines.report import write_report
+from pipelines.rounds import SUMMARY, init_ray, run_job
+from pipelines.run_state import atomic_write_json
+from pipelines.seed_report import SEEDS_JSON, seeds_text, write_seeds_report
+
+BASELINES = ("full", "infobatch", "seta")
+# label -> overrides of the job for an M2 run. The planned knobs are set to null so the budget
+# plans them (the demo job sets them by hand).
+PLANNED_NULL = {"strategy.initial_ratio": None, "strategy.hard_per_round": None,
+                "strategy.reps_per_round": None, "strategy.max_rounds": None,
+                "train.epochs_per_round": None, "train.final_epochs": None}
+VARIANTS = {
+    "m2": {},
+    "m2-plan": {"strategy.budget_fraction": 0.3, **PLANNED_NULL},
+    "m2-all": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
+               "train.lr_schedule": "run_onecycle", "train.final_keep_best": True,
+               "strategy.hard_fill": "margin"},
+}
+
+
+def run_one(job_file: str, overrides: dict, seed: int, strategy: str, label: str,
+            root: Path) -> dict:
+    run_dir = root / f"seed{seed}" / label
+    done = run_dir / SUMMARY
+    if done.exists():
+        summary = json.loads(done.read_text())
+    else:
+        job = load_job(job_file, {**overrides, "seed": seed, "run_dir": str(run_dir),
+                                  "name": f"{label}-s{seed}", "strategy.name": strategy})
+        summary = run_job(job, overwrite=True, echo=lambda *_: None)
+    return {**summary, "strategy": label, "seed": seed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", default="configs/demo_mnist1d.yaml")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--root", default="runs/bench_seeds")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--baselines", default=",".join(BASELINES))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+    common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    root = Path(args.root)
+    init_ray()
+    summaries = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        runs = [(name, name, {}) for name in args.baselines.split(",") if name]
+        runs += [("m2", label, VARIANTS[label]) for label in args.variants.split(",") if label]
+        mine = []
+        for strategy, label, overrides in runs:
+            s = run_one(args.job, {**common, **overrides}, seed, strategy, label, root)
+            print(f"seed {seed} {label}: test {s['test_accuracy']:.4f}, compute "
+                  f"{s['compute']:.0f}, wall {s['wall_seconds']['total']:.0f} s", flush=True)
+            mine.append(s)
+        write_report(root / f"seed{seed}", mine)
+        summaries += mine
+    atomic_write_json(root / SEEDS_JSON, summaries)
+    write_seeds_report(root, summaries)
+    print(seeds_text(summaries))
+    plans = {s["strategy"]: s["plan"] for s in summaries if s.get("plan")}
+    for label, plan in plans.items():
+        print(f"{label} plan: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else
+                                            f"{k} {v}" for k, v in plan.items()))
+
+
+if __name__ == "__main__":
+    main()
