@@ -4,6 +4,7 @@
     raysift compare JOB.yaml [--strategies full,random,m2,norm_balanced,infobatch]
     raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
     raysift norms | cluster | select | score | feedback IN OUT ...   (one operator as a batch job)
+    raysift augment | mixup | smote | dedup IN OUT ...   (offline augmentation as batch jobs)
     raysift transfer | adapt JOB.yaml      (M5: a classifier, or a detector from checks)
     raysift generate RUN_DIR OUT --n N [--per-class]   (sample a run's VAE or GAN)
 """
@@ -16,7 +17,7 @@ import yaml
 
 from operators.contract import DataError
 
-from . import adapt, feedback_job, operator_jobs, synthesize, transfer
+from . import adapt, augment_jobs, feedback_job, operator_jobs, synthesize, transfer
 from .config import ConfigError, load_job
 
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", metavar="RUN_DIR", help="the comparison's run_dir")
     rep.set_defaults(func=_report)
     operator_jobs.add_commands(commands)
+    augment_jobs.add_commands(commands)
     feedback_job.add_commands(commands)
     transfer.add_commands(commands)
     synthesize.add_commands(commands)
