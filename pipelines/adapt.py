@@ -39,6 +39,7 @@ from operators.feedback import (BOXES, IMAGE_ID, PRED_BOXES, PRED_SCORES, TRUE_B
 
 from .adapt_config import AdaptConfig, load_adapt
 from .config import ConfigError
+
 from .detection_eval import mean_ap, predict
 from .detector import (DETECTOR, DETECTOR_FILE, TinyDetector, detector_gradient_fn,
                        encode_targets, load_detector, save_detector)
@@ -295,5 +296,4 @@ def format_summary(s: dict) -> str:
 
 def add_commands(subparsers) -> None:
     """Register `adapt` on the CLI's subparsers."""
-    add_job_command(subparsers, "adapt", "adapt a detector to a new scene from a person's "
-                    "checks, replaying a history library (M5)", load_adapt, run_adapt)
+    add_job_command(subparsers, "adapt", load_adapt, run_adapt)

@@ -5,6 +5,7 @@
                                  [--seeds 0,1,2]   (each strategy per seed, mean ± std)
     raysift report RUN_DIR                  (rebuild a comparison's report from its JSON)
     raysift norms | cluster | select | score | feedback IN OUT ...   (one operator as a batch job)
+    raysift augment | mixup | smote | dedup IN OUT ...   (offline augmentation as batch jobs)
     raysift transfer | adapt JOB.yaml      (M5: a classifier, or a detector from checks)
     raysift generate RUN_DIR OUT --n N [--per-class]   (sample a run's VAE or GAN)
 """
@@ -19,15 +20,8 @@ import yaml
 
 from operators.contract import DataError
 
+from .commands import JOB_COMMANDS
 from .config import ConfigError, load_job
-
-# Commands whose modules load torch or Ray Train, by the module that registers them
-# (`add_commands`): imported only when one of them is the command, so that `raysift --help`
-# and `raysift report` start without either.
-JOB_MODULES = {"norms": "operator_jobs", "cluster": "operator_jobs", "select": "operator_jobs",
-               "score": "operator_jobs", "feedback": "feedback_job", "transfer": "transfer",
-               "adapt": "adapt", "generate": "synthesize"}
-
 
 def _parse_set(items: list[str]) -> dict:
     overrides = {}
@@ -106,13 +100,14 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
                                              "comparison.json (or seeds.json)")
     rep.add_argument("run_dir", metavar="RUN_DIR", help="the comparison's run_dir")
     rep.set_defaults(func=_report)
-    wanted = {JOB_MODULES.get(command)}
-    for module in dict.fromkeys(JOB_MODULES.values()):
-        if module in wanted:
-            importlib.import_module(f"{__package__}.{module}").add_commands(commands)
-    for name, module in JOB_MODULES.items():
-        if module not in wanted:
-            commands.add_parser(name, help=f"(raysift {name} --help)")
+    # Only the named command's module is imported (they load torch or Ray Train); the others
+    # are listed with their help and no options.
+    wanted = JOB_COMMANDS[command].module if command in JOB_COMMANDS else None
+    if wanted:
+        importlib.import_module(f"{__package__}.{wanted}").add_commands(commands)
+    for name, job in JOB_COMMANDS.items():
+        if job.module != wanted:
+            commands.add_parser(name, help=job.help)
     return parser
 
 

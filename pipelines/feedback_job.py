@@ -15,6 +15,8 @@ import ray
 from operators.contract import data_errors, require_columns
 from operators.feedback import CATEGORIES, INPUT_COLUMNS, check_thresholds, feedback
 
+from .commands import add_parser
+
 
 def run_feedback(in_path: str, out_path: str, conf_threshold: float = 0.5,
                  iou_threshold: float = 0.5) -> dict[str, int]:
@@ -50,8 +52,7 @@ def _threshold(text: str, zero_ok: bool) -> float:
 
 def add_commands(subparsers) -> None:
     """Register `feedback` on the CLI's subparsers."""
-    p = subparsers.add_parser("feedback", help="turn a person's check of detections into "
-                                               "training annotations (M5 steps 1-2)")
+    p = add_parser(subparsers, "feedback")
     p.add_argument("input", metavar="IN", help="Parquet file or directory of checked images")
     p.add_argument("output", metavar="OUT", help="directory to write the annotations to")
     p.add_argument("--conf-threshold", type=partial(_threshold, zero_ok=True), default=0.5,

@@ -25,6 +25,7 @@ from operators.norms import KINDS, Norms, add_norms, class_norm_stats
 from operators.predict import score
 from operators.select import Selection, balanced_draw, random_draw, require
 
+from .commands import add_parser
 from .config import ConfigError
 from .engine import saved_model
 from .user_data import Columns, add_column_options, columns_of, read_rows, write
@@ -148,9 +149,9 @@ def _chosen_rows(batch: dict, ids: np.ndarray, reasons: np.ndarray) -> dict:
     return out
 
 
-def _show_progress() -> None:
-    """Log lines from the operators and these jobs on stderr, beside Ray Data's progress bars."""
-    for name in ("operators", __name__):
+def show_progress() -> None:
+    """Log lines from the operators and the batch jobs on stderr, beside Ray Data's bars."""
+    for name in ("operators", "pipelines"):
         log = logging.getLogger(name)
         if not any(getattr(h, "raysift", False) for h in log.handlers):
             handler = logging.StreamHandler(sys.stderr)
@@ -161,7 +162,7 @@ def _show_progress() -> None:
 
 
 def _norms_command(args: argparse.Namespace) -> None:
-    _show_progress()
+    show_progress()
     stats = norms_job(args.input, args.output, args.kind, args.channel_weights, args.column,
                       columns_of(args))
     print(f"norms: {args.kind} of '{args.column}' -> {args.output}")
@@ -170,7 +171,7 @@ def _norms_command(args: argparse.Namespace) -> None:
 
 
 def _cluster_command(args: argparse.Namespace) -> None:
-    _show_progress()
+    show_progress()
     km = cluster_job(args.input, args.output, args.k, args.column, args.max_iter, args.tol,
                      args.mini_batch, args.sample_size, args.seed, args.dedup, columns_of(args))
     print(f"cluster: k={args.k}, {km.n_iter_} step(s), inertia {km.inertia_:.6g}, "
@@ -178,7 +179,7 @@ def _cluster_command(args: argparse.Namespace) -> None:
 
 
 def _select_command(args: argparse.Namespace) -> None:
-    _show_progress()
+    show_progress()
     sel = select_job(args.input, args.output, args.per_class, args.ratio, args.seed, args.kind,
                      args.channel_weights, args.column, columns_of(args))
     print(f"select: {len(sel)} rows -> {args.output}")
@@ -187,7 +188,7 @@ def _select_command(args: argparse.Namespace) -> None:
 
 
 def _score_command(args: argparse.Namespace) -> None:
-    _show_progress()
+    show_progress()
     score_job(args.model, args.input, args.output, with_embedding=args.embedding,
               keep_features=args.keep_features, batch_size=args.batch_size,
               num_actors=args.num_actors, use_gpu=args.use_gpu, column=args.feature_column,
@@ -202,7 +203,7 @@ def _score_command(args: argparse.Namespace) -> None:
               f"predictions -> {args.output}")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -212,7 +213,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> float:
+def non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -222,15 +223,15 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = _non_negative(text)
+def positive_float(text: str) -> float:
+    value = non_negative(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
 def _ratio(text: str) -> float:
-    value = _positive_float(text)
+    value = positive_float(text)
     if value > 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
@@ -258,40 +259,40 @@ def _io_and_norm_options(p: argparse.ArgumentParser, norm_help: str) -> None:
 
 def add_commands(subparsers) -> None:
     """Register `norms`, `cluster`, `select` and `score` on the CLI's subparsers."""
-    p = subparsers.add_parser("norms", help="add a per-sample norm column (M1 step 2)")
+    p = add_parser(subparsers, "norms")
     _io_and_norm_options(p, "which norm (default pixel_weighted_l2)")
     p.set_defaults(func=_norms_command)
 
-    p = subparsers.add_parser("cluster", help="k-means over the data; add cluster and dist")
+    p = add_parser(subparsers, "cluster")
     p.add_argument("input", metavar="IN", help="Parquet file or directory (path or URI)")
     p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
-    p.add_argument("--k", type=_positive_int, required=True, help="number of clusters")
+    p.add_argument("--k", type=positive_int, required=True, help="number of clusters")
     p.add_argument("--column", default=X, help=f"feature column, e.g. embedding (default {X})")
-    p.add_argument("--max-iter", type=_positive_int, default=100, help="default 100")
-    p.add_argument("--tol", type=_non_negative, default=1e-4,
+    p.add_argument("--max-iter", type=positive_int, default=100, help="default 100")
+    p.add_argument("--tol", type=non_negative, default=1e-4,
                    help="stop when the centre shift is below tol x mean variance (default 1e-4)")
-    p.add_argument("--mini-batch", type=_positive_int,
+    p.add_argument("--mini-batch", type=positive_int,
                    help="rows per mini-batch step (default: full Lloyd passes)")
-    p.add_argument("--sample-size", type=_positive_int, default=10_000,
+    p.add_argument("--sample-size", type=positive_int, default=10_000,
                    help="rows the k-means++ initialisation sees (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--dedup", type=_positive_float, metavar="THRESHOLD",
+    p.add_argument("--dedup", type=positive_float, metavar="THRESHOLD",
                    help="drop rows closer than THRESHOLD to a kept row of their cluster")
     add_column_options(p)
     p.set_defaults(func=_cluster_command)
 
-    p = subparsers.add_parser("select", help="M1 balanced draw per class, or a random ratio")
+    p = add_parser(subparsers, "select")
     _io_and_norm_options(p, "norm for --per-class when IN has no norm column "
                             "(default pixel_weighted_l2)")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--per-class", type=_positive_int, metavar="M",
+    how.add_argument("--per-class", type=positive_int, metavar="M",
                      help="M per class, half above and half below the class mean norm")
     how.add_argument("--ratio", type=_ratio, help="a seeded uniform draw of this fraction")
     p.add_argument("--seed", type=int, default=0, help="seed of --ratio (default 0)")
     p.set_defaults(func=_select_command)
 
-    p = subparsers.add_parser(
-        "score", help="add a trained model's loss, margin, pred, correct (and embedding)",
+    p = add_parser(
+        subparsers, "score",
         description="Score every row of IN with a model a raysift run trained, on a Ray Data "
                     "actor pool: an active-learning query from a model you already have. "
                     "Without a label column each row is scored against the model's own "
@@ -307,7 +308,7 @@ def add_commands(subparsers) -> None:
     p.add_argument("--embedding", action="store_true",
                    help="also write the model's embedding (the input of its last stage)")
     p.add_argument("--keep-features", action="store_true", help="keep the feature column")
-    p.add_argument("--batch-size", type=_positive_int, default=1024, help="default 1024")
-    p.add_argument("--num-actors", type=_positive_int, default=1, help="default 1")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="default 1024")
+    p.add_argument("--num-actors", type=positive_int, default=1, help="default 1")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per scoring actor")
     p.set_defaults(func=_score_command)

@@ -242,8 +242,8 @@ def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows:
                    row_groups: list[int] | None = None, first_row: int = 0,
                    keep_rest: bool = False):
     """The file's rows (or those of `row_groups`, whose first row is `first_row` of the file)
-    as Chunks; a missing label or feature column gives None there, `keep_rest` keeps the other columns
-    in `rest` (the batch jobs pass them through)."""
+    as Chunks; a missing label or feature column gives None there, `keep_rest` keeps the
+    other columns in `rest` (the batch jobs pass them through)."""
     names = pf.schema_arrow.names
     wanted = [cfg.label_column, cfg.feature_column, cfg.id_column, cfg.split_column]
     columns = None if keep_rest else [c for c in dict.fromkeys(wanted) if c in names]

@@ -38,6 +38,7 @@ from operators.pairs import pair_dataset
 from operators.style import StyleTransfer, random_extractor
 
 from . import generative
+from .commands import add_parser
 from .config import JobConfig
 from .ingest import INFO, load_info, read_split
 from .models import build_model
@@ -180,12 +181,12 @@ def _generate_command(args: argparse.Namespace) -> None:
 
 def add_commands(subparsers) -> None:
     """Register `generate` on the CLI's subparsers."""
-    from .operator_jobs import _positive_int
+    from .operator_jobs import positive_int
 
-    p = subparsers.add_parser("generate", help="sample labelled rows from a run's VAE or GAN")
+    p = add_parser(subparsers, "generate")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run made with synthesize.kind vae/gan")
     p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
-    p.add_argument("--n", type=_positive_int, required=True, help="rows in all (or per class)")
+    p.add_argument("--n", type=positive_int, required=True, help="rows in all (or per class)")
     p.add_argument("--per-class", action="store_true", help="N rows of every class")
     p.add_argument("--kind", choices=generative.KINDS, help="which generator (default: the one "
                                                              "the run saved)")

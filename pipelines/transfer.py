@@ -36,6 +36,7 @@ from ray.train.torch import TorchTrainer
 
 from operators.contract import ID, LABEL, features
 
+from .commands import add_parser
 from .config import ConfigError, JobConfig
 from .engine import MODEL_FILE, load_model
 from .history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
@@ -290,9 +291,9 @@ def format_summary(s: dict) -> str:
             f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}")
 
 
-def add_job_command(subparsers, name: str, help: str, load: Callable, run: Callable) -> None:
+def add_job_command(subparsers, name: str, load: Callable, run: Callable) -> None:
     """Register `raysift NAME JOB.yaml [--overwrite]`, which runs `run(load(JOB.yaml))`."""
-    p = subparsers.add_parser(name, help=help)
+    p = add_parser(subparsers, name)
     p.add_argument("job", help=f"the {name} job file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run")
     p.set_defaults(func=lambda args: run(load(args.job), overwrite=args.overwrite))
@@ -300,8 +301,7 @@ def add_job_command(subparsers, name: str, help: str, load: Callable, run: Calla
 
 def add_commands(subparsers) -> None:
     """Register `transfer` on the CLI's subparsers."""
-    add_job_command(subparsers, "transfer", "adapt a trained model to a new scene, replaying "
-                    "a history library (M5)", load_transfer, run_transfer)
+    add_job_command(subparsers, "transfer", load_transfer, run_transfer)
 
 
 def collect_rows(shard, target: str = LABEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

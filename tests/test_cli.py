@@ -35,3 +35,15 @@ def test_a_job_command_still_gets_its_options(capsys):
         main(["norms", "--help"])
     assert "--channel-weights" in capsys.readouterr().out
     assert loaded("norms", "--help") == "['ray.train', 'torch']"  # the probe can tell
+
+
+def test_each_job_command_is_registered_by_the_module_the_table_names():
+    import argparse
+    import importlib
+
+    from pipelines.commands import JOB_COMMANDS
+
+    for module in {job.module for job in JOB_COMMANDS.values()}:
+        commands = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"pipelines.{module}").add_commands(commands)
+        assert set(commands.choices) == {n for n, j in JOB_COMMANDS.items() if j.module == module}
