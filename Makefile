@@ -24,6 +24,7 @@ test: $(STAMP)
 # The README's cluster path for real: a local two-node Ray cluster, a job submitted through
 # the job API with this checkout as its working directory (about a minute).
 cluster-check: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e ".[cluster]"
 	$(BIN)/python .ci/cluster_check.py
 
 # Fashion-MNIST (60,000 train / 10,000 test, MIT) as IDX files, from Debian's package; only
