@@ -97,15 +97,24 @@ def test_job_errors_name_the_problem(ray_session, tmp_path):
     _cli("norms", src, tmp_path / "out")
     with pytest.raises(DataError, match="output already exists"):
         _cli("norms", src, tmp_path / "out")
-    for argv in (["select", src, "o", "--per-class", 0],
-                 ["select", src, "o", "--ratio", 1.5],
-                 ["select", src, "o"],
-                 ["cluster", src, "o"],
-                 ["cluster", src, "o", "--k", 2, "--tol", -1],
-                 ["norms", src, "o", "--kind", "l7"],
-                 ["norms", src, "o", "--channel-weights", "a,b"]):
-        with pytest.raises(SystemExit):
-            _cli(*argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["select", "--per-class", 0], r"select: error: argument --per-class: must be a positive "
+                                   r"integer, got 0"),
+    (["select", "--ratio", 1.5], r"select: error: argument --ratio: must be in \(0, 1\], got 1\.5"),
+    (["select"], r"select: error: one of the arguments --per-class --ratio is required"),
+    (["cluster"], r"cluster: error: the following arguments are required: --k"),
+    (["cluster", "--k", 2, "--tol", -1], r"cluster: error: argument --tol: must be a finite "
+                                         r"number >= 0, got -1"),
+    (["norms", "--kind", "l7"], r"norms: error: argument --kind: invalid choice: 'l7'"),
+    (["norms", "--channel-weights", "a,b"], r"norms: error: argument --channel-weights: "
+                                            r"expected comma-separated numbers, .*got 'a,b'"),
+])
+def test_bad_options_are_named_on_stderr(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _cli(argv[0], tmp_path / "in", tmp_path / "out", *argv[1:])
+    assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
 def linear_scores(input_shape, num_classes):
