@@ -44,11 +44,11 @@ from .detection_eval import mean_ap, predict
 from .detector import (DETECTOR, DETECTOR_FILE, TinyDetector, detector_gradient_fn,
                        encode_targets, load_detector, save_detector)
 from .history import TARGET, HistoryLibrary
-from .rounds import init_ray
+from .rounds import check_workers, init_ray
 from .run_state import atomic_write_json, replace_via_staging
 from .scenes import SceneConfig, make_images
 from .seeding import derive_seed
-from .transfer import TransferPlan, add_job_command, check_resources, fit_transfer
+from .transfer import TransferPlan, add_job_command, fit_transfer
 from .transfer_config import TransferTrainConfig
 
 JOB_COPY = "adapt.json"
@@ -96,7 +96,7 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
     run_dir = Path(cfg.run_dir)
     _check_inputs(cfg, run_dir, overwrite)
     init_ray()
-    check_resources(cfg.train)
+    check_workers(cfg.train.num_workers, cfg.train.use_gpu)
     seconds = {}
 
     t = time.perf_counter()

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from operators.mixup import (beta, check_smoothing, cycle_partners, smooth_labels,
                              soft_cross_entropy)
+
+from .models import unwrap
 
 TARGET_RATIOS = ("perturbed", "original")
 ASCENTS = ("mean", "sample")
@@ -55,11 +56,6 @@ class AdvMixOutput:
         if self.rose is not None:
             out["rose_frac"] = float(self.rose.float().mean())
         return out
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper, or the model itself."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _mixing_hook(lam: torch.Tensor, partner: torch.Tensor):

@@ -19,7 +19,8 @@ from operators.augment import (Brightness, Compose, Contrast, CropResize, Flip, 
                                Hue, RandomErasing, Rotate, Saturation, Shear, Translate)
 from operators.mixup import CutMix, Mixup, SamplePairing, soft_cross_entropy
 
-from .advmix import AdversarialMixup, unwrap
+from .advmix import AdversarialMixup
+from .models import unwrap
 from .config import AugmentConfig, ConfigError, JobConfig, MixupConfig
 from .moex import MomentExchange
 from .seeding import derive_seed

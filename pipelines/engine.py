@@ -39,7 +39,7 @@ from .augmentation import batch_generator, batch_loss, sample_losses
 from .best import BestWeights
 from .collective import all_max, all_sum, sync_buffers
 from .config import JobConfig, ModelConfig, from_dict
-from .models import build_model
+from .models import build_model, unwrap
 from .run_state import DROPPED, RunState, compute_totals
 from .schedule import make_scheduler, move_to, phase_span, planned_train_passes
 from .seeding import derive_seed
@@ -156,12 +156,12 @@ class Worker:
             if self.job.train.final_keep_best and self.best is None:  # the last round's model
                 self.best = BestWeights()
                 last = state.records[-1]
-                self.best.offer({k: last[k] for k in VAL_KEYS}, _unwrap(self.model),
+                self.best.offer({k: last[k] for k in VAL_KEYS}, unwrap(self.model),
                                 f"round {last['round']}")
             phase = self.phase or Phase(len(state.records), "final", self.job.train.final_epochs)
             record = self._train_phase(phase)
             if self.best is not None:
-                self.best.restore(_unwrap(self.model))
+                self.best.restore(unwrap(self.model))
                 record.update({k: self.best.val[k] for k in VAL_KEYS}, kept=self.best.label)
             record["seconds_end"] = self._clock()
             state.records.append(record)
@@ -235,7 +235,7 @@ class Worker:
             if epoch == phase.epochs - 1 or job.train.val_every_epoch or keep_best:
                 val = evaluate(self.model, self.val, self.num_classes, self.device, "val")
                 if keep_best:
-                    self.best.offer(val, _unwrap(self.model), f"final epoch {epoch}")
+                    self.best.offer(val, unwrap(self.model), f"final epoch {epoch}")
                 phase.val_sample_passes += val["val_samples"]
                 phase.last_val = val
                 phase.curve.append({"epoch": epoch,
@@ -338,7 +338,7 @@ class Worker:
         policy_state = self.policy.state_dict()
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
-                torch.save({"model": _unwrap(self.model).state_dict(),
+                torch.save({"model": unwrap(self.model).state_dict(),
                             "spec": model_spec(self.job.model, self.num_classes, self.x_shape),
                             "optimizer": optimizer.state_dict() if optimizer else None,
                             "scheduler": scheduler.state_dict() if scheduler else None,
@@ -420,7 +420,7 @@ def share_scorer(model, share: Share, device):
     predict.py's columns); `extra` None, "embedding", or "x" for the features themselves."""
     def score_rows(positions: np.ndarray, extra: str | None = None) -> dict:
         x, y = device_batch(share, positions, device)
-        out = forward_scores(_unwrap(model).eval(), x, y, with_embedding=extra == "embedding")
+        out = forward_scores(unwrap(model).eval(), x, y, with_embedding=extra == "embedding")
         out[ID] = share.ids[positions]
         out[LABEL] = share.labels[positions]
         if extra == X:
@@ -485,7 +485,7 @@ def advance_schedule(scheduler, epoch: int, step: int, steps: int, steps_per_epo
 def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test") -> dict:
     """Accuracy, balanced accuracy (mean recall over the classes present), loss and row count
     over every rank's share: each rank scores its own rows, the sums are all-reduced."""
-    model = _unwrap(model).eval()
+    model = unwrap(model).eval()
     sums = torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, len(share), _EVAL_ROWS):
@@ -553,7 +553,3 @@ def _spec_of_run(run_dir: Path, file: Path) -> dict:
     info = json.loads(info_file.read_text())
     return model_spec(from_dict(json.loads(job_file.read_text())).model, info["num_classes"],
                       info["x_shape"])
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)

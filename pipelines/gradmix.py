@@ -24,6 +24,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 
+from .collective import grouped
+
 RULES = ("similarity", "agem", "pcgrad", "sum")
 
 
@@ -55,7 +57,7 @@ def set_flat_grad(params: Iterable[torch.nn.Parameter], vec: torch.Tensor) -> No
 
 def allreduce_mean(vec: torch.Tensor) -> torch.Tensor:
     """The mean of `vec` over all workers when torch.distributed is initialised, else `vec`."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not grouped():
         return vec
     out = vec.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)

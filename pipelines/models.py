@@ -198,7 +198,12 @@ def build_model(cfg: ModelConfig, input_shape, num_classes: int) -> nn.Module:
     return model
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper, or the model itself."""
+    return getattr(model, "module", model)
+
+
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's embedding when it has one (built-ins do), else its logits."""
-    model = getattr(model, "module", model)
+    model = unwrap(model)
     return model.embed(x) if hasattr(model, "embed") else model(x)

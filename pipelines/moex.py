@@ -12,7 +12,7 @@ from torch import nn
 from operators.mixup import check_smoothing, cycle_partners, smooth_labels, soft_cross_entropy
 from operators.moex import MOMENTS, check_lambda, exchange_moments, moex_targets
 
-from .advmix import unwrap
+from .models import unwrap
 
 
 class MomentExchange:

@@ -53,7 +53,7 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     run_dir = Path(job.run_dir)
     resume = _check_run_dir(run_dir, job, resume=resume, overwrite=overwrite)
     init_ray()
-    _check_resources(job)
+    check_workers(job.train.num_workers, job.train.use_gpu)
 
     t = time.perf_counter()
     data_dir = run_dir / "data"
@@ -220,14 +220,10 @@ def init_ray() -> None:
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
-def _check_resources(job: JobConfig) -> None:
-    """Stop before any work when the cluster cannot hold the workers asked for."""
-    res = ray.cluster_resources()
-    cpus, gpus = int(res.get("CPU", 0)), int(res.get("GPU", 0))
-    t = job.train
-    if t.use_gpu and t.num_workers > gpus:
-        raise ConfigError(f"train.num_workers: {t.num_workers} GPU workers asked for, "
-                          f"the cluster has {gpus} GPUs")
-    if not t.use_gpu and t.num_workers > cpus:
-        raise ConfigError(f"train.num_workers: {t.num_workers} workers asked for, "
-                          f"the cluster has {cpus} CPUs")
+def check_workers(num_workers: int, use_gpu: bool) -> None:
+    """Stop before any work when the cluster cannot hold the training workers asked for."""
+    kind = "GPU" if use_gpu else "CPU"
+    have = int(ray.cluster_resources().get(kind, 0))
+    if num_workers > have:
+        raise ConfigError(f"train.num_workers: {num_workers} {kind} workers asked for, the "
+                          f"cluster has {have} {kind}s")

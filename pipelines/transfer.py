@@ -41,7 +41,7 @@ from .config import ConfigError, JobConfig
 from .engine import MODEL_FILE, load_model
 from .history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
 from .ingest import DataInfo, ingest, read_split
-from .rounds import init_ray
+from .rounds import check_workers, init_ray
 from .run_state import atomic_write_json, replace_via_staging
 from .seeding import derive_seed
 from .transfer_config import MetaConfig, TransferConfig, TransferTrainConfig, load_transfer
@@ -71,7 +71,7 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     _check_inputs(cfg, run_dir, overwrite)
     meta = load_meta(cfg.meta)
     init_ray()
-    check_resources(cfg.train)
+    check_workers(cfg.train.num_workers, cfg.train.use_gpu)
     seconds = {}
 
     t = time.perf_counter()
@@ -136,14 +136,6 @@ def _check_inputs(cfg: TransferConfig, run_dir: Path, overwrite: bool) -> None:
         if path and Path(path).resolve().is_relative_to(run_dir.resolve()):
             raise ConfigError(f"{field}: {path} lies inside run_dir {run_dir}, which the run "
                               f"replaces; copy it out or choose another run_dir")
-
-
-def check_resources(train: TransferTrainConfig) -> None:
-    kind = "GPU" if train.use_gpu else "CPU"
-    have = int(ray.cluster_resources().get(kind, 0))
-    if train.num_workers > have:
-        raise ConfigError(f"train.num_workers: {train.num_workers} {kind} workers asked "
-                          f"for, the cluster has {have} {kind}s")
 
 
 def _start_run_dir(cfg: TransferConfig, run_dir: Path) -> DataInfo:

@@ -26,11 +26,11 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from operators.contract import LABEL, X
 
+from .collective import rank_and_world
 from .gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
 from .history import TARGET, HistoryLibrary
 from .seeding import derive_seed
@@ -67,14 +67,8 @@ def softmax_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.
 CLASSIFIER = Task(cross_entropy_sum, softmax_distillation)
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _world() -> int:
-    return _rank_world()[1]
+    return rank_and_world()[1]
 
 
 def step_gradients(model: torch.nn.Module, params: list, new: Batch, history: Batch | None,
@@ -193,7 +187,7 @@ def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
     takes its rank's share of each batch; the counts and mixing statistics returned are
     global, the same on every worker. Without a process group it is one worker (world 1).
     """
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     device = next(model.parameters()).device
     x_all = torch.as_tensor(x_new, dtype=torch.float32, device=device)
     y_all = torch.as_tensor(y_new, device=device)

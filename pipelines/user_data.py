@@ -149,7 +149,7 @@ def _read_piece(piece, src: str, columns: Columns, rows_per_batch: int):
 def write(ds: ray.data.Dataset, dst: str) -> None:
     """Write `ds` as Parquet files into the new or empty directory `dst`: first into a hidden
     folder beside it, moved into place once every row is written."""
-    fs, path = _filesystem(dst)
+    fs, path = filesystem(dst)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File or (
             info.type == pafs.FileType.Directory
@@ -168,12 +168,6 @@ def write(ds: ray.data.Dataset, dst: str) -> None:
     finally:
         if fs.get_file_info(tmp).type != pafs.FileType.NotFound:
             fs.delete_dir(tmp)
-
-
-def _filesystem(uri: str):
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), os.path.abspath(uri)
 
 
 def _shape(text: str) -> tuple:
