@@ -37,7 +37,17 @@ VARIANTS = {
     "m2-all": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
                "train.lr_schedule": "run_onecycle", "train.final_keep_best": True,
                "strategy.hard_fill": "margin"},
+    # each change alone on top of the plan
+    "m2-plan-sched": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
+                      "train.lr_schedule": "run_onecycle"},
+    "m2-plan-best": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
+                     "train.final_keep_best": True},
+    "m2-plan-fill": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
+                     "strategy.hard_fill": "margin"},
+    "m2-plan-prune": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
+                      "strategy.round_prune_ratio": 0.3},
 }
+DEFAULT_VARIANTS = ("m2", "m2-plan", "m2-all")
 
 
 def run_one(job_file: str, overrides: dict, seed: int, strategy: str, label: str,
@@ -58,7 +68,8 @@ def main() -> None:
     parser.add_argument("--job", default="configs/demo_mnist1d.yaml")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default="runs/bench_seeds")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--baselines", default=",".join(BASELINES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
