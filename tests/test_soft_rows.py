@@ -93,3 +93,37 @@ def test_ingest_keeps_generated_rows_in_train_only_and_never_from_val_or_test(tm
     np.testing.assert_allclose(share.soft, soft[share.ids[made] - 1000])
     t = share.targets(np.arange(len(share)), K)
     np.testing.assert_array_equal(t[~made], np.eye(K)[share.labels[~made]])
+
+
+def test_a_run_on_mixup_output_counts_real_and_synthetic_rows(ray_session, tmp_path):
+    from sklearn.datasets import load_digits
+
+    from pipelines.cli import main
+    from pipelines.rounds import run_job
+
+    d = load_digits()
+    n = 600
+    pq.write_table(pa.table({"pixels": pa.array((d.data[:n] / 16).tolist(),
+                                                pa.list_(pa.float32())),
+                             "target": pa.array(d.target[:n], pa.int64())}),
+                   tmp_path / "digits.parquet")
+    assert main(["mixup", str(tmp_path / "digits.parquet"), str(tmp_path / "mixed"),
+                 "--feature-column", "pixels", "--label-column", "target", "--shape", "1,8,8",
+                 "--num-classes", "10", "--batch-size", "200"]) == 0
+    job = from_dict({
+        "name": "soft", "seed": 1, "run_dir": str(tmp_path / "run"),
+        "source": {"kind": "parquet", "path": str(tmp_path / "mixed"), "val_fraction": 0.2,
+                   "test_fraction": 0.2},
+        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+        "train": {"num_workers": 1, "batch_size": 64, "checkpoint_every_s": 0},
+        "strategy": {"name": "full", "epochs": 1}})
+    summary = run_job(job, echo=lambda *_: None)
+    rows = summary["train_rows"]
+    assert rows["real"] + rows["synthetic"] == summary["subset_size"]
+    assert summary["subset_synthetic"] == rows["synthetic"] > 0
+    assert rows["synthetic"] + rows["synthetic_left_out"] == n
+    manifest = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pandas()
+    assert (manifest["source"] == "mixup").sum() == rows["synthetic"]
+    assert set(manifest.loc[manifest["source"] == "real", "id"]) <= set(range(n))
+    test_ids = set(pq.read_table(tmp_path / "run" / "data" / "test")["id"].to_pylist())
+    assert test_ids <= set(range(n)) and summary["test_samples"] == len(test_ids)
