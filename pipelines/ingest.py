@@ -132,6 +132,7 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
         chunks = (Chunk(c.label, vocab.encode(c.x, cfg.max_len), c.where, c.first_row, c.id,
                         c.split) for c in source.chunks)
     provenance, synthetic = None, {"train": 0, "dropped": 0}
+    generated = GeneratedSplits()
     soft_width = None
     try:
         for chunk in chunks:
@@ -140,8 +141,8 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
                           cfg.val_fraction)
             made = generated_rows(chunk)
             if made.any():
-                codes = place_generated(codes, made, chunk, given, seed, source.given_splits,
-                                        cfg)
+                codes = generated.place(codes, made, chunk, ids, given, seed,
+                                        source.given_splits, cfg)
                 kept = made & (codes == _TRAIN)
                 synthetic["train"] += int(kept.sum())
                 synthetic["dropped"] += int((made & (codes < 0)).sum())
@@ -269,29 +270,55 @@ def generated_rows(c: Chunk) -> np.ndarray:
     return c.rest.column("source").to_numpy(zero_copy_only=False) != "real"
 
 
-def place_generated(codes: np.ndarray, made: np.ndarray, c: Chunk, given: np.ndarray | None,
-                    seed: int, given_splits: frozenset, cfg: SourceConfig) -> np.ndarray:
-    """Split codes with the generated rows in train, or -1 (left out) when a parent is not:
-    validation and test hold real rows only, and no generated row carries a validation or
-    test row into training. A parent's split is the hash rule's for its id (one level up:
-    chain jobs from real rows); with a given split column, the row's own given split must be
-    train."""
-    codes = codes.copy()
-    if given is not None:
-        ok = given == _TRAIN
-    elif "parent_ids" in c.rest.schema.names:
+class GeneratedSplits:
+    """Where generated rows went so far (train, or left out), for rows made from them: the jobs
+    write a row's generated parents before it (8 bytes a generated row, on the driver)."""
+
+    def __init__(self):
+        self.kept = np.zeros(0, np.int64)
+        self.dropped = np.zeros(0, np.int64)
+
+    def place(self, codes: np.ndarray, made: np.ndarray, c: Chunk, ids: np.ndarray,
+              given: np.ndarray | None, seed: int, given_splits: frozenset,
+              cfg: SourceConfig) -> np.ndarray:
+        """Split codes with the generated rows in train, or -1 (left out) when an ancestor is
+        not: validation and test hold real rows only, and no generated row carries a
+        validation or test row into training. A real parent's split is the hash rule's for
+        its id, a generated parent's is where it went; with a given split column, the row's
+        own given split must be train."""
+        codes = codes.copy()
+        if given is not None:
+            ok = given == _TRAIN
+        elif "parent_ids" in c.rest.schema.names:
+            ok = self._parents_in_train(made, c, ids, seed, given_splits, cfg)
+        else:
+            raise DataError(f"{c.where}: generated rows (column 'source') need 'parent_ids', "
+                            f"so that none of their parents is a validation or test row")
+        codes[made] = np.where(ok[made], _TRAIN, -1)
+        self.kept = np.union1d(self.kept, ids[made & ok])
+        self.dropped = np.union1d(self.dropped, ids[made & ~ok])
+        return codes
+
+    def _parents_in_train(self, made, c, ids, seed, given_splits, cfg) -> np.ndarray:
         parents = c.rest.column("parent_ids")
         lengths = pc.list_value_length(parents).fill_null(0).to_numpy(zero_copy_only=False)
         flat = parents.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
-        leak = carve(flat, None, seed, given_splits, cfg.test_fraction,
-                     cfg.val_fraction) != _TRAIN
-        rows = np.repeat(np.arange(len(codes)), lengths)
-        ok = np.bincount(rows[leak], minlength=len(codes)) == 0
-    else:
-        raise DataError(f"{c.where}: generated rows (column 'source') need 'parent_ids', so "
-                        f"that none of their parents is a validation or test row")
-    codes[made] = np.where(ok[made], _TRAIN, -1)
-    return codes
+        rows = np.repeat(np.arange(len(ids)), lengths)
+        good = carve(flat, None, seed, given_splits, cfg.test_fraction,
+                     cfg.val_fraction) == _TRAIN
+        good[np.isin(flat, self.kept)] = True
+        good[np.isin(flat, self.dropped)] = False
+        order = np.argsort(ids, kind="stable")  # parents generated in this very chunk
+        at = np.minimum(np.searchsorted(ids, flat, sorter=order), len(ids) - 1)
+        here = (ids[order[at]] == flat) & made[order[at]]
+        ok = np.bincount(rows[~good & ~here], minlength=len(ids)) == 0
+        for _ in range(len(ids)):  # a chain inside the chunk: settle it from the roots down
+            settled = ok.copy()
+            settled &= np.bincount(rows[here & ~ok[order[at]]], minlength=len(ids)) == 0
+            if np.array_equal(settled, ok):
+                break
+            ok = settled
+        return ok
 
 
 def _soft_width(column, c: Chunk, width: int | None) -> int:

@@ -127,3 +127,27 @@ def test_a_run_on_mixup_output_counts_real_and_synthetic_rows(ray_session, tmp_p
     assert set(manifest.loc[manifest["source"] == "real", "id"]) <= set(range(n))
     test_ids = set(pq.read_table(tmp_path / "run" / "data" / "test")["id"].to_pylist())
     assert test_ids <= set(range(n)) and summary["test_samples"] == len(test_ids)
+
+
+@pytest.mark.parametrize("chunk_rows", [4096, 50])  # the chain within one chunk, and across
+def test_rows_made_from_generated_rows_follow_their_parents_split(tmp_path, chunk_rows):
+    n = 60
+    x = np.random.default_rng(1).normal(size=(n, 1, 2)).astype(np.float32)
+    labels = np.arange(n) % K
+    none = np.zeros((n, 0), np.int64)
+    real = rows_table(np.arange(n), labels, x, "real", none)
+    aug = rows_table(1000 + np.arange(n), labels, x, "augment", np.arange(n)[:, None])
+    mix_parents = np.stack([1000 + np.arange(n), (np.arange(n) + 1) % n], 1)
+    mix = rows_table(2000 + np.arange(n), labels, x, "mixup", mix_parents)
+    pq.write_table(pa.concat_tables([real, aug, mix]), tmp_path / "chain.parquet")
+    cfg = SourceConfig(kind="parquet", path=str(tmp_path / "chain.parquet"), val_fraction=0.2,
+                       test_fraction=0.2)
+    info = ingest(cfg, 5, tmp_path / "data", chunk_rows=chunk_rows)
+    train = (carve(np.arange(n), None, 5, frozenset(), 0.2, 0.2) == 0)
+    aug_kept = train
+    mix_kept = train & train[(np.arange(n) + 1) % n]  # the augmented parent's own parent too
+    got = set(pq.read_table(tmp_path / "data" / "train")[ID].to_pylist())
+    assert got == set(np.flatnonzero(train)) | set(1000 + np.flatnonzero(aug_kept)) | set(
+        2000 + np.flatnonzero(mix_kept))
+    assert info.synthetic == {"train": int(aug_kept.sum() + mix_kept.sum()),
+                              "dropped": int(2 * n - aug_kept.sum() - mix_kept.sum())}
