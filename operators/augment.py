@@ -479,13 +479,28 @@ def _tag_real_block(batch: dict, num_classes: int | None) -> pa.Table:
     require_columns(batch, [ID, LABEL, X], "tag_real")
     ids = np.asarray(batch[ID], dtype=np.int64)
     y = one_hot(batch[LABEL], num_classes, ids) if num_classes else None
-    return rows_table(ids, batch[LABEL], features(batch), "real",
-                      np.zeros((len(ids), 0), np.int64), y)
+    if "y_soft" in batch and y is not None:  # a generated row keeps the targets it has
+        given = np.stack(list(batch["y_soft"])) if len(ids) else y
+        if given.shape != y.shape:
+            raise DataError(f"column 'y_soft': rows of {given.shape[1]} classes, num_classes "
+                            f"is {num_classes}")
+        y = given
+    table = rows_table(ids, batch[LABEL], features(batch), "real",
+                       np.zeros((len(ids), 0), np.int64), y)
+    if "source" in batch and "parent_ids" in batch:  # rows a job generated earlier stay so
+        parents = pa.array([np.asarray(p, np.int64) for p in batch["parent_ids"]],
+                           pa.list_(pa.int64()))
+        table = table.set_column(table.schema.get_field_index("source"), "source",
+                                 pa.array(np.asarray(batch["source"]).astype(str)))
+        table = table.set_column(table.schema.get_field_index("parent_ids"), "parent_ids",
+                                 parents)
+    return table
 
 
 def tag_real(ds, num_classes: int | None = None):
     """Real rows with source 'real', no parents and (with num_classes) one-hot `y_soft`, so that
-    they union with generated rows."""
+    they union with generated rows. Rows that already carry `source` and `parent_ids` (the
+    output of an earlier job) keep them, and their `y_soft` when they have one."""
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     return ds.map_batches(_tag_real_block, fn_kwargs={"num_classes": num_classes},

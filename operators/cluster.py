@@ -326,11 +326,17 @@ def proportional_counts(sizes: np.ndarray, n_total: int) -> np.ndarray:
     Largest-remainder rounding in exact integers; equal remainders go to the lower index.
     """
     sizes = np.asarray(sizes, dtype=np.int64)
-    total = int(sizes.sum())
-    if n_total >= total:
+    if n_total >= int(sizes.sum()):
         return sizes.copy()
-    base, remainder = np.divmod(n_total * sizes, total)
-    extra = n_total - int(base.sum())
+    return share_out(n_total, sizes)
+
+
+def share_out(n: int, sizes: np.ndarray) -> np.ndarray:
+    """n split in proportion to `sizes` (n may exceed their sum): largest-remainder rounding
+    in exact integers, equal remainders to the lower index."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    base, remainder = np.divmod(n * sizes, max(int(sizes.sum()), 1))
+    extra = n - int(base.sum())
     base[np.lexsort((np.arange(len(sizes)), -remainder))[:extra]] += 1
     return base
 

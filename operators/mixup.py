@@ -14,7 +14,9 @@ import torch.nn.functional as F
 
 from .augment import (IdScheme, block_generator, box_mask, class_rows, masked_fill_boxes,
                       one_hot, per_sample, rows_table, spatial_dims)
+from .cluster import share_out
 from .contract import ID, LABEL, X, DataError, check_finite, features, require_columns
+from .keys import hash_keys
 
 
 def beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -243,20 +245,45 @@ def mix_dataset(ds, mixer, *, num_classes: int, seed: int, ids: IdScheme, copies
         batch_size=batch_size, batch_format="numpy")
 
 
-def _smote_group(batch: dict, target, k: int, seed: int, ids: IdScheme,
-                 num_classes: int | None) -> pa.Table:
+SMOTE_BLOCK_ROWS = 4096  # a class larger than this is searched for neighbours in blocks
+_BLOCK = "smote_block"
+_BLOCK_STREAM = 0x534D4F54  # the blocks' hash stream, apart from other uses of the seed
+
+
+def smote_blocks(ids: np.ndarray, labels: np.ndarray, blocks_per_class: np.ndarray,
+                 seed: int) -> np.ndarray:
+    """Each row's block within its class: hash(seed, id) mod the class's number of blocks, so a
+    row's block never depends on how the data is split into files or tasks."""
+    nb = np.asarray(blocks_per_class, np.int64)[np.asarray(labels, np.int64)].astype(np.uint64)
+    return (hash_keys(ids, seed, _BLOCK_STREAM) % nb).astype(np.int64)
+
+
+def _with_block(batch: dict, blocks_per_class: np.ndarray, seed: int) -> dict:
+    """The batch's rows of the classes that get new rows, with their block."""
+    labels = np.asarray(batch[LABEL], np.int64)
+    keep = (labels < len(blocks_per_class)) & (blocks_per_class[np.minimum(
+        labels, len(blocks_per_class) - 1)] > 0)
+    out = {key: value[keep] for key, value in batch.items()}
+    out[_BLOCK] = smote_blocks(out[ID], out[LABEL], blocks_per_class, seed)
+    return out
+
+
+def _smote_group(batch: dict, quota: dict, k: int, seed: int, ids: IdScheme,
+                 num_classes: int | None, blocks_per_class: np.ndarray) -> pa.Table:
     row_ids, x, label = class_rows(batch, "smote_dataset")
-    want = target.get(label, 0) if isinstance(target, dict) else target
-    n_new = max(0, int(want) - len(row_ids))
+    block = int(batch[_BLOCK][0]) if _BLOCK in batch else 0
+    n_new = int(quota.get((label, block), 0))
     if len(row_ids) < 2 and n_new:
-        raise DataError(f"smote_dataset: class {label} has only id {int(row_ids[0])}; SMOTE "
-                        f"needs 2 samples of a class to make {n_new} more")
-    g = block_generator(seed, label, "smote")
+        raise DataError(f"smote_dataset: class {label} has only id {int(row_ids[0])}"
+                        f"{f' in block {block}' if blocks_per_class[label] > 1 else ''}; "
+                        f"SMOTE needs 2 samples of a class to make {n_new} more")
+    salt = ("smote",) if blocks_per_class[label] == 1 else ("smote", block)
+    g = block_generator(seed, label, *salt)
     points, a, nb = smote(torch.from_numpy(x), n_new, k, g)
     a, nb = a.numpy(), nb.numpy()
     labels = np.full(n_new, label, dtype=np.int64)
     y = one_hot(labels, num_classes) if num_classes else None
-    new_ids = ids.new_ids(row_ids[a], np.arange(n_new) // len(row_ids))
+    new_ids = ids.new_ids(row_ids[a], np.arange(n_new) // max(len(row_ids), 1))
     return rows_table(new_ids, labels, points.numpy(), "smote",
                       np.stack([row_ids[a], row_ids[nb]], 1), y)
 
@@ -268,24 +295,54 @@ def class_counts(ds, num_partitions: int | None = None) -> dict[int, int]:
 
 
 def smote_dataset(ds, *, seed: int, ids: IdScheme, target: int | dict | None = None, k: int = 5,
-                  num_classes: int | None = None, num_partitions: int | None = None):
+                  num_classes: int | None = None, num_partitions: int | None = None,
+                  block_rows: int = SMOTE_BLOCK_ROWS):
     """SMOTE rows that bring each class up to `target` rows (only the new rows).
 
-    One Ray task per class (groupby(label).map_groups) holds that class's rows, so this is meant
-    for the minority classes. `target`: one count for every class, a {label: count} dict, or None
-    for the size of the largest class. `parent_ids` = [anchor, neighbour]; the id comes from
-    `ids` anchored at the anchor, its copy number counting how often that anchor was used.
+    `target`: one count for every class, a {label: count} dict, or None for the size of the
+    largest class. `parent_ids` = [anchor, neighbour]; the id comes from `ids` anchored at the
+    anchor, its copy number counting how often that anchor was used.
+
+    No task holds a whole class: a class of n rows is cut into ceil(n / block_rows) blocks by
+    a seeded hash of the id (smote_blocks), one Ray task a block (groupby(label, block).
+    map_groups), and an anchor's k nearest neighbours are searched within its block, not the
+    whole class. A class of at most `block_rows` rows is one block: classic SMOTE, exactly as
+    before. In a larger class the neighbours come from a random 1/B of the class, so they lie
+    further apart on average (SMOTE on a random part of the class). The class's new rows are
+    shared out over its blocks in proportion to their sizes (largest remainder), which a count
+    pass measures. Classes that get no new rows are dropped before the grouping, so the
+    majority class of a long-tailed set never moves. A task holds block_rows rows and a
+    (block_rows x block_rows) float64 distance matrix (134 MB at 4096).
     """
     if k < 1:
         raise ValueError(f"k: must be >= 1, got {k}")
+    if block_rows < 2:
+        raise ValueError(f"block_rows: must be >= 2, got {block_rows}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
+    counts = class_counts(ds, num_partitions)
     if target is None:
-        target = max(class_counts(ds, num_partitions).values(), default=0)
-    counts = target.values() if isinstance(target, dict) else [target]
-    if any(int(c) < 0 for c in counts):
+        target = max(counts.values(), default=0)
+    wanted = target.values() if isinstance(target, dict) else [target]
+    if any(int(c) < 0 for c in wanted):
         raise ValueError(f"target: counts must be >= 0, got {target}")
-    return ds.groupby(LABEL, num_partitions=num_partitions).map_groups(
+    n_new = {c: max(0, int(target.get(c, 0) if isinstance(target, dict) else target) - n)
+             for c, n in counts.items()}
+    blocks = np.zeros(max(counts, default=-1) + 1, np.int64)  # 0: the class gets no rows
+    for c, n in counts.items():
+        blocks[c] = -(-n // block_rows) if n_new[c] else 0
+    keyed = ds.map_batches(_with_block, fn_kwargs={"blocks_per_class": blocks, "seed": seed},
+                           batch_format="numpy")
+    quota = {(c, 0): n_new[c] for c in counts if blocks[c] == 1}
+    if (blocks > 1).any():
+        sizes = {(int(r[LABEL]), int(r[_BLOCK])): int(r["count()"]) for r in keyed.groupby(
+            [LABEL, _BLOCK], num_partitions=num_partitions).count().take_all()}
+        for c in np.flatnonzero(blocks > 1):
+            per_block = np.array([sizes.get((int(c), b), 0) for b in range(blocks[c])])
+            quota.update({(int(c), b): int(q) for b, q in enumerate(
+                share_out(n_new[int(c)], per_block))})
+    return keyed.groupby([LABEL, _BLOCK], num_partitions=num_partitions).map_groups(
         _smote_group,
-        fn_kwargs={"target": target, "k": k, "seed": seed, "ids": ids, "num_classes": num_classes},
+        fn_kwargs={"quota": quota, "k": k, "seed": seed, "ids": ids, "num_classes": num_classes,
+                   "blocks_per_class": blocks},
         batch_format="numpy")

@@ -29,7 +29,8 @@ from ray.data import DataContext
 from operators.augment import IdScheme, augment_dataset, tag_real
 from operators.cluster import KMeans, drop_near_duplicates
 from operators.contract import X, DataError, data_errors
-from operators.mixup import CutMix, Mixup, SamplePairing, mix_dataset, smote_dataset
+from operators.mixup import (SMOTE_BLOCK_ROWS, CutMix, Mixup, SamplePairing, mix_dataset,
+                             smote_dataset)
 
 from .commands import add_parser
 from .augmentation import TRANSFORMS, build_transforms
@@ -133,12 +134,15 @@ def mixup_job(src: str, dst: str, kind: str = "mixup", *, alpha: float = 1.0, co
 
 @data_errors()
 def smote_job(src: str, dst: str, *, target: int | None = None, k: int = 5, seed: int = 0,
-              new_only: bool = False, columns: Columns = Columns()) -> None:
+              new_only: bool = False, block_rows: int = SMOTE_BLOCK_ROWS,
+              columns: Columns = Columns()) -> None:
     """SMOTE rows bringing every class to `target` rows (None: the largest class's count);
-    source "smote", parent_ids [anchor, neighbour]."""
+    source "smote", parent_ids [anchor, neighbour]; neighbours within blocks of `block_rows`
+    rows of a class (operators.mixup.smote_dataset)."""
     _deterministic()
     ds = read_rows(src, columns, need_label=True)
-    new = smote_dataset(ds, seed=seed, ids=id_scheme(src, columns), target=target, k=k)
+    new = smote_dataset(ds, seed=seed, ids=id_scheme(src, columns), target=target, k=k,
+                        block_rows=block_rows)
     write(_with_real(ds, new, new_only), dst)
 
 
@@ -192,7 +196,7 @@ def _mixup_command(args) -> None:
 def _smote_command(args) -> None:
     show_progress()
     smote_job(args.input, args.output, target=args.target, k=args.k, seed=args.seed,
-              new_only=args.new_only, columns=columns_of(args))
+              new_only=args.new_only, block_rows=args.block_rows, columns=columns_of(args))
     _summary("smote", args.output)
 
 
@@ -261,6 +265,10 @@ def add_commands(subparsers) -> None:
     how.add_argument("--target", type=positive_int, help="rows every class gets")
     how.add_argument("--balance", action="store_true", help="every class up to the largest")
     p.add_argument("--k", type=positive_int, default=5, help="neighbours (default 5)")
+    p.add_argument("--block-rows", type=positive_int, default=SMOTE_BLOCK_ROWS,
+                   help="a larger class is cut into blocks of about this many rows (a seeded "
+                        "hash of the id) and neighbours are searched within a block "
+                        f"(default {SMOTE_BLOCK_ROWS})")
     p.set_defaults(func=_smote_command)
 
     p = add_parser(

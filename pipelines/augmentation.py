@@ -17,7 +17,7 @@ from torch import nn
 
 from operators.augment import (Brightness, Compose, Contrast, CropResize, Flip, GaussianNoise,
                                Hue, RandomErasing, Rotate, Saturation, Shear, Translate)
-from operators.mixup import CutMix, Mixup, SamplePairing, soft_cross_entropy
+from operators.mixup import CutMix, Mixup, SamplePairing, smooth_labels, soft_cross_entropy
 
 from .advmix import AdversarialMixup
 from .models import unwrap
@@ -90,18 +90,25 @@ def batch_generator(seed: int, round_index: int, epoch: int, step: int, rank: in
 
 
 def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-               job: JobConfig, generator: torch.Generator) -> torch.Tensor:
+               job: JobConfig, generator: torch.Generator,
+               targets: torch.Tensor | None = None) -> torch.Tensor:
     """The scalar loss to backpropagate for batch (x, y) with integer labels y.
 
     Order: single-sample transforms, then mixing (input, hidden layer, adversarial or moment
     exchange) against soft targets; with neither, cross-entropy with `mixup.smoothing` label
-    smoothing.
+    smoothing. `targets` (n, K), when the batch holds generated rows with `y_soft` (Share.
+    targets): their soft targets beside the real rows' one-hot labels, and the loss is the
+    soft-label cross-entropy, which for a one-hot row is the plain one; smoothing applies to
+    every row alike.
     """
     x = _transformed(x, job.augment, generator)
     mixer = build_mixer(job.mixup)
-    if mixer is None:
+    if mixer is None and targets is None:
         return F.cross_entropy(model(x), y, label_smoothing=job.mixup.smoothing)
-    target = F.one_hot(y, num_classes).to(x.dtype if x.is_floating_point() else torch.float32)
+    if mixer is None:
+        return soft_cross_entropy(model(x), smooth_labels(targets, job.mixup.smoothing))
+    target = (F.one_hot(y, num_classes) if targets is None else targets).to(
+        x.dtype if x.is_floating_point() else torch.float32)
     if isinstance(mixer, (AdversarialMixup, MomentExchange)):
         stages = getattr(unwrap(model), "stages", None)
         if not isinstance(stages, nn.ModuleList) or job.mixup.layer >= len(stages):
@@ -116,7 +123,8 @@ def batch_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: 
 
 
 def sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: JobConfig,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator,
+                  targets: torch.Tensor | None = None) -> torch.Tensor:
     """The plain path's loss of each sample (transforms, then cross-entropy with
     `mixup.smoothing`), for rules that score and weight samples one by one (InfoBatch).
 
@@ -124,6 +132,9 @@ def sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, job: JobCo
     refuses mixup together with such a rule.
     """
     x = _transformed(x, job.augment, generator)
+    if targets is not None:
+        return soft_cross_entropy(model(x), smooth_labels(targets, job.mixup.smoothing),
+                                  reduction="none")
     return F.cross_entropy(model(x), y, label_smoothing=job.mixup.smoothing, reduction="none")
 
 

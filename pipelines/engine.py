@@ -39,6 +39,7 @@ from .augmentation import batch_generator, batch_loss, sample_losses
 from .best import BestWeights
 from .collective import all_max, all_sum, sync_buffers
 from .config import JobConfig, ModelConfig, from_dict
+from .ingest import PROVENANCE_DIR
 from .models import build_model, unwrap
 from .run_state import DROPPED, RunState, compute_totals
 from .schedule import make_scheduler, move_to, phase_span, planned_train_passes
@@ -136,9 +137,11 @@ class Worker:
         self.last_checkpoint = time.perf_counter()
 
     def _read(self, split: str) -> Share:
+        """A split's share; generated rows are in train alone (ingest keeps them there)."""
         t = self.job.train
         return read_share(self.data_dir / split, self.job.seed, self.rank, self.world,
-                          self.x_shape, t.cache_mb * 2**20, t.spill_dir, self.x_dtype)
+                          self.x_shape, t.cache_mb * 2**20, t.spill_dir, self.x_dtype,
+                          self.data_dir / PROVENANCE_DIR if split == "train" else None)
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -256,6 +259,7 @@ class Worker:
         return {
             "round": phase.index, "phase": phase.kind,
             "subset_size": int(len(self.run_state.subset_ids())), "epochs": phase.epochs,
+            "subset_synthetic": int(all_sum(torch.tensor([self.train.count_synthetic(rows)]))),
             "val_accuracy": val["val_accuracy"],
             "val_balanced_accuracy": val["val_balanced_accuracy"],
             "val_loss": val["val_loss"], "curve": phase.curve,
@@ -283,13 +287,17 @@ class Worker:
         for step in range(steps):
             start = time.perf_counter()
             at = order[step * b:(step + 1) * b]
-            x, y = device_batch(self.train, rows[plan.pick[at]], self.device)
+            positions = rows[plan.pick[at]]
+            x, y = device_batch(self.train, positions, self.device)
+            targets = self.train.targets(positions, self.num_classes)
+            if targets is not None:
+                targets = torch.from_numpy(targets).to(self.device)
             generator = batch_generator(job.seed, phase.index, epoch, step, self.rank,
                                         self.device)
             if weights is None:
-                loss = batch_loss(self.model, x, y, self.num_classes, job, generator)
+                loss = batch_loss(self.model, x, y, self.num_classes, job, generator, targets)
             else:
-                losses = sample_losses(self.model, x, y, job, generator)
+                losses = sample_losses(self.model, x, y, job, generator, targets)
                 keep = own[step * b:(step + 1) * b]
                 losses_seen[at[keep]] = losses.detach()[torch.from_numpy(keep).to(
                     self.device)].double().cpu()

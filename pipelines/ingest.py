@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.extensions import ArrowTensorArray
 
@@ -36,6 +37,7 @@ from .sources import SPLITS, Chunk, open_source
 from .text import Vocabulary, tokenize
 
 INFO = "info.json"
+PROVENANCE_DIR = "provenance"  # generated training rows: id, source, parent_ids (, y_soft)
 VOCAB = "vocab.json"
 _TRAIN, _VAL, _TEST = range(3)
 LONG_TAILED = ("train", "val")
@@ -55,6 +57,8 @@ class DataInfo:
     # imbalance_ratio > 1: {imbalance_ratio, keep_fraction per class, class_counts_before}
     long_tail: dict | None = None
     x_dtype: str = "float32"  # or "uint8": 8-bit pixels, read as x / 255
+    # generated rows in the source (its `source` column not "real"): {train: kept, dropped}
+    synthetic: dict | None = None
 
 
 def ingest(cfg: SourceConfig, seed: int, out_dir: str | Path, *, chunk_rows: int = 4096,
@@ -127,11 +131,27 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
         vocab.save(tmp / VOCAB)
         chunks = (Chunk(c.label, vocab.encode(c.x, cfg.max_len), c.where, c.first_row, c.id,
                         c.split) for c in source.chunks)
+    provenance, synthetic = None, {"train": 0, "dropped": 0}
+    generated = GeneratedSplits()
+    soft_width = None
     try:
         for chunk in chunks:
             ids, labels, x, given = checker.check(chunk)
             codes = carve(ids, given, seed, source.given_splits, cfg.test_fraction,
                           cfg.val_fraction)
+            made = generated_rows(chunk)
+            if made.any():
+                codes = generated.place(codes, made, chunk, ids, given, seed,
+                                        source.given_splits, cfg)
+                kept = made & (codes == _TRAIN)
+                synthetic["train"] += int(kept.sum())
+                synthetic["dropped"] += int((made & (codes < 0)).sum())
+                provenance = provenance or _ShardWriter(tmp / PROVENANCE_DIR, shard_rows)
+                rows = chunk.rest.filter(pa.array(kept))
+                provenance.write(pa.table({ID: pa.array(ids[kept], pa.int64()),
+                                           **{c: rows.column(c) for c in rows.schema.names}}))
+                if "y_soft" in rows.schema.names:
+                    soft_width = _soft_width(rows.column("y_soft"), chunk, soft_width)
             for code, split in enumerate(SPLITS):
                 m = codes == code
                 writers[split].write(_table(ids[m], labels[m], x[m]))
@@ -142,11 +162,15 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
         for w in writers.values():
             w.close(checker.no_rows())
     finally:
-        for w in writers.values():
-            w.abort()
+        for w in [*writers.values(), provenance]:
+            if w is not None:
+                w.abort()
     counts = {s: w.count for s, w in writers.items()}
     names = source.class_names
-    num_classes = max(len(names or ()), *(len(c) for c in per_class.values()))
+    num_classes = max(len(names or ()), *(len(c) for c in per_class.values()), soft_width or 0)
+    if soft_width is not None and soft_width != num_classes:
+        raise DataError(f"{source.description}: column 'y_soft' holds {soft_width} classes, the "
+                        f"labels reach class {num_classes - 1}")
     class_counts = {s: _add(c, np.zeros(num_classes, np.int64)) for s, c in per_class.items()}
     description, long_tail = source.description, None
     if cfg.imbalance_ratio > 1:
@@ -163,7 +187,8 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
     info = DataInfo(num_classes=num_classes, x_shape=tuple(checker.shape), counts=counts,
                     class_counts={s: c.tolist() for s, c in class_counts.items()},
                     class_names=names, source=description, long_tail=long_tail,
-                    x_dtype=str(checker.dtype))
+                    x_dtype=str(checker.dtype),
+                    synthetic=synthetic if provenance is not None else None)
     (tmp / INFO).write_text(json.dumps(asdict(info), indent=1))
     return info
 
@@ -236,6 +261,75 @@ def _train_vocabulary(source, cfg: SourceConfig, seed: int) -> Vocabulary:
         for text in c.x[codes == _TRAIN]:
             counts.update(tokenize(text))
     return Vocabulary.build(counts, cfg.max_vocab, cfg.min_count)
+
+
+def generated_rows(c: Chunk) -> np.ndarray:
+    """Which rows the offline augmentation jobs made: a `source` column other than "real"."""
+    if c.rest is None or "source" not in c.rest.schema.names:
+        return np.zeros(len(c.label), bool)
+    return c.rest.column("source").to_numpy(zero_copy_only=False) != "real"
+
+
+class GeneratedSplits:
+    """Where generated rows went so far (train, or left out), for rows made from them: the jobs
+    write a row's generated parents before it (8 bytes a generated row, on the driver)."""
+
+    def __init__(self):
+        self.kept = np.zeros(0, np.int64)
+        self.dropped = np.zeros(0, np.int64)
+
+    def place(self, codes: np.ndarray, made: np.ndarray, c: Chunk, ids: np.ndarray,
+              given: np.ndarray | None, seed: int, given_splits: frozenset,
+              cfg: SourceConfig) -> np.ndarray:
+        """Split codes with the generated rows in train, or -1 (left out) when an ancestor is
+        not: validation and test hold real rows only, and no generated row carries a
+        validation or test row into training. A real parent's split is the hash rule's for
+        its id, a generated parent's is where it went; with a given split column, the row's
+        own given split must be train."""
+        codes = codes.copy()
+        if given is not None:
+            ok = given == _TRAIN
+        elif "parent_ids" in c.rest.schema.names:
+            ok = self._parents_in_train(made, c, ids, seed, given_splits, cfg)
+        else:
+            raise DataError(f"{c.where}: generated rows (column 'source') need 'parent_ids', "
+                            f"so that none of their parents is a validation or test row")
+        codes[made] = np.where(ok[made], _TRAIN, -1)
+        self.kept = np.union1d(self.kept, ids[made & ok])
+        self.dropped = np.union1d(self.dropped, ids[made & ~ok])
+        return codes
+
+    def _parents_in_train(self, made, c, ids, seed, given_splits, cfg) -> np.ndarray:
+        parents = c.rest.column("parent_ids")
+        lengths = pc.list_value_length(parents).fill_null(0).to_numpy(zero_copy_only=False)
+        flat = parents.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+        rows = np.repeat(np.arange(len(ids)), lengths)
+        good = carve(flat, None, seed, given_splits, cfg.test_fraction,
+                     cfg.val_fraction) == _TRAIN
+        good[np.isin(flat, self.kept)] = True
+        good[np.isin(flat, self.dropped)] = False
+        order = np.argsort(ids, kind="stable")  # parents generated in this very chunk
+        at = np.minimum(np.searchsorted(ids, flat, sorter=order), len(ids) - 1)
+        here = (ids[order[at]] == flat) & made[order[at]]
+        ok = np.bincount(rows[~good & ~here], minlength=len(ids)) == 0
+        for _ in range(len(ids)):  # a chain inside the chunk: settle it from the roots down
+            settled = ok.copy()
+            settled &= np.bincount(rows[here & ~ok[order[at]]], minlength=len(ids)) == 0
+            if np.array_equal(settled, ok):
+                break
+            ok = settled
+        return ok
+
+
+def _soft_width(column, c: Chunk, width: int | None) -> int:
+    storage = column.storage if hasattr(column, "storage") else column
+    storage = storage.combine_chunks() if hasattr(storage, "combine_chunks") else storage
+    values = storage.flatten() if len(column) else None
+    w = len(values) // len(column) if values is not None else (width or 0)
+    if width is not None and w != width:
+        raise DataError(f"{c.where}: column 'y_soft' holds {w} classes at row {c.first_row}, "
+                        f"{width} before")
+    return w
 
 
 def _add(a: np.ndarray, b: np.ndarray) -> np.ndarray:

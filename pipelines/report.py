@@ -79,7 +79,7 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
         if scale:
             reach = compute_to_reach(s, target)
             reach_wall = compute_to_reach(s, target, axis=SECONDS)
-        rows.append([s["strategy"], str(s["rounds"]), str(s["subset_size"]),
+        rows.append([s["strategy"], str(s["rounds"]), subset_cell(s),
                      _acc(s["test_accuracy"]), _acc(s["test_balanced_accuracy"]),
                      _acc(s["val_accuracy"]), _acc(s.get("val_balanced_accuracy")),
                      str(s["train_sample_passes"]), str(s["infer_sample_passes"]),
@@ -89,6 +89,13 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
                      f"{s['wall_seconds']['total'] / wall:.2f}" if wall else "-",
                      "-" if reach_wall is None or not wall else f"{reach_wall / wall:.2f}"])
     return head, rows
+
+
+def subset_cell(summary: dict) -> str:
+    """The subset's size, and how many of its rows are generated (offline augmentation)."""
+    made = summary.get("subset_synthetic", 0)
+    size = summary["subset_size"]
+    return f"{size} ({size - made} real + {made} synthetic)" if made else str(size)
 
 
 def saving_sentence(summaries: list[dict]) -> str | None:

@@ -17,20 +17,24 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 from ray.data import DataContext
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from operators.contract import DataError
+from operators.contract import ID, DataError
 
 from .budget import Plan, apply_budget
 from .config import ConfigError, JobConfig
 from .engine import MODEL_FILE, train_job
-from .ingest import DataInfo, ingest, load_info
+from .ingest import PROVENANCE_DIR, DataInfo, ingest, load_info
 from .progress import Feed, Progress
-from .run_state import (RunState, atomic_write_json, compute_totals, overhead_seconds,
-                        replace_via_staging)
+from .report import subset_cell
+from .run_state import (MANIFEST, RunState, atomic_write_bytes, atomic_write_json, compute_totals,
+                        overhead_seconds, replace_via_staging)
 from .strategies import STRATEGIES
 from .synthesize import add_synthetic
 
@@ -79,10 +83,11 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     shutil.rmtree(final_dir, ignore_errors=True)
     final_dir.mkdir()
     shutil.copy2(checkpoint / MODEL_FILE, final_dir / MODEL_FILE)
-    summary = _summary(job, state, ingest_seconds, time.time() - state.clock_origin)
+    summary = _summary(job, state, ingest_seconds, time.time() - state.clock_origin, info)
     if plan:
         summary["plan"] = dataclasses.asdict(plan)
     state.save(run_dir)
+    tag_manifest(run_dir)
     atomic_write_json(run_dir / SUMMARY, summary)
     echo(format_summary(summary))
     return summary
@@ -112,8 +117,10 @@ def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed,
 
 
 def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
-             run_seconds: float) -> dict:
+             run_seconds: float, info=None) -> dict:
     records = state.records
+    made = (info.synthetic if info is not None else None) or {"train": 0, "dropped": 0}
+    train_rows = info.counts["train"] if info is not None else None
     totals = compute_totals(records)
     phases = {p: sum(r[f"seconds_{p}"] for r in records) for p in ("train", "score", "select")}
     return {
@@ -124,12 +131,16 @@ def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
         "val_balanced_accuracy": records[-1]["val_balanced_accuracy"],
         **state.test,
         "subset_size": records[-1]["subset_size"],
+        "subset_synthetic": records[-1].get("subset_synthetic", 0),
+        "train_rows": {"real": None if train_rows is None else train_rows - made["train"],
+                       "synthetic": made["train"], "synthetic_left_out": made["dropped"]},
         "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in records),
         **totals,
         "wall_seconds": {**phases, "ingest": ingest_seconds,
                          "overhead": sum(overhead_seconds(r) for r in records),
                          "total": run_seconds},
-        "per_round": [{k: r[k] for k in ("round", "phase", "subset_size", "val_accuracy",
+        "per_round": [{"subset_synthetic": r.get("subset_synthetic", 0)}
+                      | {k: r[k] for k in ("round", "phase", "subset_size", "val_accuracy",
                                          "val_balanced_accuracy", "hard_found", "added",
                                          "train_sample_passes", "infer_sample_passes", "curve",
                                          "seconds_round", "seconds_end")}
@@ -151,10 +162,32 @@ def format_summary(summary: dict) -> str:
     w = summary["wall_seconds"]
     return (f"[{summary['name']}] {summary['strategy']}: test accuracy "
             f"{summary['test_accuracy']:.4f} (balanced {summary['test_balanced_accuracy']:.4f}), "
-            f"subset {summary['subset_size']}, compute {summary['compute']:.0f} sample-passes "
+            f"subset {subset_cell(summary)}, compute {summary['compute']:.0f} sample-passes "
             f"(train {summary['train_sample_passes']}, infer {summary['infer_sample_passes']}), "
             f"wall {w['total']:.0f}s (train {w['train']:.0f}, score {w['score']:.0f}, "
             f"select {w['select']:.0f}, overhead {w['overhead']:.0f})")
+
+
+def tag_manifest(run_dir: Path) -> None:
+    """Add each manifest row's `source` ("real", or the job that generated it, from
+    data/provenance), so the manifest counts real and synthetic rows apart."""
+    folder = run_dir / "data" / PROVENANCE_DIR
+    if not folder.is_dir():
+        return
+    made = pq.read_table(folder, columns=[ID, "source"])
+    order = np.argsort(made[ID].to_numpy(), kind="stable")
+    made_ids = made[ID].to_numpy()[order]
+    tags = made["source"].to_numpy(zero_copy_only=False)[order]
+    manifest = pq.read_table(run_dir / MANIFEST)
+    ids = manifest[ID].to_numpy()
+    at = np.minimum(np.searchsorted(made_ids, ids), max(len(made_ids) - 1, 0))
+    hit = (made_ids[at] == ids) if len(made_ids) else np.zeros(len(ids), bool)
+    source = np.where(hit, tags[at] if len(made_ids) else "", "real")
+    if "source" in manifest.column_names:
+        manifest = manifest.drop_columns(["source"])
+    sink = pa.BufferOutputStream()
+    pq.write_table(manifest.append_column("source", pa.array(source.astype(str))), sink)
+    atomic_write_bytes(run_dir / MANIFEST, sink.getvalue().to_pybytes())
 
 
 def _check_run_dir(run_dir: Path, job: JobConfig, *, resume: bool, overwrite: bool) -> bool:

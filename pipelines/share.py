@@ -118,11 +118,35 @@ class RowStore:
 
 @dataclass
 class Share:
-    """One rank's rows of a split, in file order: ids, labels and the features' store."""
+    """One rank's rows of a split, in file order: ids, labels and the features' store; for a
+    training split with generated rows, which rows those are and the soft targets of those that
+    have one (K floats a generated row, nothing for a real one)."""
 
     ids: np.ndarray
     labels: np.ndarray
     x: RowStore
+    synthetic: np.ndarray | None = None  # bool a row: made by an offline augmentation job
+    soft_rows: np.ndarray | None = None  # ascending positions of the rows with `y_soft`
+    soft: np.ndarray | None = None  # (len(soft_rows), K) float32
+
+    def targets(self, positions: np.ndarray, num_classes: int) -> np.ndarray | None:
+        """(n, K) float32 targets of the rows at `positions`: one-hot labels, a generated row's
+        `y_soft` in its place; None when none of the rows has soft targets (the caller keeps
+        plain cross-entropy on the labels)."""
+        if self.soft_rows is None or not len(self.soft_rows):
+            return None
+        positions = np.asarray(positions, np.int64)
+        at = np.minimum(np.searchsorted(self.soft_rows, positions), len(self.soft_rows) - 1)
+        hit = self.soft_rows[at] == positions
+        if not hit.any():
+            return None
+        out = np.zeros((len(positions), num_classes), np.float32)
+        out[np.arange(len(positions)), self.labels[positions]] = 1.0
+        out[hit] = self.soft[at[hit]]
+        return out
+
+    def count_synthetic(self, positions: np.ndarray) -> int:
+        return 0 if self.synthetic is None else int(self.synthetic[positions].sum())
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -147,9 +171,12 @@ class Share:
 
 
 def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
-               budget_bytes: int, spill_dir: str | None = None, dtype=np.float32) -> Share:
+               budget_bytes: int, spill_dir: str | None = None, dtype=np.float32,
+               provenance_dir: str | Path | None = None) -> Share:
     """Stream a split's Parquet shards once and keep the rows that `rank` owns, their features
-    in the ingested dtype (`dtype`: float32, or uint8 for 8-bit pixels)."""
+    in the ingested dtype (`dtype`: float32, or uint8 for 8-bit pixels); with
+    `provenance_dir` (ingest's generated rows), which of them are generated and their soft
+    targets."""
     files = sorted(Path(split_dir).glob("*.parquet"))
     if not files:
         raise DataError(f"{split_dir}: no Parquet shards (was the data ingested?)")
@@ -168,8 +195,40 @@ def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
             ids.append(batch_ids[mine])
             labels.append(batch.column(LABEL).to_numpy()[mine])
             store.append(x[mine].reshape(-1, *x_shape))
-    return Share(np.concatenate(ids) if ids else np.zeros(0, np.int64),
-                 np.concatenate(labels) if labels else np.zeros(0, np.int64), store.finish())
+    share = Share(np.concatenate(ids) if ids else np.zeros(0, np.int64),
+                  np.concatenate(labels) if labels else np.zeros(0, np.int64), store.finish())
+    if provenance_dir is not None and Path(provenance_dir).is_dir():
+        _add_provenance(share, Path(provenance_dir), seed, rank, world)
+    return share
+
+
+def _add_provenance(share: Share, folder: Path, seed: int, rank: int, world: int) -> None:
+    """Mark the share's generated rows and keep the soft targets of those that have one."""
+    order = np.argsort(share.ids, kind="stable")
+    share.synthetic = np.zeros(len(share), bool)
+    rows, soft = [], []
+    for path in sorted(folder.glob("*.parquet")):
+        f = pq.ParquetFile(path)
+        columns = [c for c in (ID, "y_soft") if c in f.schema_arrow.names]
+        for batch in f.iter_batches(batch_size=_READ_ROWS, columns=columns):
+            batch_ids = batch.column(ID).to_numpy()
+            mine = owner(batch_ids, seed, world) == rank
+            at = np.searchsorted(share.ids, batch_ids[mine], sorter=order)
+            at = np.minimum(at, max(len(order) - 1, 0))
+            found = (share.ids[order[at]] == batch_ids[mine]) if len(order) else at < 0
+            pos = order[at[found]]  # rows a long-tail cut took out are not in the share
+            share.synthetic[pos] = True
+            if "y_soft" in columns:
+                col = batch.column("y_soft")
+                storage = col.storage if hasattr(col, "storage") else col
+                values = storage.flatten().to_numpy(zero_copy_only=False)
+                k = len(values) // max(len(batch_ids), 1)
+                rows.append(pos)
+                soft.append(values.reshape(len(batch_ids), k)[mine][found].astype(np.float32))
+    if rows:
+        pos = np.concatenate(rows)
+        by = np.argsort(pos, kind="stable")
+        share.soft_rows, share.soft = pos[by], np.concatenate(soft)[by]
 
 
 def _flat_values(column, path: Path, width: int, dtype: np.dtype) -> np.ndarray:

@@ -30,6 +30,7 @@ from operators.contract import X, DataError, data_errors, require_columns
 from .config import ConfigError, SourceConfig
 
 SPLITS = ("train", "val", "test")
+PROVENANCE = ("source", "parent_ids", "y_soft")  # what the offline augmentation jobs add
 CHUNK_BYTES = 64 << 20  # a chunk's feature bytes stay below this, whatever `chunk_rows` says
 MNIST1D_SEED = 42  # the package's own seed: the standard MNIST-1D, whatever the job's seed is
 MNIST1D_PART = 60000  # the standard set's size; larger sizes are parts of it with seeds 43, ...
@@ -242,11 +243,13 @@ def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows:
                    row_groups: list[int] | None = None, first_row: int = 0,
                    keep_rest: bool = False):
     """The file's rows (or those of `row_groups`, whose first row is `first_row` of the file)
-    as Chunks; a missing label or feature column gives None there, `keep_rest` keeps the
-    other columns in `rest` (the batch jobs pass them through)."""
+    as Chunks; a missing label or feature column gives None there. `rest` holds the
+    provenance columns of generated rows (`PROVENANCE`), or with `keep_rest` every other
+    column (the batch jobs pass them through)."""
     names = pf.schema_arrow.names
     wanted = [cfg.label_column, cfg.feature_column, cfg.id_column, cfg.split_column]
-    columns = None if keep_rest else [c for c in dict.fromkeys(wanted) if c in names]
+    columns = None if keep_rest else [c for c in dict.fromkeys(wanted + list(PROVENANCE))
+                                      if c in names]
     md = pf.metadata
     row_bytes = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
     rows = _rows_per_chunk(row_bytes / max(md.num_rows, 1), chunk_rows)
@@ -255,7 +258,7 @@ def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows:
         if not batch.num_rows:
             continue
         has = batch.schema.names
-        rest = [c for c in has if c not in wanted] if keep_rest else []
+        rest = [c for c in has if c not in wanted]
         yield Chunk(
             label=_numbers(batch.column(cfg.label_column), f"{path}: source.label_column "
                            f"{cfg.label_column!r}") if cfg.label_column in has else None,
@@ -267,7 +270,7 @@ def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows:
                         f"{cfg.id_column!r}") if cfg.id_column in has else None,
             split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
                            f"{cfg.split_column!r}") if cfg.split_column in has else None,
-            rest=batch.select(rest) if keep_rest else None)
+            rest=batch.select(rest) if rest else None)
         start += batch.num_rows
 
 

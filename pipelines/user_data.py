@@ -137,7 +137,7 @@ def _read_piece(piece, src: str, columns: Columns, rows_per_batch: int):
                 out[LABEL] = pa.array(labels, pa.int64())
             if x is not None:
                 out[X] = ArrowTensorArray.from_numpy(np.ascontiguousarray(x))
-            for name in chunk.rest.schema.names:
+            for name in chunk.rest.schema.names if chunk.rest is not None else ():
                 if name in out:
                     raise DataError(f"{p['path']}: column {name!r} is there beside the column "
                                     f"named as the contract's {name!r}; rename one of them")

@@ -170,3 +170,16 @@ def test_bad_input_is_named(ray_session, tmp_path, capsys):
                          capsys.readouterr().err)
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.name in "abdfg"]
     assert leftovers == []  # nothing half written
+
+
+def test_chained_jobs_keep_the_provenance_of_earlier_rows(ray_session, tmp_path, capsys):
+    src, x = _six(tmp_path)
+    _run("augment", src, tmp_path / "aug", "--transforms", "flip", *OPTS)
+    _run("mixup", tmp_path / "aug", tmp_path / "mixed", "--num-classes", 6)
+    assert capsys.readouterr().out.strip().endswith(
+        f"6 real, 6 augment, 12 mixup -> {tmp_path / 'mixed'}")
+    rows = {r[ID]: r for r in _rows(tmp_path / "mixed")}
+    assert list(rows[STRIDE + 2]["parent_ids"]) == [2] and rows[STRIDE + 2]["source"] == "augment"
+    mixed = [r for r in rows.values() if r["source"] == "mixup"]
+    assert min(r[ID] for r in mixed) == 2 * STRIDE  # the stride now 2**33: clear of STRIDE + 5
+    assert len({r[ID] for r in rows.values()}) == 24

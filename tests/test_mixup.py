@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from operators.augment import IdScheme
 from operators.contract import ID, LABEL, X, DataError, from_columns
+from operators.cluster import share_out
 from operators.mixup import (CutMix, Mixup, SamplePairing, _smote_group, cycle_partners, mix,
-                             mix_dataset, smooth_labels, smote, smote_dataset, soft_cross_entropy)
+                             mix_dataset, smooth_labels, smote, smote_blocks, smote_dataset,
+                             soft_cross_entropy)
 
 
 def gen(seed=0):
@@ -162,15 +164,53 @@ def test_smote_job_brings_minority_classes_up_to_the_target(ray_session):
 
 def test_smote_group_targets_row_order_and_a_class_of_one_row():
     scheme = IdScheme(offset=100, stride=100)
+    one_block = np.array([1, 1, 1])
     three = {ID: np.array([7, 3, 5]), LABEL: np.array([1, 1, 1]),
              X: np.arange(6, dtype=np.float32).reshape(3, 1, 2)}
-    made = _smote_group(three, target={1: 5}, k=2, seed=0, ids=scheme, num_classes=2)
+    made = _smote_group(three, quota={(1, 0): 2}, k=2, seed=0, ids=scheme, num_classes=2,
+                        blocks_per_class=one_block)
     assert made.num_rows == 2
     shuffled = {key: value[[2, 0, 1]] for key, value in three.items()}
-    assert _smote_group(shuffled, target={1: 5}, k=2, seed=0, ids=scheme,
-                        num_classes=2).equals(made)  # the group's row order does not matter
-    assert _smote_group(three, target={0: 9}, k=2, seed=0, ids=scheme, num_classes=2).num_rows == 0
+    assert _smote_group(shuffled, quota={(1, 0): 2}, k=2, seed=0, ids=scheme, num_classes=2,
+                        blocks_per_class=one_block).equals(made)  # row order does not matter
+    assert _smote_group(three, quota={}, k=2, seed=0, ids=scheme, num_classes=2,
+                        blocks_per_class=one_block).num_rows == 0
     one = {ID: np.array([50]), LABEL: np.array([2]), X: np.zeros((1, 1, 2), np.float32)}
     with pytest.raises(DataError, match="class 2 has only id 50"):
-        _smote_group(one, target=3, k=2, seed=0, ids=scheme, num_classes=None)
-    assert _smote_group(one, target=1, k=2, seed=0, ids=scheme, num_classes=None).num_rows == 0
+        _smote_group(one, quota={(2, 0): 2}, k=2, seed=0, ids=scheme, num_classes=None,
+                     blocks_per_class=one_block)
+    assert _smote_group(one, quota={}, k=2, seed=0, ids=scheme, num_classes=None,
+                        blocks_per_class=one_block).num_rows == 0
+
+
+def test_smote_in_blocks_of_a_class_finds_neighbours_within_the_block(ray_session):
+    # Class 0: 10 rows at 0, 1, 4, 9, ... (i^2), cut into ceil(10 / 4) = 3 blocks by the
+    # hash of the id (seed 2: blocks of 3, 3 and 4 rows); class 1 gets no rows and is dropped.
+    ids = np.arange(22, dtype=np.int64)
+    labels = np.array([0] * 10 + [1] * 12)
+    x = np.zeros((22, 1, 2), np.float32)
+    x[:, 0, 0] = ids.astype(np.float32) ** 2
+    ds = from_columns({ID: ids, LABEL: labels, X: x}, rows_per_block=5)
+    scheme = IdScheme(offset=1000, stride=100)
+    rows = smote_dataset(ds, seed=2, ids=scheme, target={0: 25}, k=1, block_rows=4).take_all()
+    block = smote_blocks(ids[:10], labels[:10], np.array([3, 0]), 2)
+    sizes = np.bincount(block, minlength=3)
+    assert sizes.tolist() == [3, 3, 4]
+    quota = share_out(15, sizes)  # 15 new rows shared out 4.5 : 4.5 : 6 -> 5, 4, 6
+    assert quota.tolist() == [5, 4, 6]
+    assert len(rows) == 15 and {r[LABEL] for r in rows} == {0}
+    made = np.zeros(3, int)
+    for r in rows:
+        a, nb = r["parent_ids"]
+        mates = np.flatnonzero(block == block[a])
+        others = mates[mates != a]
+        assert nb == others[np.argmin(np.abs(others ** 2 - a ** 2))]  # nearest in the block
+        u = (r[X][0, 0] - a ** 2) / (nb ** 2 - a ** 2)
+        assert 0 <= u < 1
+        made[block[a]] += 1
+    assert made.tolist() == quota.tolist()
+    assert len({r[ID] for r in rows}) == 15
+    again = smote_dataset(ds, seed=2, ids=scheme, target={0: 25}, k=1, block_rows=4).take_all()
+    key = lambda r: r[ID]  # noqa: E731
+    assert [(r[ID], list(r["parent_ids"])) for r in sorted(rows, key=key)] == \
+           [(r[ID], list(r["parent_ids"])) for r in sorted(again, key=key)]
