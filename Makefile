@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test cluster-check install clean fashion-mnist
+.PHONY: demo test lint cluster-check install clean fashion-mnist
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
+
+# ruff (pyproject.toml): the linter, and the formatter in check mode.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The README's cluster path for real: a local two-node Ray cluster, a job submitted through
 # the job API with this checkout as its working directory (about a minute).

@@ -6,6 +6,7 @@ directory, and checks the job's summary and that the two training workers ran on
 It also validates cluster.yaml against the cluster-config schema Ray ships. Run by
 `make cluster-check`, which `.ci/run` calls.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,16 +54,36 @@ def start_cluster(temp: Path, env: dict) -> tuple[str, str]:
     def node_args() -> list[str]:
         # Each node's agents on ports of their own: the defaults (52365, ...) are taken by
         # any other Ray on this machine, and a job agent that cannot bind takes no jobs.
-        return ["--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000",
-                "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}",
-                f"--dashboard-agent-grpc-port={free_port()}",
-                f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        return [
+            "--num-cpus=1",
+            "--num-gpus=0",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
 
-    ray_cli("start", "--head", f"--port={port}", f"--dashboard-port={dash}",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
-            '--resources={"head_node": 1}', *node_args(), env=env)
-    ray_cli("start", f"--address=127.0.0.1:{port}", '--resources={"second_node": 1}',
-            *node_args(), env=env)
+    ray_cli(
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--temp-dir={temp}",
+        '--resources={"head_node": 1}',
+        *node_args(),
+        env=env,
+    )
+    ray_cli(
+        "start",
+        f"--address=127.0.0.1:{port}",
+        '--resources={"second_node": 1}',
+        *node_args(),
+        env=env,
+    )
     return f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
 
 
@@ -84,7 +105,8 @@ def submit(dashboard: str, run_dir: Path) -> None:
         try:
             job_id = client.submit_job(
                 entrypoint=f"raysift run {JOB} --set run_dir={run_dir}",
-                runtime_env={"working_dir": str(ROOT), "excludes": ["runs"]})
+                runtime_env={"working_dir": str(ROOT), "excludes": ["runs"]},
+            )
             break
         except RuntimeError as e:
             if "No available agent" not in str(e) or time.monotonic() > agent_deadline:
@@ -92,8 +114,9 @@ def submit(dashboard: str, run_dir: Path) -> None:
             time.sleep(3)
     print(f"submitted {job_id}: raysift run {JOB}")
     deadline = time.monotonic() + TIMEOUT_S
-    while (status := client.get_job_status(job_id)) not in JobStatus.__members__.values() or \
-            not status.is_terminal():
+    while (
+        status := client.get_job_status(job_id)
+    ) not in JobStatus.__members__.values() or not status.is_terminal():
         if time.monotonic() > deadline:
             client.stop_job(job_id)
             sys.exit(f"cluster check: the job ran past {TIMEOUT_S} s")
@@ -108,8 +131,13 @@ def worker_nodes(address: str) -> set[str]:
     """The nodes that hosted Ray Train's training-worker actors (dead ones included)."""
     from ray.util.state import list_actors
 
-    actors = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker")],
-                         detail=True, limit=1000, raise_on_missing_output=False)
+    actors = list_actors(
+        address=address,
+        filters=[("class_name", "=", "RayTrainWorker")],
+        detail=True,
+        limit=1000,
+        raise_on_missing_output=False,
+    )
     return {a.node_id for a in actors}
 
 
@@ -135,14 +163,18 @@ def main() -> int:
         submit(dashboard, temp / "run")
         summary = json.loads((temp / "run" / "summary.json").read_text())
         nodes, used = cluster_nodes(address), worker_nodes(address)
-        print(f"summary: strategy {summary['strategy']}, test accuracy "
-              f"{summary['test_accuracy']:.4f}; training workers on {len(used)} of "
-              f"{len(nodes)} nodes")
+        print(
+            f"summary: strategy {summary['strategy']}, test accuracy "
+            f"{summary['test_accuracy']:.4f}; training workers on {len(used)} of "
+            f"{len(nodes)} nodes"
+        )
         if summary["strategy"] != "m2" or summary["test_accuracy"] < 0.8:
             sys.exit(f"cluster check: unexpected summary {summary}")
         if len(nodes) != 2 or used != nodes:
-            sys.exit(f"cluster check: training workers ran on {sorted(used)}, the cluster's "
-                     f"nodes are {sorted(nodes)}")
+            sys.exit(
+                f"cluster check: training workers ran on {sorted(used)}, the cluster's "
+                f"nodes are {sorted(nodes)}"
+            )
         print("cluster check: passed")
         return 0
     finally:

@@ -8,6 +8,7 @@ again as float32 in [0, 1] (what the ingest wrote before), then reads each train
 rank 0 of 2 workers fills its share (`pipelines.share.read_share`, everything in memory): bytes
 on disk, the share's bytes in memory and the median read time of `--repeats`, with the ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 import numpy as np
+import pyarrow.parquet as pq
 from ray.data.extensions import ArrowTensorArray
 
 from operators.contract import X, as_float
@@ -33,8 +33,9 @@ def as_float32_copy(src: Path, dst: Path) -> None:
     for shard in sorted(src.glob("*.parquet")):
         table = pq.read_table(shard)
         floats = ArrowTensorArray.from_numpy(as_float(table.column(X).combine_chunks().to_numpy()))
-        pq.write_table(table.set_column(table.schema.get_field_index(X), X, floats),
-                       dst / shard.name)
+        pq.write_table(
+            table.set_column(table.schema.get_field_index(X), X, floats), dst / shard.name
+        )
 
 
 def read_seconds(folder: Path, x_shape, dtype) -> tuple[float, int]:
@@ -59,22 +60,27 @@ def main() -> None:
         info = ingest(job.source, job.seed, data)
         floats = Path(tmp) / "train-float32"
         as_float32_copy(data / "train", floats)
-        folders = {"uint8 (now)": (data / "train", np.uint8),
-                   "float32 (before)": (floats, np.float32)}
+        folders = {
+            "uint8 (now)": (data / "train", np.uint8),
+            "float32 (before)": (floats, np.float32),
+        }
         rows = {}
         for name, (folder, dtype) in folders.items():
             reads = [read_seconds(folder, info.x_shape, dtype) for _ in range(args.repeats)]
-            rows[name] = (folder_bytes(folder), reads[0][1],
-                          statistics.median(r[0] for r in reads))
-    print(f"{job.name}: train split, {info.counts['train']:,} rows of x {tuple(info.x_shape)}; "
-          f"rank 0's share of 2 read, median of {args.repeats}")
+            rows[name] = (folder_bytes(folder), reads[0][1], statistics.median(r[0] for r in reads))
+    print(
+        f"{job.name}: train split, {info.counts['train']:,} rows of x {tuple(info.x_shape)}; "
+        f"rank 0's share of 2 read, median of {args.repeats}"
+    )
     print(f"| {'rows stored as':<16} | {'MB on disk':>10} | {'share MB':>8} | {'read s':>6} |")
     print(f"| {'-' * 16} | {'-' * 10}:| {'-' * 8}:| {'-' * 6}:|")
     for name, (size, held, seconds) in rows.items():
         print(f"| {name:<16} | {size / 2**20:>10.1f} | {held / 2**20:>8.1f} | {seconds:>6.2f} |")
     (d8, m8, s8), (d32, m32, s32) = rows.values()
-    print(f"float32 / uint8: {d32 / d8:.2f}x on disk, {m32 / m8:.2f}x in a share, "
-          f"{s32 / s8:.2f}x the read time")
+    print(
+        f"float32 / uint8: {d32 / d8:.2f}x on disk, {m32 / m8:.2f}x in a share, "
+        f"{s32 / s8:.2f}x the read time"
+    )
 
 
 if __name__ == "__main__":

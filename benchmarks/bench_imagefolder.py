@@ -8,6 +8,7 @@ pixels (what the reader did before), and `read_imagefolder`'s chunks (Ray Data t
 headers, then for the pixels, in path order). Prints the median seconds of `--repeats` and the
 ratio. On 2 cores the ceiling is 2x, less Ray Data's start-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,17 @@ def write_images(root: Path, n: int, size: int) -> None:
         folder = root / f"class{i % 10}"
         folder.mkdir(exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8), mode="L").save(
-            folder / f"{i:07d}.png")
+            folder / f"{i:07d}.png"
+        )
 
 
 def one_process(root: Path) -> int:
     """Headers, then pixels, of every image in one process (the former reader's work)."""
     paths = sorted(root.glob("*/*.png"))
+    modes = set()
     for p in paths:
         with Image.open(p) as img:
-            img.mode, img.size
+            modes.add((img.mode, img.size))
     return len(np.stack([np.asarray(Image.open(p).convert("L"))[None] for p in paths]))
 
 
@@ -65,8 +68,10 @@ def main() -> None:
                 assert read(root) == args.images
                 seconds[name].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in seconds.items()}
-    print(f"{args.images} images {args.size}x{args.size}, {int(ray.cluster_resources()['CPU'])} "
-          f"CPUs, median of {args.repeats}")
+    print(
+        f"{args.images} images {args.size}x{args.size}, {int(ray.cluster_resources()['CPU'])} "
+        f"CPUs, median of {args.repeats}"
+    )
     print(f"{'reader':<12} {'seconds':>8} {'images/s':>9}")
     for name, s in med.items():
         print(f"{name:<12} {s:>8.2f} {args.images / s:>9.0f}")

@@ -14,6 +14,7 @@ the full data relative to it (the target: within 1%).
 store capped at `--object-store-mb`, far below the data's size; the table reports the driver's
 peak resident memory, which stays bounded because every pass streams.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def full_inertia(x: np.ndarray, c: np.ndarray) -> float:
     c = c.astype(np.float64)
     total = 0.0
     for s in range(0, len(x), CHUNK):
-        part = x[s:s + CHUNK].astype(np.float64)
+        part = x[s : s + CHUNK].astype(np.float64)
         d2 = (part * part).sum(1)[:, None] - 2 * part @ c.T + (c * c).sum(1)[None, :]
         total += float(np.maximum(d2.min(1), 0).sum())
     return total
@@ -74,37 +75,48 @@ def compare(args) -> None:
     means = centres(args.k, args.d, args.seed)
     x = blobs(args.n, means, args.seed)
     rng = np.random.default_rng(args.seed)
-    init = kmeans_plusplus(x[rng.choice(len(x), min(10_000, len(x)), replace=False)]
-                           .astype(np.float64), args.k, rng)
+    init = kmeans_plusplus(
+        x[rng.choice(len(x), min(10_000, len(x)), replace=False)].astype(np.float64), args.k, rng
+    )
     blocks = max(1, args.n // args.blocks)
-    ds = from_columns({ID: np.arange(args.n, dtype=np.int64), X: x},
-                      rows_per_block=blocks).materialize()
+    ds = from_columns(
+        {ID: np.arange(args.n, dtype=np.int64), X: x}, rows_per_block=blocks
+    ).materialize()
     mini = max(args.k, args.n // 10)
     runs = {
-        "Ray KMeans (Lloyd)": lambda: KMeans(args.k, init=init, max_iter=args.max_iter,
-                                             tol=args.tol).fit(ds),
+        "Ray KMeans (Lloyd)": lambda: KMeans(
+            args.k, init=init, max_iter=args.max_iter, tol=args.tol
+        ).fit(ds),
         f"Ray KMeans (mini-batch {mini:,})": lambda: KMeans(
-            args.k, init=init, max_iter=args.max_iter, tol=args.tol, mini_batch=mini).fit(ds),
+            args.k, init=init, max_iter=args.max_iter, tol=args.tol, mini_batch=mini
+        ).fit(ds),
         "sklearn KMeans (n_init=1)": lambda: SkKMeans(
-            args.k, init=init, n_init=1, max_iter=args.max_iter, tol=args.tol,
-            algorithm="lloyd").fit(x),
+            args.k, init=init, n_init=1, max_iter=args.max_iter, tol=args.tol, algorithm="lloyd"
+        ).fit(x),
         "sklearn MiniBatchKMeans": lambda: MiniBatchKMeans(
-            args.k, init=init, n_init=1, max_iter=args.max_iter, random_state=args.seed).fit(x),
+            args.k, init=init, n_init=1, max_iter=args.max_iter, random_state=args.seed
+        ).fit(x),
     }
     rows = []
     for name, fit in runs.items():
         seconds, model = timed(fit, args.repeats)
         rows.append((name, seconds, model.n_iter_, full_inertia(x, model.cluster_centers_)))
     ref_s, ref_inertia = rows[2][1], rows[2][3]
-    print(f"\nk-means on {args.n:,} x {args.d} float32, k={args.k}, same k-means++ start, "
-          f"max_iter={args.max_iter}, tol={args.tol}; Ray on {args.cpus} CPUs ({args.blocks} "
-          f"blocks), scikit-learn on {os.cpu_count()} threads; median of {args.repeats} fits; "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
-    print(f"{'':34s} {'median s':>9s} {'vs sklearn':>10s} {'steps':>6s} {'inertia':>14s} "
-          f"{'vs sklearn':>11s}")
+    print(
+        f"\nk-means on {args.n:,} x {args.d} float32, k={args.k}, same k-means++ start, "
+        f"max_iter={args.max_iter}, tol={args.tol}; Ray on {args.cpus} CPUs ({args.blocks} "
+        f"blocks), scikit-learn on {os.cpu_count()} threads; median of {args.repeats} fits; "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'':34s} {'median s':>9s} {'vs sklearn':>10s} {'steps':>6s} {'inertia':>14s} "
+        f"{'vs sklearn':>11s}"
+    )
     for name, seconds, steps, inertia in rows:
-        print(f"{name:34s} {seconds:9.2f} {seconds / ref_s:9.2f}x {steps:6d} {inertia:14.6g} "
-              f"{(inertia / ref_inertia - 1) * 100:+10.3f}%")
+        print(
+            f"{name:34s} {seconds:9.2f} {seconds / ref_s:9.2f}x {steps:6d} {inertia:14.6g} "
+            f"{(inertia / ref_inertia - 1) * 100:+10.3f}%"
+        )
 
 
 def _generate(batch: dict, n: int, means: np.ndarray, seed: int) -> dict:
@@ -123,26 +135,34 @@ def stream(args) -> None:
     shutil.rmtree(path, ignore_errors=True)
     chunks = -(-args.n // CHUNK)
     ray.data.range(chunks, override_num_blocks=chunks).map_batches(
-        _generate, fn_kwargs={"n": args.n, "means": means, "seed": args.seed},
-        batch_size=1, batch_format="numpy").write_parquet(path)
+        _generate,
+        fn_kwargs={"n": args.n, "means": means, "seed": args.seed},
+        batch_size=1,
+        batch_format="numpy",
+    ).write_parquet(path)
     on_disk = sum(e.stat().st_size for e in os.scandir(path)) / 2**20
     before = peak_rss_mib()
     begin = time.perf_counter()
     km = KMeans(args.k, max_iter=args.max_iter, tol=args.tol, seed=args.seed).fit(
-        ray.data.read_parquet(path))
+        ray.data.read_parquet(path)
+    )
     seconds = time.perf_counter() - begin
     data_mib = args.n * args.d * 4 / 2**20
-    print(f"\nstreaming k-means: {args.n:,} x {args.d} float32 ({data_mib:,.0f} MiB in memory, "
-          f"{on_disk:,.0f} MiB Parquet), k={args.k}, object store capped at "
-          f"{args.object_store_mb} MiB, Ray on {args.cpus} CPUs; "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nstreaming k-means: {args.n:,} x {args.d} float32 ({data_mib:,.0f} MiB in memory, "
+        f"{on_disk:,.0f} MiB Parquet), k={args.k}, object store capped at "
+        f"{args.object_store_mb} MiB, Ray on {args.cpus} CPUs; "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'data / object store':>26s} {data_mib / args.object_store_mb:10.1f}x")
     print(f"{'fit wall time':>26s} {seconds:10.1f} s ({km.n_iter_} Lloyd steps + sample + final)")
     print(f"{'inertia / row':>26s} {km.inertia_ / args.n:10.3f}")
     after = peak_rss_mib()
     print(f"{'driver peak RSS before fit':>26s} {before:10.0f} MiB")
-    print(f"{'driver peak RSS after fit':>26s} {after:10.0f} MiB (+{after - before:.0f} MiB, "
-          f"{(after - before) / data_mib:.3f}x the data)")
+    print(
+        f"{'driver peak RSS after fit':>26s} {after:10.0f} MiB (+{after - before:.0f} MiB, "
+        f"{(after - before) / data_mib:.3f}x the data)"
+    )
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -154,20 +174,36 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=100, help="default 100")
     parser.add_argument("--tol", type=float, default=1e-4, help="default 1e-4")
     parser.add_argument("--repeats", type=int, default=3, help="fits of each (default 3)")
-    parser.add_argument("--blocks", type=int, default=4,
-                        help="Dataset blocks (default 4: two tasks per CPU per pass)")
+    parser.add_argument(
+        "--blocks",
+        type=int,
+        default=4,
+        help="Dataset blocks (default 4: two tasks per CPU per pass)",
+    )
     parser.add_argument("--cpus", type=int, default=2, help="Ray CPUs (default 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stream", action="store_true",
-                        help="fit from Parquet with a small object store instead")
-    parser.add_argument("--object-store-mb", type=int, default=128,
-                        help="object store size for --stream (default 128)")
-    parser.add_argument("--reservation", action="store_true",
-                        help="keep Ray Data's per-operator CPU reservation (on 2 CPUs it runs "
-                             "one task at a time; off by default here)")
+    parser.add_argument(
+        "--stream", action="store_true", help="fit from Parquet with a small object store instead"
+    )
+    parser.add_argument(
+        "--object-store-mb",
+        type=int,
+        default=128,
+        help="object store size for --stream (default 128)",
+    )
+    parser.add_argument(
+        "--reservation",
+        action="store_true",
+        help="keep Ray Data's per-operator CPU reservation (on 2 CPUs it runs "
+        "one task at a time; off by default here)",
+    )
     args = parser.parse_args()
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-             object_store_memory=args.object_store_mb * 2**20 if args.stream else None)
+    ray.init(
+        num_cpus=args.cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=args.object_store_mb * 2**20 if args.stream else None,
+    )
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.op_resource_reservation_enabled = args.reservation

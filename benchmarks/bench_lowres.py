@@ -35,6 +35,7 @@ by `pipelines.ingest`; no run is a `TorchTrainer.fit` (hundreds of fits of a few
     .venv/bin/python benchmarks/bench_lowres.py --sweep 0.1:0.3:hidden:1,2:none:1:3 ...
         # advmix_new settings gamma:bound:layer:steps against hidden mixup, validation and test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,20 +69,51 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 # first mixable layer, `hidden` the input of the last stage (the embedding the classifier reads),
 # `moex` the input of stage 1 (after the first convolution, or the word vectors).
 DATASETS = {
-    "mnist1d": {"job": {"source": {"kind": "mnist1d", "num_samples": 5000},
-                        "model": {"name": "cnn1d"}}, "input": 0, "hidden": 5},
-    "digits": {"job": {"source": {"kind": "digits"}, "model": {"name": "cnn2d"}},
-               "input": 0, "hidden": 4},
-    "reviews": {"job": {"source": {"kind": "text", "max_len": 48},
-                        "model": {"name": "textcnn",
-                                  "kwargs": {"word_vectors": "glove-6b-50d", "channels": 32}}},
-                "input": 1, "hidden": 2, "text": True},
-    "fashion": {"job": {"source": {"kind": "idx", "path": FASHION},
-                        "model": {"name": "cnn2d", "kwargs": {"channels": 16, "hidden": 64}}},
-                "input": 0, "hidden": 4, "val_rows": 1000, "test_rows": 2000},
+    "mnist1d": {
+        "job": {"source": {"kind": "mnist1d", "num_samples": 5000}, "model": {"name": "cnn1d"}},
+        "input": 0,
+        "hidden": 5,
+    },
+    "digits": {
+        "job": {"source": {"kind": "digits"}, "model": {"name": "cnn2d"}},
+        "input": 0,
+        "hidden": 4,
+    },
+    "reviews": {
+        "job": {
+            "source": {"kind": "text", "max_len": 48},
+            "model": {
+                "name": "textcnn",
+                "kwargs": {"word_vectors": "glove-6b-50d", "channels": 32},
+            },
+        },
+        "input": 1,
+        "hidden": 2,
+        "text": True,
+    },
+    "fashion": {
+        "job": {
+            "source": {"kind": "idx", "path": FASHION},
+            "model": {"name": "cnn2d", "kwargs": {"channels": 16, "hidden": 64}},
+        },
+        "input": 0,
+        "hidden": 4,
+        "val_rows": 1000,
+        "test_rows": 2000,
+    },
 }
-METHODS = ("none", "mixup", "mixup_hidden", "advmix_old", "advmix_new", "moex", "vae", "gan",
-           "style", "neural")
+METHODS = (
+    "none",
+    "mixup",
+    "mixup_hidden",
+    "advmix_old",
+    "advmix_new",
+    "moex",
+    "vae",
+    "gan",
+    "style",
+    "neural",
+)
 SYNTHETIC = ("vae", "gan", "style")
 NEEDS_REAL_INPUT = ("vae", "gan", "style", "neural")
 
@@ -95,14 +127,21 @@ def job_for(dataset: str, method: str, args, root: Path, data_path: str | None):
     raw["run_dir"] = str(root / dataset)  # its data/ is where load_data ingests
     raw["train"] = {"lr": args.lr, "weight_decay": args.weight_decay, "batch_size": 128}
     hidden = {"layer": spec["hidden"], "alpha": args.alpha}
-    mixup = {"mixup": {"kind": "mixup", "layer": spec["input"], "alpha": args.alpha},
-             "mixup_hidden": {"kind": "mixup", **hidden},
-             "advmix_old": {"kind": "adversarial", **hidden, "gamma": 0.002},
-             "advmix_new": {"kind": "adversarial", **hidden, "ascent": "sample",
-                            "gamma": args.adv_gamma, "bound": args.adv_bound,
-                            "n_steps": args.adv_steps,
-                            **({"layer": args.adv_layer} if args.adv_layer is not None else {})},
-             "moex": {"kind": "moex", "layer": 1, "moex_lambda": 0.9}}.get(method, {})
+    mixup = {
+        "mixup": {"kind": "mixup", "layer": spec["input"], "alpha": args.alpha},
+        "mixup_hidden": {"kind": "mixup", **hidden},
+        "advmix_old": {"kind": "adversarial", **hidden, "gamma": 0.002},
+        "advmix_new": {
+            "kind": "adversarial",
+            **hidden,
+            "ascent": "sample",
+            "gamma": args.adv_gamma,
+            "bound": args.adv_bound,
+            "n_steps": args.adv_steps,
+            **({"layer": args.adv_layer} if args.adv_layer is not None else {}),
+        },
+        "moex": {"kind": "moex", "layer": 1, "moex_lambda": 0.9},
+    }.get(method, {})
     return from_dict({**raw, "mixup": mixup})
 
 
@@ -120,8 +159,11 @@ def load_data(dataset: str, job, root: Path) -> dict:
         labels = np.array(t.column("label").to_numpy(), dtype=np.int64)  # a writable copy
         cap = DATASETS[dataset].get(f"{split}_rows")
         if cap and len(labels) > cap:
-            keep = np.sort(np.random.default_rng(derive_seed(0, split, cap)).choice(
-                len(labels), cap, replace=False))
+            keep = np.sort(
+                np.random.default_rng(derive_seed(0, split, cap)).choice(
+                    len(labels), cap, replace=False
+                )
+            )
             x, labels = x[keep], labels[keep]
         data[split] = (torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(labels))
     return data
@@ -138,7 +180,7 @@ def draw_labelled(labels: torch.Tensor, shots: int, seed: int) -> torch.Tensor:
 @torch.no_grad()
 def accuracy(model, x, y) -> float:
     model.eval()
-    pred = torch.cat([model(x[i:i + 1024]).argmax(1) for i in range(0, len(x), 1024)])
+    pred = torch.cat([model(x[i : i + 1024]).argmax(1) for i in range(0, len(x), 1024)])
     return float((pred == y).double().mean())
 
 
@@ -174,18 +216,19 @@ def fit(job, method: str, data: dict, shots: int, seed: int, args) -> dict:
     if method == "neural":
         augmenter = Augmenter(data["x_shape"])
         params += list(augmenter.parameters())
-    made = synthetic(method, x, y, k, data["x_shape"], args, seed) if method in SYNTHETIC \
-        else None
-    optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=job.train.lr,
-                                  weight_decay=job.train.weight_decay)
+    made = synthetic(method, x, y, k, data["x_shape"], args, seed) if method in SYNTHETIC else None
+    optimizer = torch.optim.AdamW(
+        [p for p in params if p.requires_grad], lr=job.train.lr, weight_decay=job.train.weight_decay
+    )
     batch = job.train.batch_size
     best = {"val": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     for epoch in range(args.epochs):
         model.train()
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(
-            derive_seed(seed, "order", epoch)))
+        order = torch.randperm(
+            len(y), generator=torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+        )
         for step, start in enumerate(range(0, len(y), batch)):
-            b = order[start:start + batch]
+            b = order[start : start + batch]
             g = batch_generator(seed, 0, epoch, step, 0)
             if augmenter is not None:
                 joint_step(augmenter, model, optimizer, x[b], y[b], g)
@@ -206,8 +249,9 @@ def fit(job, method: str, data: dict, shots: int, seed: int, args) -> dict:
     result = {"val": best["val"], "epoch": best["epoch"], "test": accuracy(model, *data["test"])}
     if job.mixup.kind == "adversarial":  # how far the ascent step moves lam, at the chosen weights
         model.train()
-        out = build_mixer(job.mixup)(model, x, F.one_hot(y, k).float(),
-                                     batch_generator(seed, 0, args.epochs, 0, 0))
+        out = build_mixer(job.mixup)(
+            model, x, F.one_hot(y, k).float(), batch_generator(seed, 0, args.epochs, 0, 0)
+        )
         result.update(out.stats())
     result["seconds"] = time.perf_counter() - started  # generators and evaluations included
     return result
@@ -225,26 +269,37 @@ def table(results: list[dict], columns: list[str]) -> str:
     cells = {}
     for r in results:
         cells.setdefault((r["dataset"], r["shots"]), {}).setdefault(r["method"], []).append(r)
-    adversarial = [c for c in columns if c.startswith("advmix")] \
-        if "mixup_hidden" in columns else []
+    adversarial = (
+        [c for c in columns if c.startswith("advmix")] if "mixup_hidden" in columns else []
+    )
     head = ["dataset", "shots", *columns]
     for c in adversarial:
         head += [f"{c} - hidden", f"lam change {c}"]
     head += ["epochs chosen", "wall s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (dataset, shots), by in cells.items():
-        row = [dataset, str(shots)] + [mean_std([r["test"] for r in by[c]]) if c in by else "-"
-                                       for c in columns]
+        row = [dataset, str(shots)] + [
+            mean_std([r["test"] for r in by[c]]) if c in by else "-" for c in columns
+        ]
         for c in adversarial:
             if c not in by or "mixup_hidden" not in by:
                 row += ["-", "-"]
                 continue
             gain = [a["test"] - b["test"] for a, b in zip(by[c], by["mixup_hidden"])]
             row += [mean_std(gain), f"{np.mean([r['lam_change'] for r in by[c]]):.4f}"]
-        row.append(" / ".join(f"{np.mean([r['epoch'] for r in by[c]]):.0f}" if c in by else "-"
-                              for c in columns))
-        row.append(" / ".join(f"{np.mean([r['seconds'] for r in by[c]]):.0f}"
-                              if c in by and "seconds" in by[c][0] else "-" for c in columns))
+        row.append(
+            " / ".join(
+                f"{np.mean([r['epoch'] for r in by[c]]):.0f}" if c in by else "-" for c in columns
+            )
+        )
+        row.append(
+            " / ".join(
+                f"{np.mean([r['seconds'] for r in by[c]]):.0f}"
+                if c in by and "seconds" in by[c][0]
+                else "-"
+                for c in columns
+            )
+        )
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -254,18 +309,24 @@ def sweep_settings(text: str) -> list[dict]:
     settings = []
     for item in text.split(","):
         gamma, bound, layer, steps = item.split(":")
-        settings.append({"adv_gamma": float(gamma),
-                         "adv_bound": None if bound == "none" else float(bound),
-                         "adv_layer": None if layer == "hidden" else int(layer),
-                         "adv_steps": int(steps)})
+        settings.append(
+            {
+                "adv_gamma": float(gamma),
+                "adv_bound": None if bound == "none" else float(bound),
+                "adv_layer": None if layer == "hidden" else int(layer),
+                "adv_steps": int(steps),
+            }
+        )
     return settings
 
 
 def sweep(args, datasets: list[str], shots: list[int]) -> None:
     """Per advmix_new setting and dataset: its paired gain over hidden mixup on validation (what
     a setting is chosen by) and on test, and how far its step moved lam."""
-    lines = ["| gamma | bound | layer | steps | dataset | shots | val gain | test gain | "
-             "lam change |", "|" + " --- |" * 9]
+    lines = [
+        "| gamma | bound | layer | steps | dataset | shots | val gain | test gain | lam change |",
+        "|" + " --- |" * 9,
+    ]
     for dataset in datasets:
         path = str(fetch_reviews()) if dataset == "reviews" else None
         data = load_data(dataset, job_for(dataset, "none", args, args.data, path), args.data)
@@ -276,13 +337,16 @@ def sweep(args, datasets: list[str], shots: list[int]) -> None:
                 a = argparse.Namespace(**{**vars(args), **setting})
                 job = job_for(dataset, "advmix_new", a, args.data, path)
                 runs = [fit(job, "advmix_new", data, n, seed, a) for seed in range(args.seeds)]
-                gains = {k: mean_std([r[k] - b[k] for r, b in zip(runs, base)])
-                         for k in ("val", "test")}
+                gains = {
+                    k: mean_std([r[k] - b[k] for r, b in zip(runs, base)]) for k in ("val", "test")
+                }
                 layer = setting["adv_layer"] if setting["adv_layer"] is not None else "hidden"
-                lines.append(f"| {setting['adv_gamma']:g} | {setting['adv_bound']} | {layer} | "
-                             f"{setting['adv_steps']} | {dataset} | {n} | {gains['val']} | "
-                             f"{gains['test']} | "
-                             f"{np.mean([r['lam_change'] for r in runs]):.3f} |")
+                lines.append(
+                    f"| {setting['adv_gamma']:g} | {setting['adv_bound']} | {layer} | "
+                    f"{setting['adv_steps']} | {dataset} | {n} | {gains['val']} | "
+                    f"{gains['test']} | "
+                    f"{np.mean([r['lam_change'] for r in runs]):.3f} |"
+                )
                 print(lines[-1], file=sys.stderr, flush=True)
     print("\n".join(lines))
 
@@ -299,22 +363,35 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.0001)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--adv-gamma", type=float, default=0.5, help="advmix_new: step size")
-    parser.add_argument("--adv-bound", type=float, default=0.3,
-                        help="advmix_new: largest |lam - lam0|")
+    parser.add_argument(
+        "--adv-bound", type=float, default=0.3, help="advmix_new: largest |lam - lam0|"
+    )
     parser.add_argument("--adv-steps", type=int, default=1, help="advmix_new: ascent steps")
-    parser.add_argument("--adv-layer", type=int, default=None,
-                        help="advmix_new: layer (default: the hidden one)")
+    parser.add_argument(
+        "--adv-layer", type=int, default=None, help="advmix_new: layer (default: the hidden one)"
+    )
     parser.add_argument("--synthetic", type=int, default=20, help="generated rows per class")
     parser.add_argument("--gen-epochs", type=int, default=300, help="VAE / GAN epochs")
     parser.add_argument("--style-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--data", type=Path, default=Path("runs/bench_lowres/data"),
-                        help="ingested datasets are kept here")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=Path("runs/bench_lowres/data"),
+        help="ingested datasets are kept here",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write every run as JSON")
-    parser.add_argument("--sweep", default=None, metavar="G:B:L:S,...",
-                        help="advmix_new settings to compare with hidden mixup (a sweep table)")
-    parser.add_argument("--from-json", default=None,
-                        help="comma-separated JSON files of earlier runs: print their table")
+    parser.add_argument(
+        "--sweep",
+        default=None,
+        metavar="G:B:L:S,...",
+        help="advmix_new settings to compare with hidden mixup (a sweep table)",
+    )
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        help="comma-separated JSON files of earlier runs: print their table",
+    )
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(METHODS))
@@ -345,19 +422,22 @@ def main() -> None:
                 job = job_for(dataset, method, args, args.data, path)
                 for seed in range(args.seeds):
                     r = fit(job, method, data, n, seed, args)
-                    results.append({"dataset": dataset, "shots": n, "method": method,
-                                    "seed": seed, **r})
+                    results.append(
+                        {"dataset": dataset, "shots": n, "method": method, "seed": seed, **r}
+                    )
                 if args.out:  # as it goes: a long run that stops keeps what it measured
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps(results, indent=1))
         print(f"[{dataset}] {time.perf_counter() - t:.0f}s", file=sys.stderr)
     print(table(results, methods))
-    print(f"\n{len(results)} runs, {time.perf_counter() - started:.0f}s; test accuracy % "
-          f"(mean ± std over {args.seeds} seeds); alpha {args.alpha}, {args.epochs} epochs, "
-          f"lr {args.lr}, weight decay {args.weight_decay}; advmix_new gamma {args.adv_gamma}, "
-          f"bound {args.adv_bound}, {args.adv_steps} step(s), layer "
-          f"{args.adv_layer if args.adv_layer is not None else 'hidden'}; "
-          f"{args.synthetic} generated rows per class")
+    print(
+        f"\n{len(results)} runs, {time.perf_counter() - started:.0f}s; test accuracy % "
+        f"(mean ± std over {args.seeds} seeds); alpha {args.alpha}, {args.epochs} epochs, "
+        f"lr {args.lr}, weight decay {args.weight_decay}; advmix_new gamma {args.adv_gamma}, "
+        f"bound {args.adv_bound}, {args.adv_steps} step(s), layer "
+        f"{args.adv_layer if args.adv_layer is not None else 'hidden'}; "
+        f"{args.synthetic} generated rows per class"
+    )
 
 
 if __name__ == "__main__":

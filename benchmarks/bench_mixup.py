@@ -12,6 +12,7 @@ streaming (pipelines/user_data.py's reader, Ray Data's writer). Each run is its 
 Ray (the workers hold the stream). The table gives the median rows/s of `--repeats` runs and
 the ratio to NumPy, measured in this one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +44,13 @@ def make_input(path: Path, n: int, shape: tuple, classes: int = 10) -> None:
         rows = min(65536, n - start)
         rng = np.random.default_rng(start)
         x = rng.random((rows, *shape), dtype=np.float32)
-        table = rows_table(np.arange(start, start + rows), rng.integers(0, classes, rows), x,
-                           "real", np.zeros((rows, 0), np.int64)).select(["id", "label", "x"])
+        table = rows_table(
+            np.arange(start, start + rows),
+            rng.integers(0, classes, rows),
+            x,
+            "real",
+            np.zeros((rows, 0), np.int64),
+        ).select(["id", "label", "x"])
         writer = writer or pq.ParquetWriter(tmp, table.schema)
         writer.write_table(table, row_group_size=16384)
     writer.close()
@@ -65,15 +70,22 @@ def run_numpy(src: Path, dst: Path, seed: int) -> None:
     x = features({"x": table["x"].combine_chunks().to_numpy()})
     k = int(labels.max()) + 1
     eye = np.eye(k, dtype=np.float32)
-    scheme, mixer = IdScheme(2 ** 32), Mixup(1.0)
+    scheme, mixer = IdScheme(2**32), Mixup(1.0)
     writer = None
     for s in range(0, len(ids), BATCH):
         g = block_generator(seed, int(ids[s]), 0, "mixup")
-        xm, ym, partner = mixer.apply(torch.from_numpy(x[s:s + BATCH]),
-                                      torch.from_numpy(eye[labels[s:s + BATCH]]), g)
-        part = ids[s:s + BATCH]
-        out = rows_table(scheme.new_ids(part, 0), ym.numpy().argmax(1), xm.numpy(), "mixup",
-                         np.stack([part, part[partner.numpy()]], 1), ym.numpy())
+        xm, ym, partner = mixer.apply(
+            torch.from_numpy(x[s : s + BATCH]), torch.from_numpy(eye[labels[s : s + BATCH]]), g
+        )
+        part = ids[s : s + BATCH]
+        out = rows_table(
+            scheme.new_ids(part, 0),
+            ym.numpy().argmax(1),
+            xm.numpy(),
+            "mixup",
+            np.stack([part, part[partner.numpy()]], 1),
+            ym.numpy(),
+        )
         writer = writer or pq.ParquetWriter(dst, out.schema)
         writer.write_table(out)
     writer.close()
@@ -85,8 +97,9 @@ def one(method: str, src: str, dst: str, cpus: int, seed: int) -> dict:
         import ray
         from ray.data import DataContext
 
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
         DataContext.get_current().enable_progress_bars = False
         from pipelines.augment_jobs import mixup_job
 
@@ -101,8 +114,10 @@ def one(method: str, src: str, dst: str, cpus: int, seed: int) -> dict:
         Path(dst).mkdir()
         run_numpy(Path(src), Path(dst) / "part-0.parquet", seed)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss // 1024}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
 
 
 def main() -> None:
@@ -130,15 +145,31 @@ def main() -> None:
             dst = work / f"out-{method}-{r}"
             shutil.rmtree(dst, ignore_errors=True)
             out = subprocess.run(
-                [sys.executable, __file__, "--one", method, "--src", str(src), "--dst",
-                 str(dst), "--cpus", str(args.cpus)],
-                cwd=ROOT, capture_output=True, text=True, check=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    method,
+                    "--src",
+                    str(src),
+                    "--dst",
+                    str(dst),
+                    "--cpus",
+                    str(args.cpus),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             results[method].append(json.loads(out.stdout.strip().splitlines()[-1]))
             shutil.rmtree(dst, ignore_errors=True)
     base = statistics.median(args.n / r["seconds"] for r in results["numpy"])
-    print(f"mixup of {args.n:,} x {shape}, batches of {BATCH}, {args.cpus} CPUs for Ray, "
-          f"median of {args.repeats}")
+    print(
+        f"mixup of {args.n:,} x {shape}, batches of {BATCH}, {args.cpus} CPUs for Ray, "
+        f"median of {args.repeats}"
+    )
     print(f"{'method':<28}{'rows/s':>12}{'vs numpy':>10}{'wall s':>9}{'peak RSS MB':>13}")
     for method, label in (("numpy", "NumPy/torch, in memory"), ("ray", "raysift mixup (Ray)")):
         rate = statistics.median(args.n / r["seconds"] for r in results[method])

@@ -11,6 +11,7 @@ Prints the seeds' table (pipelines/seed_report.py: test accuracy, points under `
 and wall time against `full`, the compute and wall time to come within 0.5 points) and writes
 ROOT/seeds.json, ROOT/comparison.md and ROOT/accuracy.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,37 +29,67 @@ from pipelines.seed_report import SEEDS_JSON, seeds_text, write_seeds_report
 BASELINES = ("full", "infobatch", "seta")
 # label -> overrides of the job for an M2 run. The planned knobs are set to null so the budget
 # plans them (the demo job sets them by hand).
-PLANNED_NULL = {"strategy.initial_ratio": None, "strategy.hard_per_round": None,
-                "strategy.reps_per_round": None, "strategy.max_rounds": None,
-                "train.epochs_per_round": None, "train.final_epochs": None}
+PLANNED_NULL = {
+    "strategy.initial_ratio": None,
+    "strategy.hard_per_round": None,
+    "strategy.reps_per_round": None,
+    "strategy.max_rounds": None,
+    "train.epochs_per_round": None,
+    "train.final_epochs": None,
+}
 VARIANTS = {
     "m2": {},
     "m2-plan": {"strategy.budget_fraction": 0.3, **PLANNED_NULL},
-    "m2-all": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
-               "train.lr_schedule": "run_onecycle", "train.final_keep_best": True,
-               "strategy.hard_fill": "margin"},
+    "m2-all": {
+        "strategy.budget_fraction": 0.3,
+        **PLANNED_NULL,
+        "train.lr_schedule": "run_onecycle",
+        "train.final_keep_best": True,
+        "strategy.hard_fill": "margin",
+    },
     # each change alone on top of the plan
-    "m2-plan-sched": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
-                      "train.lr_schedule": "run_onecycle"},
-    "m2-plan-best": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
-                     "train.final_keep_best": True},
-    "m2-plan-fill": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
-                     "strategy.hard_fill": "margin"},
-    "m2-plan-prune": {"strategy.budget_fraction": 0.3, **PLANNED_NULL,
-                      "strategy.round_prune_ratio": 0.3},
+    "m2-plan-sched": {
+        "strategy.budget_fraction": 0.3,
+        **PLANNED_NULL,
+        "train.lr_schedule": "run_onecycle",
+    },
+    "m2-plan-best": {
+        "strategy.budget_fraction": 0.3,
+        **PLANNED_NULL,
+        "train.final_keep_best": True,
+    },
+    "m2-plan-fill": {
+        "strategy.budget_fraction": 0.3,
+        **PLANNED_NULL,
+        "strategy.hard_fill": "margin",
+    },
+    "m2-plan-prune": {
+        "strategy.budget_fraction": 0.3,
+        **PLANNED_NULL,
+        "strategy.round_prune_ratio": 0.3,
+    },
 }
 DEFAULT_VARIANTS = ("m2", "m2-plan", "m2-all")
 
 
-def run_one(job_file: str, overrides: dict, seed: int, strategy: str, label: str,
-            root: Path) -> dict:
+def run_one(
+    job_file: str, overrides: dict, seed: int, strategy: str, label: str, root: Path
+) -> dict:
     run_dir = root / f"seed{seed}" / label
     done = run_dir / SUMMARY
     if done.exists():
         summary = json.loads(done.read_text())
     else:
-        job = load_job(job_file, {**overrides, "seed": seed, "run_dir": str(run_dir),
-                                  "name": f"{label}-s{seed}", "strategy.name": strategy})
+        job = load_job(
+            job_file,
+            {
+                **overrides,
+                "seed": seed,
+                "run_dir": str(run_dir),
+                "name": f"{label}-s{seed}",
+                "strategy.name": strategy,
+            },
+        )
         summary = run_job(job, overwrite=True, echo=lambda *_: None)
     return {**summary, "strategy": label, "seed": seed}
 
@@ -68,8 +99,9 @@ def main() -> None:
     parser.add_argument("--job", default="configs/demo_mnist1d.yaml")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--root", default="runs/bench_seeds")
-    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--baselines", default=",".join(BASELINES))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -83,8 +115,11 @@ def main() -> None:
         mine = []
         for strategy, label, overrides in runs:
             s = run_one(args.job, {**common, **overrides}, seed, strategy, label, root)
-            print(f"seed {seed} {label}: test {s['test_accuracy']:.4f}, compute "
-                  f"{s['compute']:.0f}, wall {s['wall_seconds']['total']:.0f} s", flush=True)
+            print(
+                f"seed {seed} {label}: test {s['test_accuracy']:.4f}, compute "
+                f"{s['compute']:.0f}, wall {s['wall_seconds']['total']:.0f} s",
+                flush=True,
+            )
             mine.append(s)
         write_report(root / f"seed{seed}", mine)
         summaries += mine
@@ -93,8 +128,12 @@ def main() -> None:
     print(seeds_text(summaries))
     plans = {s["strategy"]: s["plan"] for s in summaries if s.get("plan")}
     for label, plan in plans.items():
-        print(f"{label} plan: " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else
-                                            f"{k} {v}" for k, v in plan.items()))
+        print(
+            f"{label} plan: "
+            + ", ".join(
+                f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in plan.items()
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ world 1, the code each Ray Train worker of `raysift transfer` / `raysift adapt` 
 `--prepare` only writes the classifier's meta-model and seed 0's new samples into the cache,
 for the same transfer as a Ray Train job: `raysift transfer configs/transfer_mnist1d.yaml`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,15 @@ from operators.contract import ID, LABEL, X
 from operators.feedback import review
 from pipelines.config import ModelConfig
 from pipelines.detection_eval import mean_ap, predict
-from pipelines.detector import (DETECTOR, DETECTOR_FILE, TinyDetector, detector_gradient_fn,
-                                encode_targets, load_detector, save_detector)
+from pipelines.detector import (
+    DETECTOR,
+    DETECTOR_FILE,
+    TinyDetector,
+    detector_gradient_fn,
+    encode_targets,
+    load_detector,
+    save_detector,
+)
 from pipelines.engine import MODEL_FILE
 from pipelines.history import TARGET, HistoryLibrary, head_gradient_fn
 from pipelines.models import build_model
@@ -63,8 +71,7 @@ from pipelines.transfer_step import CLASSIFIER, count_correct, run_epochs
 NEW_SCENE = {"shear_scale": 2.5, "iid_noise_scale": 0.05, "seed": 7}
 META = {"epochs": 30, "batch_size": 128, "lr": 0.01, "seed": 0}
 MODEL = ModelConfig(name="cnn1d")
-DETECTOR_META = {"width": 32, "epochs": 8, "batch_size": 32, "lr": 0.01, "momentum": 0.9,
-                 "seed": 0}
+DETECTOR_META = {"width": 32, "epochs": 8, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "seed": 0}
 DETECTOR_IMAGES = {"old_train": 2000, "old_test": 500, "new_train": 2000, "new_test": 500}
 
 
@@ -93,8 +100,8 @@ VARIANTS = {
     "replay, joint forward": Variant({"rule": "sum", "joint_forward": True}),
     # ... and together, the classifier's best in a first look (2 seeds)
     "replay, joint, x5, distill 1, history x2": Variant(
-        {"rule": "sum", "joint_forward": True, "distill": 1.0}, library_scale=5,
-        history_ratio=2),
+        {"rule": "sum", "joint_forward": True, "distill": 1.0}, library_scale=5, history_ratio=2
+    ),
 }
 
 
@@ -119,8 +126,12 @@ class Testbed:
     def library(self, variant: Variant) -> HistoryLibrary:
         key = (variant.library_scale, variant.library_rule)
         if key not in self.libraries:
-            lib = HistoryLibrary(self.library_base * variant.library_scale, self.classes,
-                                 variant.library_rule, seed=0)
+            lib = HistoryLibrary(
+                self.library_base * variant.library_scale,
+                self.classes,
+                variant.library_rule,
+                seed=0,
+            )
             self.libraries[key] = lib.update(self.old, self.grad_fn)
         return self.libraries[key]
 
@@ -143,8 +154,10 @@ def mnist1d(cache: Path, **changes) -> dict:
             random.setstate(py_state)
         np.savez(path, x=made["x"], y=made["y"], x_test=made["x_test"], y_test=made["y_test"])
     with np.load(path) as f:
-        return {k: (f[k][:, None, :].astype(np.float32) if k.startswith("x")
-                    else f[k].astype(np.int64)) for k in f.files}
+        return {
+            k: (f[k][:, None, :].astype(np.float32) if k.startswith("x") else f[k].astype(np.int64))
+            for k in f.files
+        }
 
 
 def meta_model(cache: Path, old: dict) -> MetaConfig:
@@ -162,7 +175,7 @@ def meta_model(cache: Path, old: dict) -> MetaConfig:
     for _ in range(META["epochs"]):
         order = torch.randperm(len(y))
         for i in range(0, len(y), META["batch_size"]):
-            idx = order[i:i + META["batch_size"]]
+            idx = order[i : i + META["batch_size"]]
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
@@ -176,8 +189,9 @@ def export_new_scene(cache: Path, new: dict, size: int) -> Path:
     """Seed 0's draw of `size` new samples and the new test split, for the example Ray job."""
     pick = np.random.default_rng(0).choice(len(new["y"]), size, replace=False)
     path = cache / "new_scene.npz"
-    np.savez(path, x=new["x"][pick], label=new["y"][pick], x_test=new["x_test"],
-             label_test=new["y_test"])
+    np.savez(
+        path, x=new["x"][pick], label=new["y"][pick], x_test=new["x_test"], label_test=new["y_test"]
+    )
     return path
 
 
@@ -186,25 +200,43 @@ def classifier_task(cache: Path, args) -> Testbed:
     meta = load_meta(meta_model(cache, old))
 
     def accuracy(data):
-        return lambda model: count_correct(model, data["x_test"], data["y_test"]) / len(
-            data["y_test"])
+        return lambda model: (
+            count_correct(model, data["x_test"], data["y_test"]) / len(data["y_test"])
+        )
 
-    return Testbed("classifier", lambda: load_meta(meta_model(cache, old)), new["x"], new["y"],
-                {"new": accuracy(new), "old": accuracy(old)}, args.per_class, 10,
-                {ID: np.arange(len(old["y"])), LABEL: old["y"], X: old["x"]},
-                head_gradient_fn(meta), CLASSIFIER,
-                {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                 "momentum": args.momentum})
+    return Testbed(
+        "classifier",
+        lambda: load_meta(meta_model(cache, old)),
+        new["x"],
+        new["y"],
+        {"new": accuracy(new), "old": accuracy(old)},
+        args.per_class,
+        10,
+        {ID: np.arange(len(old["y"])), LABEL: old["y"], X: old["x"]},
+        head_gradient_fn(meta),
+        CLASSIFIER,
+        {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "momentum": args.momentum,
+        },
+    )
 
 
 def scene_images(cache: Path, scene: SceneConfig, split: str, n: int) -> tuple:
-    key = hashlib.sha256(json.dumps([dataclasses.asdict(scene), split, n]).encode()
-                         ).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps([dataclasses.asdict(scene), split, n]).encode()).hexdigest()[
+        :12
+    ]
     path = cache / f"scene-{key}.npz"
     if not path.exists():
         images = make_images(scene, split, range(n), seed=0)
-        np.savez(path, x=images.x, boxes=np.concatenate(images.boxes),
-                 counts=[len(b) for b in images.boxes])
+        np.savez(
+            path,
+            x=images.x,
+            boxes=np.concatenate(images.boxes),
+            counts=[len(b) for b in images.boxes],
+        )
     with np.load(path) as f:
         return f["x"], np.split(f["boxes"], np.cumsum(f["counts"])[:-1])
 
@@ -218,9 +250,22 @@ def meta_detector(cache: Path, x: np.ndarray, y: np.ndarray) -> Path:
     m = DETECTOR_META
     torch.manual_seed(m["seed"])
     model = TinyDetector(m["width"])
-    run_epochs(model, x, y, None, TransferTrainConfig(
-        rule="finetune", epochs=m["epochs"], batch_size=m["batch_size"], lr=m["lr"],
-        momentum=m["momentum"]), m["batch_size"], m["seed"], DETECTOR)
+    run_epochs(
+        model,
+        x,
+        y,
+        None,
+        TransferTrainConfig(
+            rule="finetune",
+            epochs=m["epochs"],
+            batch_size=m["batch_size"],
+            lr=m["lr"],
+            momentum=m["momentum"],
+        ),
+        m["batch_size"],
+        m["seed"],
+        DETECTOR,
+    )
     folder.mkdir(parents=True, exist_ok=True)
     save_detector(model, folder)
     saved.write_text(settings)
@@ -231,8 +276,10 @@ def detector_task(cache: Path, args) -> Testbed:
     n = DETECTOR_IMAGES
     old_x, old_boxes = scene_images(cache, SceneConfig(), "train", n["old_train"])
     new_x, new_boxes = scene_images(cache, NewSceneConfig(), "train", n["new_train"])
-    tests = {"old": scene_images(cache, SceneConfig(), "test", n["old_test"]),
-             "new": scene_images(cache, NewSceneConfig(), "test", n["new_test"])}
+    tests = {
+        "old": scene_images(cache, SceneConfig(), "test", n["old_test"]),
+        "new": scene_images(cache, NewSceneConfig(), "test", n["new_test"]),
+    }
     canvas = old_x.shape[-1]
     old_y = np.stack([encode_targets(b, canvas) for b in old_boxes])
     folder = meta_detector(cache, old_x, old_y)
@@ -243,15 +290,31 @@ def detector_task(cache: Path, args) -> Testbed:
         images[checked.category] += 1
         boxes.update(correct=checked.n_correct, missed=checked.n_missed, false=checked.n_false)
         new_y.append(encode_targets(checked.label_boxes, canvas, checked.negative))
-    print(f"detector: the person's check of the meta-detector on {len(new_x)} new images: "
-          f"images {dict(images)}, boxes {dict(boxes)}")
-    return Testbed("detector", lambda: load_detector(folder), new_x, np.stack(new_y),
-                {scene: (lambda x, b: lambda model: mean_ap(model, x, b))(*tests[scene])
-                 for scene in ("new", "old")}, args.detector_library, 1,
-                {ID: np.arange(len(old_x)), LABEL: np.zeros(len(old_x), np.int64), X: old_x,
-                 TARGET: old_y}, detector_gradient_fn(meta), DETECTOR,
-                {"epochs": args.detector_epochs, "batch_size": args.detector_batch_size,
-                 "lr": args.detector_lr, "momentum": args.momentum})
+    print(
+        f"detector: the person's check of the meta-detector on {len(new_x)} new images: "
+        f"images {dict(images)}, boxes {dict(boxes)}"
+    )
+    return Testbed(
+        "detector",
+        lambda: load_detector(folder),
+        new_x,
+        np.stack(new_y),
+        {
+            scene: (lambda x, b: lambda model: mean_ap(model, x, b))(*tests[scene])
+            for scene in ("new", "old")
+        },
+        args.detector_library,
+        1,
+        {ID: np.arange(len(old_x)), LABEL: np.zeros(len(old_x), np.int64), X: old_x, TARGET: old_y},
+        detector_gradient_fn(meta),
+        DETECTOR,
+        {
+            "epochs": args.detector_epochs,
+            "batch_size": args.detector_batch_size,
+            "lr": args.detector_lr,
+            "momentum": args.momentum,
+        },
+    )
 
 
 def run(task: Testbed, variant: Variant, size: int, seed: int) -> tuple[float, float, dict]:
@@ -259,8 +322,16 @@ def run(task: Testbed, variant: Variant, size: int, seed: int) -> tuple[float, f
     model = task.meta()
     train = TransferTrainConfig(**{**task.train, **variant.train})
     library = None if train.rule == "finetune" else task.library(variant)
-    stats = run_epochs(model, task.x_new[pick], task.y_new[pick], library, train,
-                       train.batch_size * variant.history_ratio, seed, task.task)
+    stats = run_epochs(
+        model,
+        task.x_new[pick],
+        task.y_new[pick],
+        library,
+        train,
+        train.batch_size * variant.history_ratio,
+        seed,
+        task.task,
+    )
     return task.test["new"](model), task.test["old"](model), stats
 
 
@@ -273,10 +344,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-                        metavar="VARIANT", help=f"from: {', '.join(VARIANTS)}")
-    parser.add_argument("--models", nargs="+", default=["classifier", "detector"],
-                        choices=["classifier", "detector"])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=VARIANTS,
+        metavar="VARIANT",
+        help=f"from: {', '.join(VARIANTS)}",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["classifier", "detector"],
+        choices=["classifier", "detector"],
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=0.005)
@@ -287,9 +368,12 @@ def main() -> None:
     parser.add_argument("--detector-lr", type=float, default=0.005)
     parser.add_argument("--detector-library", type=int, default=100)
     parser.add_argument("--cache", default="/tmp/raysift-bench-transfer")
-    parser.add_argument("--prepare", action="store_true",
-                        help="only write the classifier's meta-model and new_scene.npz (for "
-                             "configs/transfer_mnist1d.yaml) into the cache, then stop")
+    parser.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only write the classifier's meta-model and new_scene.npz (for "
+        "configs/transfer_mnist1d.yaml) into the cache, then stop",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = Path(args.cache)
@@ -297,8 +381,10 @@ def main() -> None:
     if args.prepare:
         old, new = mnist1d(cache), mnist1d(cache, **NEW_SCENE)
         meta = meta_model(cache, old)
-        print(f"meta-model in {meta.checkpoint}, new scene in "
-              f"{export_new_scene(cache, new, max(args.sizes))}")
+        print(
+            f"meta-model in {meta.checkpoint}, new scene in "
+            f"{export_new_scene(cache, new, max(args.sizes))}"
+        )
         return
 
     builders = {"classifier": classifier_task, "detector": detector_task}
@@ -306,9 +392,12 @@ def main() -> None:
     for task in tasks:
         meta = task.meta()
         task.meta_scores = {scene: score(meta) for scene, score in task.test.items()}
-        print(f"{task.name} meta-model: old scene {task.meta_scores['old']:.3f}, new scene "
-              f"{task.meta_scores['new']:.3f}; {task.train}, library {task.library_base}"
-              f"{' per class' if task.classes > 1 else ''}; seeds {args.seeds}", flush=True)
+        print(
+            f"{task.name} meta-model: old scene {task.meta_scores['old']:.3f}, new scene "
+            f"{task.meta_scores['new']:.3f}; {task.train}, library {task.library_base}"
+            f"{' per class' if task.classes > 1 else ''}; seeds {args.seeds}",
+            flush=True,
+        )
 
     results = {}  # (size, variant, task) -> runs
     for size in args.sizes:
@@ -319,9 +408,11 @@ def main() -> None:
                     runs.append(run(task, VARIANTS[name], size, seed))
                 seconds = (time.perf_counter() - start) / len(args.seeds)
                 results[size, name, task.name] = runs, seconds
-                print(f"{size} | {name} | {task.name} | new {mean_std([r[0] for r in runs])}"
-                      f" | old {mean_std([r[1] for r in runs])} | {seconds:.1f} s/run",
-                      flush=True)
+                print(
+                    f"{size} | {name} | {task.name} | new {mean_std([r[0] for r in runs])}"
+                    f" | old {mean_std([r[1] for r in runs])} | {seconds:.1f} s/run",
+                    flush=True,
+                )
 
     header = ["N new", "variant"]
     for task in tasks:

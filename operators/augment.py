@@ -11,6 +11,7 @@ features may be standardised rather than in [0, 1].
 `IdScheme`, `block_generator`, `rows_table` and `tag_real` are the provenance pieces it shares
 with the mixing operators in mixup.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from .contract import ID, LABEL, X, DataError, check_finite, features, require_columns
+from .contract import ID, LABEL, DataError, X, check_finite, features, require_columns
 
 PADDING_MODES = ("zeros", "border", "reflection")
 LUMA = (0.299, 0.587, 0.114)
@@ -49,14 +50,16 @@ def span(value, name: str, centre: float = 0.0) -> tuple[float, float]:
         low, high = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(
-            f"{name}: expected a number or a (low, high) pair, got {value!r}") from None
+            f"{name}: expected a number or a (low, high) pair, got {value!r}"
+        ) from None
     if low > high:
         raise ValueError(f"{name}: low {low} is above high {high}")
     return low, high
 
 
-def uniform(n: int, bounds: tuple[float, float], generator: torch.Generator,
-            like: torch.Tensor) -> torch.Tensor:
+def uniform(
+    n: int, bounds: tuple[float, float], generator: torch.Generator, like: torch.Tensor
+) -> torch.Tensor:
     """n draws from U[low, high) made on the generator's device, returned on `like`'s."""
     low, high = bounds
     u = torch.rand(n, generator=generator, device=generator.device)
@@ -97,7 +100,7 @@ def box_mask(shape: tuple[int, ...], start: torch.Tensor, size: torch.Tensor) ->
     mask = torch.ones((n, *shape), dtype=torch.bool, device=start.device)
     for j, length in enumerate(shape):
         pos = torch.arange(length, device=start.device)
-        inside = (pos >= start[:, j:j + 1]) & (pos < (start[:, j] + size[:, j])[:, None])
+        inside = (pos >= start[:, j : j + 1]) & (pos < (start[:, j] + size[:, j])[:, None])
         view = [n] + [1] * d
         view[1 + j] = length
         mask = mask & inside.view(view)
@@ -125,8 +128,9 @@ class Flip:
         dims = spatial_dims(x)
         if self.axis == "vertical":
             if dims != 2:
-                raise ValueError("flip: axis 'vertical' needs images (N, C, H, W), "
-                                 f"got {tuple(x.shape)}")
+                raise ValueError(
+                    f"flip: axis 'vertical' needs images (N, C, H, W), got {tuple(x.shape)}"
+                )
             return x.flip(-2)
         return x.flip(-1)
 
@@ -309,8 +313,9 @@ class Hue:
         cos, sin = a.cos()[:, None, None], a.sin()[:, None, None]
         eye = torch.eye(3, dtype=x.dtype, device=x.device)
         k = torch.full((3, 3), 1 / 3, dtype=x.dtype, device=x.device)  # projection on the grey axis
-        cross = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], dtype=x.dtype,
-                             device=x.device) / math.sqrt(3)
+        cross = torch.tensor(
+            [[0, -1, 1], [1, 0, -1], [-1, 1, 0]], dtype=x.dtype, device=x.device
+        ) / math.sqrt(3)
         rot = cos * eye + sin * cross + (1 - cos) * k  # Rodrigues' formula, (N, 3, 3)
         return torch.einsum("nij,nj...->ni...", rot, x)
 
@@ -338,8 +343,11 @@ class RandomErasing:
             sizes = [s]
         size = torch.stack([v.round().long().clamp(1, n) for v, n in zip(sizes, shape)], 1)
         room = torch.tensor(shape, device=x.device) - size + 1
-        start = (torch.stack([uniform(len(x), (0.0, 1.0), generator, f32) for _ in shape], 1)
-                 * room).long().clamp(max=room - 1)
+        start = (
+            (torch.stack([uniform(len(x), (0.0, 1.0), generator, f32) for _ in shape], 1) * room)
+            .long()
+            .clamp(max=room - 1)
+        )
         fill = torch.tensor(self.value, dtype=x.dtype, device=x.device)
         return masked_fill_boxes(x, box_mask(shape, start, size), fill)
 
@@ -398,22 +406,26 @@ class IdScheme:
     """
 
     offset: int
-    stride: int = 2 ** 32
+    stride: int = 2**32
 
     def __post_init__(self):
         if self.stride < 1:
             raise ValueError(f"stride: must be >= 1, got {self.stride}")
         if self.offset < self.stride:
-            raise ValueError(f"offset: must be >= stride ({self.stride}) so that generated ids "
-                             f"never collide with real ones, got {self.offset}")
+            raise ValueError(
+                f"offset: must be >= stride ({self.stride}) so that generated ids "
+                f"never collide with real ones, got {self.offset}"
+            )
 
     def new_ids(self, anchor_ids: np.ndarray, copy) -> np.ndarray:
         anchor_ids = np.asarray(anchor_ids, dtype=np.int64)
         copy = np.asarray(copy, dtype=np.int64)
         bad = (anchor_ids < 0) | (anchor_ids >= self.stride)
         if bad.any():
-            raise DataError(f"id {int(anchor_ids[bad][0])}: outside [0, stride={self.stride}) "
-                            "of the id scheme; choose a larger stride")
+            raise DataError(
+                f"id {int(anchor_ids[bad][0])}: outside [0, stride={self.stride}) "
+                "of the id scheme; choose a larger stride"
+            )
         if self.offset + (int(copy.max(initial=0)) + 1) * self.stride > np.iinfo(np.int64).max:
             raise ValueError(f"offset/stride: ids for copy {int(copy.max())} overflow int64")
         return self.offset + copy * self.stride + anchor_ids
@@ -422,8 +434,7 @@ class IdScheme:
 def block_generator(seed: int, first_id: int, *salt) -> torch.Generator:
     """A CPU generator for one block, seeded by (seed, the block's first id, salt): the same
     block gets the same stream whichever task runs it, and whenever."""
-    words = [int(seed) % 2 ** 64, int(first_id) % 2 ** 64,
-             *(zlib.crc32(str(s).encode()) for s in salt)]
+    words = [int(seed) % 2**64, int(first_id) % 2**64, *(zlib.crc32(str(s).encode()) for s in salt)]
     hi, lo = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(hi) << 32 | int(lo))
 
@@ -435,8 +446,10 @@ def one_hot(labels: np.ndarray, num_classes: int, ids: np.ndarray | None = None)
     if bad.any():
         i = int(np.argmax(bad))
         row = f"id {int(ids[i])}" if ids is not None else f"row {i}"
-        raise DataError(f"column '{LABEL}': label {int(labels[i])} at {row} is outside "
-                        f"[0, num_classes={num_classes})")
+        raise DataError(
+            f"column '{LABEL}': label {int(labels[i])} at {row} is outside "
+            f"[0, num_classes={num_classes})"
+        )
     out = np.zeros((len(labels), num_classes), dtype=np.float32)
     out[np.arange(len(labels)), labels] = 1.0
     return out
@@ -448,17 +461,22 @@ def _tensor_column(values: np.ndarray):
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(values))
 
 
-def rows_table(ids, labels, x, source: str, parent_ids: np.ndarray,
-               y_soft: np.ndarray | None = None) -> pa.Table:
+def rows_table(
+    ids, labels, x, source: str, parent_ids: np.ndarray, y_soft: np.ndarray | None = None
+) -> pa.Table:
     """Generated rows in the contract's columns plus `source`, `parent_ids` and maybe `y_soft`."""
     n, width = parent_ids.shape
-    parents = pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * width),
-                                       pa.array(parent_ids.reshape(-1).astype(np.int64)))
-    columns = {ID: pa.array(np.asarray(ids, dtype=np.int64)),
-               LABEL: pa.array(np.asarray(labels, dtype=np.int64)),
-               X: _tensor_column(np.asarray(x, dtype=np.float32)),
-               "source": pa.array([source] * n, type=pa.string()),
-               "parent_ids": parents}
+    parents = pa.ListArray.from_arrays(
+        pa.array(np.arange(n + 1, dtype=np.int32) * width),
+        pa.array(parent_ids.reshape(-1).astype(np.int64)),
+    )
+    columns = {
+        ID: pa.array(np.asarray(ids, dtype=np.int64)),
+        LABEL: pa.array(np.asarray(labels, dtype=np.int64)),
+        X: _tensor_column(np.asarray(x, dtype=np.float32)),
+        "source": pa.array([source] * n, type=pa.string()),
+        "parent_ids": parents,
+    }
     if y_soft is not None:
         columns["y_soft"] = _tensor_column(np.asarray(y_soft, dtype=np.float32))
     return pa.table(columns)
@@ -482,18 +500,23 @@ def _tag_real_block(batch: dict, num_classes: int | None) -> pa.Table:
     if "y_soft" in batch and y is not None:  # a generated row keeps the targets it has
         given = np.stack(list(batch["y_soft"])) if len(ids) else y
         if given.shape != y.shape:
-            raise DataError(f"column 'y_soft': rows of {given.shape[1]} classes, num_classes "
-                            f"is {num_classes}")
+            raise DataError(
+                f"column 'y_soft': rows of {given.shape[1]} classes, num_classes is {num_classes}"
+            )
         y = given
-    table = rows_table(ids, batch[LABEL], features(batch), "real",
-                       np.zeros((len(ids), 0), np.int64), y)
+    table = rows_table(
+        ids, batch[LABEL], features(batch), "real", np.zeros((len(ids), 0), np.int64), y
+    )
     if "source" in batch and "parent_ids" in batch:  # rows a job generated earlier stay so
-        parents = pa.array([np.asarray(p, np.int64) for p in batch["parent_ids"]],
-                           pa.list_(pa.int64()))
-        table = table.set_column(table.schema.get_field_index("source"), "source",
-                                 pa.array(np.asarray(batch["source"]).astype(str)))
-        table = table.set_column(table.schema.get_field_index("parent_ids"), "parent_ids",
-                                 parents)
+        parents = pa.array(
+            [np.asarray(p, np.int64) for p in batch["parent_ids"]], pa.list_(pa.int64())
+        )
+        table = table.set_column(
+            table.schema.get_field_index("source"),
+            "source",
+            pa.array(np.asarray(batch["source"]).astype(str)),
+        )
+        table = table.set_column(table.schema.get_field_index("parent_ids"), "parent_ids", parents)
     return table
 
 
@@ -503,12 +526,23 @@ def tag_real(ds, num_classes: int | None = None):
     output of an earlier job) keep them, and their `y_soft` when they have one."""
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
-    return ds.map_batches(_tag_real_block, fn_kwargs={"num_classes": num_classes},
-                          batch_size=None, batch_format="numpy")
+    return ds.map_batches(
+        _tag_real_block,
+        fn_kwargs={"num_classes": num_classes},
+        batch_size=None,
+        batch_format="numpy",
+    )
 
 
-def _augment_block(batch: dict, transform, seed: int, ids: IdScheme, copies: int,
-                   num_classes: int | None, source: str) -> pa.Table:
+def _augment_block(
+    batch: dict,
+    transform,
+    seed: int,
+    ids: IdScheme,
+    copies: int,
+    num_classes: int | None,
+    source: str,
+) -> pa.Table:
     require_columns(batch, [ID, LABEL, X], "augment_dataset")
     row_ids = np.asarray(batch[ID], dtype=np.int64)
     x = features(batch)
@@ -520,14 +554,21 @@ def _augment_block(batch: dict, transform, seed: int, ids: IdScheme, copies: int
     for c in range(copies):
         g = block_generator(seed, first, c, source)
         out = transform(torch.from_numpy(x), g).numpy() if len(x) else x
-        tables.append(rows_table(ids.new_ids(row_ids, c), labels, out, source,
-                                 row_ids[:, None], y))
+        tables.append(rows_table(ids.new_ids(row_ids, c), labels, out, source, row_ids[:, None], y))
     return pa.concat_tables(tables)
 
 
-def augment_dataset(ds, transform, *, seed: int, ids: IdScheme, copies: int = 1,
-                    num_classes: int | None = None, source: str | None = None,
-                    batch_size: int | None = None):
+def augment_dataset(
+    ds,
+    transform,
+    *,
+    seed: int,
+    ids: IdScheme,
+    copies: int = 1,
+    num_classes: int | None = None,
+    source: str | None = None,
+    batch_size: int | None = None,
+):
     """`copies` augmented rows per input row (only the new rows; union with `tag_real(ds)`).
 
     Each row keeps its label, gets an id from `ids`, its parent's id in `parent_ids` and the
@@ -546,6 +587,14 @@ def augment_dataset(ds, transform, *, seed: int, ids: IdScheme, copies: int = 1,
         raise ValueError("source: the transform has no `name`; pass source='...'")
     return ds.map_batches(
         _augment_block,
-        fn_kwargs={"transform": transform, "seed": seed, "ids": ids, "copies": copies,
-                   "num_classes": num_classes, "source": source},
-        batch_size=batch_size, batch_format="numpy")
+        fn_kwargs={
+            "transform": transform,
+            "seed": seed,
+            "ids": ids,
+            "copies": copies,
+            "num_classes": num_classes,
+            "source": source,
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+    )

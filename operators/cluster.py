@@ -8,6 +8,7 @@ sample plus k x d numbers per block of a pass.
 
 `representatives` and `drop_near_duplicates` work on the output of `KMeans.assign`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import ray
 
-from .contract import ID, X, DataError, check_finite, data_errors, features, require_columns
+from .contract import ID, DataError, X, check_finite, data_errors, features, require_columns
 from .keys import hash_keys
 from .select import Selection, gather_smallest, require, selection, smallest_per_group
 
@@ -40,9 +41,18 @@ class KMeans:
     of squared distances to the nearest centre, over all rows), `counts_` and `n_iter_`.
     """
 
-    def __init__(self, n_clusters: int = 8, *, init="k-means++", max_iter: int = 100,
-                 tol: float = 1e-4, mini_batch: int | None = None, sample_size: int = 10_000,
-                 seed: int = 0, column: str = X):
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        init="k-means++",
+        max_iter: int = 100,
+        tol: float = 1e-4,
+        mini_batch: int | None = None,
+        sample_size: int = 10_000,
+        seed: int = 0,
+        column: str = X,
+    ):
         self.n_clusters = n_clusters
         self.init = init
         self.max_iter = max_iter
@@ -91,8 +101,9 @@ class KMeans:
                 seen += stats.counts
                 moved = stats.counts > 0
                 new = centers.copy()
-                new[moved] += ((stats.sums[moved] - stats.counts[moved, None] * centers[moved])
-                               / seen[moved, None])
+                new[moved] += (
+                    stats.sums[moved] - stats.counts[moved, None] * centers[moved]
+                ) / seen[moved, None]
                 empty = seen == 0
             else:
                 empty = stats.counts == 0
@@ -103,8 +114,12 @@ class KMeans:
             shift = float(((new - centers) ** 2).sum())
             centers = new
             self.n_iter_ = step + 1
-            logger.info("k-means step %d: inertia %.6g before the step, centre shift %.3g",
-                        self.n_iter_, stats.inertia, shift)
+            logger.info(
+                "k-means step %d: inertia %.6g before the step, centre shift %.3g",
+                self.n_iter_,
+                stats.inertia,
+                shift,
+            )
             if shift <= tol:
                 break
         final = self._pass(data, centers, 1.0, self.max_iter)
@@ -117,9 +132,16 @@ class KMeans:
         """Lazily add `cluster` (int64, nearest centre) and `dist` (float32, Euclidean) to ds."""
         if not hasattr(self, "cluster_centers_"):
             raise RuntimeError("KMeans is not fitted yet: call fit(ds) first")
-        return ds.map_batches(assign_batch, batch_format="numpy", batch_size=None,
-                              fn_kwargs={"centers": self.cluster_centers_, "column": self.column,
-                                         "shape": self.feature_shape_})
+        return ds.map_batches(
+            assign_batch,
+            batch_format="numpy",
+            batch_size=None,
+            fn_kwargs={
+                "centers": self.cluster_centers_,
+                "column": self.column,
+                "shape": self.feature_shape_,
+            },
+        )
 
     def _validate(self) -> None:
         _check_int("n_clusters", self.n_clusters, 1)
@@ -131,23 +153,28 @@ class KMeans:
             raise ValueError(f"tol must be a finite number >= 0, got {self.tol!r}")
         if isinstance(self.init, str):
             if self.init not in ("k-means++", "random"):
-                raise ValueError(f"init must be 'k-means++', 'random' or an array of centres, "
-                                 f"got {self.init!r}")
+                raise ValueError(
+                    f"init must be 'k-means++', 'random' or an array of centres, got {self.init!r}"
+                )
             _check_int("sample_size", self.sample_size, self.n_clusters)
         else:
             init = np.asarray(self.init, dtype=np.float64)
             if init.ndim < 2 or len(init) != self.n_clusters or not np.isfinite(init).all():
-                raise ValueError(f"init must hold n_clusters={self.n_clusters} finite centres, "
-                                 f"got an array of shape {init.shape}")
+                raise ValueError(
+                    f"init must hold n_clusters={self.n_clusters} finite centres, "
+                    f"got an array of shape {init.shape}"
+                )
             _check_int("sample_size", self.sample_size, 1)
 
     def _draw_sample(self, data: ray.data.Dataset) -> np.ndarray:
         """Up to `sample_size` rows, those with the smallest hash(seed, id), flattened."""
         if self._sample is None:
-            parts = data.map_batches(sample_candidates, batch_format="numpy",
-                                     batch_size=None,
-                                     fn_kwargs={"n": self.sample_size, "seed": self.seed,
-                                                "column": self.column})
+            parts = data.map_batches(
+                sample_candidates,
+                batch_format="numpy",
+                batch_size=None,
+                fn_kwargs={"n": self.sample_size, "seed": self.seed, "column": self.column},
+            )
             got = gather_smallest(parts, np.array([self.sample_size]))
             x = got[self.column] if got else np.zeros((0, 0), np.float32)
             self.feature_shape_ = x.shape[1:] if got else None
@@ -155,29 +182,44 @@ class KMeans:
         return self._sample
 
     def _pass(self, data, centers: np.ndarray, fraction: float, step: int) -> "PassStats":
-        parts = data.map_batches(lloyd_partial, batch_format="numpy", batch_size=None,
-                                 fn_kwargs={"centers": centers, "column": self.column,
-                                            "shape": self.feature_shape_, "fraction": fraction,
-                                            "seeds": (self.seed, step)})
+        parts = data.map_batches(
+            lloyd_partial,
+            batch_format="numpy",
+            batch_size=None,
+            fn_kwargs={
+                "centers": centers,
+                "column": self.column,
+                "shape": self.feature_shape_,
+                "fraction": fraction,
+                "seeds": (self.seed, step),
+            },
+        )
         with data_errors():
             rows = list(parts.iter_batches(batch_size=None, batch_format="numpy"))
         if not rows:
             return PassStats(np.zeros_like(centers), np.zeros(len(centers)), 0.0, 0.0, 0)
         cat = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
         order = np.argsort(cat["first_id"], kind="stable")  # fixed order: fixed float sums
-        return PassStats(cat["sums"][order].sum(0), cat["counts"][order].sum(0),
-                          float(cat["inertia"][order].sum()), float(cat["sq"][order].sum()),
-                          int(cat["n"].sum()))
+        return PassStats(
+            cat["sums"][order].sum(0),
+            cat["counts"][order].sum(0),
+            float(cat["inertia"][order].sum()),
+            float(cat["sq"][order].sum()),
+            int(cat["n"].sum()),
+        )
 
     def _reseed(self, data, centers: np.ndarray, empty: np.ndarray) -> np.ndarray:
         """Move each empty centre, lowest index first, to the sample point farthest from all."""
         sample = self._draw_sample(data)
         centers = centers.copy()
-        closest = (_sq_dist(sample, centers[~empty]).min(1) if (~empty).any()
-                   else np.full(len(sample), np.inf))  # a mini-batch step that drew no rows
+        closest = (
+            _sq_dist(sample, centers[~empty]).min(1)
+            if (~empty).any()
+            else np.full(len(sample), np.inf)
+        )  # a mini-batch step that drew no rows
         for j in np.flatnonzero(empty):
             centers[j] = sample[np.argmax(closest)]
-            closest = np.minimum(closest, _sq_dist(sample, centers[j:j + 1])[:, 0])
+            closest = np.minimum(closest, _sq_dist(sample, centers[j : j + 1])[:, 0])
         logger.info("k-means: re-seeded empty cluster(s) %s", np.flatnonzero(empty).tolist())
         return centers
 
@@ -248,10 +290,10 @@ def nearest(x: np.ndarray, centers: np.ndarray, sq: np.ndarray) -> tuple[np.ndar
     labels = np.empty(len(x), np.int64)
     best = np.empty(len(x), np.float32)
     for s in range(0, len(x), _SLICE):
-        score = x[s:s + _SLICE] @ c.T
+        score = x[s : s + _SLICE] @ c.T
         score -= half
-        labels[s:s + _SLICE] = score.argmax(1)
-        best[s:s + _SLICE] = score[np.arange(len(score)), labels[s:s + _SLICE]]
+        labels[s : s + _SLICE] = score.argmax(1)
+        best[s : s + _SLICE] = score[np.arange(len(score)), labels[s : s + _SLICE]]
     return labels, np.maximum(sq - 2.0 * best, 0.0)
 
 
@@ -259,10 +301,10 @@ def cluster_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Per-cluster sums of the rows, (k, d) float64: a one-hot product per slice of rows."""
     sums = np.zeros((k, x.shape[1]))
     for s in range(0, len(x), _SLICE):
-        part = labels[s:s + _SLICE]
+        part = labels[s : s + _SLICE]
         onehot = np.zeros((len(part), k), np.float32)
         onehot[np.arange(len(part)), part] = 1.0
-        sums += onehot.T @ x[s:s + _SLICE]
+        sums += onehot.T @ x[s : s + _SLICE]
     return sums
 
 
@@ -272,12 +314,15 @@ def _checked(batch: dict, column: str, shape=None, d: int | None = None):
     require_columns(batch.keys(), [column])
     x = features(batch, column)
     if shape is not None and x.shape[1:] != tuple(shape):
-        raise DataError(f"column '{column}': samples of shape {x.shape[1:]} in a dataset whose "
-                        f"samples have shape {tuple(shape)}")
+        raise DataError(
+            f"column '{column}': samples of shape {x.shape[1:]} in a dataset whose "
+            f"samples have shape {tuple(shape)}"
+        )
     flat = x.reshape(len(x), -1)
     if d is not None and len(x) and flat.shape[1] != d:
-        raise DataError(f"column '{column}': samples with {flat.shape[1]} features, "
-                        f"but the centres have {d}")
+        raise DataError(
+            f"column '{column}': samples with {flat.shape[1]} features, but the centres have {d}"
+        )
     sq = np.einsum("ij,ij->i", flat, flat)
     if not np.isfinite(sq).all():  # NaN or inf in a row shows in its squared norm
         where = f"column '{column}'"
@@ -291,12 +336,17 @@ def sample_candidates(batch: dict, n: int, seed: int, column: str) -> dict:
     _checked(batch, column)
     key = hash_keys(ids, seed)
     keep = smallest_per_group(np.zeros(len(ids), np.int64), key, ids, np.array([n]))
-    return {"group": np.zeros(len(keep), np.int64), "key": key[keep], ID: ids[keep],
-            column: features(batch, column)[keep]}
+    return {
+        "group": np.zeros(len(keep), np.int64),
+        "key": key[keep],
+        ID: ids[keep],
+        column: features(batch, column)[keep],
+    }
 
 
-def lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fraction: float,
-                   seeds: tuple) -> dict:
+def lloyd_partial(
+    batch: dict, centers: np.ndarray, column: str, shape, fraction: float, seeds: tuple
+) -> dict:
     """One block's per-cluster sums and counts, inertia, sum of squares and row count."""
     ids = batch[ID].astype(np.int64)
     x, sq = _checked(batch, column, shape, centers.shape[1])
@@ -306,18 +356,25 @@ def lloyd_partial(batch: dict, centers: np.ndarray, column: str, shape, fraction
         x, sq = x[keep], sq[keep]
     k = len(centers)
     labels, d2 = nearest(x, centers, sq)
-    return {"first_id": np.array([first]), "sums": cluster_sums(x, labels, k)[None],
-            "counts": np.bincount(labels, minlength=k)[None],
-            "inertia": np.array([d2.sum(dtype=np.float64)]),
-            "sq": np.array([sq.sum(dtype=np.float64)]), "n": np.array([len(x)])}
+    return {
+        "first_id": np.array([first]),
+        "sums": cluster_sums(x, labels, k)[None],
+        "counts": np.bincount(labels, minlength=k)[None],
+        "inertia": np.array([d2.sum(dtype=np.float64)]),
+        "sq": np.array([sq.sum(dtype=np.float64)]),
+        "n": np.array([len(x)]),
+    }
 
 
 def assign_batch(batch: dict, centers: np.ndarray, column: str, shape) -> dict:
     x, sq = _checked(batch, column, shape, centers.shape[1])
     labels, _ = nearest(x, centers, sq)
     diff = x - centers.astype(np.float32)[labels]  # exact distances: near-copies rank right
-    return {**batch, "cluster": labels,
-            "dist": np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)}
+    return {
+        **batch,
+        "cluster": labels,
+        "dist": np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32),
+    }
 
 
 def proportional_counts(sizes: np.ndarray, n_total: int) -> np.ndarray:
@@ -341,8 +398,9 @@ def share_out(n: int, sizes: np.ndarray) -> np.ndarray:
     return base
 
 
-def representatives(assigned: ray.data.Dataset, n_total: int,
-                    reason: str = "representative") -> Selection:
+def representatives(
+    assigned: ray.data.Dataset, n_total: int, reason: str = "representative"
+) -> Selection:
     """M2 step 4: per cluster the n_c rows nearest its centre, n_c proportional to its size.
 
     Two streaming passes: per-block cluster counts, added up on the driver (no shuffle), then
@@ -355,22 +413,30 @@ def representatives(assigned: ray.data.Dataset, n_total: int,
     if n_total == 0:
         return selection([], reason)
     parts = assigned.select_columns(["cluster"]).map_batches(
-        _count_clusters, batch_format="numpy", batch_size=None)
+        _count_clusters, batch_format="numpy", batch_size=None
+    )
     with data_errors():
         counted = list(parts.iter_batches(batch_size=None, batch_format="numpy"))
     if not counted:
         return selection([], reason, ["representatives: the dataset has no rows"])
-    clusters, which = np.unique(np.concatenate([c["cluster"] for c in counted]),
-                                return_inverse=True)
+    clusters, which = np.unique(
+        np.concatenate([c["cluster"] for c in counted]), return_inverse=True
+    )
     sizes = np.bincount(which, weights=np.concatenate([c["count"] for c in counted]))
     quota = proportional_counts(sizes.astype(np.int64), n_total)
     parts = assigned.select_columns([ID, "cluster", "dist"]).map_batches(
-        nearest_candidates, batch_format="numpy", batch_size=None,
-        fn_kwargs={"clusters": clusters, "quota": quota})
+        nearest_candidates,
+        batch_format="numpy",
+        batch_size=None,
+        fn_kwargs={"clusters": clusters, "quota": quota},
+    )
     got = gather_smallest(parts, quota)
     ids = got[ID] if got else np.zeros(0, np.int64)
-    notes = [] if len(ids) == n_total else [
-        f"representatives: asked for {n_total} but there are {len(ids)} rows; all taken"]
+    notes = (
+        []
+        if len(ids) == n_total
+        else [f"representatives: asked for {n_total} but there are {len(ids)} rows; all taken"]
+    )
     return selection(ids, reason, notes)
 
 
@@ -387,8 +453,9 @@ def nearest_candidates(batch: dict, clusters: np.ndarray, quota: np.ndarray) -> 
     return {"group": group[keep], "key": dist[keep], ID: ids[keep]}
 
 
-def drop_near_duplicates(assigned: ray.data.Dataset, threshold: float,
-                         column: str = X) -> ray.data.Dataset:
+def drop_near_duplicates(
+    assigned: ray.data.Dataset, threshold: float, column: str = X
+) -> ray.data.Dataset:
     """Within each cluster, drop a row closer than `threshold` to a row already kept.
 
     Rows are visited by (dist, id), so the row nearest the centre of a group of near-copies
@@ -399,8 +466,10 @@ def drop_near_duplicates(assigned: ray.data.Dataset, threshold: float,
         raise ValueError(f"threshold must be a finite number > 0, got {threshold!r}")
     require(assigned, [ID, "cluster", "dist", column], where="drop_near_duplicates")
     return assigned.groupby("cluster").map_groups(
-        _dedup_group, batch_format="numpy",
-        fn_kwargs={"threshold": float(threshold), "column": column})
+        _dedup_group,
+        batch_format="numpy",
+        fn_kwargs={"threshold": float(threshold), "column": column},
+    )
 
 
 def _dedup_group(batch: dict, threshold: float, column: str) -> dict:
@@ -423,7 +492,7 @@ def greedy_keep(x: np.ndarray, dist: np.ndarray, threshold: float) -> np.ndarray
     kept = np.zeros(0, dtype=np.int64)
     t2 = threshold * threshold
     for start in range(0, n, _DEDUP_CHUNK):
-        chunk = x[start:start + _DEDUP_CHUNK]
+        chunk = x[start : start + _DEDUP_CHUNK]
         slack = 1e-4 * (threshold + dist[start])  # `dist` was rounded to float32
         recent = kept[dist[kept] > dist[start] - threshold - slack]
         blocked = (_sq_dist(chunk, x[recent]) < t2).any(1)

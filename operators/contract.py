@@ -5,6 +5,7 @@ A dataset has `id` (int64, unique), `label` (int64 in [0, num_classes)) and `x`
 in memory (a quarter of the bytes) and read as x / 255 in [0, 1]. Operators read batches in
 NumPy format and take the features through `features`, which does that scaling.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,9 +45,7 @@ def require_columns(batch_or_schema_names, columns, where: str = "dataset") -> N
     names = set(batch_or_schema_names)
     missing = [c for c in columns if c not in names]
     if missing:
-        raise DataError(
-            f"{where}: missing column(s) {missing}; found {sorted(names)}"
-        )
+        raise DataError(f"{where}: missing column(s) {missing}; found {sorted(names)}")
 
 
 def features(batch: dict, column: str = X) -> np.ndarray:
@@ -97,7 +96,7 @@ def from_columns(columns: dict, rows_per_block: int = 65536):
     for start in range(0, max(n, 1), rows_per_block):
         part = {}
         for name, values in columns.items():
-            chunk = np.asarray(values[start:start + rows_per_block])
+            chunk = np.asarray(values[start : start + rows_per_block])
             part[name] = ArrowTensorArray.from_numpy(chunk) if chunk.ndim > 1 else pa.array(chunk)
         tables.append(pa.table(part))
     return ray.data.from_arrow(tables)

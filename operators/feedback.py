@@ -25,6 +25,7 @@ Output rows, one per image (no image is dropped): image_id; category, the image'
 was predicted); label_boxes, the positive annotations; negative, the false boxes; and the counts
 n_correct, n_missed, n_false.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,10 +40,22 @@ IMAGE_ID, PRED_BOXES, PRED_SCORES = "image_id", "pred_boxes", "pred_scores"
 TRUE_BOXES = "true_boxes"
 INPUT_COLUMNS = [IMAGE_ID, PRED_BOXES, PRED_SCORES, TRUE_BOXES]
 BOXES = pa.list_(pa.list_(pa.float32()))
-INPUT_SCHEMA = pa.schema([(IMAGE_ID, pa.int64()), (PRED_BOXES, BOXES),
-                          (PRED_SCORES, pa.list_(pa.float32())), (TRUE_BOXES, BOXES)])
-OUTPUT_TYPES = {"category": pa.string(), "label_boxes": BOXES, "negative": BOXES,
-                "n_correct": pa.int32(), "n_missed": pa.int32(), "n_false": pa.int32()}
+INPUT_SCHEMA = pa.schema(
+    [
+        (IMAGE_ID, pa.int64()),
+        (PRED_BOXES, BOXES),
+        (PRED_SCORES, pa.list_(pa.float32())),
+        (TRUE_BOXES, BOXES),
+    ]
+)
+OUTPUT_TYPES = {
+    "category": pa.string(),
+    "label_boxes": BOXES,
+    "negative": BOXES,
+    "n_correct": pa.int32(),
+    "n_missed": pa.int32(),
+    "n_false": pa.int32(),
+}
 CATEGORIES = ("correct", "missed", "false", "empty")
 
 
@@ -75,8 +88,13 @@ class ImageReview:
     n_false: int
 
 
-def review(pred_boxes: np.ndarray, pred_scores: np.ndarray, true_boxes: np.ndarray,
-           conf_threshold: float, iou_threshold: float) -> ImageReview:
+def review(
+    pred_boxes: np.ndarray,
+    pred_scores: np.ndarray,
+    true_boxes: np.ndarray,
+    conf_threshold: float,
+    iou_threshold: float,
+) -> ImageReview:
     """Categories and annotations of one image (the rules in the module docstring)."""
     pred = np.asarray(pred_boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(pred_scores, dtype=np.float64)
@@ -94,22 +112,25 @@ def review(pred_boxes: np.ndarray, pred_scores: np.ndarray, true_boxes: np.ndarr
         labels[has] = pred[best[has]]
 
     n_correct, n_missed, n_false = int(found.sum()), int((~found).sum()), int(false.sum())
-    category = ("missed" if n_missed else "false" if n_false else
-                "correct" if n_correct else "empty")
+    category = "missed" if n_missed else "false" if n_false else "correct" if n_correct else "empty"
     return ImageReview(category, labels, pred[false], n_correct, n_missed, n_false)
 
 
 def _boxes(values, column: str, image_id) -> np.ndarray:
     if values is None or any(b is None or len(b) != 4 or None in b for b in values):
-        raise DataError(f"column '{column}': image_id {image_id!r} has a null or a box without "
-                        f"exactly 4 coordinates (x1, y1, x2, y2)")
+        raise DataError(
+            f"column '{column}': image_id {image_id!r} has a null or a box without "
+            f"exactly 4 coordinates (x1, y1, x2, y2)"
+        )
     boxes = np.asarray(values, dtype=np.float64).reshape(-1, 4)
     if not np.isfinite(boxes).all():
         raise DataError(f"column '{column}': image_id {image_id!r} has a NaN or inf coordinate")
     bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
     if bad.any():
-        raise DataError(f"column '{column}': image_id {image_id!r} has box "
-                        f"{boxes[int(np.argmax(bad))].tolist()} with x2 < x1 or y2 < y1")
+        raise DataError(
+            f"column '{column}': image_id {image_id!r} has box "
+            f"{boxes[int(np.argmax(bad))].tolist()} with x2 < x1 or y2 < y1"
+        )
     return boxes
 
 
@@ -118,12 +139,16 @@ def _scores(values, n_boxes: int, image_id) -> np.ndarray:
         raise DataError(f"column '{PRED_SCORES}': image_id {image_id!r} has a null score")
     scores = np.asarray(values, dtype=np.float64)
     if len(scores) != n_boxes:
-        raise DataError(f"column '{PRED_SCORES}': image_id {image_id!r} has {len(scores)} "
-                        f"scores for {n_boxes} boxes in '{PRED_BOXES}'")
+        raise DataError(
+            f"column '{PRED_SCORES}': image_id {image_id!r} has {len(scores)} "
+            f"scores for {n_boxes} boxes in '{PRED_BOXES}'"
+        )
     bad = ~((scores >= 0) & (scores <= 1))
     if bad.any():
-        raise DataError(f"column '{PRED_SCORES}': image_id {image_id!r} has score "
-                        f"{scores[int(np.argmax(bad))]} outside [0, 1]")
+        raise DataError(
+            f"column '{PRED_SCORES}': image_id {image_id!r} has score "
+            f"{scores[int(np.argmax(bad))]} outside [0, 1]"
+        )
     return scores
 
 
@@ -135,19 +160,23 @@ def check_thresholds(conf_threshold: float, iou_threshold: float) -> None:
         raise ValueError(f"iou_threshold: must be in (0, 1], got {iou_threshold}")
 
 
-def annotate(batch: pa.Table, conf_threshold: float = 0.5,
-             iou_threshold: float = 0.5) -> pa.Table:
+def annotate(batch: pa.Table, conf_threshold: float = 0.5, iou_threshold: float = 0.5) -> pa.Table:
     """map_batches function (pyarrow batches): one output row per input image."""
     check_thresholds(conf_threshold, iou_threshold)
     require_columns(batch.column_names, INPUT_COLUMNS, where="feedback input")
-    rows = zip(batch[IMAGE_ID].to_pylist(), batch[PRED_BOXES].to_pylist(),
-               batch[PRED_SCORES].to_pylist(), batch[TRUE_BOXES].to_pylist())
+    rows = zip(
+        batch[IMAGE_ID].to_pylist(),
+        batch[PRED_BOXES].to_pylist(),
+        batch[PRED_SCORES].to_pylist(),
+        batch[TRUE_BOXES].to_pylist(),
+    )
     out = {name: [] for name in OUTPUT_TYPES}
     for image_id, pred, scores, true in rows:
         pred = _boxes(pred, PRED_BOXES, image_id)
         scores = _scores(scores, len(pred), image_id)
-        result = review(pred, scores, _boxes(true, TRUE_BOXES, image_id),
-                        conf_threshold, iou_threshold)
+        result = review(
+            pred, scores, _boxes(true, TRUE_BOXES, image_id), conf_threshold, iou_threshold
+        )
         for name in OUTPUT_TYPES:
             value = getattr(result, name)
             out[name].append(value.tolist() if isinstance(value, np.ndarray) else value)
@@ -156,10 +185,13 @@ def annotate(batch: pa.Table, conf_threshold: float = 0.5,
     return pa.table(columns)
 
 
-def feedback(ds: ray.data.Dataset, conf_threshold: float = 0.5,
-             iou_threshold: float = 0.5) -> ray.data.Dataset:
+def feedback(
+    ds: ray.data.Dataset, conf_threshold: float = 0.5, iou_threshold: float = 0.5
+) -> ray.data.Dataset:
     """The lazy dataset of categories and annotations, one row per image of `ds`."""
     check_thresholds(conf_threshold, iou_threshold)
-    return ds.map_batches(annotate, fn_kwargs={"conf_threshold": conf_threshold,
-                                               "iou_threshold": iou_threshold},
-                          batch_format="pyarrow")
+    return ds.map_batches(
+        annotate,
+        fn_kwargs={"conf_threshold": conf_threshold, "iou_threshold": iou_threshold},
+        batch_format="pyarrow",
+    )

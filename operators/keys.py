@@ -3,6 +3,7 @@
 A choice made from a hash of (seed, id) never depends on how the data was split into blocks or
 in which order blocks arrive, so it is the same on one machine and on a cluster.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,7 @@ def hash_keys(ids: np.ndarray, *seeds: int) -> np.ndarray:
 
 def unit_hash(ids: np.ndarray, *seeds: int) -> np.ndarray:
     """`hash_keys` as a float64 in [0, 1) (its top 53 bits)."""
-    return (hash_keys(ids, *seeds) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (hash_keys(ids, *seeds) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def _splitmix64(z: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ targets: the batched form used inside training, on CPU or GPU. `mix_dataset` and
 `smote_dataset` run the same functions as Ray Data jobs that write new rows with their
 provenance (`source`, `parent_ids`, `y_soft`), for offline augmentation at scale.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,17 +13,26 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from .augment import (IdScheme, block_generator, box_mask, class_rows, masked_fill_boxes,
-                      one_hot, per_sample, rows_table, spatial_dims)
+from .augment import (
+    IdScheme,
+    block_generator,
+    box_mask,
+    class_rows,
+    masked_fill_boxes,
+    one_hot,
+    per_sample,
+    rows_table,
+    spatial_dims,
+)
 from .cluster import share_out
-from .contract import ID, LABEL, X, DataError, check_finite, features, require_columns
+from .contract import ID, LABEL, DataError, X, check_finite, features, require_columns
 from .keys import hash_keys
 
 
 def beta(alpha: float, n: int, generator: torch.Generator) -> torch.Tensor:
     """n float32 draws from Beta(alpha, alpha) on the CPU, seeded from the torch generator
     (torch's Beta sampler takes no generator)."""
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n).astype(np.float32))
 
 
@@ -56,8 +66,9 @@ def smooth_labels(y: torch.Tensor, eps: float) -> torch.Tensor:
     return y if eps == 0 else y * (1 - eps) + eps / y.shape[1]
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
-                       reduction: str = "mean") -> torch.Tensor:
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
     """Cross-entropy against soft targets: -sum_k target_k * log_softmax(logits)_k."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
@@ -68,8 +79,10 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
 
 def _check_targets(x: torch.Tensor, y: torch.Tensor) -> None:
     if not (y.dim() == 2 and y.is_floating_point() and len(y) == len(x)):
-        raise ValueError(f"y: expected float one-hot or soft targets ({len(x)}, K), got "
-                         f"{y.dtype} of shape {tuple(y.shape)}")
+        raise ValueError(
+            f"y: expected float one-hot or soft targets ({len(x)}, K), got "
+            f"{y.dtype} of shape {tuple(y.shape)}"
+        )
 
 
 def _check_alpha(alpha: float) -> float:
@@ -187,7 +200,7 @@ def smote(x: torch.Tensor, n_new: int, k: int, generator: torch.Generator):
     order = torch.randperm(n, generator=generator, device=dev).to(x.device)
     t = torch.arange(n_new, device=x.device)
     slot = t % n
-    anchors = order[:min(n_new, n)]
+    anchors = order[: min(n_new, n)]
     flat = x.reshape(n, -1).double()
     dist = torch.cdist(flat[anchors], flat, compute_mode="donot_use_mm_for_euclid_dist")
     dist[torch.arange(len(anchors), device=x.device), anchors] = float("inf")
@@ -201,8 +214,9 @@ def smote(x: torch.Tensor, n_new: int, k: int, generator: torch.Generator):
     return points, a, nb
 
 
-def _mix_block(batch: dict, mixer, num_classes: int, seed: int, ids: IdScheme,
-               copies: int) -> pa.Table:
+def _mix_block(
+    batch: dict, mixer, num_classes: int, seed: int, ids: IdScheme, copies: int
+) -> pa.Table:
     require_columns(batch, [ID, LABEL, X], "mix_dataset")
     row_ids = np.asarray(batch[ID], dtype=np.int64)
     x = features(batch)
@@ -218,13 +232,22 @@ def _mix_block(batch: dict, mixer, num_classes: int, seed: int, ids: IdScheme,
         else:
             xm, ym, partner = x, y, np.zeros(0, np.int64)
         parents = np.stack([row_ids, row_ids[partner]], 1)
-        tables.append(rows_table(ids.new_ids(row_ids, c), ym.argmax(1), xm, mixer.name,
-                                 parents, ym))
+        tables.append(
+            rows_table(ids.new_ids(row_ids, c), ym.argmax(1), xm, mixer.name, parents, ym)
+        )
     return pa.concat_tables(tables)
 
 
-def mix_dataset(ds, mixer, *, num_classes: int, seed: int, ids: IdScheme, copies: int = 1,
-                batch_size: int | None = None):
+def mix_dataset(
+    ds,
+    mixer,
+    *,
+    num_classes: int,
+    seed: int,
+    ids: IdScheme,
+    copies: int = 1,
+    batch_size: int | None = None,
+):
     """`copies` mixed rows per input row (only the new rows; union with `tag_real(ds)`).
 
     Partners come from the same batch (a whole block by default): shuffle the dataset first
@@ -232,17 +255,25 @@ def mix_dataset(ds, mixer, *, num_classes: int, seed: int, ids: IdScheme, copies
     `parent_ids` = [sample, partner]; `label` is the class with the largest weight in `y_soft`.
     """
     if not hasattr(mixer, "apply") or not getattr(mixer, "name", None):
-        raise ValueError(f"mixer: expected Mixup, CutMix, SamplePairing or MomentMixer, got "
-                         f"{mixer!r}")
+        raise ValueError(
+            f"mixer: expected Mixup, CutMix, SamplePairing or MomentMixer, got {mixer!r}"
+        )
     if num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
     if copies < 1:
         raise ValueError(f"copies: must be >= 1, got {copies}")
     return ds.map_batches(
         _mix_block,
-        fn_kwargs={"mixer": mixer, "num_classes": num_classes, "seed": seed, "ids": ids,
-                   "copies": copies},
-        batch_size=batch_size, batch_format="numpy")
+        fn_kwargs={
+            "mixer": mixer,
+            "num_classes": num_classes,
+            "seed": seed,
+            "ids": ids,
+            "copies": copies,
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
 
 
 SMOTE_BLOCK_ROWS = 4096  # a class larger than this is searched for neighbours in blocks
@@ -250,8 +281,9 @@ _BLOCK = "smote_block"
 _BLOCK_STREAM = 0x534D4F54  # the blocks' hash stream, apart from other uses of the seed
 
 
-def smote_blocks(ids: np.ndarray, labels: np.ndarray, blocks_per_class: np.ndarray,
-                 seed: int) -> np.ndarray:
+def smote_blocks(
+    ids: np.ndarray, labels: np.ndarray, blocks_per_class: np.ndarray, seed: int
+) -> np.ndarray:
     """Each row's block within its class: hash(seed, id) mod the class's number of blocks, so a
     row's block never depends on how the data is split into files or tasks."""
     nb = np.asarray(blocks_per_class, np.int64)[np.asarray(labels, np.int64)].astype(np.uint64)
@@ -261,22 +293,32 @@ def smote_blocks(ids: np.ndarray, labels: np.ndarray, blocks_per_class: np.ndarr
 def _with_block(batch: dict, blocks_per_class: np.ndarray, seed: int) -> dict:
     """The batch's rows of the classes that get new rows, with their block."""
     labels = np.asarray(batch[LABEL], np.int64)
-    keep = (labels < len(blocks_per_class)) & (blocks_per_class[np.minimum(
-        labels, len(blocks_per_class) - 1)] > 0)
+    keep = (labels < len(blocks_per_class)) & (
+        blocks_per_class[np.minimum(labels, len(blocks_per_class) - 1)] > 0
+    )
     out = {key: value[keep] for key, value in batch.items()}
     out[_BLOCK] = smote_blocks(out[ID], out[LABEL], blocks_per_class, seed)
     return out
 
 
-def _smote_group(batch: dict, quota: dict, k: int, seed: int, ids: IdScheme,
-                 num_classes: int | None, blocks_per_class: np.ndarray) -> pa.Table:
+def _smote_group(
+    batch: dict,
+    quota: dict,
+    k: int,
+    seed: int,
+    ids: IdScheme,
+    num_classes: int | None,
+    blocks_per_class: np.ndarray,
+) -> pa.Table:
     row_ids, x, label = class_rows(batch, "smote_dataset")
     block = int(batch[_BLOCK][0]) if _BLOCK in batch else 0
     n_new = int(quota.get((label, block), 0))
     if len(row_ids) < 2 and n_new:
-        raise DataError(f"smote_dataset: class {label} has only id {int(row_ids[0])}"
-                        f"{f' in block {block}' if blocks_per_class[label] > 1 else ''}; "
-                        f"SMOTE needs 2 samples of a class to make {n_new} more")
+        raise DataError(
+            f"smote_dataset: class {label} has only id {int(row_ids[0])}"
+            f"{f' in block {block}' if blocks_per_class[label] > 1 else ''}; "
+            f"SMOTE needs 2 samples of a class to make {n_new} more"
+        )
     salt = ("smote",) if blocks_per_class[label] == 1 else ("smote", block)
     g = block_generator(seed, label, *salt)
     points, a, nb = smote(torch.from_numpy(x), n_new, k, g)
@@ -284,8 +326,9 @@ def _smote_group(batch: dict, quota: dict, k: int, seed: int, ids: IdScheme,
     labels = np.full(n_new, label, dtype=np.int64)
     y = one_hot(labels, num_classes) if num_classes else None
     new_ids = ids.new_ids(row_ids[a], np.arange(n_new) // max(len(row_ids), 1))
-    return rows_table(new_ids, labels, points.numpy(), "smote",
-                      np.stack([row_ids[a], row_ids[nb]], 1), y)
+    return rows_table(
+        new_ids, labels, points.numpy(), "smote", np.stack([row_ids[a], row_ids[nb]], 1), y
+    )
 
 
 def class_counts(ds, num_partitions: int | None = None) -> dict[int, int]:
@@ -294,9 +337,17 @@ def class_counts(ds, num_partitions: int | None = None) -> dict[int, int]:
     return {int(r[LABEL]): int(r["count()"]) for r in grouped.take_all()}
 
 
-def smote_dataset(ds, *, seed: int, ids: IdScheme, target: int | dict | None = None, k: int = 5,
-                  num_classes: int | None = None, num_partitions: int | None = None,
-                  block_rows: int = SMOTE_BLOCK_ROWS):
+def smote_dataset(
+    ds,
+    *,
+    seed: int,
+    ids: IdScheme,
+    target: int | dict | None = None,
+    k: int = 5,
+    num_classes: int | None = None,
+    num_partitions: int | None = None,
+    block_rows: int = SMOTE_BLOCK_ROWS,
+):
     """SMOTE rows that bring each class up to `target` rows (only the new rows).
 
     `target`: one count for every class, a {label: count} dict, or None for the size of the
@@ -326,23 +377,38 @@ def smote_dataset(ds, *, seed: int, ids: IdScheme, target: int | dict | None = N
     wanted = target.values() if isinstance(target, dict) else [target]
     if any(int(c) < 0 for c in wanted):
         raise ValueError(f"target: counts must be >= 0, got {target}")
-    n_new = {c: max(0, int(target.get(c, 0) if isinstance(target, dict) else target) - n)
-             for c, n in counts.items()}
+    n_new = {
+        c: max(0, int(target.get(c, 0) if isinstance(target, dict) else target) - n)
+        for c, n in counts.items()
+    }
     blocks = np.zeros(max(counts, default=-1) + 1, np.int64)  # 0: the class gets no rows
     for c, n in counts.items():
         blocks[c] = -(-n // block_rows) if n_new[c] else 0
-    keyed = ds.map_batches(_with_block, fn_kwargs={"blocks_per_class": blocks, "seed": seed},
-                           batch_format="numpy")
+    keyed = ds.map_batches(
+        _with_block, fn_kwargs={"blocks_per_class": blocks, "seed": seed}, batch_format="numpy"
+    )
     quota = {(c, 0): n_new[c] for c in counts if blocks[c] == 1}
     if (blocks > 1).any():
-        sizes = {(int(r[LABEL]), int(r[_BLOCK])): int(r["count()"]) for r in keyed.groupby(
-            [LABEL, _BLOCK], num_partitions=num_partitions).count().take_all()}
+        sizes = {
+            (int(r[LABEL]), int(r[_BLOCK])): int(r["count()"])
+            for r in keyed.groupby([LABEL, _BLOCK], num_partitions=num_partitions)
+            .count()
+            .take_all()
+        }
         for c in np.flatnonzero(blocks > 1):
             per_block = np.array([sizes.get((int(c), b), 0) for b in range(blocks[c])])
-            quota.update({(int(c), b): int(q) for b, q in enumerate(
-                share_out(n_new[int(c)], per_block))})
+            quota.update(
+                {(int(c), b): int(q) for b, q in enumerate(share_out(n_new[int(c)], per_block))}
+            )
     return keyed.groupby([LABEL, _BLOCK], num_partitions=num_partitions).map_groups(
         _smote_group,
-        fn_kwargs={"quota": quota, "k": k, "seed": seed, "ids": ids, "num_classes": num_classes,
-                   "blocks_per_class": blocks},
-        batch_format="numpy")
+        fn_kwargs={
+            "quota": quota,
+            "k": k,
+            "seed": seed,
+            "ids": ids,
+            "num_classes": num_classes,
+            "blocks_per_class": blocks,
+        },
+        batch_format="numpy",
+    )

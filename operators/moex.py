@@ -3,10 +3,12 @@ mean and standard deviation of a partner, and its target leans towards the partn
 
 `exchange_moments` is the rule on a batch of feature maps, used at a hidden layer during training
 (pipelines/moex.py) and on the inputs by `MomentMixer`, which operators.mixup.mix_dataset runs
-as a Ray Data job that writes the exchanged rows with their provenance. Moments are taken per sample and position over the channels (positional
-normalisation, the paper's choice) or per sample and channel over the positions ('spatial',
-instance normalisation: for one-channel inputs, where moments over one channel say nothing).
+as a Ray Data job that writes the exchanged rows with their provenance. Moments are taken per
+sample and position over the channels (positional normalisation, the paper's choice) or per
+sample and channel over the positions ('spatial', instance normalisation: for one-channel
+inputs, where moments over one channel say nothing).
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,17 +25,21 @@ def moment_dims(h: torch.Tensor, over: str) -> tuple[int, ...]:
         raise ValueError(f"moments: expected one of {MOMENTS}, got {over!r}")
     if over == "channel":
         if h.dim() > 2 and h.shape[1] < 2:
-            raise ValueError(f"moments: 'channel' needs >= 2 channels, the features have shape "
-                             f"{tuple(h.shape)}; use 'spatial'")
+            raise ValueError(
+                f"moments: 'channel' needs >= 2 channels, the features have shape "
+                f"{tuple(h.shape)}; use 'spatial'"
+            )
         return (1,)
     if h.dim() < 3:
-        raise ValueError(f"moments: 'spatial' needs (N, C, positions...) features, got shape "
-                         f"{tuple(h.shape)}")
+        raise ValueError(
+            f"moments: 'spatial' needs (N, C, positions...) features, got shape {tuple(h.shape)}"
+        )
     return tuple(range(2, h.dim()))
 
 
-def exchange_moments(h: torch.Tensor, partner: torch.Tensor, over: str = "channel",
-                     eps: float = EPS) -> torch.Tensor:
+def exchange_moments(
+    h: torch.Tensor, partner: torch.Tensor, over: str = "channel", eps: float = EPS
+) -> torch.Tensor:
     """(h - mean) / std * std[partner] + mean[partner], moments per sample over `over`
     (std = sqrt(biased variance + eps)): each sample's normalised features, the partner's
     moments."""

@@ -4,6 +4,7 @@
 per batch, so the cost is memory bandwidth, not per-row Python. `class_norm_stats` uses Ray
 Data's own grouped aggregation, so only one row per class ever reaches the driver.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,7 @@ import pandas as pd
 import ray
 from ray.data.aggregate import Count, Max, Mean, Min, Std
 
-from .contract import (ID, LABEL, X, DataError, check_finite, data_errors, features,
-                       require_columns)
+from .contract import ID, LABEL, DataError, X, check_finite, data_errors, features, require_columns
 
 KINDS = ("pixel_weighted_l2", "l1", "l2", "linf")
 LUMINANCE = (0.299, 0.587, 0.114)
@@ -29,19 +29,30 @@ class Norms:
     the output when only the norms are wanted, which saves copying the tensors again.
     """
 
-    def __init__(self, kind: str = "pixel_weighted_l2", channel_weights=None, column: str = X,
-                 keep_features: bool = True):
+    def __init__(
+        self,
+        kind: str = "pixel_weighted_l2",
+        channel_weights=None,
+        column: str = X,
+        keep_features: bool = True,
+    ):
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if channel_weights is not None:
             if kind != "pixel_weighted_l2":
-                raise ValueError(f"channel_weights applies to kind='pixel_weighted_l2' only, "
-                                 f"not kind={kind!r}")
+                raise ValueError(
+                    f"channel_weights applies to kind='pixel_weighted_l2' only, not kind={kind!r}"
+                )
             channel_weights = np.asarray(channel_weights, dtype=np.float32)
-            if channel_weights.ndim != 1 or not len(channel_weights) \
-                    or not np.isfinite(channel_weights).all():
-                raise ValueError(f"channel_weights must be a non-empty list of finite numbers, "
-                                 f"got {channel_weights.tolist()}")
+            if (
+                channel_weights.ndim != 1
+                or not len(channel_weights)
+                or not np.isfinite(channel_weights).all()
+            ):
+                raise ValueError(
+                    f"channel_weights must be a non-empty list of finite numbers, "
+                    f"got {channel_weights.tolist()}"
+                )
         self.kind = kind
         self.channel_weights = channel_weights
         self.column = column
@@ -76,8 +87,10 @@ class Norms:
         if weights is None:
             weights = np.asarray(LUMINANCE if c == 3 else [1.0 / c] * c, dtype=np.float32)
         if len(weights) != c:
-            raise DataError(f"column '{self.column}': {c} channel(s) per sample but "
-                            f"channel_weights has {len(weights)}")
+            raise DataError(
+                f"column '{self.column}': {c} channel(s) per sample but "
+                f"channel_weights has {len(weights)}"
+            )
         if c == 1 and weights[0] == 1.0:
             return channels[:, 0]
         return np.einsum("c,ncp->np", weights, channels)
@@ -104,12 +117,16 @@ def aggregate_by_class(ds: ray.data.Dataset, norm_column: str = "norm") -> pd.Da
     """`class_norm_stats` for callers that checked the columns already: on a lazy dataset the
     check costs a run of its first block."""
     with data_errors():
-        stats = ds.groupby(LABEL).aggregate(
-            Count(alias_name="count"),
-            Mean(norm_column, alias_name="mean"),
-            Std(norm_column, ddof=0, alias_name="std"),
-            Min(norm_column, alias_name="min"),
-            Max(norm_column, alias_name="max"),
-        ).to_pandas()
+        stats = (
+            ds.groupby(LABEL)
+            .aggregate(
+                Count(alias_name="count"),
+                Mean(norm_column, alias_name="mean"),
+                Std(norm_column, ddof=0, alias_name="std"),
+                Min(norm_column, alias_name="min"),
+                Max(norm_column, alias_name="max"),
+            )
+            .to_pandas()
+        )
     stats = stats[[LABEL, "count", "mean", "std", "min", "max"]]
     return stats.sort_values(LABEL, kind="stable").reset_index(drop=True)

@@ -4,6 +4,7 @@
 optionally, `embedding`. `forward_scores` is the one forward pass behind it, which the training
 workers also use to score their own pool rows (pipelines/scan.py, M2 step 3).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -27,10 +28,17 @@ class Scorer:
     caller checks shapes and label ranges before it starts the pool (pipelines/operator_jobs.py):
     an error raised here would surface only after the pool had started."""
 
-    def __init__(self, model_factory: Callable[[], torch.nn.Module],
-                 with_embedding: bool = False, keep_features: bool = False,
-                 use_gpu: bool = False, threads: int = 1, column: str = X,
-                 label_column: str = LABEL, x_shape: tuple | None = None):
+    def __init__(
+        self,
+        model_factory: Callable[[], torch.nn.Module],
+        with_embedding: bool = False,
+        keep_features: bool = False,
+        use_gpu: bool = False,
+        threads: int = 1,
+        column: str = X,
+        label_column: str = LABEL,
+        x_shape: tuple | None = None,
+    ):
         torch.set_num_threads(threads)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = model_factory().to(self.device).eval()
@@ -48,14 +56,16 @@ class Scorer:
             y = torch.from_numpy(np.asarray(batch[self.label_column], dtype=np.int64))
             y = y.to(self.device)
         # torch wants arrays it may write to; Ray hands out read-only views.
-        out = forward_scores(self.model, torch.from_numpy(np.array(x)).to(self.device), y,
-                             self.with_embedding)
+        out = forward_scores(
+            self.model, torch.from_numpy(np.array(x)).to(self.device), y, self.with_embedding
+        )
         kept = {k: v for k, v in batch.items() if self.keep_features or k != self.column}
         return {**kept, **out}
 
 
-def forward_scores(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-                   with_embedding: bool = False) -> dict:
+def forward_scores(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, with_embedding: bool = False
+) -> dict:
     """`score_logits` of one batch as NumPy columns, and with `with_embedding` the input of
     the model's last stage (the logits for a model without `embed`)."""
     with torch.no_grad():
@@ -92,16 +102,31 @@ def score_logits(logits: torch.Tensor, labels: torch.Tensor | None) -> dict:
     return out
 
 
-def score(ds: ray.data.Dataset, model_factory: Callable[[], torch.nn.Module], *,
-          batch_size: int = 1024, num_actors: int = 1, use_gpu: bool = False, with_embedding: bool = False, keep_features: bool = False, column: str = X,
-          label_column: str = LABEL, x_shape: tuple | None = None) -> ray.data.Dataset:
+def score(
+    ds: ray.data.Dataset,
+    model_factory: Callable[[], torch.nn.Module],
+    *,
+    batch_size: int = 1024,
+    num_actors: int = 1,
+    use_gpu: bool = False,
+    with_embedding: bool = False,
+    keep_features: bool = False,
+    column: str = X,
+    label_column: str = LABEL,
+    x_shape: tuple | None = None,
+) -> ray.data.Dataset:
     """The lazy scored dataset (`Scorer`'s columns added); nothing runs until it is consumed."""
     return ds.map_batches(
         Scorer,
-        fn_constructor_kwargs={"model_factory": model_factory, "with_embedding": with_embedding,
-                               "keep_features": keep_features, "use_gpu": use_gpu,
-                               "column": column, "label_column": label_column,
-                               "x_shape": x_shape},
+        fn_constructor_kwargs={
+            "model_factory": model_factory,
+            "with_embedding": with_embedding,
+            "keep_features": keep_features,
+            "use_gpu": use_gpu,
+            "column": column,
+            "label_column": label_column,
+            "x_shape": x_shape,
+        },
         batch_size=batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_actors),

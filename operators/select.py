@@ -5,6 +5,7 @@ Only small candidate sets reach the driver: each block keeps its own best few ro
 smaller id and random keys are hashes of (seed, id), so a result never depends on how the data
 was split into blocks or in which order the blocks finished.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 
-from .contract import ID, LABEL, X, DataError, data_errors, require_columns
+from .contract import ID, LABEL, DataError, X, data_errors, require_columns
 from .keys import hash_keys
 from .norms import Norms, add_norms, aggregate_by_class
 
@@ -38,8 +39,9 @@ def selection(ids: np.ndarray, reason: str, notes: list[str] | None = None) -> S
     return Selection(ids, np.full(len(ids), reason, dtype=object), list(notes or []))
 
 
-def smallest_per_group(group: np.ndarray, key: np.ndarray, ids: np.ndarray,
-                       limit: np.ndarray) -> np.ndarray:
+def smallest_per_group(
+    group: np.ndarray, key: np.ndarray, ids: np.ndarray, limit: np.ndarray
+) -> np.ndarray:
     """Indices of the rows among the `limit[g]` smallest (key, id) of their group `g`.
 
     Groups are small non-negative ints; the indices come in (group, key, id) order.
@@ -94,8 +96,9 @@ def without_ids(ds: ray.data.Dataset, exclude_ids) -> ray.data.Dataset:
     if exclude_ids is None or not len(exclude_ids):
         return ds
     exclude = np.unique(np.asarray(exclude_ids, dtype=np.int64))
-    return ds.map_batches(_drop_rows, fn_kwargs={"exclude": exclude}, batch_format="numpy",
-                          batch_size=None)
+    return ds.map_batches(
+        _drop_rows, fn_kwargs={"exclude": exclude}, batch_format="numpy", batch_size=None
+    )
 
 
 def _drop_rows(batch: dict, exclude: np.ndarray) -> dict:
@@ -103,8 +106,13 @@ def _drop_rows(batch: dict, exclude: np.ndarray) -> dict:
     return {k: v[keep] for k, v in batch.items()}
 
 
-def random_draw(ds: ray.data.Dataset, ratio: float | None = None, n: int | None = None,
-                seed: int = 0, reason: str = "initial") -> Selection:
+def random_draw(
+    ds: ray.data.Dataset,
+    ratio: float | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    reason: str = "initial",
+) -> Selection:
     """A uniform draw of `n` ids, or of round(ratio * rows); ids ascending.
 
     Each id's rank is a hash of (seed, id), so the draw is the same whatever the block layout.
@@ -122,12 +130,19 @@ def random_draw(ds: ray.data.Dataset, ratio: float | None = None, n: int | None 
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     if n == 0:
         return selection([], reason)
-    parts = ids.map_batches(random_candidates, fn_kwargs={"n": int(n), "seed": seed},
-                            batch_format="numpy", batch_size=None)
+    parts = ids.map_batches(
+        random_candidates,
+        fn_kwargs={"n": int(n), "seed": seed},
+        batch_format="numpy",
+        batch_size=None,
+    )
     got = gather_smallest(parts, np.array([n]))
     chosen = np.sort(got[ID]) if got else np.zeros(0, np.int64)
-    notes = [] if len(chosen) == n else [
-        f"random_draw: asked for n={n} but the dataset has {len(chosen)} rows; all taken"]
+    notes = (
+        []
+        if len(chosen) == n
+        else [f"random_draw: asked for n={n} but the dataset has {len(chosen)} rows; all taken"]
+    )
     return selection(chosen, reason, notes)
 
 
@@ -138,9 +153,16 @@ def random_candidates(batch: dict, n: int, seed: int) -> dict:
     return {"group": np.zeros(len(keep), np.int64), "key": key[keep], ID: ids[keep]}
 
 
-def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_weighted_l2",
-                  channel_weights=None, column: str = X, exclude_ids=None,
-                  reason: str = "balanced") -> Selection:
+def balanced_draw(
+    ds: ray.data.Dataset,
+    per_class: int,
+    *,
+    kind: str = "pixel_weighted_l2",
+    channel_weights=None,
+    column: str = X,
+    exclude_ids=None,
+    reason: str = "balanced",
+) -> Selection:
     """M1 step 4: `per_class` ids per class, half at or above the class's mean norm, half below.
 
     Per class c with mean norm mu_c (over the rows not in `exclude_ids`): a = ceil(m/2) ids with
@@ -156,8 +178,9 @@ def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_we
         ds = ds.select_columns([ID, LABEL, "norm"])
     else:
         require_columns(names, [column], where="balanced_draw (no 'norm' column)")
-        norms = Norms(kind=kind, channel_weights=channel_weights, column=column,
-                      keep_features=False)
+        norms = Norms(
+            kind=kind, channel_weights=channel_weights, column=column, keep_features=False
+        )
         ds = add_norms(ds.select_columns([ID, LABEL, column]), norms)
     ds = without_ids(ds, exclude_ids)
     stats = aggregate_by_class(ds)
@@ -165,25 +188,33 @@ def balanced_draw(ds: ray.data.Dataset, per_class: int, *, kind: str = "pixel_we
         return selection([], reason, ["balanced_draw: no rows to draw from"])
     labels = stats[LABEL].to_numpy(np.int64)
     means = stats["mean"].to_numpy(np.float64)
-    parts = ds.map_batches(balanced_candidates, batch_format="numpy", batch_size=None,
-                           fn_kwargs={"labels": labels, "means": means, "m": int(per_class)})
+    parts = ds.map_batches(
+        balanced_candidates,
+        batch_format="numpy",
+        batch_size=None,
+        fn_kwargs={"labels": labels, "means": means, "m": int(per_class)},
+    )
     got = gather_smallest(parts, np.full(2 * len(labels), per_class))
     return compose_balanced(got, labels, stats["count"].to_numpy(), per_class, reason)
 
 
-def compose_balanced(got: dict, labels: np.ndarray, counts: np.ndarray, per_class: int,
-                     reason: str) -> Selection:
+def compose_balanced(
+    got: dict, labels: np.ndarray, counts: np.ndarray, per_class: int, reason: str
+) -> Selection:
     """The draw from the merged candidates (group 2i: class i at or above its mean, 2i + 1:
     below, each nearest the mean first), with a note naming the classes that ran short."""
     chosen = []
     for i in range(len(labels)):
         above = got[ID][got["group"] == 2 * i]
         below = got[ID][got["group"] == 2 * i + 1]
-        chosen += [above[:_take_above(per_class, len(above), len(below))]]
-        chosen += [below[:per_class - len(chosen[-1])]]
+        chosen += [above[: _take_above(per_class, len(above), len(below))]]
+        chosen += [below[: per_class - len(chosen[-1])]]
     small = [f"{c} ({k})" for c, k in zip(labels, counts) if k < per_class]
-    notes = [f"fewer than per_class={per_class}, all taken: class (samples) "
-             f"{', '.join(small)}"] if small else []
+    notes = (
+        [f"fewer than per_class={per_class}, all taken: class (samples) {', '.join(small)}"]
+        if small
+        else []
+    )
     return selection(np.concatenate(chosen) if chosen else [], reason, notes)
 
 

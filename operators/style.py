@@ -13,6 +13,7 @@ textures?"; He et al. 2016 on random-weight representations), and they exist bef
 is trained, for signals and images alike. Any module list works too, e.g. the first stages of
 a classifier raysift has trained.
 """
+
 from __future__ import annotations
 
 import torch
@@ -54,7 +55,8 @@ class RandomExtractor(nn.Module):
             torch.manual_seed(seed)
             chans = [in_channels, *widths]
             self.layers = nn.ModuleList(
-                nn.Sequential(conv(a, b, 3, padding=1), nn.ReLU()) for a, b in zip(chans, chans[1:]))
+                nn.Sequential(conv(a, b, 3, padding=1), nn.ReLU()) for a, b in zip(chans, chans[1:])
+            )
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -79,13 +81,23 @@ class StyleTransfer:
 
     name = "style"
 
-    def __init__(self, extractor: nn.Module, steps: int = 50, lr: float = 0.05,
-                 content_weight: float = 1.0, style_weight: float = 10.0,
-                 tv_weight: float = 0.1):
+    def __init__(
+        self,
+        extractor: nn.Module,
+        steps: int = 50,
+        lr: float = 0.05,
+        content_weight: float = 1.0,
+        style_weight: float = 10.0,
+        tv_weight: float = 0.1,
+    ):
         if steps < 1:
             raise ValueError(f"steps: must be >= 1, got {steps}")
-        for name, value in (("lr", lr), ("content_weight", content_weight),
-                            ("style_weight", style_weight), ("tv_weight", tv_weight)):
+        for name, value in (
+            ("lr", lr),
+            ("content_weight", content_weight),
+            ("style_weight", style_weight),
+            ("tv_weight", tv_weight),
+        ):
             if not value >= 0:
                 raise ValueError(f"{name}: must be >= 0, got {value}")
         self.extractor, self.steps, self.lr = extractor, steps, lr

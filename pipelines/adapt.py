@@ -19,6 +19,7 @@ one per checked image), `history/` (the library replayed), `final/` (detector.pt
 updated library) and `summary.json`. The driver holds each scene's images in memory (a few
 thousand 40x40 canvases: megabytes), and so does every training worker for the new ones.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -34,15 +35,28 @@ import ray
 import torch
 
 from operators.contract import ID, LABEL, X, data_errors, from_columns
-from operators.feedback import (BOXES, IMAGE_ID, PRED_BOXES, PRED_SCORES, TRUE_BOXES,
-                                CATEGORIES, feedback)
+from operators.feedback import (
+    BOXES,
+    CATEGORIES,
+    IMAGE_ID,
+    PRED_BOXES,
+    PRED_SCORES,
+    TRUE_BOXES,
+    feedback,
+)
 
 from .adapt_config import AdaptConfig, load_adapt
 from .config import ConfigError
-
 from .detection_eval import mean_ap, predict
-from .detector import (DETECTOR, DETECTOR_FILE, TinyDetector, detector_gradient_fn,
-                       encode_targets, load_detector, save_detector)
+from .detector import (
+    DETECTOR,
+    DETECTOR_FILE,
+    TinyDetector,
+    detector_gradient_fn,
+    encode_targets,
+    load_detector,
+    save_detector,
+)
 from .history import TARGET, HistoryLibrary
 from .rounds import check_workers, init_ray
 from .run_state import atomic_write_json, replace_via_staging
@@ -63,8 +77,13 @@ def scene_rows(batch: pa.Table, scene: SceneConfig, split: str, seed: int) -> pa
 
     ids = batch[ID].to_numpy()
     images = make_images(scene, split, ids, seed)
-    return pa.table({ID: pa.array(ids, pa.int64()), X: ArrowTensorArray.from_numpy(images.x),
-                     TRUE: pa.array([b.tolist() for b in images.boxes], type=BOXES)})
+    return pa.table(
+        {
+            ID: pa.array(ids, pa.int64()),
+            X: ArrowTensorArray.from_numpy(images.x),
+            TRUE: pa.array([b.tolist() for b in images.boxes], type=BOXES),
+        }
+    )
 
 
 class CheckInput:
@@ -83,11 +102,14 @@ class CheckInput:
     def __call__(self, batch: pa.Table) -> pa.Table:
         x = batch[X].combine_chunks().to_numpy()
         found = predict(self.model, x, min_score=self.min_score)
-        return pa.table({
-            IMAGE_ID: batch[ID],
-            PRED_BOXES: pa.array([b.tolist() for b, _ in found], type=BOXES),
-            PRED_SCORES: pa.array([s.tolist() for _, s in found], type=pa.list_(pa.float32())),
-            TRUE_BOXES: batch[TRUE].cast(BOXES)})
+        return pa.table(
+            {
+                IMAGE_ID: batch[ID],
+                PRED_BOXES: pa.array([b.tolist() for b, _ in found], type=BOXES),
+                PRED_SCORES: pa.array([s.tolist() for _, s in found], type=pa.list_(pa.float32())),
+                TRUE_BOXES: batch[TRUE].cast(BOXES),
+            }
+        )
 
 
 def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
@@ -101,8 +123,7 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
 
     t = time.perf_counter()
     replace_via_staging(run_dir, partial(_write_scenes, cfg))
-    data = {(scene, split): _read_rows(run_dir / "data" / scene / split)
-            for scene, split in SPLITS}
+    data = {(scene, split): _read_rows(run_dir / "data" / scene / split) for scene, split in SPLITS}
     seconds["scenes"] = time.perf_counter() - t
     old_train, old_test = data["old", "train"], data["old", "test"]
     new_train, new_test = data["new", "train"], data["new", "test"]
@@ -122,12 +143,18 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
     t = time.perf_counter()
     check = _check(cfg, run_dir / "data" / "new" / "train", meta_dir, run_dir / "check")
     canvas = cfg.new_scene.canvas
-    y_new = np.stack([encode_targets(labels, canvas, negatives, cfg.check.negative_weight)
-                      for labels, negatives in zip(check["label_boxes"], check["negative"])])
+    y_new = np.stack(
+        [
+            encode_targets(labels, canvas, negatives, cfg.check.negative_weight)
+            for labels, negatives in zip(check["label_boxes"], check["negative"])
+        ]
+    )
     seconds["check"] = time.perf_counter() - t
     counts = Counter(check["category"])
-    echo(f"[{cfg.name}] meta-detector ({meta_origin}) checked on {len(y_new)} new images: "
-         + ", ".join(f"{counts[c]} {c}" for c in CATEGORIES))
+    echo(
+        f"[{cfg.name}] meta-detector ({meta_origin}) checked on {len(y_new)} new images: "
+        + ", ".join(f"{counts[c]} {c}" for c in CATEGORIES)
+    )
 
     t = time.perf_counter()
     library = HistoryLibrary(cfg.history.size, 1, cfg.history.rule, seed=cfg.seed)
@@ -141,9 +168,16 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
     seconds["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    plan = TransferPlan(partial(load_detector, str(meta_dir.resolve())), save_detector,
-                        DETECTOR, TARGET, cfg.train, cfg.history_batch_size, cfg.seed,
-                        str((run_dir / "history").resolve()))
+    plan = TransferPlan(
+        partial(load_detector, str(meta_dir.resolve())),
+        save_detector,
+        DETECTOR,
+        TARGET,
+        cfg.train,
+        cfg.history_batch_size,
+        cfg.seed,
+        str((run_dir / "history").resolve()),
+    )
     rows = from_columns({ID: new_train[0], X: new_train[1], TARGET: y_new})
     checkpoint, metrics = fit_transfer(plan, rows, run_dir / "train")
     seconds["train"] = time.perf_counter() - t
@@ -165,24 +199,34 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
 
     replaced = int((~np.isin(held_before, library.ids_)).sum())
     summary = {
-        "name": cfg.name, "rule": cfg.train.rule, "new_images": len(y_new),
+        "name": cfg.name,
+        "rule": cfg.train.rule,
+        "new_images": len(y_new),
         "meta": meta_origin,
-        "check": {"images": {c: counts[c] for c in CATEGORIES},
-                  "boxes": {k: int(np.sum(check[f"n_{k}"])) for k in ("correct", "missed",
-                                                                      "false")}},
+        "check": {
+            "images": {c: counts[c] for c in CATEGORIES},
+            "boxes": {k: int(np.sum(check[f"n_{k}"])) for k in ("correct", "missed", "false")},
+        },
         "new_scene_map50": {"before": before["new"], "after": after["new"]},
         "old_scene_map50": {"before": before["old"], "after": after["old"]},
         "forgetting": before["old"] - after["old"],
-        "epochs": cfg.train.epochs, "steps": metrics["steps"],
-        "train_sample_passes": {"new": metrics["new_sample_passes"],
-                                "history": metrics["history_sample_passes"],
-                                "total": metrics["new_sample_passes"]
-                                + metrics["history_sample_passes"]},
-        "mixing": {k: metrics.get(k) for k in ("mean_cosine", "mean_w_t", "mean_w_h",
-                                               "conflict_steps")},
-        "history": {"rule": library.rule, "size": len(library),
-                    "replaced_after_transfer": replaced},
-        "model": str(final / DETECTOR_FILE), "library": str(final),
+        "epochs": cfg.train.epochs,
+        "steps": metrics["steps"],
+        "train_sample_passes": {
+            "new": metrics["new_sample_passes"],
+            "history": metrics["history_sample_passes"],
+            "total": metrics["new_sample_passes"] + metrics["history_sample_passes"],
+        },
+        "mixing": {
+            k: metrics.get(k) for k in ("mean_cosine", "mean_w_t", "mean_w_h", "conflict_steps")
+        },
+        "history": {
+            "rule": library.rule,
+            "size": len(library),
+            "replaced_after_transfer": replaced,
+        },
+        "model": str(final / DETECTOR_FILE),
+        "library": str(final),
         "wall_seconds": seconds,
     }
     atomic_write_json(run_dir / SUMMARY, summary)
@@ -199,8 +243,10 @@ def _check_inputs(cfg: AdaptConfig, run_dir: Path, overwrite: bool) -> None:
         if not (Path(checkpoint) / DETECTOR_FILE).is_file():
             raise ConfigError(f"meta.checkpoint: {checkpoint} holds no {DETECTOR_FILE}")
         if Path(checkpoint).resolve().is_relative_to(run_dir.resolve()):
-            raise ConfigError(f"meta.checkpoint: {checkpoint} lies inside run_dir {run_dir}, "
-                              f"which the run replaces; copy it out or choose another run_dir")
+            raise ConfigError(
+                f"meta.checkpoint: {checkpoint} lies inside run_dir {run_dir}, "
+                f"which the run replaces; copy it out or choose another run_dir"
+            )
         _load(Path(checkpoint), "meta.checkpoint")
 
 
@@ -210,8 +256,10 @@ def _write_scenes(cfg: AdaptConfig, staging: Path) -> None:
     for scene, split in SPLITS:
         n = getattr(cfg.images, f"{scene}_{split}")
         rows = ray.data.range(n).map_batches(
-            scene_rows, fn_kwargs={"scene": scenes[scene], "split": split, "seed": cfg.seed},
-            batch_format="pyarrow")
+            scene_rows,
+            fn_kwargs={"scene": scenes[scene], "split": split, "seed": cfg.seed},
+            batch_format="pyarrow",
+        )
         rows.write_parquet(str(staging / "data" / scene / split))
     atomic_write_json(staging / JOB_COPY, cfg.to_dict())
 
@@ -229,24 +277,41 @@ def _load(folder: Path, field: str) -> TinyDetector:
     try:
         return load_detector(folder)
     except (RuntimeError, KeyError) as err:  # not a detector.pt this version wrote
-        raise ConfigError(f"{field}: {folder / DETECTOR_FILE} is not a TinyDetector "
-                          f"checkpoint: {str(err).splitlines()[0]}") from None
+        raise ConfigError(
+            f"{field}: {folder / DETECTOR_FILE} is not a TinyDetector "
+            f"checkpoint: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _train_meta(cfg: AdaptConfig, old_train, folder: Path) -> None:
     """The meta-detector: the same transfer steps with rule finetune from a fresh net, on the
     old scene's training images and their true boxes."""
     m = cfg.meta
-    train = TransferTrainConfig(rule="finetune", epochs=m.epochs, batch_size=m.batch_size,
-                                lr=m.lr, momentum=m.momentum,
-                                num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                threads_per_worker=cfg.train.threads_per_worker)
+    train = TransferTrainConfig(
+        rule="finetune",
+        epochs=m.epochs,
+        batch_size=m.batch_size,
+        lr=m.lr,
+        momentum=m.momentum,
+        num_workers=cfg.train.num_workers,
+        use_gpu=cfg.train.use_gpu,
+        threads_per_worker=cfg.train.threads_per_worker,
+    )
     ids, x, boxes = old_train
     y = np.stack([encode_targets(b, cfg.old_scene.canvas) for b in boxes])
-    plan = TransferPlan(partial(fresh_detector, m.width, derive_seed(cfg.seed, "meta init")),
-                        save_detector, DETECTOR, TARGET, train, m.batch_size, cfg.seed, None)
-    checkpoint, _ = fit_transfer(plan, from_columns({ID: ids, X: x, TARGET: y}),
-                                 folder.parent / "meta_train")
+    plan = TransferPlan(
+        partial(fresh_detector, m.width, derive_seed(cfg.seed, "meta init")),
+        save_detector,
+        DETECTOR,
+        TARGET,
+        train,
+        m.batch_size,
+        cfg.seed,
+        None,
+    )
+    checkpoint, _ = fit_transfer(
+        plan, from_columns({ID: ids, X: x, TARGET: y}), folder.parent / "meta_train"
+    )
     shutil.copy2(Path(checkpoint) / DETECTOR_FILE, folder / DETECTOR_FILE)
 
 
@@ -260,9 +325,11 @@ def _check(cfg: AdaptConfig, images: Path, meta_dir: Path, out: Path) -> dict:
     are written to `out` and returned as columns, ordered by image id."""
     c = cfg.check
     rows = ray.data.read_parquet(str(images)).map_batches(
-        CheckInput, fn_constructor_kwargs={"folder": str(meta_dir.resolve()),
-                                           "min_score": c.min_score},
-        compute=ray.data.ActorPoolStrategy(size=1), batch_format="pyarrow")
+        CheckInput,
+        fn_constructor_kwargs={"folder": str(meta_dir.resolve()), "min_score": c.min_score},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_format="pyarrow",
+    )
     with data_errors():
         checked = feedback(rows, c.conf_threshold, c.iou_threshold).materialize()
     checked.write_parquet(str(out))
@@ -273,25 +340,29 @@ def _check(cfg: AdaptConfig, images: Path, meta_dir: Path, out: Path) -> dict:
     return columns
 
 
-def _offer(library: HistoryLibrary, model: TinyDetector, rows, canvas: int,
-           batch_size: int = 1024) -> None:
+def _offer(
+    library: HistoryLibrary, model: TinyDetector, rows, canvas: int, batch_size: int = 1024
+) -> None:
     """Offer the old scene's training images (one group, label 0) with their dense targets."""
     ids, x, boxes = rows
     grad_fn = detector_gradient_fn(model)
     for s in range(0, len(ids), batch_size):
         part = slice(s, s + batch_size)
         y = np.stack([encode_targets(b, canvas) for b in boxes[part]])
-        library.update({ID: ids[part], LABEL: np.zeros(len(y), np.int64), X: x[part],
-                        TARGET: y}, grad_fn)
+        library.update(
+            {ID: ids[part], LABEL: np.zeros(len(y), np.int64), X: x[part], TARGET: y}, grad_fn
+        )
 
 
 def format_summary(s: dict) -> str:
     new, old = s["new_scene_map50"], s["old_scene_map50"]
-    return (f"[{s['name']}] {s['rule']}: new scene mAP@0.5 {new['before']:.3f} -> "
-            f"{new['after']:.3f}, old scene {old['before']:.3f} -> {old['after']:.3f} "
-            f"(forgetting {s['forgetting']:+.3f}); {s['steps']} steps, "
-            f"{s['train_sample_passes']['total']} sample-passes, "
-            f"{s['wall_seconds']['total']:.0f}s -> {s['model']}")
+    return (
+        f"[{s['name']}] {s['rule']}: new scene mAP@0.5 {new['before']:.3f} -> "
+        f"{new['after']:.3f}, old scene {old['before']:.3f} -> {old['after']:.3f} "
+        f"(forgetting {s['forgetting']:+.3f}); {s['steps']} steps, "
+        f"{s['train_sample_passes']['total']} sample-passes, "
+        f"{s['wall_seconds']['total']:.0f}s -> {s['model']}"
+    )
 
 
 def add_commands(subparsers) -> None:

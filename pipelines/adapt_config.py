@@ -4,6 +4,7 @@ Typed sections built by the same rules as the other job files (`config.build_sec
 unknown keys and wrong types); the ranges are checked here, before anything is generated or
 trained.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,7 @@ from . import history
 from .config import ConfigError, build_section, check_field, read_job_file
 from .detector import STRIDE
 from .scenes import NewSceneConfig, SceneConfig, check_scene
-from .transfer_config import (TransferJob, TransferTrainConfig, check_history_batch,
-                              check_train)
+from .transfer_config import TransferJob, TransferTrainConfig, check_history_batch, check_train
 
 
 @dataclass
@@ -94,20 +94,35 @@ class AdaptConfig(TransferJob):
                 check_scene(scene, prefix)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
-            check_field(scene.canvas % STRIDE == 0, f"{prefix}.canvas", scene.canvas,
-                        f"a multiple of the detector's stride {STRIDE}")
-        check_field(not self.train.joint_forward
-                    or self.old_scene.canvas == self.new_scene.canvas, "new_scene.canvas",
-                    self.new_scene.canvas, "old_scene.canvas with train.joint_forward (new "
-                    "and history images go through one forward pass)")
-        check_field(self.old_scene.name != self.new_scene.name, "new_scene.name",
-                    self.new_scene.name, "a name other than old_scene.name (it seeds the images)")
+            check_field(
+                scene.canvas % STRIDE == 0,
+                f"{prefix}.canvas",
+                scene.canvas,
+                f"a multiple of the detector's stride {STRIDE}",
+            )
+        check_field(
+            not self.train.joint_forward or self.old_scene.canvas == self.new_scene.canvas,
+            "new_scene.canvas",
+            self.new_scene.canvas,
+            "old_scene.canvas with train.joint_forward (new "
+            "and history images go through one forward pass)",
+        )
+        check_field(
+            self.old_scene.name != self.new_scene.name,
+            "new_scene.name",
+            self.new_scene.name,
+            "a name other than old_scene.name (it seeds the images)",
+        )
         for name, value in dataclasses.asdict(self.images).items():
             check_field(value >= 1, f"images.{name}", value, ">= 1")
         m = self.meta
         if m.checkpoint is not None:
-            check_field(bool(m.checkpoint), "meta.checkpoint", m.checkpoint,
-                        "a folder holding detector.pt, or null")
+            check_field(
+                bool(m.checkpoint),
+                "meta.checkpoint",
+                m.checkpoint,
+                "a folder holding detector.pt, or null",
+            )
         check_field(m.width >= 4, "meta.width", m.width, ">= 4")
         for name in ("epochs", "batch_size"):
             check_field(getattr(m, name) >= 1, f"meta.{name}", getattr(m, name), ">= 1")
@@ -118,14 +133,19 @@ class AdaptConfig(TransferJob):
             check_thresholds(c.conf_threshold, c.iou_threshold)
         except ValueError as err:
             raise ConfigError(f"check.{err}") from None
-        check_field(0 <= c.min_score < c.conf_threshold, "check.min_score", c.min_score,
-                    "in [0, check.conf_threshold): the boxes under the threshold are the "
-                    "candidates of a correct box's label")
+        check_field(
+            0 <= c.min_score < c.conf_threshold,
+            "check.min_score",
+            c.min_score,
+            "in [0, check.conf_threshold): the boxes under the threshold are the "
+            "candidates of a correct box's label",
+        )
         check_field(c.negative_weight >= 0, "check.negative_weight", c.negative_weight, ">= 0")
         h = self.history
         check_field(h.size >= 1, "history.size", h.size, ">= 1")
-        check_field(h.rule in history.RULES, "history.rule", h.rule,
-                    f"one of {', '.join(history.RULES)}")
+        check_field(
+            h.rule in history.RULES, "history.rule", h.rule, f"one of {', '.join(history.RULES)}"
+        )
         check_train(self.train)
         check_history_batch(self.history_batch_size, self.train.num_workers)
         return self

@@ -21,6 +21,7 @@ For independent samples (no batch statistics) the trained per-sample loss is the
 max(loss at the original ratio, loss at the perturbed ratio), the published rule, while only the
 last forward is backpropagated.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -29,8 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from operators.mixup import (beta, check_smoothing, cycle_partners, smooth_labels,
-                             soft_cross_entropy)
+from operators.mixup import beta, check_smoothing, cycle_partners, smooth_labels, soft_cross_entropy
 
 from .models import unwrap
 
@@ -63,12 +63,21 @@ def _mixing_hook(lam: torch.Tensor, partner: torch.Tensor):
         h = args[0]
         w = lam.to(h.dtype).view(-1, *([1] * (h.dim() - 1)))
         return (w * h + (1 - w) * h[partner], *args[1:])
+
     return hook
 
 
-def mixed_losses(model: nn.Module, stages: nn.ModuleList, x: torch.Tensor, y: torch.Tensor,
-                 partner: torch.Tensor, lam: torch.Tensor, target_lam: torch.Tensor,
-                 layer: int, smoothing: float = 0.0):
+def mixed_losses(
+    model: nn.Module,
+    stages: nn.ModuleList,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    partner: torch.Tensor,
+    lam: torch.Tensor,
+    target_lam: torch.Tensor,
+    layer: int,
+    smoothing: float = 0.0,
+):
     """Per-sample soft cross-entropy and logits of `model(x)` with the input of stages[layer]
     mixed as lam * h + (1 - lam) * h[partner], against targets mixed with `target_lam`."""
     handle = stages[layer].register_forward_pre_hook(_mixing_hook(lam, partner))
@@ -115,10 +124,19 @@ class AdversarialMixup:
     source's "controllable strength"); `clip` keeps lam in [0, 1] (our choice: on by default).
     """
 
-    def __init__(self, layer: int = 0, alpha: float = 1.0, n_steps: int = 1,
-                 gamma: float = 0.002, max_change: float | None = None, clip: bool = True,
-                 keep_rose: bool = True, target_ratio: str = "perturbed",
-                 smoothing: float = 0.0, ascent: str = "mean"):
+    def __init__(
+        self,
+        layer: int = 0,
+        alpha: float = 1.0,
+        n_steps: int = 1,
+        gamma: float = 0.002,
+        max_change: float | None = None,
+        clip: bool = True,
+        keep_rose: bool = True,
+        target_ratio: str = "perturbed",
+        smoothing: float = 0.0,
+        ascent: str = "mean",
+    ):
         if layer < 0:
             raise ValueError(f"layer: must be >= 0, got {layer}")
         if not alpha > 0:
@@ -138,8 +156,9 @@ class AdversarialMixup:
         self.max_change, self.clip, self.keep_rose = max_change, clip, keep_rose
         self.target_ratio, self.smoothing, self.ascent = target_ratio, smoothing, ascent
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator) -> AdvMixOutput:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> AdvMixOutput:
         """One step's loss on batch (x, y), y one-hot or soft (N, K); the generator draws the
         partners and lam0."""
         inner = unwrap(model)
@@ -149,16 +168,20 @@ class AdversarialMixup:
         if self.layer >= len(stages):
             raise ValueError(f"layer: must be < the model's {len(stages)} stages, got {self.layer}")
         if self.layer == 0 and not x.is_floating_point():
-            raise ValueError(f"layer: 0 mixes the input, which is {x.dtype}; pick a layer after "
-                             "the embedding")
+            raise ValueError(
+                f"layer: 0 mixes the input, which is {x.dtype}; pick a layer after the embedding"
+            )
         if not (y.dim() == 2 and y.is_floating_point() and len(y) == len(x)):
-            raise ValueError(f"y: expected float one-hot or soft targets ({len(x)}, K), got "
-                             f"{y.dtype} of shape {tuple(y.shape)}")
+            raise ValueError(
+                f"y: expected float one-hot or soft targets ({len(x)}, K), got "
+                f"{y.dtype} of shape {tuple(y.shape)}"
+            )
         partner = cycle_partners(len(x), generator).to(x.device)
         lam0 = beta(self.alpha, len(x), generator).to(x.device)
         lam, rose = self.perturb(inner, x, y, partner, lam0)
-        losses, logits = mixed_losses(model, stages, x, y, partner, lam, self._target(lam, lam0),
-                                      self.layer, self.smoothing)
+        losses, logits = mixed_losses(
+            model, stages, x, y, partner, lam, self._target(lam, lam0), self.layer, self.smoothing
+        )
         return AdvMixOutput(losses.mean(), losses, logits, lam0, lam, partner, rose)
 
     def _target(self, lam: torch.Tensor, lam0: torch.Tensor) -> torch.Tensor:
@@ -179,8 +202,17 @@ class AdversarialMixup:
             for step in range(self.n_steps):
                 leaf = lam.detach().requires_grad_()
                 with _same_rng(x.device):
-                    losses, _ = mixed_losses(inner, inner.stages, x, y, partner, leaf,
-                                             self._target(leaf, lam0), self.layer, self.smoothing)
+                    losses, _ = mixed_losses(
+                        inner,
+                        inner.stages,
+                        x,
+                        y,
+                        partner,
+                        leaf,
+                        self._target(leaf, lam0),
+                        self.layer,
+                        self.smoothing,
+                    )
                 if step == 0:
                     before = losses.detach()
                 objective = losses.mean() if self.ascent == "mean" else losses.sum()
@@ -189,7 +221,16 @@ class AdversarialMixup:
             if not self.keep_rose:
                 return lam, None
             with torch.no_grad(), _same_rng(x.device):
-                after, _ = mixed_losses(inner, inner.stages, x, y, partner, lam,
-                                        self._target(lam, lam0), self.layer, self.smoothing)
+                after, _ = mixed_losses(
+                    inner,
+                    inner.stages,
+                    x,
+                    y,
+                    partner,
+                    lam,
+                    self._target(lam, lam0),
+                    self.layer,
+                    self.smoothing,
+                )
         rose = after > before
         return torch.where(rose, lam, lam0), rose

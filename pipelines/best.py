@@ -5,6 +5,7 @@ On the demo the final phase moved validation accuracy down (0.9906 after the las
 the last round and the model after every final epoch are candidates, and the one with the
 highest validation accuracy (the earliest on a tie) is the one tested and shipped.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,7 @@ class BestWeights:
         if self.val is not None and val["val_accuracy"] <= self.val["val_accuracy"]:
             return False
         self.val, self.label = dict(val), label
-        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in
-                        model.state_dict().items()}
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         return True
 
     def restore(self, model: torch.nn.Module) -> None:

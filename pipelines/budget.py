@@ -11,6 +11,7 @@ over the whole pool (the early stop can only save), and a validation counts wher
 validates. The DDP padding of an epoch (a few rows where the ranks' shares differ) is not in
 the plan; `strategy.budget` still stops the rounds when the real spend reaches it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,23 +52,42 @@ def full_compute(n_train: int, n_val: int, epochs: int, val_every_epoch: bool) -
     return n_train * epochs + n_val * (epochs if val_every_epoch else 1) / 3
 
 
-def planned_compute(n_train: int, n_val: int, initial: int, increment: int, rounds: int,
-                    epochs: int, final_epochs: int, val_every_epoch: bool) -> float:
+def planned_compute(
+    n_train: int,
+    n_val: int,
+    initial: int,
+    increment: int,
+    rounds: int,
+    epochs: int,
+    final_epochs: int,
+    val_every_epoch: bool,
+) -> float:
     """The most a run of these sizes can spend: round r trains `epochs` passes over
     min(n_train, initial + r * increment) rows; every round but the last scans its whole pool;
     the final phase trains `final_epochs` over the last subset; validations as the job does."""
     sizes = [min(n_train, initial + r * increment) for r in range(rounds)]
     train = planned_train_passes(n_train, initial, increment, rounds, epochs, final_epochs)
     scans = sum(n_train - s for s in sizes[:-1]) / 3
-    validations = (rounds * (epochs if val_every_epoch else 1)
-                   + (final_epochs if val_every_epoch else min(final_epochs, 1)))
+    validations = rounds * (epochs if val_every_epoch else 1) + (
+        final_epochs if val_every_epoch else min(final_epochs, 1)
+    )
     return train + scans + validations * n_val / 3
 
 
-def plan_budget(fraction: float, n_train: int, n_val: int, full_epochs: int,
-                val_every_epoch: bool, *, initial_ratio: float | None = None,
-                hard: int | None = None, reps: int | None = None, rounds: int | None = None,
-                epochs: int | None = None, final_epochs: int | None = None) -> Plan:
+def plan_budget(
+    fraction: float,
+    n_train: int,
+    n_val: int,
+    full_epochs: int,
+    val_every_epoch: bool,
+    *,
+    initial_ratio: float | None = None,
+    hard: int | None = None,
+    reps: int | None = None,
+    rounds: int | None = None,
+    epochs: int | None = None,
+    final_epochs: int | None = None,
+) -> Plan:
     """The plan within `fraction` of full's compute; a knob given (not None) is kept as given.
 
     Free knobs start at 4 rounds of 3 epochs, a final phase of one round's epochs and a 10 %
@@ -98,7 +118,8 @@ def plan_budget(fraction: float, n_train: int, n_val: int, full_epochs: int,
         elif rounds is None and r > 1:
             r -= 1
         elif initial_ratio is None and initial > 1:
-            initial = _largest(1, initial - 1, lambda i: cost(i, least(r), r, f) <= budget) or 1
+            fits = lambda i, r_=r, f_=f: cost(i, least(r_), r_, f_) <= budget  # noqa: E731
+            initial = _largest(1, initial - 1, fits) or 1
             if cost(initial, least(r), r, f) > budget:
                 raise _over(fraction, budget, cost(initial, least(r), r, f))
         else:
@@ -115,9 +136,17 @@ def plan_budget(fraction: float, n_train: int, n_val: int, full_epochs: int,
         h, p = h, inc - h
     else:
         h, p = (hard, inc - hard) if reps is None else (inc - reps, reps)
-    return Plan(initial=initial, hard=h, reps=p, rounds=r, epochs=e, final_epochs=f,
-                compute=cost(initial, h + p, r, f), budget=budget,
-                full_compute=full_compute(n_train, n_val, full_epochs, val_every_epoch))
+    return Plan(
+        initial=initial,
+        hard=h,
+        reps=p,
+        rounds=r,
+        epochs=e,
+        final_epochs=f,
+        compute=cost(initial, h + p, r, f),
+        budget=budget,
+        full_compute=full_compute(n_train, n_val, full_epochs, val_every_epoch),
+    )
 
 
 def _largest(lo: int, hi: int, fits) -> int | None:
@@ -132,13 +161,16 @@ def _largest(lo: int, hi: int, fits) -> int | None:
 
 
 def _over(fraction: float, budget: float, need: float) -> ConfigError:
-    return ConfigError(f"strategy.budget_fraction: got {fraction}, the knobs set by hand need "
-                       f"at least {need:.0f} sample-passes against a budget of {budget:.0f}; "
-                       f"raise it or set fewer knobs")
+    return ConfigError(
+        f"strategy.budget_fraction: got {fraction}, the knobs set by hand need "
+        f"at least {need:.0f} sample-passes against a budget of {budget:.0f}; "
+        f"raise it or set fewer knobs"
+    )
 
 
-def apply_budget(job: JobConfig, n_train: int, n_val: int, plans: bool) -> tuple[JobConfig,
-                                                                                  Plan | None]:
+def apply_budget(
+    job: JobConfig, n_train: int, n_val: int, plans: bool
+) -> tuple[JobConfig, Plan | None]:
     """The job with its planned knobs (None: left to the plan) filled in: by the plan when the
     strategy `plans` (it grows a subset by rounds) and budget_fraction is set, else with the
     defaults. Returns the plan too (None when there was none)."""
@@ -146,22 +178,36 @@ def apply_budget(job: JobConfig, n_train: int, n_val: int, plans: bool) -> tuple
     plan = None
     if plans and s.budget_fraction is not None:
         ratio = s.initial_ratio
-        plan = plan_budget(s.budget_fraction, n_train, n_val, s.epochs, t.val_every_epoch,
-                           initial_ratio=ratio, hard=s.hard_per_round, reps=s.reps_per_round,
-                           rounds=s.max_rounds, epochs=t.epochs_per_round,
-                           final_epochs=t.final_epochs)
-        values = {"strategy": {"initial_ratio": plan.initial / n_train if ratio is None
-                               else ratio,
-                               "hard_per_round": plan.hard, "reps_per_round": plan.reps,
-                               "max_rounds": plan.rounds},
-                  "train": {"epochs_per_round": plan.epochs, "final_epochs": plan.final_epochs}}
+        plan = plan_budget(
+            s.budget_fraction,
+            n_train,
+            n_val,
+            s.epochs,
+            t.val_every_epoch,
+            initial_ratio=ratio,
+            hard=s.hard_per_round,
+            reps=s.reps_per_round,
+            rounds=s.max_rounds,
+            epochs=t.epochs_per_round,
+            final_epochs=t.final_epochs,
+        )
+        values = {
+            "strategy": {
+                "initial_ratio": plan.initial / n_train if ratio is None else ratio,
+                "hard_per_round": plan.hard,
+                "reps_per_round": plan.reps,
+                "max_rounds": plan.rounds,
+            },
+            "train": {"epochs_per_round": plan.epochs, "final_epochs": plan.final_epochs},
+        }
     else:
         values = {section: {} for section in PLANNED_KEYS}
     sections = {}
     for section, keys in PLANNED_KEYS.items():
         config = getattr(job, section)
         defaults = {f.name: f.default for f in dataclasses.fields(config)}
-        filled = {k: values[section].get(k, defaults[k]) for k in keys
-                  if getattr(config, k) is None}
+        filled = {
+            k: values[section].get(k, defaults[k]) for k in keys if getattr(config, k) is None
+        }
         sections[section] = dataclasses.replace(config, **filled)
     return dataclasses.replace(job, **sections).validate(), plan

@@ -5,14 +5,22 @@ of the scored rows, a top-k draw) is a reduction of small per-rank summaries. Ea
 identity in a single process (no process group), which is how the policies are unit-tested.
 Gathered tables are merged in rank order, so every rank computes the same answer from them.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from operators.cluster import (KMeans, PassStats, assign_batch, lloyd_partial, nearest_candidates,
-                               proportional_counts, sample_candidates)
+from operators.cluster import (
+    KMeans,
+    PassStats,
+    assign_batch,
+    lloyd_partial,
+    nearest_candidates,
+    proportional_counts,
+    sample_candidates,
+)
 from operators.contract import ID
 from operators.select import prune_candidates
 
@@ -94,15 +102,28 @@ class RankKMeans(KMeans):
     def _pass(self, rows: dict, centers: np.ndarray, fraction: float, step: int) -> PassStats:
         part = lloyd_partial(rows, centers, self.column, self.feature_shape_, 1.0, (0, 0))
         k, d = centers.shape
-        flat = np.concatenate([part["sums"].reshape(-1), part["counts"].reshape(-1),
-                               part["inertia"], part["sq"], part["n"]]).astype(np.float64)
+        flat = np.concatenate(
+            [
+                part["sums"].reshape(-1),
+                part["counts"].reshape(-1),
+                part["inertia"],
+                part["sq"],
+                part["n"],
+            ]
+        ).astype(np.float64)
         total = all_sum_np(flat)
-        return PassStats(total[:k * d].reshape(k, d), total[k * d:k * d + k],
-                          float(total[-3]), float(total[-2]), int(total[-1]))
+        return PassStats(
+            total[: k * d].reshape(k, d),
+            total[k * d : k * d + k],
+            float(total[-3]),
+            float(total[-2]),
+            int(total[-1]),
+        )
 
 
-def representatives(rows: dict, column: str, n_total: int, n_clusters: int,
-                    seed: int) -> np.ndarray:
+def representatives(
+    rows: dict, column: str, n_total: int, n_clusters: int, seed: int
+) -> np.ndarray:
     """M2 step 4 over the rows of every rank (this rank's as {id, column} arrays): k-means,
     then per cluster the rows nearest its centre, as many as its share of `n_total`. Ids by
     cluster, nearest first; all of them when there are at most `n_total`."""

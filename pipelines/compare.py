@@ -1,5 +1,6 @@
 """Run one job under several strategies on the same data and model, and put them side by side;
 with several seeds, each seed's comparison and then every strategy's mean ± std over them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,15 @@ from .run_state import atomic_write_json
 from .seed_report import SEEDS_JSON, seeds_text, write_seeds_report
 
 
-def compare(job: JobConfig, strategies: list[str], *, seeds: list[int] | None = None,
-            resume: bool = False, overwrite: bool = False, echo=print) -> list[dict]:
+def compare(
+    job: JobConfig,
+    strategies: list[str],
+    *,
+    seeds: list[int] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    echo=print,
+) -> list[dict]:
     """One run per strategy under RUN_DIR/<strategy>, then RUN_DIR/comparison.json and the
     report (`report.write_report`); returns the summaries in order. With `seeds`, that per
     seed under RUN_DIR/seed<k>/ (the job's seed replaced), then RUN_DIR/seeds.json (every
@@ -27,8 +35,10 @@ def compare(job: JobConfig, strategies: list[str], *, seeds: list[int] | None = 
     for seed in seeds:
         echo(f"[{job.name}] seed {seed}")
         one = dataclasses.replace(job, seed=seed, run_dir=str(root / f"seed{seed}"))
-        summaries += [{**s, "seed": seed} for s in _compare(
-            one, strategies, resume=resume, overwrite=overwrite, echo=echo)]
+        summaries += [
+            {**s, "seed": seed}
+            for s in _compare(one, strategies, resume=resume, overwrite=overwrite, echo=echo)
+        ]
     atomic_write_json(root / SEEDS_JSON, summaries)
     report = write_seeds_report(root, summaries)
     echo(seeds_text(summaries))
@@ -36,14 +46,18 @@ def compare(job: JobConfig, strategies: list[str], *, seeds: list[int] | None = 
     return summaries
 
 
-def _compare(job: JobConfig, strategies: list[str], *, resume: bool, overwrite: bool,
-             echo) -> list[dict]:
+def _compare(
+    job: JobConfig, strategies: list[str], *, resume: bool, overwrite: bool, echo
+) -> list[dict]:
     root = Path(job.run_dir)
     summaries = []
     for name in strategies:
         variant = dataclasses.replace(
-            job, name=f"{job.name}-{name}", run_dir=str(root / name),
-            strategy=dataclasses.replace(job.strategy, name=name)).validate()
+            job,
+            name=f"{job.name}-{name}",
+            run_dir=str(root / name),
+            strategy=dataclasses.replace(job.strategy, name=name),
+        ).validate()
         summaries.append(run_job(variant, resume=resume, overwrite=overwrite, echo=echo))
     atomic_write_json(root / COMPARISON, summaries)
     report = write_report(root, summaries)

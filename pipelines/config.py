@@ -3,6 +3,7 @@
 A YAML job maps onto these dataclasses one to one. Unknown keys and wrong types stop the
 run with the dotted name of the field, so a typo never silently falls back to a default.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -132,8 +133,10 @@ class AugmentConfig:
 
 STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch", "seta")
 # Knobs a budget plans (pipelines/budget.py) where the job leaves them out, by section.
-PLANNED_KEYS = {"strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
-                "train": ("epochs_per_round", "final_epochs")}
+PLANNED_KEYS = {
+    "strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
+    "train": ("epochs_per_round", "final_epochs"),
+}
 HARD_FILLS = ("none", "loss", "margin")
 LR_SCHEDULES = ("phase", "run_onecycle", "run_cosine")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
@@ -201,39 +204,66 @@ class JobConfig:
     def validate(self) -> "JobConfig":
         """Range checks that the types alone do not express."""
         s = self.strategy
-        check_field(s.budget_fraction is None or 0 < s.budget_fraction <= 1,
-                    "strategy.budget_fraction", s.budget_fraction, "in (0, 1] or null")
+        check_field(
+            s.budget_fraction is None or 0 < s.budget_fraction <= 1,
+            "strategy.budget_fraction",
+            s.budget_fraction,
+            "in (0, 1] or null",
+        )
         for section, keys in PLANNED_KEYS.items():
             for key in keys:
-                check_field(getattr(getattr(self, section), key) is not None or
-                            s.budget_fraction is not None, f"{section}.{key}", None,
-                            "a number (null only with strategy.budget_fraction, to plan it)")
+                check_field(
+                    getattr(getattr(self, section), key) is not None
+                    or s.budget_fraction is not None,
+                    f"{section}.{key}",
+                    None,
+                    "a number (null only with strategy.budget_fraction, to plan it)",
+                )
         if s.initial_ratio is not None:
-            check_field(0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio,
-                        "in (0, 1]")
-        check_field(s.name in STRATEGY_NAMES, "strategy.name", s.name,
-                    f"one of {', '.join(STRATEGY_NAMES)}")
-        check_field(s.cluster_on in ("embedding", "x"), "strategy.cluster_on", s.cluster_on,
-               "embedding or x")
-        check_field(s.hard_fill in HARD_FILLS, "strategy.hard_fill", s.hard_fill,
-                    f"one of {', '.join(HARD_FILLS)}")
+            check_field(
+                0 < s.initial_ratio <= 1, "strategy.initial_ratio", s.initial_ratio, "in (0, 1]"
+            )
+        check_field(
+            s.name in STRATEGY_NAMES, "strategy.name", s.name, f"one of {', '.join(STRATEGY_NAMES)}"
+        )
+        check_field(
+            s.cluster_on in ("embedding", "x"),
+            "strategy.cluster_on",
+            s.cluster_on,
+            "embedding or x",
+        )
+        check_field(
+            s.hard_fill in HARD_FILLS,
+            "strategy.hard_fill",
+            s.hard_fill,
+            f"one of {', '.join(HARD_FILLS)}",
+        )
         for name in ("hard_per_round", "reps_per_round", "cluster_k", "max_rounds", "epochs"):
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0")
         check_field(s.per_class >= 1, "strategy.per_class", s.per_class, ">= 1")
-        check_field(s.norm in NORM_KINDS, "strategy.norm", s.norm, f"one of {', '.join(NORM_KINDS)}")
+        check_field(
+            s.norm in NORM_KINDS, "strategy.norm", s.norm, f"one of {', '.join(NORM_KINDS)}"
+        )
         for name in ("remaining_total", "remaining_per_class"):
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0 or null")
         check_field(0 <= s.prune_ratio < 1, "strategy.prune_ratio", s.prune_ratio, "in [0, 1)")
         check_field(0 < s.anneal_delta <= 1, "strategy.anneal_delta", s.anneal_delta, "in (0, 1]")
         check_field(0 <= s.seta_ratio < 1, "strategy.seta_ratio", s.seta_ratio, "in [0, 1)")
-        check_field(0 <= s.round_prune_ratio < 1, "strategy.round_prune_ratio",
-                    s.round_prune_ratio, "in [0, 1)")
+        check_field(
+            0 <= s.round_prune_ratio < 1,
+            "strategy.round_prune_ratio",
+            s.round_prune_ratio,
+            "in [0, 1)",
+        )
         check_field(s.num_group >= 1, "strategy.num_group", s.num_group, ">= 1")
-        check_field(0 < s.window_scale <= 1 and round(s.num_group * s.window_scale) >= 1,
-                    "strategy.window_scale", s.window_scale,
-                    "in (0, 1], a window of at least one of strategy.num_group groups")
+        check_field(
+            0 < s.window_scale <= 1 and round(s.num_group * s.window_scale) >= 1,
+            "strategy.window_scale",
+            s.window_scale,
+            "in (0, 1], a window of at least one of strategy.num_group groups",
+        )
         t = self.train
         for name in ("epochs_per_round", "final_epochs"):
             value = getattr(t, name)
@@ -241,17 +271,34 @@ class JobConfig:
         for name in ("num_workers", "batch_size", "threads_per_worker"):
             check_field(getattr(t, name) >= 1, f"train.{name}", getattr(t, name), ">= 1")
         check_field(t.lr > 0, "train.lr", t.lr, "> 0")
-        check_field(t.lr_schedule in LR_SCHEDULES, "train.lr_schedule", t.lr_schedule,
-                    f"one of {', '.join(LR_SCHEDULES)}")
+        check_field(
+            t.lr_schedule in LR_SCHEDULES,
+            "train.lr_schedule",
+            t.lr_schedule,
+            f"one of {', '.join(LR_SCHEDULES)}",
+        )
         check_field(t.cache_mb >= 0, "train.cache_mb", t.cache_mb, ">= 0")
-        check_field(t.checkpoint_every_s >= 0, "train.checkpoint_every_s", t.checkpoint_every_s,
-                    ">= 0")
-        check_field(0 <= self.source.val_fraction < 1, "source.val_fraction",
-               self.source.val_fraction, "in [0, 1)")
-        check_field(0 <= self.source.test_fraction < 1, "source.test_fraction",
-               self.source.test_fraction, "in [0, 1)")
-        check_field(self.source.imbalance_ratio >= 1, "source.imbalance_ratio",
-                    self.source.imbalance_ratio, ">= 1 (1: as given)")
+        check_field(
+            t.checkpoint_every_s >= 0, "train.checkpoint_every_s", t.checkpoint_every_s, ">= 0"
+        )
+        check_field(
+            0 <= self.source.val_fraction < 1,
+            "source.val_fraction",
+            self.source.val_fraction,
+            "in [0, 1)",
+        )
+        check_field(
+            0 <= self.source.test_fraction < 1,
+            "source.test_fraction",
+            self.source.test_fraction,
+            "in [0, 1)",
+        )
+        check_field(
+            self.source.imbalance_ratio >= 1,
+            "source.imbalance_ratio",
+            self.source.imbalance_ratio,
+            ">= 1 (1: as given)",
+        )
         check_field(self.score.num_actors >= 1, "score.num_actors", self.score.num_actors, ">= 1")
         self._validate_text()
         self._validate_mixup()
@@ -261,22 +308,27 @@ class JobConfig:
 
         build_transforms(self.augment)
         if self.model.name == "textcnn" and self.augment.transforms:
-            raise ConfigError("augment.transforms: textcnn reads token ids, which single-sample "
-                              "transforms would corrupt; use mixup.layer >= 1 instead")
+            raise ConfigError(
+                "augment.transforms: textcnn reads token ids, which single-sample "
+                "transforms would corrupt; use mixup.layer >= 1 instead"
+            )
         return self
 
     def _validate_text(self) -> None:
         src = self.source
         check_field(src.max_len >= 1, "source.max_len", src.max_len, ">= 1")
         # Token ids travel as float32 (the data contract's dtype), exact below 2**24.
-        check_field(2 < src.max_vocab <= 2 ** 24, "source.max_vocab", src.max_vocab,
-               "in (2, 2**24]")
+        check_field(2 < src.max_vocab <= 2**24, "source.max_vocab", src.max_vocab, "in (2, 2**24]")
         check_field(src.min_count >= 1, "source.min_count", src.min_count, ">= 1")
         if self.model.name == "textcnn" and src.kind == "text":
             # The embedding covers every id the vocabulary can hand out.
             vocab = self.model.kwargs.setdefault("vocab_size", src.max_vocab)
-            check_field(isinstance(vocab, int) and vocab >= src.max_vocab, "model.kwargs.vocab_size",
-                   vocab, f"an integer >= source.max_vocab ({src.max_vocab})")
+            check_field(
+                isinstance(vocab, int) and vocab >= src.max_vocab,
+                "model.kwargs.vocab_size",
+                vocab,
+                f"an integer >= source.max_vocab ({src.max_vocab})",
+            )
             if self.model.kwargs.get("word_vectors"):
                 # Pretrained vectors go to the words of this run's vocabulary (ingest writes it).
                 vocab_file = Path(self.run_dir).resolve() / "data" / "vocab.json"
@@ -284,19 +336,28 @@ class JobConfig:
 
     def _validate_synthesize(self) -> None:
         y = self.synthesize
-        check_field(y.kind in SYNTHESIZE_KINDS, "synthesize.kind", y.kind,
-                    f"one of {', '.join(SYNTHESIZE_KINDS)}")
+        check_field(
+            y.kind in SYNTHESIZE_KINDS,
+            "synthesize.kind",
+            y.kind,
+            f"one of {', '.join(SYNTHESIZE_KINDS)}",
+        )
         for name in ("per_class", "epochs", "batch_size", "latent", "hidden", "steps"):
             check_field(getattr(y, name) >= 1, f"synthesize.{name}", getattr(y, name), ">= 1")
         for name in ("lr", "style_weight", "tv_weight", "content_weight"):
             check_field(getattr(y, name) >= 0, f"synthesize.{name}", getattr(y, name), ">= 0")
         check_field(y.lr > 0, "synthesize.lr", y.lr, "> 0")
         check_field(0 <= y.moex_lambda <= 1, "synthesize.moex_lambda", y.moex_lambda, "in [0, 1]")
-        check_field(y.moments in MOMENTS, "synthesize.moments", y.moments,
-                    f"one of {', '.join(MOMENTS)}")
+        check_field(
+            y.moments in MOMENTS, "synthesize.moments", y.moments, f"one of {', '.join(MOMENTS)}"
+        )
         if y.kind != "none":
-            check_field(self.source.kind != "text", "synthesize.kind", y.kind,
-                        "none for a text source (token ids cannot be generated or blended)")
+            check_field(
+                self.source.kind != "text",
+                "synthesize.kind",
+                y.kind,
+                "none for a text source (token ids cannot be generated or blended)",
+            )
 
     def _validate_mixup(self) -> None:
         m = self.mixup
@@ -306,28 +367,49 @@ class JobConfig:
         check_field(m.n_steps >= 0, "mixup.n_steps", m.n_steps, ">= 0")
         check_field(m.gamma >= 0, "mixup.gamma", m.gamma, ">= 0")
         check_field(m.bound is None or m.bound >= 0, "mixup.bound", m.bound, ">= 0 or null")
-        check_field(m.target_ratio in TARGET_RATIOS, "mixup.target_ratio", m.target_ratio,
-               f"one of {', '.join(TARGET_RATIOS)}")
+        check_field(
+            m.target_ratio in TARGET_RATIOS,
+            "mixup.target_ratio",
+            m.target_ratio,
+            f"one of {', '.join(TARGET_RATIOS)}",
+        )
         check_field(0 <= m.smoothing < 1, "mixup.smoothing", m.smoothing, "in [0, 1)")
         check_field(m.ascent in ASCENTS, "mixup.ascent", m.ascent, f"one of {', '.join(ASCENTS)}")
         check_field(0 <= m.moex_lambda <= 1, "mixup.moex_lambda", m.moex_lambda, "in [0, 1]")
-        check_field(m.moments in MOMENTS, "mixup.moments", m.moments,
-                    f"one of {', '.join(MOMENTS)}")
+        check_field(
+            m.moments in MOMENTS, "mixup.moments", m.moments, f"one of {', '.join(MOMENTS)}"
+        )
         if self.model.name == "textcnn" and m.kind != "none":
             text = "for textcnn, whose input is token ids"
-            check_field(m.kind in ("mixup", "adversarial", "moex"), "mixup.kind", m.kind,
-                   f"mixup, adversarial or moex {text}")
-            check_field(m.layer >= 1, "mixup.layer", m.layer,
-                   f">= 1 {text} (1: word vectors, 2: pooled features)")
+            check_field(
+                m.kind in ("mixup", "adversarial", "moex"),
+                "mixup.kind",
+                m.kind,
+                f"mixup, adversarial or moex {text}",
+            )
+            check_field(
+                m.layer >= 1,
+                "mixup.layer",
+                m.layer,
+                f">= 1 {text} (1: word vectors, 2: pooled features)",
+            )
         if self.strategy.name in ("infobatch", "seta") or self.strategy.round_prune_ratio:
-            check_field(m.kind == "none", "mixup.kind", m.kind,
-                        f"none with strategy {self.strategy.name} or round_prune_ratio (each "
-                        f"sample is scored by its own loss)")
+            check_field(
+                m.kind == "none",
+                "mixup.kind",
+                m.kind,
+                f"none with strategy {self.strategy.name} or round_prune_ratio (each "
+                f"sample is scored by its own loss)",
+            )
         if m.kind in ("cutmix", "pairing"):
             check_field(m.layer == 0, "mixup.layer", m.layer, f"0: {m.kind} mixes inputs only")
         if m.kind == "adversarial" or m.layer > 0:
-            check_field(m.per_sample, "mixup.per_sample", m.per_sample,
-                   "true: adversarial and hidden-layer mixing draw lam per sample")
+            check_field(
+                m.per_sample,
+                "mixup.per_sample",
+                m.per_sample,
+                "true: adversarial and hidden-layer mixing draw lam per sample",
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -345,7 +427,9 @@ def read_job_file(path: str | Path) -> dict:
         raise ConfigError(f"job file {path} does not exist")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the job must be a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the job must be a mapping of sections, got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -381,14 +465,17 @@ def left_to_plan(raw: dict) -> dict:
 
 def build_section(cls, raw, prefix: str, where: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: '{prefix.rstrip('.') or 'job'}' must be a mapping, "
-                          f"got {type(raw).__name__}")
+        raise ConfigError(
+            f"{where}: '{prefix.rstrip('.') or 'job'}' must be a mapping, got {type(raw).__name__}"
+        )
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' "
-                          f"(known in this section: {', '.join(sorted(known))})")
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{unknown[0]}' "
+            f"(known in this section: {', '.join(sorted(known))})"
+        )
     values = {}
     for key, value in raw.items():
         values[key] = _coerce(hints[key], value, f"{prefix}{key}", where)

@@ -6,6 +6,7 @@ taken best first; a detection is a true positive when its best-overlapping true 
 as false). Over all images sorted by score, AP is the area under the precision-recall curve
 with precision made non-increasing (VOC 2010's all-point rule).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,11 @@ from .detector import decode
 EVAL_MIN_SCORE, EVAL_TOP_K, EVAL_NMS_IOU = 0.05, 100, 0.5
 
 
-def average_precision(detections: list[tuple[np.ndarray, np.ndarray]],
-                      truths: list[np.ndarray], iou_threshold: float = 0.5) -> float:
+def average_precision(
+    detections: list[tuple[np.ndarray, np.ndarray]],
+    truths: list[np.ndarray],
+    iou_threshold: float = 0.5,
+) -> float:
     """AP of `detections` (per image: boxes (k, 4), scores (k,)) against `truths` (per image)."""
     if len(detections) != len(truths):
         raise ValueError(f"detections: {len(detections)} images, truths: {len(truths)}")
@@ -46,19 +50,19 @@ def average_precision(detections: list[tuple[np.ndarray, np.ndarray]],
     return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * envelope))
 
 
-def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int = 256, **decode_options
-            ) -> list[tuple[np.ndarray, np.ndarray]]:
+def predict(
+    model: torch.nn.Module, x: np.ndarray, batch_size: int = 256, **decode_options
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The model's (boxes, scores) per image of `x`, in eval mode; `decode`'s options."""
     model.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(x), batch_size):
-            out.extend(decode(model(torch.as_tensor(x[s:s + batch_size])), **decode_options))
+            out.extend(decode(model(torch.as_tensor(x[s : s + batch_size])), **decode_options))
     return out
 
 
 def mean_ap(model: torch.nn.Module, x: np.ndarray, truths: list[np.ndarray]) -> float:
     """mAP@0.5 of `model` on images `x` with true boxes `truths` (NMS'd detections)."""
-    detections = predict(model, x, min_score=EVAL_MIN_SCORE, top_k=EVAL_TOP_K,
-                         nms_iou=EVAL_NMS_IOU)
+    detections = predict(model, x, min_score=EVAL_MIN_SCORE, top_k=EVAL_TOP_K, nms_iou=EVAL_NMS_IOU)
     return average_precision(detections, truths, 0.5)

@@ -27,6 +27,7 @@ the boxes, zero when student and teacher agree.
 suppression unless `nms_iou` is given: the boxes under the confidence threshold are M5 step
 2's candidates, so they must survive decoding.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -48,8 +49,11 @@ DETECTOR_FILE = "detector.pt"
 
 
 def _block(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation,
-                                   bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+    )
 
 
 class TinyDetector(nn.Module):
@@ -62,9 +66,13 @@ class TinyDetector(nn.Module):
             raise ValueError(f"width: must be an integer >= 4, got {width!r}")
         self.width = width
         w = width
-        self.features = nn.Sequential(_block(1, w // 2), _block(w // 2, w, 2), _block(w, w, 2),
-                                      _block(w, 3 * w // 2), _block(3 * w // 2, 3 * w // 2,
-                                                                    dilation=2))
+        self.features = nn.Sequential(
+            _block(1, w // 2),
+            _block(w // 2, w, 2),
+            _block(w, w, 2),
+            _block(w, 3 * w // 2),
+            _block(3 * w // 2, 3 * w // 2, dilation=2),
+        )
         self.head = nn.Conv2d(3 * w // 2, 5, 1)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
@@ -86,8 +94,12 @@ def _centres(g: int) -> np.ndarray:
     return (np.arange(g) + 0.5) * STRIDE
 
 
-def encode_targets(boxes: np.ndarray, canvas: int, negatives: np.ndarray | None = None,
-                   negative_weight: float = 1.0) -> np.ndarray:
+def encode_targets(
+    boxes: np.ndarray,
+    canvas: int,
+    negatives: np.ndarray | None = None,
+    negative_weight: float = 1.0,
+) -> np.ndarray:
     """The dense training target (TARGET_CHANNELS, G, G) of one image (module docstring)."""
     g = grid_size(canvas)
     c = _centres(g)
@@ -95,8 +107,9 @@ def encode_targets(boxes: np.ndarray, canvas: int, negatives: np.ndarray | None 
     target[5] = 1.0
     if negatives is not None and len(negatives):
         for x1, y1, x2, y2 in np.asarray(negatives, np.float64).reshape(-1, 4):
-            inside = ((c[:, None] > y1) & (c[:, None] < y2)) & ((c[None, :] > x1)
-                                                                 & (c[None, :] < x2))
+            inside = ((c[:, None] > y1) & (c[:, None] < y2)) & (
+                (c[None, :] > x1) & (c[None, :] < x2)
+            )
             target[5][inside] = negative_weight
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -134,8 +147,9 @@ def distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """The summed LwF term of a batch: per image, (objectness KL(teacher || student) + box L1
     weighted by the teacher's objectness) / max(1, the teacher's summed objectness)."""
     p_t = torch.sigmoid(teacher[:, 0])
-    kl = (F.binary_cross_entropy_with_logits(student[:, 0], p_t, reduction="none")
-          - F.binary_cross_entropy_with_logits(teacher[:, 0], p_t, reduction="none"))
+    kl = F.binary_cross_entropy_with_logits(
+        student[:, 0], p_t, reduction="none"
+    ) - F.binary_cross_entropy_with_logits(teacher[:, 0], p_t, reduction="none")
     box = (student[:, 1:5] - teacher[:, 1:5]).abs().sum(1) * p_t
     return ((kl + box).flatten(1).sum(1) / p_t.flatten(1).sum(1).clamp(min=1.0)).sum()
 
@@ -154,8 +168,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, np.int64)
 
 
-def decode(outputs: torch.Tensor, min_score: float = 0.05, top_k: int = 100,
-           nms_iou: float | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def decode(
+    outputs: torch.Tensor, min_score: float = 0.05, top_k: int = 100, nms_iou: float | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per image, (boxes (k, 4), scores (k,)): every cell scoring >= min_score, best first,
     at most top_k; with `nms_iou`, after non-maximum suppression at that IoU."""
     out = outputs.detach().float().cpu()
@@ -198,9 +213,14 @@ def detector_gradient_fn(model: TinyDetector, batch_size: int = 512):
 
     def grad_fn(x: np.ndarray, targets: np.ndarray) -> np.ndarray:
         model.eval()
-        out = [head_gradients(model, torch.as_tensor(x[s:s + batch_size]),
-                              torch.as_tensor(targets[s:s + batch_size]))
-               for s in range(0, len(x), batch_size)]
+        out = [
+            head_gradients(
+                model,
+                torch.as_tensor(x[s : s + batch_size]),
+                torch.as_tensor(targets[s : s + batch_size]),
+            )
+            for s in range(0, len(x), batch_size)
+        ]
         return np.concatenate(out)
 
     return grad_fn

@@ -16,6 +16,7 @@ optimiser and schedule mid-phase, where the job stands and the run state (rank 0
 rank's policy state. Ray Train restarts a failed worker group from the latest one
 (FailureConfig), and a driver started again on the same run directory resumes from it.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ import ray.train
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, PIXEL_MAX, X, DataError
+from operators.contract import ID, LABEL, PIXEL_MAX, DataError, X
 from operators.predict import forward_scores
 
 from .augmentation import batch_generator, batch_loss, sample_losses
@@ -139,9 +140,17 @@ class Worker:
     def _read(self, split: str) -> Share:
         """A split's share; generated rows are in train alone (ingest keeps them there)."""
         t = self.job.train
-        return read_share(self.data_dir / split, self.job.seed, self.rank, self.world,
-                          self.x_shape, t.cache_mb * 2**20, t.spill_dir, self.x_dtype,
-                          self.data_dir / PROVENANCE_DIR if split == "train" else None)
+        return read_share(
+            self.data_dir / split,
+            self.job.seed,
+            self.rank,
+            self.world,
+            self.x_shape,
+            t.cache_mb * 2**20,
+            t.spill_dir,
+            self.x_dtype,
+            self.data_dir / PROVENANCE_DIR if split == "train" else None,
+        )
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -154,13 +163,17 @@ class Worker:
             self._publish(Notes(first.notes))
         while state.stop_reason is None:
             self._round()
-        if (not self.policy.single_round and self.job.train.final_epochs
-                and not any(r["phase"] == "final" for r in state.records)):
+        if (
+            not self.policy.single_round
+            and self.job.train.final_epochs
+            and not any(r["phase"] == "final" for r in state.records)
+        ):
             if self.job.train.final_keep_best and self.best is None:  # the last round's model
                 self.best = BestWeights()
                 last = state.records[-1]
-                self.best.offer({k: last[k] for k in VAL_KEYS}, unwrap(self.model),
-                                f"round {last['round']}")
+                self.best.offer(
+                    {k: last[k] for k in VAL_KEYS}, unwrap(self.model), f"round {last['round']}"
+                )
             phase = self.phase or Phase(len(state.records), "final", self.job.train.final_epochs)
             record = self._train_phase(phase)
             if self.best is not None:
@@ -186,8 +199,9 @@ class Worker:
         added = None
         if stop is None:
             pool = pool_rows(self.train, state.manifest_ids())
-            added = self.policy.after_round(self._view(phase.index, pool,
-                                                       self._scan_progress(phase)))
+            added = self.policy.after_round(
+                self._view(phase.index, pool, self._scan_progress(phase))
+            )
             stop = added.stop_reason
             _apply(state, record, added, phase.index)
         state.records.append(record)
@@ -200,10 +214,15 @@ class Worker:
         self._publish(PhaseDone(record, added.notes if added else [], state.stop_reason))
 
     def _view(self, round_index: int, pool: np.ndarray, progress=None) -> RoundView:
-        return RoundView(job=self.job, round_index=round_index, num_classes=self.num_classes,
-                         share=self.train, pool=pool,
-                         score_rows=share_scorer(self.model, self.train, self.device),
-                         progress=progress)
+        return RoundView(
+            job=self.job,
+            round_index=round_index,
+            num_classes=self.num_classes,
+            share=self.train,
+            pool=pool,
+            score_rows=share_scorer(self.model, self.train, self.device),
+            progress=progress,
+        )
 
     # -- training ----------------------------------------------------------------------------
     def _train_phase(self, phase: Phase) -> dict:
@@ -211,12 +230,15 @@ class Worker:
         job = self.job
         rows = self.train.rows_of(self.run_state.subset_ids())
         if all_max(int(not len(rows))):
-            raise ValueError(f"train.num_workers: a worker holds none of the "
-                             f"{len(self.run_state.subset_ids())} subset rows; use fewer "
-                             f"workers for this little data")
+            raise ValueError(
+                f"train.num_workers: a worker holds none of the "
+                f"{len(self.run_state.subset_ids())} subset rows; use fewer "
+                f"workers for this little data"
+            )
         steps_per_epoch = -(-all_max(len(rows)) // self.per_rank_batch)
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=job.train.lr,
-                                      weight_decay=job.train.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=job.train.lr, weight_decay=job.train.weight_decay
+        )
         phase_steps = phase.epochs * steps_per_epoch
         kind = "phase" if self.policy.single_round else job.train.lr_schedule
         scheduler = make_scheduler(kind, optimizer, job.train.lr, phase_steps)
@@ -241,12 +263,16 @@ class Worker:
                     self.best.offer(val, unwrap(self.model), f"final epoch {epoch}")
                 phase.val_sample_passes += val["val_samples"]
                 phase.last_val = val
-                phase.curve.append({"epoch": epoch,
-                                    "train_sample_passes": phase.train_sample_passes,
-                                    "val_sample_passes": phase.val_sample_passes,
-                                    "val_accuracy": val["val_accuracy"],
-                                    "val_balanced_accuracy": val["val_balanced_accuracy"],
-                                    "seconds_at": self._clock()})
+                phase.curve.append(
+                    {
+                        "epoch": epoch,
+                        "train_sample_passes": phase.train_sample_passes,
+                        "val_sample_passes": phase.val_sample_passes,
+                        "val_accuracy": val["val_accuracy"],
+                        "val_balanced_accuracy": val["val_balanced_accuracy"],
+                        "seconds_at": self._clock(),
+                    }
+                )
                 metrics["val_accuracy"] = val["val_accuracy"]
             phase.next_epoch = epoch + 1
             phase.seconds_train += time.perf_counter() - start
@@ -257,27 +283,43 @@ class Worker:
             self._publish(EpochDone(phase.label, epoch, phase.epochs, metrics.get("val_accuracy")))
         val = phase.last_val
         return {
-            "round": phase.index, "phase": phase.kind,
-            "subset_size": int(len(self.run_state.subset_ids())), "epochs": phase.epochs,
+            "round": phase.index,
+            "phase": phase.kind,
+            "subset_size": int(len(self.run_state.subset_ids())),
+            "epochs": phase.epochs,
             "subset_synthetic": int(all_sum(torch.tensor([self.train.count_synthetic(rows)]))),
             "val_accuracy": val["val_accuracy"],
             "val_balanced_accuracy": val["val_balanced_accuracy"],
-            "val_loss": val["val_loss"], "curve": phase.curve,
+            "val_loss": val["val_loss"],
+            "curve": phase.curve,
             "train_sample_passes": phase.train_sample_passes,
             "infer_sample_passes": phase.val_sample_passes,
-            "hard_found": 0, "added": 0,
-            "seconds_train": phase.seconds_train, "seconds_steps": phase.seconds_steps,
-            "seconds_score": 0.0, "seconds_score_batches": 0.0, "seconds_select": 0.0,
-            "seconds_round": phase.seconds_train, "peak_rss_mb": peak_rss_mb(),
+            "hard_found": 0,
+            "added": 0,
+            "seconds_train": phase.seconds_train,
+            "seconds_steps": phase.seconds_steps,
+            "seconds_score": 0.0,
+            "seconds_score_batches": 0.0,
+            "seconds_select": 0.0,
+            "seconds_round": phase.seconds_train,
+            "peak_rss_mb": peak_rss_mb(),
         }
 
-    def _epoch(self, phase: Phase, rows: np.ndarray, optimizer, scheduler,
-               steps_per_epoch: int, span: tuple[int, int, int]) -> None:
+    def _epoch(
+        self,
+        phase: Phase,
+        rows: np.ndarray,
+        optimizer,
+        scheduler,
+        steps_per_epoch: int,
+        span: tuple[int, int, int],
+    ) -> None:
         job, epoch, b = self.job, phase.next_epoch, self.per_rank_batch
         plan = self.policy.plan_epoch(job, len(rows), phase.index, epoch, phase.epochs)
         length = all_max(len(plan.pick))
-        perm = np.random.default_rng(derive_seed(job.seed, "epoch", phase.index, epoch,
-                                                 self.rank)).permutation(len(plan.pick))
+        perm = np.random.default_rng(
+            derive_seed(job.seed, "epoch", phase.index, epoch, self.rank)
+        ).permutation(len(plan.pick))
         order = np.resize(perm, length)  # wrapped around: every rank takes `length` rows
         own = np.arange(length) < len(perm)  # each picked row's one entry that is not padding
         steps = -(-length // b)
@@ -286,21 +328,21 @@ class Worker:
         self.model.train()
         for step in range(steps):
             start = time.perf_counter()
-            at = order[step * b:(step + 1) * b]
+            at = order[step * b : (step + 1) * b]
             positions = rows[plan.pick[at]]
             x, y = device_batch(self.train, positions, self.device)
             targets = self.train.targets(positions, self.num_classes)
             if targets is not None:
                 targets = torch.from_numpy(targets).to(self.device)
-            generator = batch_generator(job.seed, phase.index, epoch, step, self.rank,
-                                        self.device)
+            generator = batch_generator(job.seed, phase.index, epoch, step, self.rank, self.device)
             if weights is None:
                 loss = batch_loss(self.model, x, y, self.num_classes, job, generator, targets)
             else:
                 losses = sample_losses(self.model, x, y, job, generator, targets)
-                keep = own[step * b:(step + 1) * b]
-                losses_seen[at[keep]] = losses.detach()[torch.from_numpy(keep).to(
-                    self.device)].double().cpu()
+                keep = own[step * b : (step + 1) * b]
+                losses_seen[at[keep]] = (
+                    losses.detach()[torch.from_numpy(keep).to(self.device)].double().cpu()
+                )
                 loss = (weights[torch.from_numpy(at).to(self.device)] * losses).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -320,8 +362,9 @@ class Worker:
         n = int(all_sum(torch.tensor([len(self.train)], dtype=torch.int64))[0])
         initial, increment = self.policy.planned_sizes(job, n, self.num_classes)
         final_epochs = job.train.final_epochs
-        total = planned_train_passes(n, initial, increment, s.max_rounds,
-                                     self.policy.epochs(job), final_epochs)
+        total = planned_train_passes(
+            n, initial, increment, s.max_rounds, self.policy.epochs(job), final_epochs
+        )
         done = sum(r["train_sample_passes"] for r in self.run_state.records)
         last = phase.kind == "final" or (phase.index >= s.max_rounds - 1 and not final_epochs)
         return phase_span(done, len(self.run_state.subset_ids()) * phase.epochs, total, last)
@@ -346,20 +389,25 @@ class Worker:
         policy_state = self.policy.state_dict()
         with tempfile.TemporaryDirectory() as d:
             if self.rank == 0:
-                torch.save({"model": unwrap(self.model).state_dict(),
-                            "spec": model_spec(self.job.model, self.num_classes, self.x_shape),
-                            "optimizer": optimizer.state_dict() if optimizer else None,
-                            "scheduler": scheduler.state_dict() if scheduler else None,
-                            "phase": asdict(self.phase) if self.phase else None,
-                            "best": self.best.state_dict() if self.best else None},
-                           os.path.join(d, MODEL_FILE))
+                torch.save(
+                    {
+                        "model": unwrap(self.model).state_dict(),
+                        "spec": model_spec(self.job.model, self.num_classes, self.x_shape),
+                        "optimizer": optimizer.state_dict() if optimizer else None,
+                        "scheduler": scheduler.state_dict() if scheduler else None,
+                        "phase": asdict(self.phase) if self.phase else None,
+                        "best": self.best.state_dict() if self.best else None,
+                    },
+                    os.path.join(d, MODEL_FILE),
+                )
                 state.save(Path(d))
                 if self.phase is None:
                     state.save(self.run_dir)
             if policy_state:
                 torch.save(policy_state, os.path.join(d, f"policy_rank{self.rank}.pt"))
-            checkpoint = (ray.train.Checkpoint.from_directory(d)
-                          if self.rank == 0 or policy_state else None)
+            checkpoint = (
+                ray.train.Checkpoint.from_directory(d) if self.rank == 0 or policy_state else None
+            )
             ray.train.report(metrics, checkpoint=checkpoint)
 
     def _restore(self, model, d: Path) -> None:
@@ -426,6 +474,7 @@ def device_batch(share: Share, positions: np.ndarray, device) -> tuple[torch.Ten
 def share_scorer(model, share: Share, device):
     """`score_rows(positions, extra)`: the model's scores of the share's rows (operators/
     predict.py's columns); `extra` None, "embedding", or "x" for the features themselves."""
+
     def score_rows(positions: np.ndarray, extra: str | None = None) -> dict:
         x, y = device_batch(share, positions, device)
         out = forward_scores(unwrap(model).eval(), x, y, with_embedding=extra == "embedding")
@@ -447,8 +496,11 @@ def _apply(state: RunState, record: dict, added: Additions, round_index: int) ->
     record["seconds_select"] = added.seconds_select
     record["added"] = int(len(added.ids)) if added.stop_reason is None else 0
     if added.remaining is not None:
-        record.update(dropped=int(len(added.dropped)), remaining=sum(added.remaining.values()),
-                      remaining_per_class={str(c): n for c, n in added.remaining.items()})
+        record.update(
+            dropped=int(len(added.dropped)),
+            remaining=sum(added.remaining.values()),
+            remaining_per_class={str(c): n for c, n in added.remaining.items()},
+        )
     state.add(added.dropped, DROPPED, round_index)  # the model of this round got them right
     if added.stop_reason is None:
         state.add(added.ids, added.reasons, round_index + 1)
@@ -474,8 +526,14 @@ def _stalled(records: list, patience: int) -> bool:
     return len(accs) > patience and max(accs[-patience:]) <= max(accs[:-patience])
 
 
-def advance_schedule(scheduler, epoch: int, step: int, steps: int, steps_per_epoch: int,
-                     span: tuple[int, int, int] | None = None) -> None:
+def advance_schedule(
+    scheduler,
+    epoch: int,
+    step: int,
+    steps: int,
+    steps_per_epoch: int,
+    span: tuple[int, int, int] | None = None,
+) -> None:
     """Move the schedule to where a full epoch would be at the same fraction of the epoch.
 
     A full epoch steps it once per step; an epoch that InfoBatch shortened to `steps` steps
@@ -501,14 +559,17 @@ def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test"
             logits = model(xs)
             hits = (logits.argmax(1) == ys).double().cpu()
             sums[0] += float(F.cross_entropy(logits.float(), ys, reduction="sum"))
-            sums[1:1 + num_classes].index_add_(0, ys.cpu(), hits)
-            sums[1 + num_classes:].index_add_(0, ys.cpu(), torch.ones_like(hits))
+            sums[1 : 1 + num_classes].index_add_(0, ys.cpu(), hits)
+            sums[1 + num_classes :].index_add_(0, ys.cpu(), torch.ones_like(hits))
     sums = all_sum(sums)
-    correct, count = sums[1:1 + num_classes], sums[1 + num_classes:]
+    correct, count = sums[1 : 1 + num_classes], sums[1 + num_classes :]
     n = float(count.sum())
-    return {f"{prefix}_accuracy": float(correct.sum()) / max(n, 1),
-            f"{prefix}_balanced_accuracy": balanced_accuracy(correct, count),
-            f"{prefix}_loss": float(sums[0]) / max(n, 1), f"{prefix}_samples": int(n)}
+    return {
+        f"{prefix}_accuracy": float(correct.sum()) / max(n, 1),
+        f"{prefix}_balanced_accuracy": balanced_accuracy(correct, count),
+        f"{prefix}_loss": float(sums[0]) / max(n, 1),
+        f"{prefix}_samples": int(n),
+    }
 
 
 def balanced_accuracy(correct, count) -> float:
@@ -527,8 +588,9 @@ def model_spec(model: ModelConfig, num_classes: int, x_shape) -> dict:
 
 def load_model(job: JobConfig, checkpoint_dir: str, num_classes: int, x_shape) -> torch.nn.Module:
     """The model of a checkpoint folder, built as `job` says."""
-    return saved_model(Path(checkpoint_dir) / MODEL_FILE,
-                       model_spec(job.model, num_classes, x_shape))[0]
+    return saved_model(
+        Path(checkpoint_dir) / MODEL_FILE, model_spec(job.model, num_classes, x_shape)
+    )[0]
 
 
 def saved_model(path: str | Path, spec: dict | None = None) -> tuple[torch.nn.Module, dict]:
@@ -538,16 +600,20 @@ def saved_model(path: str | Path, spec: dict | None = None) -> tuple[torch.nn.Mo
     path = Path(path)
     file = path / "final" / MODEL_FILE if path.is_dir() else path
     if not file.is_file():
-        raise DataError(f"{path}: no model here: give a run directory (with final/{MODEL_FILE}) "
-                        f"or a {MODEL_FILE} that a run wrote")
+        raise DataError(
+            f"{path}: no model here: give a run directory (with final/{MODEL_FILE}) "
+            f"or a {MODEL_FILE} that a run wrote"
+        )
     try:
         saved = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:
         raise DataError(f"{file}: not a model file raysift wrote ({err})") from None
-    spec = spec or saved.get("spec") or _spec_of_run(path if path.is_dir() else
-                                                     file.parent.parent, file)
-    model = build_model(ModelConfig(**spec["model"]), tuple(spec["x_shape"]),
-                        spec["num_classes"])
+    spec = (
+        spec
+        or saved.get("spec")
+        or _spec_of_run(path if path.is_dir() else file.parent.parent, file)
+    )
+    model = build_model(ModelConfig(**spec["model"]), tuple(spec["x_shape"]), spec["num_classes"])
     model.load_state_dict(saved["model"])
     return model.eval(), spec
 
@@ -556,8 +622,11 @@ def _spec_of_run(run_dir: Path, file: Path) -> dict:
     """The spec of an older run's model file, from the run's job.json and data/info.json."""
     job_file, info_file = run_dir / "job.json", run_dir / "data" / "info.json"
     if not (job_file.is_file() and info_file.is_file()):
-        raise DataError(f"{file}: no model spec inside, and no {job_file} and {info_file} "
-                        f"beside it to rebuild the model from")
+        raise DataError(
+            f"{file}: no model spec inside, and no {job_file} and {info_file} "
+            f"beside it to rebuild the model from"
+        )
     info = json.loads(info_file.read_text())
-    return model_spec(from_dict(json.loads(job_file.read_text())).model, info["num_classes"],
-                      info["x_shape"])
+    return model_spec(
+        from_dict(json.loads(job_file.read_text())).model, info["num_classes"], info["x_shape"]
+    )

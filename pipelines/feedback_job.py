@@ -4,6 +4,7 @@ IN is a Parquet file or directory of rows in `operators.feedback.INPUT_SCHEMA`; 
 directory of Parquet files, one row per image (see `operators.feedback`). The lead CLI calls
 `add_commands`; notebooks and jobs call `run_feedback`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,9 @@ from operators.feedback import CATEGORIES, INPUT_COLUMNS, check_thresholds, feed
 from .commands import add_parser
 
 
-def run_feedback(in_path: str, out_path: str, conf_threshold: float = 0.5,
-                 iou_threshold: float = 0.5) -> dict[str, int]:
+def run_feedback(
+    in_path: str, out_path: str, conf_threshold: float = 0.5, iou_threshold: float = 0.5
+) -> dict[str, int]:
     """Annotate every image of `in_path` into `out_path`; returns the images per category."""
     check_thresholds(conf_threshold, iou_threshold)
     ds = ray.data.read_parquet(in_path)
@@ -55,8 +57,16 @@ def add_commands(subparsers) -> None:
     p = add_parser(subparsers, "feedback")
     p.add_argument("input", metavar="IN", help="Parquet file or directory of checked images")
     p.add_argument("output", metavar="OUT", help="directory to write the annotations to")
-    p.add_argument("--conf-threshold", type=partial(_threshold, zero_ok=True), default=0.5,
-                   help="a prediction with at least this score is confident (default 0.5)")
-    p.add_argument("--iou-threshold", type=partial(_threshold, zero_ok=False), default=0.5,
-                   help="boxes with at least this IoU match (default 0.5)")
+    p.add_argument(
+        "--conf-threshold",
+        type=partial(_threshold, zero_ok=True),
+        default=0.5,
+        help="a prediction with at least this score is confident (default 0.5)",
+    )
+    p.add_argument(
+        "--iou-threshold",
+        type=partial(_threshold, zero_ok=False),
+        default=0.5,
+        help="boxes with at least this IoU match (default 0.5)",
+    )
     p.set_defaults(func=_command)

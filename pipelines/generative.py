@@ -6,6 +6,7 @@ suits signals, pixels in [0, 1] and standardised features alike. `sample(labels,
 draws new samples of the given classes in the data's own scale; everything random comes from
 explicit generators, so the same seed trains the same model and draws the same rows.
 """
+
 from __future__ import annotations
 
 import math
@@ -116,8 +117,16 @@ def build(spec: GeneratorSpec) -> _Conditional:
     return (ConditionalVAE if spec.kind == "vae" else ConditionalGAN)(spec)
 
 
-def fit(spec: GeneratorSpec, x: torch.Tensor, labels: torch.Tensor, *, epochs: int = 200,
-        batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> _Conditional:
+def fit(
+    spec: GeneratorSpec,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 200,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> _Conditional:
     """Train a generator in this process on (x, labels): small data, a few seconds on a CPU.
     Weights, batch order and noise all come from `seed`."""
     if len(x) < 2:
@@ -139,7 +148,7 @@ def fit(spec: GeneratorSpec, x: torch.Tensor, labels: torch.Tensor, *, epochs: i
     for _ in range(epochs):
         order = torch.randperm(len(x), generator=g)
         for start in range(0, len(x), batch_size):
-            b = order[start:start + batch_size]
+            b = order[start : start + batch_size]
             if spec.kind == "vae":
                 loss = model.loss(x[b], labels[b], g)
                 opt.zero_grad(set_to_none=True)
@@ -150,12 +159,19 @@ def fit(spec: GeneratorSpec, x: torch.Tensor, labels: torch.Tensor, *, epochs: i
     return model.eval()
 
 
-def _gan_step(model: ConditionalGAN, real: torch.Tensor, labels: torch.Tensor,
-              g: torch.Generator, opt_g, opt_d) -> None:
+def _gan_step(
+    model: ConditionalGAN,
+    real: torch.Tensor,
+    labels: torch.Tensor,
+    g: torch.Generator,
+    opt_g,
+    opt_d,
+) -> None:
     ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
     fake = model.fake(labels, g)
-    d_loss = (F.binary_cross_entropy_with_logits(model.critic(real, labels), ones)
-              + F.binary_cross_entropy_with_logits(model.critic(fake.detach(), labels), zeros))
+    d_loss = F.binary_cross_entropy_with_logits(
+        model.critic(real, labels), ones
+    ) + F.binary_cross_entropy_with_logits(model.critic(fake.detach(), labels), zeros)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()

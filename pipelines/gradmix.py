@@ -17,6 +17,7 @@ A step of the transfer loop:
     opt.zero_grad(); loss_h.backward(); g_h = allreduce_mean(flat_grad(params))
     g, info = mix(g_t, g_h, rule); set_flat_grad(params, g); opt.step()
 """
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -31,8 +32,10 @@ RULES = ("similarity", "agem", "pcgrad", "sum")
 
 def flat_grad(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
     """The parameters' `.grad` as one vector; a parameter without a gradient contributes zeros."""
-    parts = [p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
-             for p in params]
+    parts = [
+        p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(p).reshape(-1)
+        for p in params
+    ]
     if not parts:
         raise ValueError("params: no parameters to take gradients from")
     return torch.cat(parts)
@@ -43,11 +46,13 @@ def set_flat_grad(params: Iterable[torch.nn.Parameter], vec: torch.Tensor) -> No
     params = list(params)
     total = sum(p.numel() for p in params)
     if vec.dim() != 1 or vec.numel() != total:
-        raise ValueError(f"vec: expected a vector of {total} values (the parameters' size), "
-                         f"got shape {tuple(vec.shape)}")
+        raise ValueError(
+            f"vec: expected a vector of {total} values (the parameters' size), "
+            f"got shape {tuple(vec.shape)}"
+        )
     offset = 0
     for p in params:
-        chunk = vec[offset:offset + p.numel()].view_as(p).to(p.dtype)
+        chunk = vec[offset : offset + p.numel()].view_as(p).to(p.dtype)
         if p.grad is None:
             p.grad = chunk.clone()
         else:
@@ -64,8 +69,9 @@ def allreduce_mean(vec: torch.Tensor) -> torch.Tensor:
     return out / dist.get_world_size()
 
 
-def _weights_similarity(cos: float, floor: float = 0.0, cos_scale: float = 1.0
-                        ) -> tuple[float, float]:
+def _weights_similarity(
+    cos: float, floor: float = 0.0, cos_scale: float = 1.0
+) -> tuple[float, float]:
     """w_h = 1 - c, w_t = 1 + c with c = clip(cos / cos_scale, -1, 1), each kept >= `floor`.
 
     Why: the history weight grows as the two gradients conflict, so the old task is protected
@@ -85,8 +91,9 @@ def _weights_similarity(cos: float, floor: float = 0.0, cos_scale: float = 1.0
     return 2.0 - w_h, w_h
 
 
-def mix(g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
-        ) -> tuple[torch.Tensor, dict]:
+def mix(
+    g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
+) -> tuple[torch.Tensor, dict]:
     """The mixed gradient `w_t g_t + w_h g_h` under `rule`, and info {cosine, w_t, w_h, conflict}.
 
     similarity: weights from the cosine (see `_weights_similarity`); options `floor` (0 to 1)
@@ -102,11 +109,14 @@ def mix(g_t: torch.Tensor, g_h: torch.Tensor, rule: str = "similarity", **opts
     allowed = {"floor", "cos_scale"} if rule == "similarity" else set()
     unknown = sorted(set(opts) - allowed)
     if unknown:
-        raise ValueError(f"rule {rule!r}: unknown option(s) {unknown}; "
-                         f"accepted: {sorted(allowed) or 'none'}")
+        raise ValueError(
+            f"rule {rule!r}: unknown option(s) {unknown}; accepted: {sorted(allowed) or 'none'}"
+        )
     if g_t.shape != g_h.shape or g_t.dim() != 1:
-        raise ValueError(f"g_t, g_h: expected two vectors of the same length, got shapes "
-                         f"{tuple(g_t.shape)} and {tuple(g_h.shape)}")
+        raise ValueError(
+            f"g_t, g_h: expected two vectors of the same length, got shapes "
+            f"{tuple(g_t.shape)} and {tuple(g_h.shape)}"
+        )
     floor = float(opts.get("floor", 0.0))
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"floor: must be in [0, 1], got {floor}")

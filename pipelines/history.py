@@ -23,6 +23,7 @@ target, `detector.encode_targets`) carries it in a `target` column: a library of
 with that column holds, replays, saves and loads it with the sample, passes it to `grad_fn`
 in place of the label, and uses the label only to balance (one label for all: one group).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from operators.contract import ID, LABEL, X, DataError, check_finite, features, require_columns
+from operators.contract import ID, LABEL, DataError, X, check_finite, features, require_columns
 
 from .models import embed
 from .run_state import atomic_write_bytes, atomic_write_json
@@ -45,8 +46,9 @@ SETTINGS_FILE = "history.json"
 GradFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (x, training targets) -> (n, d)
 
 
-def last_layer_gradients(embedding: torch.Tensor, logits: torch.Tensor,
-                         labels: torch.Tensor) -> np.ndarray:
+def last_layer_gradients(
+    embedding: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
+) -> np.ndarray:
     """Per-sample cross-entropy gradient of a linear softmax head, in closed form.
 
     For logits = W h + b the gradient is (p - onehot(y)) outer [h, 1]: the rows of
@@ -55,8 +57,10 @@ def last_layer_gradients(embedding: torch.Tensor, logits: torch.Tensor,
     with torch.no_grad():
         err = logits.float().softmax(1)
         err[torch.arange(len(labels)), labels.long()] -= 1.0
-        h = torch.cat([embedding.float().flatten(1), torch.ones(len(embedding), 1,
-                                                                device=embedding.device)], 1)
+        h = torch.cat(
+            [embedding.float().flatten(1), torch.ones(len(embedding), 1, device=embedding.device)],
+            1,
+        )
         return (err[:, :, None] * h[:, None, :]).flatten(1).cpu().numpy()
 
 
@@ -73,10 +77,14 @@ def head_gradient_fn(model: torch.nn.Module, batch_size: int = 4096) -> GradFn:
         out = []
         with torch.no_grad():
             for s in range(0, len(x), batch_size):
-                xb = torch.as_tensor(x[s:s + batch_size], dtype=torch.float32, device=device)
-                out.append(last_layer_gradients(embed(model, xb), model(xb),
-                                                torch.as_tensor(labels[s:s + batch_size],
-                                                                device=device)))
+                xb = torch.as_tensor(x[s : s + batch_size], dtype=torch.float32, device=device)
+                out.append(
+                    last_layer_gradients(
+                        embed(model, xb),
+                        model(xb),
+                        torch.as_tensor(labels[s : s + batch_size], device=device),
+                    )
+                )
         return np.concatenate(out)
 
     return grad_fn
@@ -159,8 +167,9 @@ class HistoryLibrary:
         self.seen_ += np.bincount(labels, minlength=self.num_classes)
         return self
 
-    def _validated(self, batch: dict
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    def _validated(
+        self, batch: dict
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         require_columns(batch.keys(), [ID, LABEL, X], where="history batch")
         ids = np.asarray(batch[ID], dtype=np.int64)
         labels = np.asarray(batch[LABEL], dtype=np.int64)
@@ -169,25 +178,33 @@ class HistoryLibrary:
         bad = (labels < 0) | (labels >= self.num_classes)
         if bad.any():
             i = int(np.argmax(bad))
-            raise DataError(f"column '{LABEL}': label {labels[i]} at id {ids[i]} is outside "
-                            f"[0, {self.num_classes})")
+            raise DataError(
+                f"column '{LABEL}': label {labels[i]} at id {ids[i]} is outside "
+                f"[0, {self.num_classes})"
+            )
         uniq, first = np.unique(ids, return_index=True)
         if len(uniq) != len(ids):
             dup = ids[np.setdiff1d(np.arange(len(ids)), first)[0]]
             raise DataError(f"column '{ID}': id {dup} appears more than once in the batch")
         if self.x_ is not None and x.shape[1:] != self.x_.shape[1:]:
-            raise DataError(f"column '{X}': feature shape {x.shape[1:]} differs from the "
-                            f"library's {self.x_.shape[1:]}")
+            raise DataError(
+                f"column '{X}': feature shape {x.shape[1:]} differs from the "
+                f"library's {self.x_.shape[1:]}"
+            )
         targets = features(batch, TARGET) if TARGET in batch else None
         if self.x_ is not None and (targets is None) != (self.targets_ is None):
-            raise DataError(f"column '{TARGET}': the library's samples "
-                            f"{'carry' if self.targets_ is not None else 'do not carry'} one; "
-                            f"the batch's {'do not' if targets is None else 'do'}")
+            raise DataError(
+                f"column '{TARGET}': the library's samples "
+                f"{'carry' if self.targets_ is not None else 'do not carry'} one; "
+                f"the batch's {'do not' if targets is None else 'do'}"
+            )
         if targets is not None:
             check_finite(targets, ids, where=f"column '{TARGET}'")
             if self.targets_ is not None and targets.shape[1:] != self.targets_.shape[1:]:
-                raise DataError(f"column '{TARGET}': shape {targets.shape[1:]} differs from "
-                                f"the library's {self.targets_.shape[1:]}")
+                raise DataError(
+                    f"column '{TARGET}': shape {targets.shape[1:]} differs from "
+                    f"the library's {self.targets_.shape[1:]}"
+                )
         return ids, labels, x, targets
 
     def _reservoir(self, labels: np.ndarray, held: int) -> np.ndarray:
@@ -207,8 +224,9 @@ class HistoryLibrary:
                 slots[c][j] = held + i
         return np.asarray([s for class_slots in slots for s in class_slots], np.int64)
 
-    def _herd(self, pool_labels: np.ndarray, pool_x: np.ndarray, pool_y: np.ndarray,
-              grad_fn: GradFn) -> np.ndarray:
+    def _herd(
+        self, pool_labels: np.ndarray, pool_x: np.ndarray, pool_y: np.ndarray, grad_fn: GradFn
+    ) -> np.ndarray:
         """The pool rows herding keeps, class by class (pool: the members, then the offer)."""
         per_class = [np.flatnonzero(pool_labels == c) for c in range(self.num_classes)]
         crowded = [rows for rows in per_class if len(rows) > self.per_class]
@@ -216,8 +234,10 @@ class HistoryLibrary:
             rows = np.concatenate(crowded)
             grads = np.asarray(grad_fn(pool_x[rows], pool_y[rows]))
             if grads.ndim != 2 or len(grads) != len(rows) or not np.isfinite(grads).all():
-                raise ValueError(f"grad_fn: expected {len(rows)} finite gradient rows (n, d), "
-                                 f"got shape {grads.shape}")
+                raise ValueError(
+                    f"grad_fn: expected {len(rows)} finite gradient rows (n, d), "
+                    f"got shape {grads.shape}"
+                )
             at = np.empty(len(pool_labels), np.int64)
             at[rows] = np.arange(len(rows))
         kept = []
@@ -227,8 +247,9 @@ class HistoryLibrary:
             kept.append(rows)
         return np.concatenate(kept)
 
-    def iter_batches(self, batch_size: int, seed: int, rank: int = 0,
-                     world: int = 1) -> Iterator[dict]:
+    def iter_batches(
+        self, batch_size: int, seed: int, rank: int = 0, world: int = 1
+    ) -> Iterator[dict]:
         """Endless history batches: seeded passes over the library, one after another.
 
         Each global batch of `batch_size` rows is split over `world` workers (rank takes
@@ -238,8 +259,9 @@ class HistoryLibrary:
         if len(self) == 0:
             raise ValueError("the history library is empty: update it before drawing batches")
         if not isinstance(batch_size, int) or batch_size < 1 or batch_size % world:
-            raise ValueError(f"batch_size: must be a positive multiple of world ({world}), "
-                             f"got {batch_size!r}")
+            raise ValueError(
+                f"batch_size: must be a positive multiple of world ({world}), got {batch_size!r}"
+            )
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
         if not 0 <= rank < world:
@@ -264,19 +286,28 @@ class HistoryLibrary:
         if self.x_ is None:
             raise ValueError("the history library is empty: there is nothing to save")
         directory = Path(directory)
-        columns = {ID: pa.array(self.ids_), LABEL: pa.array(self.labels_),
-                   X: ArrowTensorArray.from_numpy(self.x_)}
+        columns = {
+            ID: pa.array(self.ids_),
+            LABEL: pa.array(self.labels_),
+            X: ArrowTensorArray.from_numpy(self.x_),
+        }
         if self.targets_ is not None:
             columns[TARGET] = ArrowTensorArray.from_numpy(self.targets_)
         table = pa.table(columns)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write_bytes(directory / TABLE_FILE, sink.getvalue().to_pybytes())
-        atomic_write_json(directory / SETTINGS_FILE, {
-            "per_class": self.per_class, "num_classes": self.num_classes, "rule": self.rule,
-            "seed": self.seed, "seen": self.seen_.tolist(),
-            "rng_state": self._rng.bit_generator.state,
-        })
+        atomic_write_json(
+            directory / SETTINGS_FILE,
+            {
+                "per_class": self.per_class,
+                "num_classes": self.num_classes,
+                "rule": self.rule,
+                "seed": self.seed,
+                "seen": self.seen_.tolist(),
+                "rng_state": self._rng.bit_generator.state,
+            },
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> "HistoryLibrary":
@@ -286,15 +317,15 @@ class HistoryLibrary:
 
         directory = Path(directory)
         settings = json.loads((directory / SETTINGS_FILE).read_text())
-        lib = cls(settings["per_class"], settings["num_classes"], settings["rule"],
-                  settings["seed"])
+        lib = cls(
+            settings["per_class"], settings["num_classes"], settings["rule"], settings["seed"]
+        )
         table = pq.read_table(directory / TABLE_FILE)
         require_columns(table.column_names, [ID, LABEL, X], where=str(directory / TABLE_FILE))
         lib.ids_, lib.labels_ = table[ID].to_numpy(), table[LABEL].to_numpy()
         lib.x_ = table[X].combine_chunks().to_numpy().astype(np.float32, copy=False)
         if TARGET in table.column_names:
-            lib.targets_ = table[TARGET].combine_chunks().to_numpy().astype(np.float32,
-                                                                           copy=False)
+            lib.targets_ = table[TARGET].combine_chunks().to_numpy().astype(np.float32, copy=False)
         lib.seen_ = np.asarray(settings["seen"], np.int64)
         lib._rng.bit_generator.state = settings["rng_state"]
         return lib

@@ -7,6 +7,7 @@ on everything with weight 1 (annealing), which the paper finds keeps the accurac
 training. These are pure functions of the scores and a seeded generator, so every DDP rank that
 holds the same scores draws the same epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,15 @@ def anneal_epoch(epochs: int, delta: float) -> int:
     return math.ceil(delta * epochs - _EPS)
 
 
-def plan_epoch(scores: torch.Tensor, epoch: int, epochs: int, r: float, delta: float,
-               generator: torch.Generator,
-               mean: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def plan_epoch(
+    scores: torch.Tensor,
+    epoch: int,
+    epochs: int,
+    r: float,
+    delta: float,
+    generator: torch.Generator,
+    mean: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows to train this epoch in ascending order, weight of every row; 0 where pruned).
 
     Below the mean means strictly below, so equal scores prune nothing. Of the k rows below it,

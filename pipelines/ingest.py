@@ -5,15 +5,17 @@ Ray's tensor column, plus `out_dir/info.json` (and, for text, `out_dir/vocab.jso
 vocabulary counted over the training split in a first pass, whose ids the `x` rows hold). `x`
 is float32, or uint8 when the source gives 8-bit pixels (IDX, image folders, uint8 arrays): they
 stay 8-bit, a quarter of the bytes to store and read, and are scaled on the worker, batch by
-batch (operators.contract.as_float). Shards are written into a temporary folder beside `out_dir` and renamed into place only after the whole source has passed every check, so
-bad input never leaves half an output. The train/val/test carving is a seeded hash of each id:
-the same (id, seed) lands in the same split in every run, whatever the chunking.
+batch (operators.contract.as_float). Shards are written into a temporary folder beside
+`out_dir` and renamed into place only after the whole source has passed every check, so bad
+input never leaves half an output. The train/val/test carving is a seeded hash of each id: the
+same (id, seed) lands in the same split in every run, whatever the chunking.
 
 A long-tailed variant (`source.imbalance_ratio` > 1) thins the train and val shards class by class
 after the pass, before the rename (the number of classes is only known then); test stays as
 given, so its balanced accuracy shows what balancing does. (A text vocabulary is counted before
 the cut, over the whole train split.)
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data.extensions import ArrowTensorArray
 
-from operators.contract import ID, LABEL, X, DataError
+from operators.contract import ID, LABEL, DataError, X
 from operators.keys import unit_hash
 
 from .config import ConfigError, SourceConfig
@@ -61,8 +63,14 @@ class DataInfo:
     synthetic: dict | None = None
 
 
-def ingest(cfg: SourceConfig, seed: int, out_dir: str | Path, *, chunk_rows: int = 4096,
-           shard_rows: int = 8192) -> DataInfo:
+def ingest(
+    cfg: SourceConfig,
+    seed: int,
+    out_dir: str | Path,
+    *,
+    chunk_rows: int = 4096,
+    shard_rows: int = 8192,
+) -> DataInfo:
     """Read, check, split and write the source; never touches an existing non-empty `out_dir`."""
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -106,8 +114,14 @@ def load_info(out_dir: str | Path) -> DataInfo:
     return info
 
 
-def carve(ids: np.ndarray, given: np.ndarray | None, seed: int, given_splits: frozenset,
-          test_fraction: float, val_fraction: float) -> np.ndarray:
+def carve(
+    ids: np.ndarray,
+    given: np.ndarray | None,
+    seed: int,
+    given_splits: frozenset,
+    test_fraction: float,
+    val_fraction: float,
+) -> np.ndarray:
     """Split codes (0 train, 1 val, 2 test): test carved from train rows unless the data gives a
     test split, then val from the rest of train unless the data gives a val split."""
     codes = np.full(len(ids), _TRAIN, np.int8) if given is None else given.copy()
@@ -120,8 +134,9 @@ def carve(ids: np.ndarray, given: np.ndarray | None, seed: int, given_splits: fr
     return codes
 
 
-def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
-           chunk_rows: int) -> DataInfo:
+def _write(
+    source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int, chunk_rows: int
+) -> DataInfo:
     checker = Checker(cfg)
     writers = {s: _ShardWriter(tmp / s, shard_rows) for s in SPLITS}
     per_class = {s: np.zeros(0, np.int64) for s in SPLITS}
@@ -129,27 +144,37 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
     if cfg.kind == "text":
         vocab = _train_vocabulary(open_source(cfg, chunk_rows), cfg, seed)
         vocab.save(tmp / VOCAB)
-        chunks = (Chunk(c.label, vocab.encode(c.x, cfg.max_len), c.where, c.first_row, c.id,
-                        c.split) for c in source.chunks)
+        chunks = (
+            Chunk(c.label, vocab.encode(c.x, cfg.max_len), c.where, c.first_row, c.id, c.split)
+            for c in source.chunks
+        )
     provenance, synthetic = None, {"train": 0, "dropped": 0}
     generated = GeneratedSplits()
     soft_width = None
     try:
         for chunk in chunks:
             ids, labels, x, given = checker.check(chunk)
-            codes = carve(ids, given, seed, source.given_splits, cfg.test_fraction,
-                          cfg.val_fraction)
+            codes = carve(
+                ids, given, seed, source.given_splits, cfg.test_fraction, cfg.val_fraction
+            )
             made = generated_rows(chunk)
             if made.any():
-                codes = generated.place(codes, made, chunk, ids, given, seed,
-                                        source.given_splits, cfg)
+                codes = generated.place(
+                    codes, made, chunk, ids, given, seed, source.given_splits, cfg
+                )
                 kept = made & (codes == _TRAIN)
                 synthetic["train"] += int(kept.sum())
                 synthetic["dropped"] += int((made & (codes < 0)).sum())
                 provenance = provenance or _ShardWriter(tmp / PROVENANCE_DIR, shard_rows)
                 rows = chunk.rest.filter(pa.array(kept))
-                provenance.write(pa.table({ID: pa.array(ids[kept], pa.int64()),
-                                           **{c: rows.column(c) for c in rows.schema.names}}))
+                provenance.write(
+                    pa.table(
+                        {
+                            ID: pa.array(ids[kept], pa.int64()),
+                            **{c: rows.column(c) for c in rows.schema.names},
+                        }
+                    )
+                )
                 if "y_soft" in rows.schema.names:
                     soft_width = _soft_width(rows.column("y_soft"), chunk, soft_width)
             for code, split in enumerate(SPLITS):
@@ -169,26 +194,39 @@ def _write(source, cfg: SourceConfig, seed: int, tmp: Path, shard_rows: int,
     names = source.class_names
     num_classes = max(len(names or ()), *(len(c) for c in per_class.values()), soft_width or 0)
     if soft_width is not None and soft_width != num_classes:
-        raise DataError(f"{source.description}: column 'y_soft' holds {soft_width} classes, the "
-                        f"labels reach class {num_classes - 1}")
+        raise DataError(
+            f"{source.description}: column 'y_soft' holds {soft_width} classes, the "
+            f"labels reach class {num_classes - 1}"
+        )
     class_counts = {s: _add(c, np.zeros(num_classes, np.int64)) for s, c in per_class.items()}
     description, long_tail = source.description, None
     if cfg.imbalance_ratio > 1:
-        long_tail, note = _make_long_tail(tmp, cfg.imbalance_ratio, seed, class_counts,
-                                          shard_rows, checker.no_rows())
+        long_tail, note = _make_long_tail(
+            tmp, cfg.imbalance_ratio, seed, class_counts, shard_rows, checker.no_rows()
+        )
         counts.update((s, int(class_counts[s].sum())) for s in LONG_TAILED)
         description += note
     if not counts["train"]:
-        raise DataError(f"{source.description}: the train split is empty ({counts}); lower "
-                        f"source.test_fraction or check source.split_column")
+        raise DataError(
+            f"{source.description}: the train split is empty ({counts}); lower "
+            f"source.test_fraction or check source.split_column"
+        )
     if cfg.val_fraction > 0 and not counts["val"]:
-        raise DataError(f"{source.description}: the val split is empty ({counts}); raise "
-                        f"source.val_fraction or give more data")
-    info = DataInfo(num_classes=num_classes, x_shape=tuple(checker.shape), counts=counts,
-                    class_counts={s: c.tolist() for s, c in class_counts.items()},
-                    class_names=names, source=description, long_tail=long_tail,
-                    x_dtype=str(checker.dtype),
-                    synthetic=synthetic if provenance is not None else None)
+        raise DataError(
+            f"{source.description}: the val split is empty ({counts}); raise "
+            f"source.val_fraction or give more data"
+        )
+    info = DataInfo(
+        num_classes=num_classes,
+        x_shape=tuple(checker.shape),
+        counts=counts,
+        class_counts={s: c.tolist() for s, c in class_counts.items()},
+        class_names=names,
+        source=description,
+        long_tail=long_tail,
+        x_dtype=str(checker.dtype),
+        synthetic=synthetic if provenance is not None else None,
+    )
     (tmp / INFO).write_text(json.dumps(asdict(info), indent=1))
     return info
 
@@ -198,15 +236,15 @@ def keep_fractions(num_classes: int, ratio: float) -> np.ndarray:
     return ratio ** (-np.arange(num_classes) / max(num_classes - 1, 1))
 
 
-def long_tail_mask(ids: np.ndarray, labels: np.ndarray, seed: int,
-                   keep: np.ndarray) -> np.ndarray:
+def long_tail_mask(ids: np.ndarray, labels: np.ndarray, seed: int, keep: np.ndarray) -> np.ndarray:
     """Which rows the long tail keeps: a seeded hash of the id against its class's share, so the
     choice is the same whatever the chunking (and a row kept at ratio 100 is kept at 10)."""
     return unit_hash(ids, seed, LONG_TAIL_STREAM) < keep[labels]
 
 
-def _cut_long_tail(folder: Path, seed: int, keep: np.ndarray, shard_rows: int,
-                   no_rows: np.ndarray) -> np.ndarray:
+def _cut_long_tail(
+    folder: Path, seed: int, keep: np.ndarray, shard_rows: int, no_rows: np.ndarray
+) -> np.ndarray:
     """Rewrite a split's shards, one at a time, with only the rows the long tail keeps; returns
     the rows kept per class."""
     cut = folder.with_name(f"{folder.name}.cut")
@@ -226,8 +264,9 @@ def _cut_long_tail(folder: Path, seed: int, keep: np.ndarray, shard_rows: int,
     return kept
 
 
-def _make_long_tail(tmp: Path, ratio: float, seed: int, class_counts: dict, shard_rows: int,
-                    no_rows: np.ndarray) -> tuple[dict, str]:
+def _make_long_tail(
+    tmp: Path, ratio: float, seed: int, class_counts: dict, shard_rows: int, no_rows: np.ndarray
+) -> tuple[dict, str]:
     """Cut train and val to the long tail (`class_counts` follows); returns the record for
     info.json and a note for the data description. A class the cut empties in train stops ingest
     (no model could learn it); one emptied in val only leaves a val metric without it: noted."""
@@ -239,15 +278,22 @@ def _make_long_tail(tmp: Path, ratio: float, seed: int, class_counts: dict, shar
     emptied = {s: np.flatnonzero((before[s] > 0) & (class_counts[s] == 0)) for s in LONG_TAILED}
     if len(emptied["train"]):
         k = emptied["train"][0]
-        raise DataError(f"source.imbalance_ratio {ratio:g}: class {k} keeps none of its "
-                        f"{before['train'][k]} train rows (its share is {keep[k]:.3g}); lower "
-                        f"the ratio or give more data")
-    note = (f"; long-tailed (source.imbalance_ratio {ratio:g}): class k keeps "
-            f"{ratio:g}**(-k/{max(num_classes - 1, 1)}) of its train and val rows, test as given")
+        raise DataError(
+            f"source.imbalance_ratio {ratio:g}: class {k} keeps none of its "
+            f"{before['train'][k]} train rows (its share is {keep[k]:.3g}); lower "
+            f"the ratio or give more data"
+        )
+    note = (
+        f"; long-tailed (source.imbalance_ratio {ratio:g}): class k keeps "
+        f"{ratio:g}**(-k/{max(num_classes - 1, 1)}) of its train and val rows, test as given"
+    )
     if len(emptied["val"]):
         note += f"; val has no rows of class {', '.join(map(str, emptied['val']))}"
-    record = {"imbalance_ratio": ratio, "keep_fraction": keep.tolist(),
-              "class_counts_before": {s: before[s].tolist() for s in LONG_TAILED}}
+    record = {
+        "imbalance_ratio": ratio,
+        "keep_fraction": keep.tolist(),
+        "class_counts_before": {s: before[s].tolist() for s in LONG_TAILED},
+    }
     return record, note
 
 
@@ -278,9 +324,17 @@ class GeneratedSplits:
         self.kept = np.zeros(0, np.int64)
         self.dropped = np.zeros(0, np.int64)
 
-    def place(self, codes: np.ndarray, made: np.ndarray, c: Chunk, ids: np.ndarray,
-              given: np.ndarray | None, seed: int, given_splits: frozenset,
-              cfg: SourceConfig) -> np.ndarray:
+    def place(
+        self,
+        codes: np.ndarray,
+        made: np.ndarray,
+        c: Chunk,
+        ids: np.ndarray,
+        given: np.ndarray | None,
+        seed: int,
+        given_splits: frozenset,
+        cfg: SourceConfig,
+    ) -> np.ndarray:
         """Split codes with the generated rows in train, or -1 (left out) when an ancestor is
         not: validation and test hold real rows only, and no generated row carries a
         validation or test row into training. A real parent's split is the hash rule's for
@@ -292,8 +346,10 @@ class GeneratedSplits:
         elif "parent_ids" in c.rest.schema.names:
             ok = self._parents_in_train(made, c, ids, seed, given_splits, cfg)
         else:
-            raise DataError(f"{c.where}: generated rows (column 'source') need 'parent_ids', "
-                            f"so that none of their parents is a validation or test row")
+            raise DataError(
+                f"{c.where}: generated rows (column 'source') need 'parent_ids', "
+                f"so that none of their parents is a validation or test row"
+            )
         codes[made] = np.where(ok[made], _TRAIN, -1)
         self.kept = np.union1d(self.kept, ids[made & ok])
         self.dropped = np.union1d(self.dropped, ids[made & ~ok])
@@ -304,8 +360,7 @@ class GeneratedSplits:
         lengths = pc.list_value_length(parents).fill_null(0).to_numpy(zero_copy_only=False)
         flat = parents.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
         rows = np.repeat(np.arange(len(ids)), lengths)
-        good = carve(flat, None, seed, given_splits, cfg.test_fraction,
-                     cfg.val_fraction) == _TRAIN
+        good = carve(flat, None, seed, given_splits, cfg.test_fraction, cfg.val_fraction) == _TRAIN
         good[np.isin(flat, self.kept)] = True
         good[np.isin(flat, self.dropped)] = False
         order = np.argsort(ids, kind="stable")  # parents generated in this very chunk
@@ -327,8 +382,9 @@ def _soft_width(column, c: Chunk, width: int | None) -> int:
     values = storage.flatten() if len(column) else None
     w = len(values) // len(column) if values is not None else (width or 0)
     if width is not None and w != width:
-        raise DataError(f"{c.where}: column 'y_soft' holds {w} classes at row {c.first_row}, "
-                        f"{width} before")
+        raise DataError(
+            f"{c.where}: column 'y_soft' holds {w} classes at row {c.first_row}, {width} before"
+        )
     return w
 
 
@@ -360,8 +416,10 @@ class Checker:
             labels = _integers(c.label, c, f"source.label_column {cfg.label_column!r}")
             if (labels < 0).any():
                 i = int(np.argmax(labels < 0))
-                raise DataError(f"{c.where}: source.label_column {cfg.label_column!r} must be "
-                                f">= 0; {_row(c, i)} has label {labels[i]}")
+                raise DataError(
+                    f"{c.where}: source.label_column {cfg.label_column!r} must be "
+                    f">= 0; {_row(c, i)} has label {labels[i]}"
+                )
         return ids, labels, None if c.x is None else self._features(c), given
 
     def place(self, c: Chunk):
@@ -371,8 +429,9 @@ class Checker:
         if c.x is not None and len(c.x) != n:
             raise DataError(f"{c.where}: {len(c.x)} feature rows but {n} labels")
         self._same_mode("id", c.id is not None, c.where, f"source.id_column {cfg.id_column!r}")
-        self._same_mode("split", c.split is not None, c.where,
-                        f"source.split_column {cfg.split_column!r}")
+        self._same_mode(
+            "split", c.split is not None, c.where, f"source.split_column {cfg.split_column!r}"
+        )
         if c.id is None:
             ids = np.arange(self.next_id, self.next_id + n, dtype=np.int64)
         else:
@@ -387,8 +446,7 @@ class Checker:
         first = self.modes.setdefault(what, (given, where))
         if first[0] != given:
             has, lacks = (where, first[1]) if given else (first[1], where)
-            raise DataError(f"{field} is in {has} but not in {lacks}: every file needs it, "
-                            f"or none")
+            raise DataError(f"{field} is in {has} but not in {lacks}: every file needs it, or none")
 
     def _features(self, c: Chunk) -> np.ndarray:
         field = f"source.feature_column {self.cfg.feature_column!r}"
@@ -400,28 +458,36 @@ class Checker:
         if self.cfg.shape is not None:
             size = int(np.prod(self.cfg.shape))
             if size != int(np.prod(x.shape[1:])):
-                raise ConfigError(f"source.shape: {self.cfg.shape} holds {size} values, but "
-                                  f"{c.where} {_row(c, 0)} has shape {x.shape[1:]}")
+                raise ConfigError(
+                    f"source.shape: {self.cfg.shape} holds {size} values, but "
+                    f"{c.where} {_row(c, 0)} has shape {x.shape[1:]}"
+                )
             x = x.reshape(len(x), *self.cfg.shape)
         dtype = np.dtype(np.uint8 if x.dtype == np.uint8 else np.float32)
         if self.shape is None:
             self.shape, self.shape_where = x.shape[1:], f"{c.where} {_row(c, 0)}"
             self.dtype = dtype
         elif x.shape[1:] != self.shape:
-            raise DataError(f"{c.where}: {field} has ragged feature shapes: {_row(c, 0)} has "
-                            f"shape {x.shape[1:]}, {self.shape_where} has {self.shape}")
+            raise DataError(
+                f"{c.where}: {field} has ragged feature shapes: {_row(c, 0)} has "
+                f"shape {x.shape[1:]}, {self.shape_where} has {self.shape}"
+            )
         elif dtype != self.dtype:
             first = "uint8" if self.dtype == np.uint8 else "other numbers than uint8"
-            raise DataError(f"{c.where}: {field} holds {x.dtype} at {_row(c, 0)}, but "
-                            f"{self.shape_where} holds {first}: 8-bit pixels (uint8) must be "
-                            f"8-bit in every file or in none")
+            raise DataError(
+                f"{c.where}: {field} holds {x.dtype} at {_row(c, 0)}, but "
+                f"{self.shape_where} holds {first}: 8-bit pixels (uint8) must be "
+                f"8-bit in every file or in none"
+            )
         if dtype == np.uint8:
             return x
         x = x.astype(np.float32, copy=False)
         bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
         if bad.any():
-            raise DataError(f"{c.where}: {field} holds NaN or inf at {_row(c, int(np.argmax(bad)))}"
-                            f" ({int(bad.sum())} such rows in this chunk)")
+            raise DataError(
+                f"{c.where}: {field} holds NaN or inf at {_row(c, int(np.argmax(bad)))}"
+                f" ({int(bad.sum())} such rows in this chunk)"
+            )
         return x
 
     def no_rows(self) -> np.ndarray:
@@ -438,8 +504,10 @@ class Checker:
             codes[c.split == name] = code
         if (codes < 0).any():
             i = int(np.argmax(codes < 0))
-            raise DataError(f"{c.where}: source.split_column {self.cfg.split_column!r} has "
-                            f"{c.split[i]!r} at {_row(c, i)}; expected train, val or test")
+            raise DataError(
+                f"{c.where}: source.split_column {self.cfg.split_column!r} has "
+                f"{c.split[i]!r} at {_row(c, i)}; expected train, val or test"
+            )
         return codes
 
     def check_unique_ids(self) -> None:
@@ -450,8 +518,10 @@ class Checker:
         dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
         if len(dup):
             a, b = order[dup[0]], order[dup[0] + 1]
-            raise DataError(f"source.id_column {self.cfg.id_column!r}: id {ids[a]} appears more "
-                            f"than once: {self._place(a)} and {self._place(b)}")
+            raise DataError(
+                f"source.id_column {self.cfg.id_column!r}: id {ids[a]} appears more "
+                f"than once: {self._place(a)} and {self._place(b)}"
+            )
 
     def _place(self, k: int) -> str:
         offsets = [p[0] for p in self.places]
@@ -518,5 +588,10 @@ class _ShardWriter:
 
 
 def _table(ids: np.ndarray, labels: np.ndarray, x: np.ndarray) -> pa.Table:
-    return pa.table({ID: pa.array(ids, pa.int64()), LABEL: pa.array(labels, pa.int64()),
-                     X: ArrowTensorArray.from_numpy(np.ascontiguousarray(x))})
+    return pa.table(
+        {
+            ID: pa.array(ids, pa.int64()),
+            LABEL: pa.array(labels, pa.int64()),
+            X: ArrowTensorArray.from_numpy(np.ascontiguousarray(x)),
+        }
+    )

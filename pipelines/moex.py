@@ -4,6 +4,7 @@ Like adversarial mixup (pipelines/advmix.py) it needs a model with `stages`; a f
 on stage k swaps each sample's moments for its partner's, so the pass is the model's own
 forward (DDP included) and the loss is the cross-entropy against lam * y + (1 - lam) * y[partner].
 """
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,9 @@ class MomentExchange:
     """MoEx at layer `layer` with target weight `lam` on the sample's own label (the paper's
     0.9) and moments over `over` ('channel': positional normalisation)."""
 
-    def __init__(self, layer: int = 1, lam: float = 0.9, over: str = "channel",
-                 smoothing: float = 0.0):
+    def __init__(
+        self, layer: int = 1, lam: float = 0.9, over: str = "channel", smoothing: float = 0.0
+    ):
         if layer < 0:
             raise ValueError(f"layer: must be >= 0, got {layer}")
         if over not in MOMENTS:
@@ -28,8 +30,9 @@ class MomentExchange:
         self.layer, self.lam, self.over = layer, check_lambda(lam), over
         self.smoothing = check_smoothing(smoothing)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         """The batch-mean loss on (x, y), y one-hot or soft (N, K); the generator draws the
         partners."""
         stages = getattr(unwrap(model), "stages", None)

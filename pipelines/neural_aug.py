@@ -9,6 +9,7 @@ so the augmenter learns samples that stay close to the data and help the classif
 classifier trains on real and merged samples at once. The trained augmenter then serves as a
 pair rule (`combine(first, second)`) for operators/pairs.py.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,9 +29,13 @@ class Augmenter(nn.Module):
             raise ValueError(f"x_shape: expected (L,), (C, L) or (C, H, W), got {self.x_shape}")
         conv = nn.Conv2d if len(self.x_shape) == 3 else nn.Conv1d
         c = 1 if len(self.x_shape) == 1 else self.x_shape[0]
-        self.net = nn.Sequential(conv(2 * c, width, 3, padding=1), nn.ReLU(),
-                                 conv(width, width, 3, padding=1), nn.ReLU(),
-                                 conv(width, c, 3, padding=1))
+        self.net = nn.Sequential(
+            conv(2 * c, width, 3, padding=1),
+            nn.ReLU(),
+            conv(width, width, 3, padding=1),
+            nn.ReLU(),
+            conv(width, c, 3, padding=1),
+        )
 
     def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         flat = len(self.x_shape) == 1  # (N, L) signals get a channel axis and lose it again
@@ -58,25 +63,40 @@ def same_class_partners(labels: torch.Tensor, generator: torch.Generator) -> tor
     return torch.where(same.any(1), best, torch.arange(n))
 
 
-def joint_losses(augmenter: nn.Module, classifier: nn.Module, first: torch.Tensor,
-                 second: torch.Tensor, labels: torch.Tensor, content_weight: float = 1.0,
-                 class_weight: float = 1.0) -> JointLosses:
+def joint_losses(
+    augmenter: nn.Module,
+    classifier: nn.Module,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    labels: torch.Tensor,
+    content_weight: float = 1.0,
+    class_weight: float = 1.0,
+) -> JointLosses:
     new = augmenter(first, second)
     content = F.mse_loss(new, first)
     logits = classifier(torch.cat([new, first]))
     classification = F.cross_entropy(logits, torch.cat([labels, labels]))
-    return JointLosses(content, classification,
-                       content_weight * content + class_weight * classification)
+    return JointLosses(
+        content, classification, content_weight * content + class_weight * classification
+    )
 
 
-def joint_step(augmenter: nn.Module, classifier: nn.Module, optimizer: torch.optim.Optimizer,
-               x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
-               content_weight: float = 1.0, class_weight: float = 1.0) -> JointLosses:
+def joint_step(
+    augmenter: nn.Module,
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    content_weight: float = 1.0,
+    class_weight: float = 1.0,
+) -> JointLosses:
     """One step of both networks on a batch, each sample paired with another of its class;
     `optimizer` holds the parameters of both. Returns the losses before the step."""
     partner = same_class_partners(labels, generator)
-    losses = joint_losses(augmenter, classifier, x, x[partner], labels, content_weight,
-                          class_weight)
+    losses = joint_losses(
+        augmenter, classifier, x, x[partner], labels, content_weight, class_weight
+    )
     optimizer.zero_grad(set_to_none=True)
     losses.total.backward()
     optimizer.step()

@@ -5,6 +5,7 @@ Rank 0 sends small messages (pipelines/engine.py: Notes, EpochDone, ScanProgress
 an actor queue that needs no CPU (the workers may hold them all); a daemon thread on the driver
 drains it into `Progress` while `fit` blocks. The bars go to stderr and only on a terminal.
 """
+
 from __future__ import annotations
 
 import queue
@@ -82,8 +83,15 @@ class Progress:
     def _bar(self, desc: str, total, unit: str) -> tqdm:
         if self.bar_label != desc:
             self._close()
-            self.bar = tqdm(desc=desc, total=total, unit=unit, file=sys.stderr, leave=False,
-                            disable=None, mininterval=0.5)
+            self.bar = tqdm(
+                desc=desc,
+                total=total,
+                unit=unit,
+                file=sys.stderr,
+                leave=False,
+                disable=None,
+                mininterval=0.5,
+            )
             self.bar_label = desc
         return self.bar
 
@@ -98,11 +106,13 @@ def round_line(record: dict, records: list) -> str:
     totals = compute_totals(records)
     label = "final" if record["phase"] == "final" else f"round {record['round']}"
     overhead = overhead_seconds(record)
-    return (f"  {label:>8}: subset {record['subset_size']:>7}  val acc "
-            f"{record['val_accuracy']:.4f} (balanced {record['val_balanced_accuracy']:.4f})  "
-            f"hard found {record['hard_found']:>5}  "
-            f"compute so far {totals['compute']:>10.0f}  ({record['seconds_round']:.1f}s: "
-            f"{record['seconds_steps']:.1f}s steps, {overhead:.1f}s overhead)")
+    return (
+        f"  {label:>8}: subset {record['subset_size']:>7}  val acc "
+        f"{record['val_accuracy']:.4f} (balanced {record['val_balanced_accuracy']:.4f})  "
+        f"hard found {record['hard_found']:>5}  "
+        f"compute so far {totals['compute']:>10.0f}  ({record['seconds_round']:.1f}s: "
+        f"{record['seconds_steps']:.1f}s steps, {overhead:.1f}s overhead)"
+    )
 
 
 def _drop_counts(record: dict) -> str:

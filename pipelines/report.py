@@ -4,6 +4,7 @@ Everything is rebuilt from the runs' summaries (`comparison.json`) and each run'
 training labels, so `raysift report RUN_DIR` can redo it after a crash or from a notebook.
 Figures are built on `matplotlib.figure.Figure` (Agg, no pyplot): headless and no global state.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,9 +27,19 @@ COMPARISON = "comparison.json"
 REPORT = "comparison.md"
 ACCURACY_PNG = "accuracy.png"  # against compute and against wall time
 BALANCE_PNG = "class_balance.png"
-_NEEDED = ("strategy", "rounds", "subset_size", "test_accuracy", "test_balanced_accuracy",
-           "val_accuracy", "train_sample_passes", "infer_sample_passes", "compute",
-           "wall_seconds", "per_round")
+_NEEDED = (
+    "strategy",
+    "rounds",
+    "subset_size",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "val_accuracy",
+    "train_sample_passes",
+    "infer_sample_passes",
+    "compute",
+    "wall_seconds",
+    "per_round",
+)
 _COMPUTE = "compute (sample-passes: train + infer / 3)"
 REACH_POINTS = 0.5  # the "reach" column: within this many points of full's validation accuracy
 COMPUTE, SECONDS = "compute", "seconds"  # the two axes a run's validations are placed on
@@ -69,9 +80,23 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     full = next((s for s in summaries if s["strategy"] == "full"), None)
     scale = full["compute"] if full and full["compute"] else None
     target = full["val_accuracy"] - REACH_POINTS / 100 if scale else None
-    head = ["strategy", "rounds", "subset", "test acc", "test bal acc", "val acc",
-            "val bal acc", "train passes", "infer passes", "compute", "vs full", "reach",
-            "wall s", "wall vs full", "reach wall"]
+    head = [
+        "strategy",
+        "rounds",
+        "subset",
+        "test acc",
+        "test bal acc",
+        "val acc",
+        "val bal acc",
+        "train passes",
+        "infer passes",
+        "compute",
+        "vs full",
+        "reach",
+        "wall s",
+        "wall vs full",
+        "reach wall",
+    ]
     wall = full["wall_seconds"]["total"] if full else None
     rows = []
     for s in summaries:
@@ -79,15 +104,25 @@ def table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
         if scale:
             reach = compute_to_reach(s, target)
             reach_wall = compute_to_reach(s, target, axis=SECONDS)
-        rows.append([s["strategy"], str(s["rounds"]), subset_cell(s),
-                     _acc(s["test_accuracy"]), _acc(s["test_balanced_accuracy"]),
-                     _acc(s["val_accuracy"]), _acc(s.get("val_balanced_accuracy")),
-                     str(s["train_sample_passes"]), str(s["infer_sample_passes"]),
-                     f"{s['compute']:.0f}", f"{s['compute'] / scale:.3f}" if scale else "-",
-                     "-" if reach is None else f"{reach / scale:.3f}",
-                     f"{s['wall_seconds']['total']:.0f}",
-                     f"{s['wall_seconds']['total'] / wall:.2f}" if wall else "-",
-                     "-" if reach_wall is None or not wall else f"{reach_wall / wall:.2f}"])
+        rows.append(
+            [
+                s["strategy"],
+                str(s["rounds"]),
+                subset_cell(s),
+                _acc(s["test_accuracy"]),
+                _acc(s["test_balanced_accuracy"]),
+                _acc(s["val_accuracy"]),
+                _acc(s.get("val_balanced_accuracy")),
+                str(s["train_sample_passes"]),
+                str(s["infer_sample_passes"]),
+                f"{s['compute']:.0f}",
+                f"{s['compute'] / scale:.3f}" if scale else "-",
+                "-" if reach is None else f"{reach / scale:.3f}",
+                f"{s['wall_seconds']['total']:.0f}",
+                f"{s['wall_seconds']['total'] / wall:.2f}" if wall else "-",
+                "-" if reach_wall is None or not wall else f"{reach_wall / wall:.2f}",
+            ]
+        )
     return head, rows
 
 
@@ -105,14 +140,17 @@ def saving_sentence(summaries: list[dict]) -> str | None:
     if not {"m2", "full"} <= set(by):
         return None
     m2, full = by["m2"], by["full"]
-    return (f"M2 reached test accuracy {m2['test_accuracy']:.4f} against full's "
-            f"{full['test_accuracy']:.4f}, at {m2['compute'] / full['compute']:.0%} of full's "
-            f"compute and {m2['wall_seconds']['total'] / full['wall_seconds']['total']:.0%} "
-            f"of its wall time.")
+    return (
+        f"M2 reached test accuracy {m2['test_accuracy']:.4f} against full's "
+        f"{full['test_accuracy']:.4f}, at {m2['compute'] / full['compute']:.0%} of full's "
+        f"compute and {m2['wall_seconds']['total'] / full['wall_seconds']['total']:.0%} "
+        f"of its wall time."
+    )
 
 
-def compute_to_reach(summary: dict, target: float, key: str = "val_accuracy",
-                     axis: str = COMPUTE) -> float | None:
+def compute_to_reach(
+    summary: dict, target: float, key: str = "val_accuracy", axis: str = COMPUTE
+) -> float | None:
     """The cumulative compute (or with `axis` SECONDS the run's wall clock) at the run's first
     validation with `key` >= `target`, or None."""
     return next((at for at, value in curve_points(summary, key, axis) if value >= target), None)
@@ -128,8 +166,14 @@ def equal_compute_table(summaries: list[dict]) -> tuple[float, list[list[str]]]:
     """The cheapest run's total compute, and per run its validation accuracy and balanced
     accuracy at that spend."""
     budget = min(s["compute"] for s in summaries)
-    return budget, [[s["strategy"], _acc(value_at(s, budget, "val_accuracy")),
-                     _acc(value_at(s, budget, "val_balanced_accuracy"))] for s in summaries]
+    return budget, [
+        [
+            s["strategy"],
+            _acc(value_at(s, budget, "val_accuracy")),
+            _acc(value_at(s, budget, "val_balanced_accuracy")),
+        ]
+        for s in summaries
+    ]
 
 
 def comparison_table(summaries: list[dict]) -> str:
@@ -138,8 +182,9 @@ def comparison_table(summaries: list[dict]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
 
     return "\n".join([line(head), "-" * len(line(head)), *map(line, rows)])
 
@@ -149,28 +194,46 @@ def markdown(title: str, summaries: list[dict]) -> str:
     head, rows = table(summaries)
     stops = [f"- `{s['strategy']}`: {s.get('stop_reason') or '-'}" for s in summaries]
     budget, equal = equal_compute_table(summaries)
-    return "\n".join([
-        f"# Comparison: {title}", "",
-        "`test` columns are on the test split, `val` on the validation split at the end; "
-        "balanced accuracy (`bal`) is the mean per-class recall. Compute is in sample-passes "
-        "(train + infer / 3); `vs full` divides it by the `full` run's. `reach` is the compute, "
-        f"relative to `full`'s, at which a run's validation accuracy first came within "
-        f"{REACH_POINTS} points of `full`'s final one (\"-\": never); `reach wall` is the same "
-        "on the wall clock, relative to `full`'s total wall seconds. Wall seconds count the "
-        "whole run: ingest, start-up, training, scoring, validation and checkpoints.", "",
-        *_markdown_table(head, rows), "",
-        "## At equal compute", "",
-        f"Each run's last validation within {budget:.0f} sample-passes, the cheapest run's "
-        "total (\"-\": none by then).", "",
-        *_markdown_table(["strategy", "val acc", "val bal acc"], equal), "",
-        "## Accuracy against compute and wall time", "",
-        "Accuracy (left) and balanced accuracy (right), against compute (top) and the run's "
-        "wall clock (bottom). Lines: validation as the run went on; stars: the final model on "
-        "the test split.", "",
-        f"![accuracy against compute and wall time]({ACCURACY_PNG})", "",
-        "## Class balance of each strategy's subset per round", "",
-        f"![class balance per round]({BALANCE_PNG})", "",
-        "## Why each run stopped", "", *stops, ""])
+    return "\n".join(
+        [
+            f"# Comparison: {title}",
+            "",
+            "`test` columns are on the test split, `val` on the validation split at the end; "
+            "balanced accuracy (`bal`) is the mean per-class recall. Compute is in sample-passes "
+            "(train + infer / 3); `vs full` divides it by the `full` run's. `reach` is the "
+            "compute, relative to `full`'s, at which a run's validation accuracy first came "
+            f'within {REACH_POINTS} points of `full`\'s final one ("-": never); `reach wall` is '
+            "the same on the wall clock, relative to `full`'s total wall seconds. Wall seconds "
+            "count the whole run: ingest, start-up, training, scoring, validation and "
+            "checkpoints.",
+            "",
+            *_markdown_table(head, rows),
+            "",
+            "## At equal compute",
+            "",
+            f"Each run's last validation within {budget:.0f} sample-passes, the cheapest run's "
+            'total ("-": none by then).',
+            "",
+            *_markdown_table(["strategy", "val acc", "val bal acc"], equal),
+            "",
+            "## Accuracy against compute and wall time",
+            "",
+            "Accuracy (left) and balanced accuracy (right), against compute (top) and the run's "
+            "wall clock (bottom). Lines: validation as the run went on; stars: the final model on "
+            "the test split.",
+            "",
+            f"![accuracy against compute and wall time]({ACCURACY_PNG})",
+            "",
+            "## Class balance of each strategy's subset per round",
+            "",
+            f"![class balance per round]({BALANCE_PNG})",
+            "",
+            "## Why each run stopped",
+            "",
+            *stops,
+            "",
+        ]
+    )
 
 
 def _markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -179,25 +242,32 @@ def _markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(cells) + " |" for cells in [head, rule, *rows]]
 
 
-def curve_points(summary: dict, key: str = "val_accuracy",
-                 axis: str = COMPUTE) -> list[tuple[float, float]]:
+def curve_points(
+    summary: dict, key: str = "val_accuracy", axis: str = COMPUTE
+) -> list[tuple[float, float]]:
     """(cumulative compute, `key`) at each validation: per epoch where a round kept a `curve`,
     else once per round, at the compute that round ended with (its scoring included). With
     `axis` SECONDS, the run's wall clock at each validation instead (start-up included; runs
     from before the clock was kept have no such points)."""
     points, done = [], []
     for record in summary["per_round"]:
-        for p in record.get("curve") or [{**record,
-                                          "val_sample_passes": record["infer_sample_passes"],
-                                          "seconds_at": record.get("seconds_end")}]:
+        for p in record.get("curve") or [
+            {
+                **record,
+                "val_sample_passes": record["infer_sample_passes"],
+                "seconds_at": record.get("seconds_end"),
+            }
+        ]:
             if p.get(key) is None:
                 continue
             if axis == SECONDS:
                 if p.get("seconds_at") is not None:
                     points.append((p["seconds_at"], p[key]))
                 continue
-            at = {"train_sample_passes": p["train_sample_passes"],
-                  "infer_sample_passes": p["val_sample_passes"]}
+            at = {
+                "train_sample_passes": p["train_sample_passes"],
+                "infer_sample_passes": p["val_sample_passes"],
+            }
             points.append((compute_totals(done + [at])["compute"], p[key]))
         done.append(record)
     return points
@@ -210,29 +280,58 @@ def accuracy_figure(summaries: list[dict]) -> Figure:
     value as a star at the run's total."""
     fig = Figure(figsize=(13, 9.5), layout="constrained")
     panels = fig.subplots(2, 2)
-    metrics = (("accuracy", "accuracy", "accuracy"),
-               ("balanced_accuracy", "balanced accuracy",
-                "balanced accuracy (mean per-class recall)"))
-    axes = ((COMPUTE, _COMPUTE, lambda s: s["compute"]),
-            (SECONDS, "wall seconds (the run's clock, start-up included)",
-             lambda s: s["wall_seconds"]["total"]))
+    metrics = (
+        ("accuracy", "accuracy", "accuracy"),
+        ("balanced_accuracy", "balanced accuracy", "balanced accuracy (mean per-class recall)"),
+    )
+    axes = (
+        (COMPUTE, _COMPUTE, lambda s: s["compute"]),
+        (
+            SECONDS,
+            "wall seconds (the run's clock, start-up included)",
+            lambda s: s["wall_seconds"]["total"],
+        ),
+    )
     for row, (axis, xlabel, total) in zip(panels, axes):
         for ax, (key, label, title) in zip(row, metrics):
             for i, s in enumerate(summaries):
                 color = f"C{i}"
                 points = curve_points(s, f"val_{key}", axis)
                 if points:
-                    ax.plot(*zip(*points), marker="o", markersize=3, color=color,
-                            label=s["strategy"])
-                ax.scatter([total(s)], [s[f"test_{key}"]], marker="*", s=160, color=color,
-                           edgecolors="black", linewidths=0.5, zorder=3)
+                    ax.plot(
+                        *zip(*points), marker="o", markersize=3, color=color, label=s["strategy"]
+                    )
+                ax.scatter(
+                    [total(s)],
+                    [s[f"test_{key}"]],
+                    marker="*",
+                    s=160,
+                    color=color,
+                    edgecolors="black",
+                    linewidths=0.5,
+                    zorder=3,
+                )
             ax.set(title=title, xlabel=xlabel, ylabel=label)
             ax.grid(alpha=0.3)
             if not ax.get_lines():
-                ax.text(0.5, 0.5, f"no validation {label} in these runs",
-                        transform=ax.transAxes, ha="center", color="gray")
-    star = Line2D([], [], marker="*", markersize=11, linestyle="none", color="gray",
-                  markeredgecolor="black", label="final test")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no validation {label} in these runs",
+                    transform=ax.transAxes,
+                    ha="center",
+                    color="gray",
+                )
+    star = Line2D(
+        [],
+        [],
+        marker="*",
+        markersize=11,
+        linestyle="none",
+        color="gray",
+        markeredgecolor="black",
+        label="final test",
+    )
     panels[0][0].legend(handles=[*panels[0][0].get_lines(), star], loc="lower right")
     return fig
 
@@ -247,8 +346,9 @@ def subset_class_counts(run_dir: str | Path, rounds: list[int]) -> np.ndarray:
     info = load_info(run_dir / "data")
     labels = _labels(run_dir / "data" / "train", state.ids, run_dir / MANIFEST)
     joined, kept = state.rounds_added, state.reasons != DROPPED
-    return np.stack([np.bincount(labels[kept & (joined <= r)], minlength=info.num_classes)
-                     for r in rounds])
+    return np.stack(
+        [np.bincount(labels[kept & (joined <= r)], minlength=info.num_classes) for r in rounds]
+    )
 
 
 def class_balance_figure(root: str | Path, summaries: list[dict]) -> Figure:
@@ -262,17 +362,18 @@ def class_balance_figure(root: str | Path, summaries: list[dict]) -> Figure:
         run_dir = Path(root) / s["strategy"]
         rounds = [r["round"] for r in s["per_round"] if r["phase"] == "round"]
         counts = subset_class_counts(run_dir, rounds)
-        names = names or load_info(run_dir / "data").class_names or [
-            str(c) for c in range(counts.shape[1])]
+        names = (
+            names
+            or load_info(run_dir / "data").class_names
+            or [str(c) for c in range(counts.shape[1])]
+        )
         colors = _class_colors(counts.shape[1])
         bottom = np.zeros(len(rounds))
         for c in range(counts.shape[1]):
-            ax.bar(rounds, counts[:, c], bottom=bottom, color=colors[c], label=names[c],
-                   width=0.8)
+            ax.bar(rounds, counts[:, c], bottom=bottom, color=colors[c], label=names[c], width=0.8)
             bottom += counts[:, c]
-        ax.set(title=s["strategy"], xlabel="round", ylabel="samples in the subset",
-               xticks=rounds)
-    for ax in axes[len(summaries):]:
+        ax.set(title=s["strategy"], xlabel="round", ylabel="samples in the subset", xticks=rounds)
+    for ax in axes[len(summaries) :]:
         ax.set_axis_off()
     fig.legend(handles=axes[0].containers, labels=names, title="class", loc="outside right upper")
     return fig
@@ -289,8 +390,9 @@ def _labels(folder: Path, ids: np.ndarray, manifest: Path) -> np.ndarray:
     found = pos < len(train_ids)
     found[found] = train_ids[pos[found]] == ids[found]
     if not found.all():
-        raise DataError(f"{manifest}: id {ids[np.argmin(found)]} is not in the training split "
-                        f"{folder}")
+        raise DataError(
+            f"{manifest}: id {ids[np.argmin(found)]} is not in the training split {folder}"
+        )
     return train_labels[pos]
 
 

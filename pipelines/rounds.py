@@ -8,6 +8,7 @@ it runs and writes the outputs. `resume=True` starts the run
 again on the same Ray Train storage, which continues from its latest checkpoint (per epoch
 and per round) with the same manifest and metrics as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,8 +34,15 @@ from .engine import MODEL_FILE, train_job
 from .ingest import PROVENANCE_DIR, DataInfo, ingest, load_info
 from .progress import Feed, Progress
 from .report import subset_cell
-from .run_state import (MANIFEST, RunState, atomic_write_bytes, atomic_write_json, compute_totals,
-                        overhead_seconds, replace_via_staging)
+from .run_state import (
+    MANIFEST,
+    RunState,
+    atomic_write_bytes,
+    atomic_write_json,
+    compute_totals,
+    overhead_seconds,
+    replace_via_staging,
+)
 from .strategies import STRATEGIES
 from .synthesize import add_synthetic
 
@@ -50,8 +58,7 @@ RAY_ENV = {
 }
 
 
-def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
-            echo=print) -> dict:
+def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, echo=print) -> dict:
     """Run (or resume) a job to the end and return its summary."""
     started_at = time.time()
     run_dir = Path(job.run_dir)
@@ -63,17 +70,24 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     data_dir = run_dir / "data"
     info = load_info(data_dir) if resume else _start_run_dir(run_dir, job)
     ingest_seconds = time.perf_counter() - t
-    echo(f"[{job.name}] data: {info.counts} samples, {info.num_classes} classes, "
-         f"x {tuple(info.x_shape)} ({info.source}); strategy {job.strategy.name}")
-    job, plan = apply_budget(job, info.counts["train"], info.counts.get("val", 0),
-                             STRATEGIES[job.strategy.name].plans_budget)
+    echo(
+        f"[{job.name}] data: {info.counts} samples, {info.num_classes} classes, "
+        f"x {tuple(info.x_shape)} ({info.source}); strategy {job.strategy.name}"
+    )
+    job, plan = apply_budget(
+        job,
+        info.counts["train"],
+        info.counts.get("val", 0),
+        STRATEGIES[job.strategy.name].plans_budget,
+    )
     if plan:
         echo(format_plan(job.name, plan))
 
     state = (RunState.load(run_dir) if resume else None) or RunState()
     if state.records:
-        echo(f"[{job.name}] resuming after {state.records[-1]['phase']} "
-             f"{state.records[-1]['round']}")
+        echo(
+            f"[{job.name}] resuming after {state.records[-1]['phase']} {state.records[-1]['round']}"
+        )
 
     with Feed(Progress(job.name, state.records, echo)) as feed:
         result = _trainer(job, state, info, run_dir, feed, started_at).fit()
@@ -93,21 +107,28 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False,
     return summary
 
 
-def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed,
-             started_at: float) -> TorchTrainer:
+def _trainer(
+    job: JobConfig, state: RunState, info, run_dir: Path, feed, started_at: float
+) -> TorchTrainer:
     """The job's one Ray Train run; on the same storage it continues from its latest
     checkpoint (a restarted worker group, or a driver started again with --resume)."""
     return TorchTrainer(
         train_job,
-        train_loop_config={"job": job.to_dict(), "run_dir": str(run_dir.resolve()),
-                           "data_dir": str((run_dir / "data").resolve()),
-                           "num_classes": info.num_classes, "x_shape": list(info.x_shape),
-                           "x_dtype": info.x_dtype,
-                           "state": state.to_dict(), "feed": feed, "started_at": started_at},
-        scaling_config=ScalingConfig(num_workers=job.train.num_workers,
-                                     use_gpu=job.train.use_gpu),
+        train_loop_config={
+            "job": job.to_dict(),
+            "run_dir": str(run_dir.resolve()),
+            "data_dir": str((run_dir / "data").resolve()),
+            "num_classes": info.num_classes,
+            "x_shape": list(info.x_shape),
+            "x_dtype": info.x_dtype,
+            "state": state.to_dict(),
+            "feed": feed,
+            "started_at": started_at,
+        },
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu),
         run_config=RunConfig(
-            storage_path=str((run_dir / "train").resolve()), name="job",
+            storage_path=str((run_dir / "train").resolve()),
+            name="job",
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             # Ray Train logs every report at INFO; the driver prints a line per phase.
@@ -116,15 +137,17 @@ def _trainer(job: JobConfig, state: RunState, info, run_dir: Path, feed,
     )
 
 
-def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
-             run_seconds: float, info=None) -> dict:
+def _summary(
+    job: JobConfig, state: RunState, ingest_seconds: float, run_seconds: float, info=None
+) -> dict:
     records = state.records
     made = (info.synthetic if info is not None else None) or {"train": 0, "dropped": 0}
     train_rows = info.counts["train"] if info is not None else None
     totals = compute_totals(records)
     phases = {p: sum(r[f"seconds_{p}"] for r in records) for p in ("train", "score", "select")}
     return {
-        "name": job.name, "strategy": job.strategy.name,
+        "name": job.name,
+        "strategy": job.strategy.name,
         "rounds": sum(r["phase"] == "round" for r in records),
         "stop_reason": state.stop_reason,
         "val_accuracy": records[-1]["val_accuracy"],
@@ -132,40 +155,65 @@ def _summary(job: JobConfig, state: RunState, ingest_seconds: float,
         **state.test,
         "subset_size": records[-1]["subset_size"],
         "subset_synthetic": records[-1].get("subset_synthetic", 0),
-        "train_rows": {"real": None if train_rows is None else train_rows - made["train"],
-                       "synthetic": made["train"], "synthetic_left_out": made["dropped"]},
+        "train_rows": {
+            "real": None if train_rows is None else train_rows - made["train"],
+            "synthetic": made["train"],
+            "synthetic_left_out": made["dropped"],
+        },
         "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in records),
         **totals,
-        "wall_seconds": {**phases, "ingest": ingest_seconds,
-                         "overhead": sum(overhead_seconds(r) for r in records),
-                         "total": run_seconds},
-        "per_round": [{"subset_synthetic": r.get("subset_synthetic", 0)}
-                      | {k: r[k] for k in ("round", "phase", "subset_size", "val_accuracy",
-                                         "val_balanced_accuracy", "hard_found", "added",
-                                         "train_sample_passes", "infer_sample_passes", "curve",
-                                         "seconds_round", "seconds_end")}
-                      | {"seconds_overhead": overhead_seconds(r)}
-                      | {k: r[k] for k in ("dropped", "remaining", "kept") if k in r}
-                      for r in records],
+        "wall_seconds": {
+            **phases,
+            "ingest": ingest_seconds,
+            "overhead": sum(overhead_seconds(r) for r in records),
+            "total": run_seconds,
+        },
+        "per_round": [
+            {"subset_synthetic": r.get("subset_synthetic", 0)}
+            | {
+                k: r[k]
+                for k in (
+                    "round",
+                    "phase",
+                    "subset_size",
+                    "val_accuracy",
+                    "val_balanced_accuracy",
+                    "hard_found",
+                    "added",
+                    "train_sample_passes",
+                    "infer_sample_passes",
+                    "curve",
+                    "seconds_round",
+                    "seconds_end",
+                )
+            }
+            | {"seconds_overhead": overhead_seconds(r)}
+            | {k: r[k] for k in ("dropped", "remaining", "kept") if k in r}
+            for r in records
+        ],
     }
 
 
 def format_plan(name: str, plan: Plan) -> str:
     share = plan.budget / plan.full_compute
-    return (f"[{name}] budget {plan.budget:.0f} sample-passes ({share:.0%} of full's "
-            f"{plan.full_compute:.0f}): {plan.rounds} rounds of {plan.epochs} epochs "
-            f"from {plan.initial} rows, +{plan.hard} hard +{plan.reps} representatives a round, "
-            f"final phase {plan.final_epochs} epochs; at most {plan.compute:.0f} planned")
+    return (
+        f"[{name}] budget {plan.budget:.0f} sample-passes ({share:.0%} of full's "
+        f"{plan.full_compute:.0f}): {plan.rounds} rounds of {plan.epochs} epochs "
+        f"from {plan.initial} rows, +{plan.hard} hard +{plan.reps} representatives a round, "
+        f"final phase {plan.final_epochs} epochs; at most {plan.compute:.0f} planned"
+    )
 
 
 def format_summary(summary: dict) -> str:
     w = summary["wall_seconds"]
-    return (f"[{summary['name']}] {summary['strategy']}: test accuracy "
-            f"{summary['test_accuracy']:.4f} (balanced {summary['test_balanced_accuracy']:.4f}), "
-            f"subset {subset_cell(summary)}, compute {summary['compute']:.0f} sample-passes "
-            f"(train {summary['train_sample_passes']}, infer {summary['infer_sample_passes']}), "
-            f"wall {w['total']:.0f}s (train {w['train']:.0f}, score {w['score']:.0f}, "
-            f"select {w['select']:.0f}, overhead {w['overhead']:.0f})")
+    return (
+        f"[{summary['name']}] {summary['strategy']}: test accuracy "
+        f"{summary['test_accuracy']:.4f} (balanced {summary['test_balanced_accuracy']:.4f}), "
+        f"subset {subset_cell(summary)}, compute {summary['compute']:.0f} sample-passes "
+        f"(train {summary['train_sample_passes']}, infer {summary['infer_sample_passes']}), "
+        f"wall {w['total']:.0f}s (train {w['train']:.0f}, score {w['score']:.0f}, "
+        f"select {w['select']:.0f}, overhead {w['overhead']:.0f})"
+    )
 
 
 def tag_manifest(run_dir: Path) -> None:
@@ -196,18 +244,23 @@ def _check_run_dir(run_dir: Path, job: JobConfig, *, resume: bool, overwrite: bo
         raise ConfigError("choose one of --resume and --overwrite")
     exists = (run_dir / JOB_COPY).exists()
     if run_dir.exists() and any(run_dir.iterdir()) and not (resume or overwrite):
-        raise ConfigError(f"run directory {run_dir} already exists: pass --resume to "
-                          f"continue it or --overwrite to replace it")
+        raise ConfigError(
+            f"run directory {run_dir} already exists: pass --resume to "
+            f"continue it or --overwrite to replace it"
+        )
     if resume and exists:
         saved = json.loads((run_dir / JOB_COPY).read_text())
         if saved != _comparable(job):
-            raise ConfigError(f"{run_dir}: --resume with a job that differs from the one this "
-                              f"run was started with ({run_dir / JOB_COPY})")
+            raise ConfigError(
+                f"{run_dir}: --resume with a job that differs from the one this "
+                f"run was started with ({run_dir / JOB_COPY})"
+            )
     return resume and exists and (run_dir / "data" / "info.json").exists()
 
 
 def _start_run_dir(run_dir: Path, job: JobConfig):
     """Ingest into a staging folder first: bad input fails before an old run is replaced."""
+
     def fill(staging: Path):
         info = ingest(job.source, job.seed, staging / "data")
         _check_two_classes(info)
@@ -225,8 +278,10 @@ def _check_two_classes(info: DataInfo) -> None:
     present = [c for c, n in enumerate(counts) if n]
     if len(present) < 2:
         held = f"only class {present[0]} ({counts[present[0]]} rows)" if present else "no rows"
-        raise DataError(f"{info.source}: the train split holds {held}; a classifier needs two "
-                        f"or more classes: check source.label_column")
+        raise DataError(
+            f"{info.source}: the train split holds {held}; a classifier needs two "
+            f"or more classes: check source.label_column"
+        )
 
 
 def _comparable(job: JobConfig) -> dict:
@@ -239,8 +294,12 @@ def init_ray() -> None:
         # Workers' progress bars and Ray Train's per-epoch log lines would drown the round lines:
         # worker output stays in the session's log folder (a worker's error still reaches the
         # driver as the exception it raised).
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False,
-                 runtime_env={"env_vars": RAY_ENV})
+        ray.init(
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": RAY_ENV},
+        )
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     # Scoring order decides which samples are found first: keep it deterministic.
@@ -258,5 +317,7 @@ def check_workers(num_workers: int, use_gpu: bool) -> None:
     kind = "GPU" if use_gpu else "CPU"
     have = int(ray.cluster_resources().get(kind, 0))
     if num_workers > have:
-        raise ConfigError(f"train.num_workers: {num_workers} {kind} workers asked for, the "
-                          f"cluster has {have} {kind}s")
+        raise ConfigError(
+            f"train.num_workers: {num_workers} {kind} workers asked for, the "
+            f"cluster has {have} {kind}s"
+        )

@@ -4,6 +4,7 @@ Each round ends with atomic writes (temp file, then rename): the manifest first,
 that says how many manifest rows and which records are final. A run killed at any moment
 resumes from the last state written, whatever else was half done.
 """
+
 from __future__ import annotations
 
 import json
@@ -94,10 +95,12 @@ class RunState:
     def add(self, ids, reasons, round_index: int) -> None:
         ids = _ints(ids, np.int64)
         self.ids = np.concatenate([self.ids, ids])
-        self.rounds_added = np.concatenate([self.rounds_added,
-                                            np.full(len(ids), round_index, np.int32)])
-        self.reasons = np.concatenate([self.reasons, np.broadcast_to(
-            np.asarray(reasons, dtype=object), len(ids))])
+        self.rounds_added = np.concatenate(
+            [self.rounds_added, np.full(len(ids), round_index, np.int32)]
+        )
+        self.reasons = np.concatenate(
+            [self.reasons, np.broadcast_to(np.asarray(reasons, dtype=object), len(ids))]
+        )
 
     def subset_ids(self) -> np.ndarray:
         """The ids trained on: every manifest row but the dropped ones."""
@@ -108,17 +111,26 @@ class RunState:
         return self.ids
 
     def manifest_table(self) -> pa.Table:
-        return pa.table({
-            "id": pa.array(self.ids, pa.int64()),
-            "round": pa.array(self.rounds_added, pa.int32()),
-            "reason": pa.array(self.reasons.astype(str), pa.string()),
-        })
+        return pa.table(
+            {
+                "id": pa.array(self.ids, pa.int64()),
+                "round": pa.array(self.rounds_added, pa.int32()),
+                "reason": pa.array(self.reasons.astype(str), pa.string()),
+            }
+        )
 
     def to_dict(self) -> dict:
-        return {"ids": self.ids, "rounds_added": self.rounds_added, "reasons": self.reasons,
-                "records": self.records, "next_round": self.next_round,
-                "stop_reason": self.stop_reason, "test": self.test, "seconds": self.seconds,
-                "clock_origin": self.clock_origin}
+        return {
+            "ids": self.ids,
+            "rounds_added": self.rounds_added,
+            "reasons": self.reasons,
+            "records": self.records,
+            "next_round": self.next_round,
+            "stop_reason": self.stop_reason,
+            "test": self.test,
+            "seconds": self.seconds,
+            "clock_origin": self.clock_origin,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":
@@ -130,13 +142,18 @@ class RunState:
         sink = pa.BufferOutputStream()
         pq.write_table(self.manifest_table(), sink)
         atomic_write_bytes(folder / MANIFEST, sink.getvalue().to_pybytes())
-        atomic_write_json(folder / STATE, {"next_round": self.next_round,
-                                           "stop_reason": self.stop_reason,
-                                           "test": self.test,
-                                           "manifest_rows": len(self.ids),
-                                           "seconds": self.seconds,
-                                           "clock_origin": self.clock_origin,
-                                           "records": self.records})
+        atomic_write_json(
+            folder / STATE,
+            {
+                "next_round": self.next_round,
+                "stop_reason": self.stop_reason,
+                "test": self.test,
+                "manifest_rows": len(self.ids),
+                "seconds": self.seconds,
+                "clock_origin": self.clock_origin,
+                "records": self.records,
+            },
+        )
         atomic_write_json(folder / ROUNDS, self.records)  # a readable copy; state is the truth
 
     @classmethod
@@ -146,11 +163,17 @@ class RunState:
             return None
         state = json.loads((folder / STATE).read_text())
         table = pq.read_table(folder / MANIFEST).slice(0, state["manifest_rows"])
-        return cls(ids=table["id"].to_numpy(), rounds_added=table["round"].to_numpy(),
-                   reasons=table["reason"].to_numpy(zero_copy_only=False),
-                   records=state["records"], next_round=state["next_round"],
-                   stop_reason=state["stop_reason"], test=state.get("test"),
-                   seconds=state.get("seconds", 0.0), clock_origin=state.get("clock_origin"))
+        return cls(
+            ids=table["id"].to_numpy(),
+            rounds_added=table["round"].to_numpy(),
+            reasons=table["reason"].to_numpy(zero_copy_only=False),
+            records=state["records"],
+            next_round=state["next_round"],
+            stop_reason=state["stop_reason"],
+            test=state.get("test"),
+            seconds=state.get("seconds", 0.0),
+            clock_origin=state.get("clock_origin"),
+        )
 
 
 def compute_totals(records: list) -> dict:
@@ -158,8 +181,11 @@ def compute_totals(records: list) -> dict:
     inference pass as a third of a training pass (forward only, no backward)."""
     train = sum(r["train_sample_passes"] for r in records)
     infer = sum(r["infer_sample_passes"] for r in records)
-    return {"train_sample_passes": train, "infer_sample_passes": infer,
-            "compute": train + infer / 3}
+    return {
+        "train_sample_passes": train,
+        "infer_sample_passes": infer,
+        "compute": train + infer / 3,
+    }
 
 
 def overhead_seconds(record: dict) -> float:

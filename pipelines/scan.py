@@ -5,6 +5,7 @@ they found after every step: the group stops at the same step once `n_hard` misp
 in hand over all ranks, so the rest of the pool is never scored and only scored rows count.
 The hard rows kept are the first `n_hard` in scan order, step by step and rank by rank.
 """
+
 from __future__ import annotations
 
 import time
@@ -28,8 +29,13 @@ class Scan:
     seconds_batches: float  # time in this rank's scoring batches
 
 
-def scan_pool(score_rows: Callable[[np.ndarray], dict], rows: np.ndarray, n_hard: int,
-              batch_size: int, progress: Callable[[int, int], None] | None = None) -> Scan:
+def scan_pool(
+    score_rows: Callable[[np.ndarray], dict],
+    rows: np.ndarray,
+    n_hard: int,
+    batch_size: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> Scan:
     """Score `rows` (this rank's pool, in scan order) with `score_rows(rows) -> columns`
     until the ranks together found `n_hard` mispredictions; `n_hard = 0` scores everything.
     `progress(rows scored, mispredictions found)`, over all ranks, after every step."""
@@ -38,7 +44,7 @@ def scan_pool(score_rows: Callable[[np.ndarray], dict], rows: np.ndarray, n_hard
     found = seen = 0
     stopped = False
     for step in range(steps):
-        batch = rows[step * batch_size:(step + 1) * batch_size]
+        batch = rows[step * batch_size : (step + 1) * batch_size]
         wrong = 0
         if len(batch):
             start = time.perf_counter()
@@ -60,6 +66,11 @@ def scan_pool(score_rows: Callable[[np.ndarray], dict], rows: np.ndarray, n_hard
     table = np.concatenate(everyone).astype(np.int64)  # step, rank, position, id
     table = table[np.lexsort((table[:, 2], table[:, 1], table[:, 0]))]
     hard_ids = table[:n_hard, 3] if n_hard else table[:, 3]
-    scored = ({k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {})
-    return Scan(scored=scored, hard_ids=hard_ids, n_scored=seen, exhausted=not stopped,
-                seconds_batches=seconds)
+    scored = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+    return Scan(
+        scored=scored,
+        hard_ids=hard_ids,
+        n_scored=seen,
+        exhausted=not stopped,
+        seconds_batches=seconds,
+    )

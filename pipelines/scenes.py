@@ -19,6 +19,7 @@ test images use disjoint glyphs (the first and the last `TEST_GLYPHS` of the 1,7
 Boxes are (x1, y1, x2, y2) in pixels, edges on pixel boundaries: the tight box of the glyph's
 pixels above `INK` of its peak (a glyph spanning columns 3..9 has x1 = 3, x2 = 10).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ class Images(NamedTuple):
 
 def check_scene(scene: SceneConfig, prefix: str = "scene") -> None:
     """Raise a ValueError naming the first field out of range."""
+
     def need(ok: bool, name: str, expected: str) -> None:
         if not ok:
             raise ValueError(f"{prefix}.{name}: got {getattr(scene, name)!r}, expected {expected}")
@@ -111,8 +113,9 @@ def glyph_pool(split: str) -> np.ndarray:
 
 def _scaled(glyph: np.ndarray, side: int) -> np.ndarray:
     """An 8x8 glyph resized to side x side (bilinear), peak 1."""
-    out = F.interpolate(torch.from_numpy(glyph)[None, None], size=(side, side),
-                        mode="bilinear", align_corners=False)[0, 0].numpy()
+    out = F.interpolate(
+        torch.from_numpy(glyph)[None, None], size=(side, side), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     return out / max(float(out.max()), 1e-6)
 
 
@@ -132,8 +135,9 @@ def _stroke(canvas: np.ndarray, rng: np.random.Generator, scene: SceneConfig) ->
     for _ in range(int(rng.integers(2, 4))):
         step = rng.uniform(scene.size[0] / 2, scene.size[1])
         angle = rng.uniform(0, 2 * np.pi)
-        points.append(np.clip(points[-1] + step * np.array([np.cos(angle), np.sin(angle)]),
-                              0, n - 1))
+        points.append(
+            np.clip(points[-1] + step * np.array([np.cos(angle), np.sin(angle)]), 0, n - 1)
+        )
     level = rng.uniform(*scene.stroke_brightness)
     for a, b in zip(points, points[1:]):
         t = np.linspace(0.0, 1.0, int(np.abs(b - a).max() * 2) + 2)[:, None]
@@ -143,12 +147,12 @@ def _stroke(canvas: np.ndarray, rng: np.random.Generator, scene: SceneConfig) ->
 
 def _free(box: np.ndarray, placed: list[np.ndarray]) -> bool:
     """No overlap, and one pixel apart, with every box placed so far."""
-    return all(box[0] > p[2] or box[2] < p[0] or box[1] > p[3] or box[3] < p[1]
-               for p in placed)
+    return all(box[0] > p[2] or box[2] < p[0] or box[1] > p[3] or box[3] < p[1] for p in placed)
 
 
-def render(scene: SceneConfig, glyphs: np.ndarray, rng: np.random.Generator
-           ) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    scene: SceneConfig, glyphs: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """One image (canvas, canvas) and its true boxes (k, 4), from `rng` alone."""
     n = scene.canvas
     canvas = _background(scene, rng)
@@ -160,18 +164,22 @@ def render(scene: SceneConfig, glyphs: np.ndarray, rng: np.random.Generator
         rows, cols = np.nonzero(alpha >= INK)
         for _ in range(PLACEMENT_TRIES):
             top, left = (int(v) for v in rng.integers(0, n - side + 1, 2))
-            box = np.array([left + cols.min(), top + rows.min(), left + cols.max() + 1,
-                            top + rows.max() + 1], np.float32)
+            box = np.array(
+                [left + cols.min(), top + rows.min(), left + cols.max() + 1, top + rows.max() + 1],
+                np.float32,
+            )
             if _free(box, boxes):
-                window = canvas[top:top + side, left:left + side]
+                window = canvas[top : top + side, left : left + side]
                 window[:] = window * (1 - alpha) + level * alpha
                 boxes.append(box)
                 break
     for _ in range(int(rng.integers(scene.strokes[0], scene.strokes[1] + 1))):
         _stroke(canvas, rng, scene)
     canvas = canvas + rng.normal(0.0, scene.noise, canvas.shape) if scene.noise else canvas
-    return (np.clip(canvas, 0.0, 1.0).astype(np.float32),
-            np.asarray(boxes, np.float32).reshape(-1, 4))
+    return (
+        np.clip(canvas, 0.0, 1.0).astype(np.float32),
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+    )
 
 
 def make_images(scene: SceneConfig, split: str, indices, seed: int) -> Images:

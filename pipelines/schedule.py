@@ -9,6 +9,7 @@ the last phase. The run's length is the plan's (every round adding all it may), 
 stop can only shorten: the final phase then runs the rest of the curve, so the job always
 ends annealed.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -20,8 +21,9 @@ from .config import LR_SCHEDULES
 GRID = 10_000  # steps the run's curve is laid over
 
 
-def planned_train_passes(n_train: int, initial: int, increment: int, rounds: int, epochs: int,
-                         final_epochs: int) -> int:
+def planned_train_passes(
+    n_train: int, initial: int, increment: int, rounds: int, epochs: int, final_epochs: int
+) -> int:
     """Training sample-passes of a run whose round r trains `epochs` over
     min(n_train, initial + r * increment) rows, then `final_epochs` over the last subset."""
     sizes = [min(n_train, initial + r * increment) for r in range(max(rounds, 1))]
@@ -39,8 +41,9 @@ def phase_span(done: int, phase_passes: int, total: int, last: bool) -> tuple[in
 def make_scheduler(kind: str, optimizer, max_lr: float, phase_steps: int):
     """The phase's scheduler: its own one-cycle over `phase_steps`, or the run's curve."""
     if kind == "phase":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr,
-                                                   total_steps=max(1, phase_steps))
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=max_lr, total_steps=max(1, phase_steps)
+        )
     if kind == "run_onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=GRID)
     if kind == "run_cosine":

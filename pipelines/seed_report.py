@@ -7,6 +7,7 @@ per seed, against that seed's `full` (same data split, same start), and then ave
 the runs' summaries tagged with their `seed` (`seeds.json`), so `raysift report RUN_DIR`
 rebuilds it.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,15 @@ from matplotlib.lines import Line2D
 
 from operators.contract import DataError
 
-from .report import (COMPUTE, REACH_POINTS, SECONDS, _markdown_table, _png, compute_to_reach,
-                     curve_points)
+from .report import (
+    COMPUTE,
+    REACH_POINTS,
+    SECONDS,
+    _markdown_table,
+    _png,
+    compute_to_reach,
+    curve_points,
+)
 from .run_state import atomic_write_bytes
 
 SEEDS_JSON = "seeds.json"
@@ -52,8 +60,9 @@ def spread(values: list, of: int | None = None) -> Spread:
     of = len(values) if of is None else of
     if not got:
         return Spread(None, None, 0, of)
-    return Spread(statistics.fmean(got), statistics.stdev(got) if len(got) > 1 else 0.0,
-                  len(got), of)
+    return Spread(
+        statistics.fmean(got), statistics.stdev(got) if len(got) > 1 else 0.0, len(got), of
+    )
 
 
 def by_strategy(summaries: list[dict]) -> dict[str, dict[int, dict]]:
@@ -68,30 +77,45 @@ def per_seed(summary: dict, full: dict | None) -> dict:
     """One run's numbers, with its ratios against `full` of the same seed (None without it):
     compute and wall time, the compute and wall time to come within REACH_POINTS of full's
     validation accuracy (None: never), and test accuracy less full's, in points."""
-    out = {"test_accuracy": summary["test_accuracy"],
-           "test_balanced_accuracy": summary["test_balanced_accuracy"],
-           "val_accuracy": summary["val_accuracy"], "compute": summary["compute"],
-           "wall": summary["wall_seconds"]["total"], "compute_ratio": None, "wall_ratio": None,
-           "reach": None, "reach_wall": None, "points_vs_full": None}
+    out = {
+        "test_accuracy": summary["test_accuracy"],
+        "test_balanced_accuracy": summary["test_balanced_accuracy"],
+        "val_accuracy": summary["val_accuracy"],
+        "compute": summary["compute"],
+        "wall": summary["wall_seconds"]["total"],
+        "compute_ratio": None,
+        "wall_ratio": None,
+        "reach": None,
+        "reach_wall": None,
+        "points_vs_full": None,
+    }
     if full is None or not full["compute"]:
         return out
     target = full["val_accuracy"] - REACH_POINTS / 100
     reach = compute_to_reach(summary, target)
     reach_wall = compute_to_reach(summary, target, axis=SECONDS)
     wall = full["wall_seconds"]["total"]
-    out.update(compute_ratio=summary["compute"] / full["compute"],
-               wall_ratio=out["wall"] / wall if wall else None,
-               reach=None if reach is None else reach / full["compute"],
-               reach_wall=None if reach_wall is None or not wall else reach_wall / wall,
-               points_vs_full=100 * (summary["test_accuracy"] - full["test_accuracy"]))
+    out.update(
+        compute_ratio=summary["compute"] / full["compute"],
+        wall_ratio=out["wall"] / wall if wall else None,
+        reach=None if reach is None else reach / full["compute"],
+        reach_wall=None if reach_wall is None or not wall else reach_wall / wall,
+        points_vs_full=100 * (summary["test_accuracy"] - full["test_accuracy"]),
+    )
     return out
 
 
 # (column, per_seed key, digits)
-COLUMNS = (("test acc", "test_accuracy", 4), ("test bal acc", "test_balanced_accuracy", 4),
-           ("val acc", "val_accuracy", 4), ("points vs full", "points_vs_full", 2),
-           ("compute vs full", "compute_ratio", 3), ("reach", "reach", 3),
-           ("wall vs full", "wall_ratio", 2), ("reach wall", "reach_wall", 2))
+COLUMNS = (
+    ("test acc", "test_accuracy", 4),
+    ("test bal acc", "test_balanced_accuracy", 4),
+    ("val acc", "val_accuracy", 4),
+    ("points vs full", "points_vs_full", 2),
+    ("compute vs full", "compute_ratio", 3),
+    ("reach", "reach", 3),
+    ("wall vs full", "wall_ratio", 2),
+    ("reach wall", "reach_wall", 2),
+)
 
 
 @dataclass
@@ -111,52 +135,73 @@ def aggregate(summaries: list[dict]) -> dict[str, StrategySeeds]:
     for name, seeds in groups.items():
         rows = [per_seed(s, fulls.get(seed)) for seed, s in seeds.items()]
         points = [r["points_vs_full"] for r in rows if r["points_vs_full"] is not None]
-        out[name] = StrategySeeds(list(seeds), {key: spread([r[key] for r in rows])
-                                                for _, key, _ in COLUMNS},
-                                  min(points) if points else None)
+        out[name] = StrategySeeds(
+            list(seeds),
+            {key: spread([r[key] for r in rows]) for _, key, _ in COLUMNS},
+            min(points) if points else None,
+        )
     return out
 
 
 def seeds_table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and one row per strategy: its seeds, then mean ± std of each column."""
     head = ["strategy", "seeds", *(c for c, _, _ in COLUMNS), "worst seed vs full"]
-    rows = [[name, ",".join(map(str, agg.seeds)),
-             *(agg.spreads[key].format(d) for _, key, d in COLUMNS),
-             "-" if agg.worst_points is None else f"{agg.worst_points:.2f}"]
-            for name, agg in aggregate(summaries).items()]
+    rows = [
+        [
+            name,
+            ",".join(map(str, agg.seeds)),
+            *(agg.spreads[key].format(d) for _, key, d in COLUMNS),
+            "-" if agg.worst_points is None else f"{agg.worst_points:.2f}",
+        ]
+        for name, agg in aggregate(summaries).items()
+    ]
     return head, rows
 
 
 def seeds_text(summaries: list[dict]) -> str:
     head, rows = seeds_table(summaries)
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells):
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
     return "\n".join([line(head), "-" * len(line(head)), *map(line, rows)])
 
 
 def seeds_markdown(title: str, summaries: list[dict]) -> str:
     head, rows = seeds_table(summaries)
     seeds = sorted({s["seed"] for s in summaries})
-    return "\n".join([
-        f"# Comparison over seeds {', '.join(map(str, seeds))}: {title}", "",
-        "Each cell is the mean ± sample standard deviation over the seeds (\"(k/n)\": only k of "
-        "the n seeds have a value, e.g. reached the target). Ratios are taken against `full` "
-        "of the same seed, then averaged. `points vs full`: test accuracy less `full`'s, in "
-        f"points; `worst seed vs full` the lowest of them. `reach`: the compute, relative to "
-        f"`full`'s, at which validation accuracy first came within {REACH_POINTS} points of "
-        "`full`'s final one; `reach wall` the same on the wall clock. Each seed's own report is "
-        "in `seed<k>/comparison.md`.", "",
-        *_markdown_table(head, rows), "",
-        "## Accuracy against compute and wall time", "",
-        "The mean over the seeds (line) and ± one standard deviation (band), on the span every "
-        "seed's curve covers (thin lines: each seed, where the spans do not overlap); stars: "
-        "the mean final test value at the mean total.", "",
-        f"![accuracy over seeds]({SEEDS_PNG})", ""])
+    return "\n".join(
+        [
+            f"# Comparison over seeds {', '.join(map(str, seeds))}: {title}",
+            "",
+            'Each cell is the mean ± sample standard deviation over the seeds ("(k/n)": only k of '
+            "the n seeds have a value, e.g. reached the target). Ratios are taken against `full` "
+            "of the same seed, then averaged. `points vs full`: test accuracy less `full`'s, in "
+            f"points; `worst seed vs full` the lowest of them. `reach`: the compute, relative to "
+            f"`full`'s, at which validation accuracy first came within {REACH_POINTS} points of "
+            "`full`'s final one; `reach wall` the same on the wall clock. Each seed's own report "
+            "is in `seed<k>/comparison.md`.",
+            "",
+            *_markdown_table(head, rows),
+            "",
+            "## Accuracy against compute and wall time",
+            "",
+            "The mean over the seeds (line) and ± one standard deviation (band), on the span every "
+            "seed's curve covers (thin lines: each seed, where the spans do not overlap); stars: "
+            "the mean final test value at the mean total.",
+            "",
+            f"![accuracy over seeds]({SEEDS_PNG})",
+            "",
+        ]
+    )
 
 
-def band(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, np.ndarray,
-                                                           np.ndarray] | None:
+def band(
+    curves: list[list[tuple[float, float]]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """(x, mean, std) of the seeds' curves, each interpolated linearly onto a common grid over
     the span they all cover; None when a seed has no points or the spans do not overlap."""
     if not curves or any(len(c) == 0 for c in curves):
@@ -176,9 +221,14 @@ def seeds_figure(summaries: list[dict]) -> Figure:
     fig = Figure(figsize=(13, 9.5), layout="constrained")
     panels = fig.subplots(2, 2)
     groups = by_strategy(summaries)
-    axes = ((COMPUTE, "compute (sample-passes: train + infer / 3)", lambda s: s["compute"]),
-            (SECONDS, "wall seconds (the run's clock, start-up included)",
-             lambda s: s["wall_seconds"]["total"]))
+    axes = (
+        (COMPUTE, "compute (sample-passes: train + infer / 3)", lambda s: s["compute"]),
+        (
+            SECONDS,
+            "wall seconds (the run's clock, start-up included)",
+            lambda s: s["wall_seconds"]["total"],
+        ),
+    )
     for row, (axis, xlabel, total) in zip(panels, axes):
         for ax, key in zip(row, ("accuracy", "balanced_accuracy")):
             for i, (name, seeds) in enumerate(groups.items()):
@@ -188,19 +238,40 @@ def seeds_figure(summaries: list[dict]) -> Figure:
                 if got is not None:
                     x, mean, std = got
                     ax.plot(x, mean, color=f"C{i}", label=name)
-                    ax.fill_between(x, mean - std, mean + std, color=f"C{i}", alpha=0.2,
-                                    linewidth=0)
+                    ax.fill_between(
+                        x, mean - std, mean + std, color=f"C{i}", alpha=0.2, linewidth=0
+                    )
                 else:  # spans that do not overlap (wall clocks of unequal runs): each seed
                     for j, c in enumerate(c for c in curves if c):
-                        ax.plot(*zip(*c), color=f"C{i}", alpha=0.6, linewidth=1,
-                                label=name if j == 0 else "_nolegend_")
-                ax.scatter([statistics.fmean(total(s) for s in runs)],
-                           [statistics.fmean(s[f"test_{key}"] for s in runs)], marker="*",
-                           s=160, color=f"C{i}", edgecolors="black", linewidths=0.5, zorder=3)
+                        ax.plot(
+                            *zip(*c),
+                            color=f"C{i}",
+                            alpha=0.6,
+                            linewidth=1,
+                            label=name if j == 0 else "_nolegend_",
+                        )
+                ax.scatter(
+                    [statistics.fmean(total(s) for s in runs)],
+                    [statistics.fmean(s[f"test_{key}"] for s in runs)],
+                    marker="*",
+                    s=160,
+                    color=f"C{i}",
+                    edgecolors="black",
+                    linewidths=0.5,
+                    zorder=3,
+                )
             ax.set(title=key.replace("_", " "), xlabel=xlabel, ylabel=key.replace("_", " "))
             ax.grid(alpha=0.3)
-    star = Line2D([], [], marker="*", markersize=11, linestyle="none", color="gray",
-                  markeredgecolor="black", label="mean final test")
+    star = Line2D(
+        [],
+        [],
+        marker="*",
+        markersize=11,
+        linestyle="none",
+        color="gray",
+        markeredgecolor="black",
+        label="mean final test",
+    )
     lines = [line for line in panels[0][0].get_lines() if not line.get_label().startswith("_")]
     panels[0][0].legend(handles=[*lines, star], loc="lower right")
     return fig
@@ -219,7 +290,10 @@ def rebuild_seeds_report(root: str | Path) -> tuple[list[dict], Path]:
         summaries = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: cannot read the seeds' summaries ({err})") from None
-    if not isinstance(summaries, list) or not summaries or not all(
-            isinstance(s, dict) and "seed" in s and "strategy" in s for s in summaries):
+    if (
+        not isinstance(summaries, list)
+        or not summaries
+        or not all(isinstance(s, dict) and "seed" in s and "strategy" in s for s in summaries)
+    ):
         raise DataError(f"{path}: expected a non-empty list of run summaries with a seed each")
     return summaries, write_seeds_report(root, summaries)

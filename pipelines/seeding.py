@@ -1,4 +1,5 @@
 """Seeds derived from the job seed and a purpose, stable across processes and machines."""
+
 from __future__ import annotations
 
 import hashlib

@@ -19,6 +19,7 @@ first epoch) the kept rows are cut into `num_group` equal parts in their drawn o
 Pure functions of the scores and a NumPy generator; `pooled` lets every DDP rank fit the same
 centres to the kept scores of all ranks while it draws and keeps its own rows.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ def keep_ratio(ratio: float) -> float:
 
 def random_keep(n: int, ratio: float, rng: np.random.Generator) -> np.ndarray:
     """floor(n * keep_ratio) of range(n), uniformly, in the order drawn."""
-    return rng.permutation(n)[:math.floor(n * keep_ratio(ratio) + _EPS)]
+    return rng.permutation(n)[: math.floor(n * keep_ratio(ratio) + _EPS)]
 
 
 def kmeans_1d(values: np.ndarray, k: int, max_iter: int = 100) -> np.ndarray:
@@ -77,9 +78,17 @@ def window(num_group: int, step: int, window_scale: float) -> tuple[int, int]:
     return start, start + size
 
 
-def plan_epoch(scores: np.ndarray, epoch: int, epochs: int, ratio: float, num_group: int,
-               window_scale: float, delta: float, rng: np.random.Generator,
-               pooled: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> np.ndarray:
+def plan_epoch(
+    scores: np.ndarray,
+    epoch: int,
+    epochs: int,
+    ratio: float,
+    num_group: int,
+    window_scale: float,
+    delta: float,
+    rng: np.random.Generator,
+    pooled: Callable[[np.ndarray], np.ndarray] = lambda v: v,
+) -> np.ndarray:
     """The rows (ascending) that train `epoch` of `epochs`, from each row's score.
 
     `pooled(kept scores)` returns the kept scores the groups are fitted to: this rank's own by

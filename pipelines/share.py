@@ -8,6 +8,7 @@ the rest in a memory-mapped file on local disk. Every epoch and every pool scan 
 store, so nothing is read twice and no process ever holds more than its budget of features.
 Ids and labels (16 bytes a row) stay in memory.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from operators.contract import ID, LABEL, X, DataError, as_float
+from operators.contract import ID, LABEL, DataError, X, as_float
 from operators.keys import hash_keys
 
 from .seeding import derive_seed
@@ -44,16 +45,23 @@ class RowStore:
 
     RESIDENT_WINDOW = 32 << 20
 
-    def __init__(self, row_shape: tuple, budget_bytes: int, spill_dir: str | None = None,
-                 dtype=np.float32, capacity: int | None = None):
+    def __init__(
+        self,
+        row_shape: tuple,
+        budget_bytes: int,
+        spill_dir: str | None = None,
+        dtype=np.float32,
+        capacity: int | None = None,
+    ):
         self.row_shape = tuple(row_shape)
         self.dtype = np.dtype(dtype)
         self.row_bytes = max(1, int(np.prod(self.row_shape)) * self.dtype.itemsize)
         room = max(0, int(budget_bytes) // self.row_bytes)
         # Pages of an empty array are only backed once written: `capacity` (the most rows the
         # store can get) merely keeps the reservation small.
-        self._mem = np.empty((room if capacity is None else min(room, capacity),
-                              *self.row_shape), self.dtype)
+        self._mem = np.empty(
+            (room if capacity is None else min(room, capacity), *self.row_shape), self.dtype
+        )
         self._spill_dir = spill_dir
         self._tmp = self._file = self._map = self._disk = None
         self._read_since_release = 0
@@ -66,26 +74,28 @@ class RowStore:
     def append(self, x: np.ndarray) -> None:
         x = np.asarray(x, dtype=self.dtype)
         k = min(len(x), len(self._mem) - self.n_memory)
-        self._mem[self.n_memory:self.n_memory + k] = x[:k]
+        self._mem[self.n_memory : self.n_memory + k] = x[:k]
         self.n_memory += k
         if len(x) > k:
             if self._file is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="raysift-share-",
-                                                        dir=self._spill_dir)
+                self._tmp = tempfile.TemporaryDirectory(
+                    prefix="raysift-share-", dir=self._spill_dir
+                )
                 self._file = open(Path(self._tmp.name) / "rows.bin", "wb")
             self._file.write(np.ascontiguousarray(x[k:]).tobytes())
             self.n_spilled += len(x) - k
 
     def finish(self) -> "RowStore":
         """Trim the memory part to what it holds and map the spilled file."""
-        self._mem = self._mem[:self.n_memory]
+        self._mem = self._mem[: self.n_memory]
         if self._file is not None:
             self._file.close()
             self._file = None
             with open(Path(self._tmp.name) / "rows.bin", "rb") as f:
                 self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._disk = np.frombuffer(self._map, self.dtype).reshape(self.n_spilled,
-                                                                      *self.row_shape)
+            self._disk = np.frombuffer(self._map, self.dtype).reshape(
+                self.n_spilled, *self.row_shape
+            )
         return self
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -152,8 +162,9 @@ class Share:
         return len(self.ids)
 
     @classmethod
-    def from_arrays(cls, ids, labels, x, budget_bytes: int = 2**40,
-                    spill_dir: str | None = None) -> "Share":
+    def from_arrays(
+        cls, ids, labels, x, budget_bytes: int = 2**40, spill_dir: str | None = None
+    ) -> "Share":
         """A share held in arrays already (tests, notebooks); uint8 stays 8-bit."""
         x = np.asarray(x)
         x = x if x.dtype == np.uint8 else x.astype(np.float32)
@@ -170,9 +181,17 @@ class Share:
         return np.flatnonzero(np.isin(self.ids, ids))
 
 
-def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
-               budget_bytes: int, spill_dir: str | None = None, dtype=np.float32,
-               provenance_dir: str | Path | None = None) -> Share:
+def read_share(
+    split_dir: str | Path,
+    seed: int,
+    rank: int,
+    world: int,
+    x_shape,
+    budget_bytes: int,
+    spill_dir: str | None = None,
+    dtype=np.float32,
+    provenance_dir: str | Path | None = None,
+) -> Share:
     """Stream a split's Parquet shards once and keep the rows that `rank` owns, their features
     in the ingested dtype (`dtype`: float32, or uint8 for 8-bit pixels); with
     `provenance_dir` (ingest's generated rows), which of them are generated and their soft
@@ -185,8 +204,9 @@ def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
     store = RowStore(x_shape, budget_bytes, spill_dir, dtype, capacity=rows)
     width = int(np.prod(x_shape))
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=_READ_ROWS,
-                                                       columns=[ID, LABEL, X]):
+        for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=_READ_ROWS, columns=[ID, LABEL, X]
+        ):
             batch_ids = batch.column(ID).to_numpy()
             mine = owner(batch_ids, seed, world) == rank
             if not mine.any():
@@ -195,8 +215,11 @@ def read_share(split_dir: str | Path, seed: int, rank: int, world: int, x_shape,
             ids.append(batch_ids[mine])
             labels.append(batch.column(LABEL).to_numpy()[mine])
             store.append(x[mine].reshape(-1, *x_shape))
-    share = Share(np.concatenate(ids) if ids else np.zeros(0, np.int64),
-                  np.concatenate(labels) if labels else np.zeros(0, np.int64), store.finish())
+    share = Share(
+        np.concatenate(ids) if ids else np.zeros(0, np.int64),
+        np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        store.finish(),
+    )
     if provenance_dir is not None and Path(provenance_dir).is_dir():
         _add_provenance(share, Path(provenance_dir), seed, rank, world)
     return share
@@ -236,9 +259,13 @@ def _flat_values(column, path: Path, width: int, dtype: np.dtype) -> np.ndarray:
     storage = column.storage if hasattr(column, "storage") else column
     values = storage.flatten().to_numpy(zero_copy_only=False)
     if len(values) != len(column) * width:
-        raise DataError(f"{path}: column '{X}' holds {len(values)} values for {len(column)} "
-                        f"rows, expected {width} a row")
+        raise DataError(
+            f"{path}: column '{X}' holds {len(values)} values for {len(column)} "
+            f"rows, expected {width} a row"
+        )
     if values.dtype != dtype:
-        raise DataError(f"{path}: column '{X}' holds {values.dtype}, the ingest recorded "
-                        f"{dtype} (data/info.json x_dtype)")
+        raise DataError(
+            f"{path}: column '{X}' holds {values.dtype}, the ingest recorded "
+            f"{dtype} (data/info.json x_dtype)"
+        )
     return values.reshape(len(column), width)

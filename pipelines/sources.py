@@ -5,6 +5,7 @@ they came from, so that `ingest` can check the values and name the place of a ba
 user data (parquet, idx, imagefolder, text) hold one chunk at a time, never the whole dataset.
 The text reader's `x` holds strings; ingest turns them into token ids.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 import ray
 import ray.data.extensions  # noqa: F401  registers Ray's tensor types, so Parquet reads them back
 
-from operators.contract import X, DataError, data_errors, require_columns
+from operators.contract import DataError, X, data_errors, require_columns
 
 from .config import ConfigError, SourceConfig
 
@@ -34,8 +35,7 @@ PROVENANCE = ("source", "parent_ids", "y_soft")  # what the offline augmentation
 CHUNK_BYTES = 64 << 20  # a chunk's feature bytes stay below this, whatever `chunk_rows` says
 MNIST1D_SEED = 42  # the package's own seed: the standard MNIST-1D, whatever the job's seed is
 MNIST1D_PART = 60000  # the standard set's size; larger sizes are parts of it with seeds 43, ...
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -64,9 +64,15 @@ class Source:
 
 def open_source(cfg: SourceConfig, chunk_rows: int = 4096) -> Source:
     """The reader for `cfg.kind`, opened on `cfg.path`."""
-    readers = {"mnist1d": read_mnist1d, "digits": read_digits, "parquet": read_parquet,
-               "npz": read_npz, "idx": read_idx, "imagefolder": read_imagefolder,
-               "text": read_text}
+    readers = {
+        "mnist1d": read_mnist1d,
+        "digits": read_digits,
+        "parquet": read_parquet,
+        "npz": read_npz,
+        "idx": read_idx,
+        "imagefolder": read_imagefolder,
+        "text": read_text,
+    }
     if cfg.kind not in readers:
         raise ConfigError(f"source.kind: got {cfg.kind!r}, expected one of {', '.join(readers)}")
     if cfg.kind not in ("mnist1d", "digits") and not cfg.path:
@@ -81,11 +87,18 @@ def _rows_per_chunk(row_bytes: float, chunk_rows: int) -> int:
 def _array_chunks(label, x, where: str, chunk_rows: int, id=None, split=None):
     step = _rows_per_chunk(x[0].nbytes if len(x) else 1, chunk_rows)
     for s in range(0, len(x), step):
-        yield Chunk(label[s:s + step], x[s:s + step], where, s,
-                    None if id is None else id[s:s + step], split)
+        yield Chunk(
+            label[s : s + step],
+            x[s : s + step],
+            where,
+            s,
+            None if id is None else id[s : s + step],
+            split,
+        )
 
 
 # ---- built-in data ---------------------------------------------------------------------------
+
 
 def read_mnist1d(cfg: SourceConfig, chunk_rows: int) -> Source:
     """MNIST-1D with its own 80/20 train/test split; x is (1, 40): one channel for a 1-D CNN.
@@ -94,22 +107,30 @@ def read_mnist1d(cfg: SourceConfig, chunk_rows: int) -> Source:
     of parts of that size with seeds 42, 43, ..., generated and cached one at a time, so that
     no process holds more than one part."""
     if cfg.num_samples < 10:
-        raise ConfigError(f"source.num_samples: got {cfg.num_samples}, expected >= 10 "
-                          f"(one per class at least)")
-    sizes = [min(MNIST1D_PART, cfg.num_samples - start)
-             for start in range(0, cfg.num_samples, MNIST1D_PART)]
+        raise ConfigError(
+            f"source.num_samples: got {cfg.num_samples}, expected >= 10 (one per class at least)"
+        )
+    sizes = [
+        min(MNIST1D_PART, cfg.num_samples - start)
+        for start in range(0, cfg.num_samples, MNIST1D_PART)
+    ]
 
     def chunks():
         for part, size in enumerate(sizes):
             data = _mnist1d_arrays(size, MNIST1D_SEED + part)
             for split, suffix in (("train", ""), ("test", "_test")):
                 x = data["x" + suffix].astype(np.float32)[:, None, :]
-                yield from _array_chunks(data["y" + suffix], x, f"mnist1d {split}", chunk_rows,
-                                         split=split)
+                yield from _array_chunks(
+                    data["y" + suffix], x, f"mnist1d {split}", chunk_rows, split=split
+                )
 
     parts = f", {len(sizes)} parts of up to {MNIST1D_PART}" if len(sizes) > 1 else ""
-    return Source(chunks(), f"mnist1d (num_samples={cfg.num_samples}, seed {MNIST1D_SEED}{parts})",
-                  frozenset({"train", "test"}), [str(c) for c in range(10)])
+    return Source(
+        chunks(),
+        f"mnist1d (num_samples={cfg.num_samples}, seed {MNIST1D_SEED}{parts})",
+        frozenset({"train", "test"}),
+        [str(c) for c in range(10)],
+    )
 
 
 def cache_dir() -> Path:
@@ -148,12 +169,15 @@ def read_digits(cfg: SourceConfig, chunk_rows: int) -> Source:
 
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
-    return Source(_array_chunks(d.target, x, "digits", chunk_rows),
-                  f"digits (scikit-learn, {len(x)} images 8x8)",
-                  class_names=[str(c) for c in d.target_names])
+    return Source(
+        _array_chunks(d.target, x, "digits", chunk_rows),
+        f"digits (scikit-learn, {len(x)} images 8x8)",
+        class_names=[str(c) for c in d.target_names],
+    )
 
 
 # ---- finding user files ----------------------------------------------------------------------
+
 
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem for a local path or URI; fsspec serves schemes pyarrow lacks."""
@@ -178,8 +202,13 @@ def list_files(path: str, suffixes: tuple[str, ...]) -> tuple[pafs.FileSystem, l
         first_glob = next(i for i, p in enumerate(parts) if any(c in p for c in "*?["))
         base = "/".join(parts[:first_glob]) or "/"
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
-        files = sorted(i.path for i in infos if i.is_file and fnmatch.fnmatchcase(i.path, root)
-                       and ("**" in root or i.path.count("/") == root.count("/")))
+        files = sorted(
+            i.path
+            for i in infos
+            if i.is_file
+            and fnmatch.fnmatchcase(i.path, root)
+            and ("**" in root or i.path.count("/") == root.count("/"))
+        )
         if not files:
             raise DataError(f"source.path: the glob {path!r} matches no files")
         return fs, files
@@ -189,8 +218,11 @@ def list_files(path: str, suffixes: tuple[str, ...]) -> tuple[pafs.FileSystem, l
     if info.type == pafs.FileType.File:
         return fs, [root]
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    files = sorted(i.path for i in infos if i.is_file and i.base_name.endswith(suffixes)
-                   and not _hidden(i.path[len(root):]))
+    files = sorted(
+        i.path
+        for i in infos
+        if i.is_file and i.base_name.endswith(suffixes) and not _hidden(i.path[len(root) :])
+    )
     if not files:
         raise DataError(f"source.path: no {' / '.join(suffixes)} files under {path}")
     return fs, files
@@ -201,6 +233,7 @@ def _hidden(relative: str) -> bool:
 
 
 # ---- Parquet ---------------------------------------------------------------------------------
+
 
 def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
     """Parquet files read in record batches; features as a tensor column or a (nested) list."""
@@ -219,8 +252,9 @@ def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
             with reading_parquet(f), pq.ParquetFile(f, filesystem=fs) as pf:
                 yield from parquet_chunks(pf, f, cfg, chunk_rows)
 
-    return Source(chunks(), f"parquet {cfg.path} ({len(files)} files)",
-                  frozenset(given & set(SPLITS)))
+    return Source(
+        chunks(), f"parquet {cfg.path} ({len(files)} files)", frozenset(given & set(SPLITS))
+    )
 
 
 @contextmanager
@@ -235,21 +269,30 @@ def reading_parquet(path: str):
 
 def _split_values(fs, path: str, column: str) -> set:
     with reading_parquet(path), pq.ParquetFile(path, filesystem=fs) as pf:
-        return {v for b in pf.iter_batches(columns=[column])
-                for v in pc.unique(b.column(0)).to_pylist()}
+        return {
+            v for b in pf.iter_batches(columns=[column]) for v in pc.unique(b.column(0)).to_pylist()
+        }
 
 
-def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows: int, *,
-                   row_groups: list[int] | None = None, first_row: int = 0,
-                   keep_rest: bool = False):
+def parquet_chunks(
+    pf: pq.ParquetFile,
+    path: str,
+    cfg: SourceConfig,
+    chunk_rows: int,
+    *,
+    row_groups: list[int] | None = None,
+    first_row: int = 0,
+    keep_rest: bool = False,
+):
     """The file's rows (or those of `row_groups`, whose first row is `first_row` of the file)
     as Chunks; a missing label or feature column gives None there. `rest` holds the
     provenance columns of generated rows (`PROVENANCE`), or with `keep_rest` every other
     column (the batch jobs pass them through)."""
     names = pf.schema_arrow.names
     wanted = [cfg.label_column, cfg.feature_column, cfg.id_column, cfg.split_column]
-    columns = None if keep_rest else [c for c in dict.fromkeys(wanted + list(PROVENANCE))
-                                      if c in names]
+    columns = (
+        None if keep_rest else [c for c in dict.fromkeys(wanted + list(PROVENANCE)) if c in names]
+    )
     md = pf.metadata
     row_bytes = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
     rows = _rows_per_chunk(row_bytes / max(md.num_rows, 1), chunk_rows)
@@ -260,17 +303,31 @@ def parquet_chunks(pf: pq.ParquetFile, path: str, cfg: SourceConfig, chunk_rows:
         has = batch.schema.names
         rest = [c for c in has if c not in wanted]
         yield Chunk(
-            label=_numbers(batch.column(cfg.label_column), f"{path}: source.label_column "
-                           f"{cfg.label_column!r}") if cfg.label_column in has else None,
-            x=_tensor(batch.column(cfg.feature_column), path, start,
-                      f"source.feature_column {cfg.feature_column!r}")
-            if cfg.feature_column in has else None,
-            where=path, first_row=start,
-            id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column "
-                        f"{cfg.id_column!r}") if cfg.id_column in has else None,
-            split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
-                           f"{cfg.split_column!r}") if cfg.split_column in has else None,
-            rest=batch.select(rest) if rest else None)
+            label=_numbers(
+                batch.column(cfg.label_column), f"{path}: source.label_column {cfg.label_column!r}"
+            )
+            if cfg.label_column in has
+            else None,
+            x=_tensor(
+                batch.column(cfg.feature_column),
+                path,
+                start,
+                f"source.feature_column {cfg.feature_column!r}",
+            )
+            if cfg.feature_column in has
+            else None,
+            where=path,
+            first_row=start,
+            id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column {cfg.id_column!r}")
+            if cfg.id_column in has
+            else None,
+            split=_strings(
+                batch.column(cfg.split_column), f"{path}: source.split_column {cfg.split_column!r}"
+            )
+            if cfg.split_column in has
+            else None,
+            rest=batch.select(rest) if rest else None,
+        )
         start += batch.num_rows
 
 
@@ -303,8 +360,10 @@ def _tensor(col: pa.Array, path: str, first_row: int, what: str) -> np.ndarray:
             k = int(odd[0])
             row = first_row + k // (len(lengths) // n)
             state = "null" if lengths[k] < 0 else f"of length {lengths[k]}, not {lengths[0]}"
-            raise DataError(f"{path}: {what} has ragged feature shapes: row {row} holds a list "
-                            f"{state} (set the rows to one shape)")
+            raise DataError(
+                f"{path}: {what} has ragged feature shapes: row {row} holds a list "
+                f"{state} (set the rows to one shape)"
+            )
         dims.append(int(lengths[0]))
         values = values.flatten()
     return values.to_numpy(zero_copy_only=False).reshape(n, *dims)
@@ -318,12 +377,15 @@ def _stack(rows: np.ndarray, where: str, first_row: int, what: str) -> np.ndarra
     first = np.shape(rows[0])
     for i, r in enumerate(rows):
         if np.shape(r) != first:
-            raise DataError(f"{where}: {what} has ragged feature shapes: row {first_row + i} has "
-                            f"shape {np.shape(r)}, row {first_row} {first}")
+            raise DataError(
+                f"{where}: {what} has ragged feature shapes: row {first_row + i} has "
+                f"shape {np.shape(r)}, row {first_row} {first}"
+            )
     return np.stack(rows)
 
 
 # ---- text (CSV or Parquet) ------------------------------------------------------------------
+
 
 def read_text(cfg: SourceConfig, chunk_rows: int) -> Source:
     """A string column (`source.text_column`) with integer labels in CSV or Parquet files; the
@@ -335,8 +397,11 @@ def read_text(cfg: SourceConfig, chunk_rows: int) -> Source:
         require_columns(names, [cfg.label_column], where=f"{f}: source.label_column")
         require_columns(names, [cfg.text_column], where=f"{f}: source.text_column")
         if cfg.split_column in names:
-            given |= {v for b in _table_batches(fs, f, [cfg.split_column], cfg.split_column)
-                      for v in pc.unique(b.column(0)).to_pylist()}
+            given |= {
+                v
+                for b in _table_batches(fs, f, [cfg.split_column], cfg.split_column)
+                for v in pc.unique(b.column(0)).to_pylist()
+            }
 
     def chunks():
         for f in files:
@@ -350,8 +415,7 @@ def read_text(cfg: SourceConfig, chunk_rows: int) -> Source:
                     yield _text_chunk(part, cfg, f, start + s)
                 start += batch.num_rows
 
-    return Source(chunks(), f"text {cfg.path} ({len(files)} files)",
-                  frozenset(given & set(SPLITS)))
+    return Source(chunks(), f"text {cfg.path} ({len(files)} files)", frozenset(given & set(SPLITS)))
 
 
 def _is_csv(path: str) -> bool:
@@ -363,9 +427,12 @@ def _open_csv(stream, path: str, columns: list[str] | None, split_column: str):
 
     try:
         return pacsv.open_csv(
-            stream, parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(include_columns=columns,
-                                                 column_types={split_column: pa.string()}))
+            stream,
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=columns, column_types={split_column: pa.string()}
+            ),
+        )
     except pa.ArrowInvalid as e:
         raise DataError(f"{path}: not a readable CSV file: {e}") from e
 
@@ -397,21 +464,31 @@ def _text_chunk(batch: pa.RecordBatch, cfg: SourceConfig, path: str, first_row: 
     text = batch.column(cfg.text_column)
     what = f"source.text_column {cfg.text_column!r}"
     if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
-        raise DataError(f"{path}: {what} is not UTF-8 text: {_first_undecodable(text, first_row)}"
-                        f"; save the file as UTF-8")
+        raise DataError(
+            f"{path}: {what} is not UTF-8 text: {_first_undecodable(text, first_row)}"
+            f"; save the file as UTF-8"
+        )
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise DataError(f"{path}: {what} must hold strings, got type {text.type}")
     if text.null_count:
         k = int(np.flatnonzero(text.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{path}: {what} is empty (null) at row {first_row + k}")
     return Chunk(
-        label=_numbers(batch.column(cfg.label_column),
-                       f"{path}: source.label_column {cfg.label_column!r}"),
-        x=text.to_numpy(zero_copy_only=False), where=path, first_row=first_row,
-        id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column "
-                    f"{cfg.id_column!r}") if cfg.id_column in has else None,
-        split=_strings(batch.column(cfg.split_column), f"{path}: source.split_column "
-                       f"{cfg.split_column!r}") if cfg.split_column in has else None)
+        label=_numbers(
+            batch.column(cfg.label_column), f"{path}: source.label_column {cfg.label_column!r}"
+        ),
+        x=text.to_numpy(zero_copy_only=False),
+        where=path,
+        first_row=first_row,
+        id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column {cfg.id_column!r}")
+        if cfg.id_column in has
+        else None,
+        split=_strings(
+            batch.column(cfg.split_column), f"{path}: source.split_column {cfg.split_column!r}"
+        )
+        if cfg.split_column in has
+        else None,
+    )
 
 
 def _first_undecodable(col: pa.Array, first_row: int) -> str:
@@ -425,6 +502,7 @@ def _first_undecodable(col: pa.Array, first_row: int) -> str:
 
 
 # ---- NumPy .npz ------------------------------------------------------------------------------
+
 
 def read_npz(cfg: SourceConfig, chunk_rows: int) -> Source:
     """Arrays named by the label / feature / id columns; `<name>_val`, `<name>_test` give splits."""
@@ -445,18 +523,22 @@ def read_npz(cfg: SourceConfig, chunk_rows: int) -> Source:
         for f in files:
             with fs.open_input_file(f) as fh, np.load(fh) as z:
                 for split, suffix in suffixes.items():
-                    xk, lk, ik = (c + suffix for c in (cfg.feature_column, cfg.label_column,
-                                                       cfg.id_column))
+                    xk, lk, ik = (
+                        c + suffix for c in (cfg.feature_column, cfg.label_column, cfg.id_column)
+                    )
                     if xk not in z.files:
                         continue
                     x, label = _npz_array(z, xk, f), _npz_array(z, lk, f)
                     ids = _npz_array(z, ik, f) if ik in z.files else None
                     for k, a in ((lk, label), (ik, ids)):
                         if a is not None and len(a) != len(x):
-                            raise DataError(f"{f}: arrays '{xk}' ({len(x)} rows) and '{k}' "
-                                            f"({len(a)} rows) differ in length")
-                    yield from _array_chunks(label, x, f"{f} ['{xk}']", chunk_rows, ids,
-                                             split if given else None)
+                            raise DataError(
+                                f"{f}: arrays '{xk}' ({len(x)} rows) and '{k}' "
+                                f"({len(a)} rows) differ in length"
+                            )
+                    yield from _array_chunks(
+                        label, x, f"{f} ['{xk}']", chunk_rows, ids, split if given else None
+                    )
 
     return Source(chunks(), f"npz {cfg.path} ({len(files)} files)", frozenset(given))
 
@@ -490,27 +572,38 @@ def read_idx(cfg: SourceConfig, chunk_rows: int) -> Source:
     for prefix, pair in sorted(pairs.items()):
         for need in ("images", "labels"):
             if need not in pair:
-                raise DataError(f"{next(iter(pair.values()))}: no matching "
-                                f"{prefix}-{need}-idx?-ubyte[.gz] file beside it")
+                raise DataError(
+                    f"{next(iter(pair.values()))}: no matching "
+                    f"{prefix}-{need}-idx?-ubyte[.gz] file beside it"
+                )
         image_dims = _idx_header_of(fs, pair["images"])[1]
         label_dims = _idx_header_of(fs, pair["labels"])[1]
         if len(image_dims) < 2 or len(label_dims) != 1 or image_dims[0] != label_dims[0]:
-            raise DataError(f"{pair['images']} holds {image_dims}, {pair['labels']} holds "
-                            f"{label_dims}: expected N images and N labels")
+            raise DataError(
+                f"{pair['images']} holds {image_dims}, {pair['labels']} holds "
+                f"{label_dims}: expected N images and N labels"
+            )
         parts.append((_idx_split(prefix, pair["images"]), pair, image_dims))
 
     def chunks():
         for split, pair, image_dims in parts:
             rows = _rows_per_chunk(4 * math.prod(image_dims[1:]), chunk_rows)
             start = 0
-            for images, labels in zip(_idx_rows(fs, pair["images"], rows),
-                                      _idx_rows(fs, pair["labels"], rows)):
-                yield Chunk(labels, images[:, None] if images.ndim == 3 else images,
-                            pair["images"], start, split=split)
+            for images, labels in zip(
+                _idx_rows(fs, pair["images"], rows), _idx_rows(fs, pair["labels"], rows)
+            ):
+                yield Chunk(
+                    labels,
+                    images[:, None] if images.ndim == 3 else images,
+                    pair["images"],
+                    start,
+                    split=split,
+                )
                 start += len(labels)
 
-    return Source(chunks(), f"idx {cfg.path} ({', '.join(sorted(pairs))})",
-                  frozenset(s for s, _, _ in parts))
+    return Source(
+        chunks(), f"idx {cfg.path} ({', '.join(sorted(pairs))})", frozenset(s for s, _, _ in parts)
+    )
 
 
 def _idx_split(prefix: str, path: str) -> str:
@@ -544,12 +637,15 @@ def _idx_rows(fs, path: str, rows: int) -> Iterator[np.ndarray]:
             k = min(rows, dims[0] - start)
             buf = s.read(k * per_row)
             if len(buf) < k * per_row:
-                raise DataError(f"{path}: the file ends at row {start + len(buf) // per_row}, "
-                                f"its header says {dims[0]} rows")
+                raise DataError(
+                    f"{path}: the file ends at row {start + len(buf) // per_row}, "
+                    f"its header says {dims[0]} rows"
+                )
             yield np.frombuffer(buf, dtype).reshape(k, *dims[1:])
 
 
 # ---- image folder ----------------------------------------------------------------------------
+
 
 def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
     """One subfolder per class (class index = sorted folder names); x (C, H, W) 8-bit pixels.
@@ -562,45 +658,55 @@ def read_imagefolder(cfg: SourceConfig, chunk_rows: int) -> Source:
         raise DataError(f"source.path: {cfg.path} does not exist")
     if info.type != pafs.FileType.Directory:
         raise DataError(f"source.path: {cfg.path} must be a folder with one subfolder per class")
-    classes = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root))
-                     if i.type == pafs.FileType.Directory and not i.base_name.startswith("."))
+    classes = sorted(
+        i.base_name
+        for i in fs.get_file_info(pafs.FileSelector(root))
+        if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")
+    )
     if not classes:
         raise DataError(f"source.path: {cfg.path} has no class subfolders")
     paths, labels = [], []
     for label, name in enumerate(classes):
         folder = f"{root.rstrip('/')}/{name}"
         infos = fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-        found = [i.path for i in sorted(infos, key=lambda i: i.path)
-                 if i.is_file and i.base_name.lower().endswith(IMAGE_SUFFIXES)
-                 and not _hidden(i.path[len(folder):])]
+        found = [
+            i.path
+            for i in sorted(infos, key=lambda i: i.path)
+            if i.is_file
+            and i.base_name.lower().endswith(IMAGE_SUFFIXES)
+            and not _hidden(i.path[len(folder) :])
+        ]
         paths += found
         labels += [label] * len(found)
     if not paths:
-        raise DataError(f"source.path: no images in the class subfolders of {cfg.path} "
-                        f"({', '.join(classes)})")
+        raise DataError(
+            f"source.path: no images in the class subfolders of {cfg.path} ({', '.join(classes)})"
+        )
     if cfg.image_size is not None and (len(cfg.image_size) != 2 or min(cfg.image_size) < 1):
         raise ConfigError(f"source.image_size: got {cfg.image_size}, expected [height, width]")
     # A few blocks per CPU: Ray Data's default (a block per 200 paths or so) spends more time
     # scheduling tasks than reading headers.
     blocks = max(1, min(len(paths) // 1000, 4 * int(ray.cluster_resources().get("CPU", 1))))
-    items = ray.data.from_items([{"path": p, "label": c} for p, c in zip(paths, labels)],
-                                override_num_blocks=blocks)
-    mode, size = _image_layout(_in_order(items.map_batches(_Headers(fs), batch_format="numpy")),
-                               cfg.image_size)
+    items = ray.data.from_items(
+        [{"path": p, "label": c} for p, c in zip(paths, labels)], override_num_blocks=blocks
+    )
+    mode, size = _image_layout(
+        _in_order(items.map_batches(_Headers(fs), batch_format="numpy")), cfg.image_size
+    )
 
     def chunks():
         channels = 1 if mode == "L" else 3
         rows = _rows_per_chunk(channels * size[0] * size[1], chunk_rows)
-        decoded = _in_order(items.map_batches(_Pixels(fs, mode, size), batch_size=rows,
-                                              batch_format="numpy"))
+        decoded = _in_order(
+            items.map_batches(_Pixels(fs, mode, size), batch_size=rows, batch_format="numpy")
+        )
         first = 0
         with data_errors():
             for batch in decoded.iter_batches(batch_size=rows, batch_format="numpy"):
                 yield Chunk(batch["label"].astype(np.int64), batch[X], cfg.path, first)
                 first += len(batch["label"])
 
-    return Source(chunks(), f"imagefolder {cfg.path} ({len(classes)} classes)",
-                  class_names=classes)
+    return Source(chunks(), f"imagefolder {cfg.path} ({len(classes)} classes)", class_names=classes)
 
 
 def _in_order(ds):
@@ -624,8 +730,11 @@ class _Headers:
                 img = Image.open(fh)
                 grey.append(img.mode in _GRAY_MODES)
                 hw.append((img.height, img.width))
-        return {"path": batch["path"], "grey": np.array(grey, bool),
-                "hw": np.array(hw, np.int64).reshape(-1, 2)}
+        return {
+            "path": batch["path"],
+            "grey": np.array(grey, bool),
+            "hw": np.array(hw, np.int64).reshape(-1, 2),
+        }
 
 
 class _Pixels:
@@ -661,9 +770,11 @@ def _image_layout(headers, image_size) -> tuple[str, tuple]:
                 odd = np.flatnonzero((batch["hw"] != first[1]).any(axis=1))
                 if len(odd):
                     (h, w), path = batch["hw"][odd[0]], batch["path"][odd[0]]
-                    raise DataError(f"{path}: image size {h}x{w} differs from {first[0]} "
-                                    f"({first[1][0]}x{first[1][1]}); set source.image_size "
-                                    f"to resize all")
+                    raise DataError(
+                        f"{path}: image size {h}x{w} differs from {first[0]} "
+                        f"({first[1][0]}x{first[1][1]}); set source.image_size "
+                        f"to resize all"
+                    )
     size = tuple(image_size) if image_size is not None else first[1]
     return ("L" if grey else "RGB"), size
 

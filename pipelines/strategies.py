@@ -7,6 +7,7 @@ adds, drops or stops (`after_round`). Everything else
 new strategy is one class here. After a round every rank sees only its own rows; the policies
 decide through the collectives in pipelines/collective.py, so every rank gets the same answer.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,12 +21,16 @@ import torch
 
 from operators.contract import ID, LABEL, X
 from operators.norms import Norms
-from operators.select import (Selection, balanced_candidates, compose_balanced,
-                              random_candidates, selection)
+from operators.select import (
+    Selection,
+    balanced_candidates,
+    compose_balanced,
+    random_candidates,
+    selection,
+)
 
 from . import seta
-from .collective import all_sum, all_sum_np, gather, merge_smallest, rank_and_world, \
-    representatives
+from .collective import all_sum, all_sum_np, gather, merge_smallest, rank_and_world, representatives
 from .config import JobConfig, StrategyConfig
 from .infobatch import initial_scores, plan_epoch, update_scores
 from .scan import scan_pool
@@ -76,8 +81,7 @@ class Additions:
 
 
 def nothing(stop_reason: str | None = None, **stats) -> Additions:
-    return Additions(np.zeros(0, np.int64), np.zeros(0, object), stop_reason=stop_reason,
-                     **stats)
+    return Additions(np.zeros(0, np.int64), np.zeros(0, object), stop_reason=stop_reason, **stats)
 
 
 class Policy(ABC):
@@ -103,8 +107,9 @@ class Policy(ABC):
         self.scores: torch.Tensor | None = None  # each trained row's latest loss (pruning)
         self.scores_phase: int | None = None  # the phase the scores belong to
 
-    def plan_epoch(self, job: JobConfig, n_rows: int, round_index: int, epoch: int,
-                   epochs: int) -> EpochPlan:
+    def plan_epoch(
+        self, job: JobConfig, n_rows: int, round_index: int, epoch: int, epochs: int
+    ) -> EpochPlan:
         """Every subset row with weight 1; with `strategy.round_prune_ratio`, InfoBatch's rule
         inside the phase: its first epoch trains every row, later ones leave out that share of
         the rows whose loss is below the mean. Scores start over each phase, whose subset is
@@ -115,8 +120,14 @@ class Policy(ABC):
         if self.scores is None or self.scores_phase != round_index or len(self.scores) != n_rows:
             self.scores, self.scores_phase = initial_scores(n_rows), round_index
         rank, _ = rank_and_world()
-        return infobatch_plan(self.scores, ratio, job.strategy.anneal_delta, derive_seed(
-            job.seed, "round_prune", round_index, epoch, rank), epoch, epochs)
+        return infobatch_plan(
+            self.scores,
+            ratio,
+            job.strategy.anneal_delta,
+            derive_seed(job.seed, "round_prune", round_index, epoch, rank),
+            epoch,
+            epochs,
+        )
 
     def end_epoch(self, pick: np.ndarray, losses: torch.Tensor) -> None:
         """Each picked row's training loss (only called when `plan_epoch` gave weights)."""
@@ -128,8 +139,11 @@ class Policy(ABC):
 
     def state_dict(self) -> dict:
         """This rank's policy state, saved with each checkpoint."""
-        return {} if self.scores is None else {"scores": self.scores,
-                                               "scores_phase": self.scores_phase}
+        return (
+            {}
+            if self.scores is None
+            else {"scores": self.scores, "scores_phase": self.scores_phase}
+        )
 
     def load_state_dict(self, state: dict) -> None:
         self.scores, self.scores_phase = state.get("scores"), state.get("scores_phase")
@@ -156,13 +170,15 @@ class ScoredPruning(Full):
     latest training losses (the subclass's rule). Each rank keeps the scores of its own rows and
     draws its own rows with its own seed."""
 
-    def plan_epoch(self, job: JobConfig, n_rows: int, round_index: int, epoch: int,
-                   epochs: int) -> EpochPlan:
+    def plan_epoch(
+        self, job: JobConfig, n_rows: int, round_index: int, epoch: int, epochs: int
+    ) -> EpochPlan:
         if self.scores is None:
             self.scores = initial_scores(n_rows)
         rank, _ = rank_and_world()
-        return self.pick(job, derive_seed(job.seed, self.name, round_index, epoch, rank),
-                         epoch, epochs)
+        return self.pick(
+            job, derive_seed(job.seed, self.name, round_index, epoch, rank), epoch, epochs
+        )
 
     @abstractmethod
     def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
@@ -189,9 +205,17 @@ class Seta(ScoredPruning):
 
     def pick(self, job: JobConfig, seed: int, epoch: int, epochs: int) -> EpochPlan:
         s = job.strategy
-        rows = seta.plan_epoch(self.scores.numpy(), epoch, epochs, s.seta_ratio, s.num_group,
-                               s.window_scale, s.anneal_delta, np.random.default_rng(seed),
-                               pooled=lambda v: np.concatenate(gather(v)))
+        rows = seta.plan_epoch(
+            self.scores.numpy(),
+            epoch,
+            epochs,
+            s.seta_ratio,
+            s.num_group,
+            s.window_scale,
+            s.anneal_delta,
+            np.random.default_rng(seed),
+            pooled=lambda v: np.concatenate(gather(v)),
+        )
         return EpochPlan(rows, torch.ones(len(rows), dtype=torch.float64))
 
 
@@ -213,10 +237,18 @@ class RandomGrowth(Policy):
     def after_round(self, view: RoundView) -> Additions:
         s = view.job.strategy
         start = time.perf_counter()
-        sel = random_pick(view, s.hard_per_round + s.reps_per_round,
-                          derive_seed(view.job.seed, "random", view.round_index), "random")
-        return Additions(sel.ids, sel.reasons, stop_reason=None if len(sel) else NO_HARD,
-                         seconds_select=time.perf_counter() - start)
+        sel = random_pick(
+            view,
+            s.hard_per_round + s.reps_per_round,
+            derive_seed(view.job.seed, "random", view.round_index),
+            "random",
+        )
+        return Additions(
+            sel.ids,
+            sel.reasons,
+            stop_reason=None if len(sel) else NO_HARD,
+            seconds_select=time.perf_counter() - start,
+        )
 
 
 class M2(RandomGrowth):
@@ -234,9 +266,13 @@ class M2(RandomGrowth):
         rank, _ = rank_and_world()
         order = np.random.default_rng(derive_seed(job.seed, "pool", view.round_index, rank))
         column = "embedding" if s.cluster_on == "embedding" else X
-        scan = scan_pool(lambda rows: view.score_rows(rows, column), view.pool[
-            order.permutation(len(view.pool))], s.hard_per_round,
-            _rank_batch(job), view.progress)
+        scan = scan_pool(
+            lambda rows: view.score_rows(rows, column),
+            view.pool[order.permutation(len(view.pool))],
+            s.hard_per_round,
+            _rank_batch(job),
+            view.progress,
+        )
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
         got = scan.scored
@@ -249,19 +285,36 @@ class M2(RandomGrowth):
                 right &= ~np.isin(got[ID], fill)
         reps = np.zeros(0, np.int64)
         if s.reps_per_round:
-            rows = ({ID: got[ID][right], column: got[column][right]} if got
-                    else {ID: np.zeros(0, np.int64), column: np.zeros((0, 1), np.float32)})
-            reps = representatives(rows, column, s.reps_per_round, s.cluster_k,
-                                   derive_seed(job.seed, "kmeans", view.round_index) % 2**31)
+            rows = (
+                {ID: got[ID][right], column: got[column][right]}
+                if got
+                else {ID: np.zeros(0, np.int64), column: np.zeros((0, 1), np.float32)}
+            )
+            reps = representatives(
+                rows,
+                column,
+                s.reps_per_round,
+                s.cluster_k,
+                derive_seed(job.seed, "kmeans", view.round_index) % 2**31,
+            )
         ids = np.concatenate([scan.hard_ids, fill, reps])
-        reasons = np.array(["hard"] * len(scan.hard_ids) + ["hard_fill"] * len(fill)
-                           + ["representative"] * len(reps), dtype=object)
+        reasons = np.array(
+            ["hard"] * len(scan.hard_ids)
+            + ["hard_fill"] * len(fill)
+            + ["representative"] * len(reps),
+            dtype=object,
+        )
         found = len(scan.hard_ids) + len(fill)
-        return Additions(ids, reasons, stop_reason=None if found else NO_HARD,
-                         hard_found=int(len(scan.hard_ids)), infer_sample_passes=scan.n_scored,
-                         seconds_score=scored_seconds,
-                         seconds_score_batches=scan.seconds_batches,
-                         seconds_select=time.perf_counter() - start)
+        return Additions(
+            ids,
+            reasons,
+            stop_reason=None if found else NO_HARD,
+            hard_found=int(len(scan.hard_ids)),
+            infer_sample_passes=scan.n_scored,
+            seconds_score=scored_seconds,
+            seconds_score_batches=scan.seconds_batches,
+            seconds_select=time.perf_counter() - start,
+        )
 
 
 class NormBalanced(Policy):
@@ -281,8 +334,9 @@ class NormBalanced(Policy):
     def after_round(self, view: RoundView) -> Additions:
         job, s = view.job, view.job.strategy
         start = time.perf_counter()
-        scan = scan_pool(lambda rows: view.score_rows(rows, None), view.pool, 0,
-                         _rank_batch(job), view.progress)
+        scan = scan_pool(
+            lambda rows: view.score_rows(rows, None), view.pool, 0, _rank_batch(job), view.progress
+        )
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
         right = scan.scored["correct"].astype(bool) if scan.scored else np.zeros(0, bool)
@@ -291,16 +345,30 @@ class NormBalanced(Policy):
         remaining = {int(c): int(n) for c, n in enumerate(missed) if n}
         mine = scan.scored[ID][right] if scan.scored else np.zeros(0, np.int64)
         # rescore_dropped: what the model gets right sits out this draw only, scored again
-        dropped = (np.zeros(0, np.int64) if s.rescore_dropped
-                   else np.sort(np.concatenate(gather(mine)).astype(np.int64)))
+        dropped = (
+            np.zeros(0, np.int64)
+            if s.rescore_dropped
+            else np.sort(np.concatenate(gather(mine)).astype(np.int64))
+        )
         stop = remaining_stop(s, remaining)
-        sel = selection([], "balanced") if stop else self._draw(view, view.pool[~np.isin(
-            view.share.ids[view.pool], mine)], "balanced")
-        return Additions(sel.ids, sel.reasons, stop_reason=stop, dropped=dropped,
-                         remaining=remaining, notes=sel.notes, hard_found=sum(remaining.values()),
-                         infer_sample_passes=scan.n_scored, seconds_score=scored_seconds,
-                         seconds_score_batches=scan.seconds_batches,
-                         seconds_select=time.perf_counter() - start)
+        sel = (
+            selection([], "balanced")
+            if stop
+            else self._draw(view, view.pool[~np.isin(view.share.ids[view.pool], mine)], "balanced")
+        )
+        return Additions(
+            sel.ids,
+            sel.reasons,
+            stop_reason=stop,
+            dropped=dropped,
+            remaining=remaining,
+            notes=sel.notes,
+            hard_found=sum(remaining.values()),
+            infer_sample_passes=scan.n_scored,
+            seconds_score=scored_seconds,
+            seconds_score_batches=scan.seconds_batches,
+            seconds_select=time.perf_counter() - start,
+        )
 
     @staticmethod
     def _draw(view: RoundView, rows: np.ndarray, reason: str) -> Selection:
@@ -308,31 +376,50 @@ class NormBalanced(Policy):
         rank's nearest candidates on both sides, merged (operators/select.py's rule)."""
         s, share, k = view.job.strategy, view.share, view.num_classes
         norms = Norms(kind=s.norm, channel_weights=s.channel_weights, keep_features=False)
-        norm = np.concatenate([np.zeros(0)] + [
-            norms.norms(share.features(rows[i:i + 4096])).astype(np.float64)
-            for i in range(0, len(rows), 4096)])
+        norm = np.concatenate(
+            [np.zeros(0)]
+            + [
+                norms.norms(share.features(rows[i : i + 4096])).astype(np.float64)
+                for i in range(0, len(rows), 4096)
+            ]
+        )
         labels = share.labels[rows]
-        sums = all_sum_np(np.concatenate([np.bincount(labels, weights=norm, minlength=k),
-                                          np.bincount(labels, minlength=k).astype(np.float64)]))
+        sums = all_sum_np(
+            np.concatenate(
+                [
+                    np.bincount(labels, weights=norm, minlength=k),
+                    np.bincount(labels, minlength=k).astype(np.float64),
+                ]
+            )
+        )
         counts = sums[k:].astype(np.int64)
         present = np.flatnonzero(counts)
         means = sums[:k][present] / counts[present]
         mine = {ID: share.ids[rows], LABEL: labels, "norm": norm}
-        got = merge_smallest(balanced_candidates(mine, present, means, s.per_class),
-                             np.full(2 * len(present), s.per_class))
+        got = merge_smallest(
+            balanced_candidates(mine, present, means, s.per_class),
+            np.full(2 * len(present), s.per_class),
+        )
         if got is None:
             return selection([], reason)
         return compose_balanced(got, present, counts[present], s.per_class, reason)
 
 
-def infobatch_plan(scores: torch.Tensor, ratio: float, delta: float, seed: int, epoch: int,
-                   epochs: int) -> EpochPlan:
+def infobatch_plan(
+    scores: torch.Tensor, ratio: float, delta: float, seed: int, epoch: int, epochs: int
+) -> EpochPlan:
     """InfoBatch's epoch (pipelines/infobatch.py) on this rank's `scores`, against the mean
     score over every rank, drawn with this rank's `seed`."""
     total = all_sum(torch.tensor([float(scores.sum()), float(len(scores))], dtype=torch.float64))
-    pick, weights = plan_epoch(scores, epoch, epochs, ratio, delta,
-                               torch.Generator().manual_seed(seed),
-                               mean=float(total[0] / total[1]))
+    pick, weights = plan_epoch(
+        scores,
+        epoch,
+        epochs,
+        ratio,
+        delta,
+        torch.Generator().manual_seed(seed),
+        mean=float(total[0] / total[1]),
+    )
     return EpochPlan(pick.numpy(), weights[pick])
 
 
@@ -340,13 +427,21 @@ def infobatch_plan(scores: torch.Tensor, ratio: float, delta: float, seed: int, 
 FILL_KEYS = {"loss": lambda scored: -scored["loss"], "margin": lambda scored: scored["margin"]}
 
 
-def nearest_misses(scored: dict, right: np.ndarray, key: Callable[[dict], np.ndarray],
-                   n: int) -> np.ndarray:
+def nearest_misses(
+    scored: dict, right: np.ndarray, key: Callable[[dict], np.ndarray], n: int
+) -> np.ndarray:
     """The `n` rows of every rank's scored rows the model got right (`right`, this rank's)
     with the smallest `key` (ties by id), hardest first: what fills M2's hard additions when
     the pool holds too few mispredictions."""
-    mine = ({"group": np.zeros(int(right.sum()), np.int64), "key": key(scored)[right]
-             .astype(np.float64), ID: scored[ID][right].astype(np.int64)} if scored else None)
+    mine = (
+        {
+            "group": np.zeros(int(right.sum()), np.int64),
+            "key": key(scored)[right].astype(np.float64),
+            ID: scored[ID][right].astype(np.int64),
+        }
+        if scored
+        else None
+    )
     got = merge_smallest(mine, np.array([n]))
     return got[ID].astype(np.int64) if got else np.zeros(0, np.int64)
 
@@ -354,8 +449,7 @@ def nearest_misses(scored: dict, right: np.ndarray, key: Callable[[dict], np.nda
 def random_pick(view: RoundView, n: int, seed: int, reason: str) -> Selection:
     """`n` of every rank's pool rows, uniformly: the smallest hash(seed, id), as
     operators/select.py's `random_draw` picks them. Ids ascending."""
-    got = merge_smallest(random_candidates({ID: view.share.ids[view.pool]}, n, seed),
-                         np.array([n]))
+    got = merge_smallest(random_candidates({ID: view.share.ids[view.pool]}, n, seed), np.array([n]))
     return selection(np.sort(got[ID]) if got else [], reason)
 
 
@@ -373,8 +467,10 @@ def remaining_stop(s: StrategyConfig, remaining: dict) -> str | None:
     if s.remaining_total is not None and total <= s.remaining_total:
         return f"{total} misclassified samples left <= remaining_total {s.remaining_total}"
     if s.remaining_per_class is not None and max(remaining.values()) <= s.remaining_per_class:
-        return (f"every class has <= remaining_per_class {s.remaining_per_class} "
-                f"misclassified samples left (at most {max(remaining.values())})")
+        return (
+            f"every class has <= remaining_per_class {s.remaining_per_class} "
+            f"misclassified samples left (at most {max(remaining.values())})"
+        )
     return None
 
 

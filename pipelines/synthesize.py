@@ -16,6 +16,7 @@ data/synthetic/; their id, label and x join the train split as one more shard, s
 strategy trains on them like on real rows. The generators train in this process: they are
 small, and the train splits that need synthetic rows are small too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,7 @@ import ray
 import torch
 
 from operators.augment import IdScheme
-from operators.contract import ID, LABEL, PIXEL_MAX, X, DataError, data_errors, features
+from operators.contract import ID, LABEL, PIXEL_MAX, DataError, X, data_errors, features
 from operators.generate import sample_dataset
 from operators.mixup import mix_dataset
 from operators.moex import MomentMixer
@@ -48,13 +49,14 @@ from .seeding import derive_seed
 GENERATORS = "generators"  # RUN_DIR/generators/KIND.pt
 SYNTHETIC = "synthetic"  # DATA_DIR/synthetic: the generated rows with their provenance
 TRAIN_SHARD = "synthetic-00000.parquet"  # the generated rows' shard in DATA_DIR/train
-IDS = IdScheme(offset=2 ** 40)  # generated ids, clear of real ids below 2**32
+IDS = IdScheme(offset=2**40)  # generated ids, clear of real ids below 2**32
 
 
 def train_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """The train split's (x float32, labels int64), read in this process."""
-    table = pq.read_table(sorted(str(p) for p in (data_dir / "train").glob("*.parquet")),
-                          columns=[X, LABEL])
+    table = pq.read_table(
+        sorted(str(p) for p in (data_dir / "train").glob("*.parquet")), columns=[X, LABEL]
+    )
     x = features({X: np.concatenate([c.to_numpy() for c in table.column(X).chunks])})
     return x, table.column(LABEL).to_numpy().astype(np.int64)
 
@@ -67,28 +69,51 @@ def synthetic_rows(job: JobConfig, data_dir: Path, run_dir: Path) -> ray.data.Da
     if cfg.kind in generative.KINDS:
         x, labels = train_arrays(data_dir)
         spec = generative.GeneratorSpec(cfg.kind, tuple(info.x_shape), k, cfg.latent, cfg.hidden)
-        model = generative.fit(spec, torch.from_numpy(x), torch.from_numpy(labels),
-                               epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed)
+        model = generative.fit(
+            spec,
+            torch.from_numpy(x),
+            torch.from_numpy(labels),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=seed,
+        )
         generative.save(model, run_dir / GENERATORS / f"{cfg.kind}.pt")
-        return sample_dataset(model.sample, {c: cfg.per_class for c in range(k)}, num_classes=k,
-                              seed=seed, ids=IDS, source=cfg.kind)
+        return sample_dataset(
+            model.sample,
+            {c: cfg.per_class for c in range(k)},
+            num_classes=k,
+            seed=seed,
+            ids=IDS,
+            source=cfg.kind,
+        )
     train = read_split(data_dir, "train")
     if cfg.kind == "moex":
         copies = max(1, round(cfg.per_class * k / info.counts["train"]))
-        return mix_dataset(train.random_shuffle(seed=seed % 2 ** 32),
-                           MomentMixer(cfg.moex_lambda, cfg.moments), num_classes=k, seed=seed,
-                           ids=IDS, copies=copies)
+        return mix_dataset(
+            train.random_shuffle(seed=seed % 2**32),
+            MomentMixer(cfg.moex_lambda, cfg.moments),
+            num_classes=k,
+            seed=seed,
+            ids=IDS,
+            copies=copies,
+        )
     if cfg.kind == "style":
-        rule = StyleTransfer(random_extractor(tuple(info.x_shape), seed), steps=cfg.steps,
-                             style_weight=cfg.style_weight, tv_weight=cfg.tv_weight)
+        rule = StyleTransfer(
+            random_extractor(tuple(info.x_shape), seed),
+            steps=cfg.steps,
+            style_weight=cfg.style_weight,
+            tv_weight=cfg.tv_weight,
+        )
     else:
         augmenter = fit_augmenter(job, data_dir, seed)
         path = run_dir / GENERATORS / "neural.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(augmenter.state_dict(), path)
         rule = TrainedAugmenter(augmenter)
-    return pair_dataset(train, rule, per_class=cfg.per_class, num_classes=k, seed=seed, ids=IDS,
-                        source=cfg.kind)
+    return pair_dataset(
+        train, rule, per_class=cfg.per_class, num_classes=k, seed=seed, ids=IDS, source=cfg.kind
+    )
 
 
 def fit_augmenter(job: JobConfig, data_dir: Path, seed: int) -> Augmenter:
@@ -104,9 +129,16 @@ def fit_augmenter(job: JobConfig, data_dir: Path, seed: int) -> Augmenter:
     for _ in range(cfg.epochs):
         order = torch.randperm(len(x), generator=g)
         for start in range(0, len(x), cfg.batch_size):
-            b = order[start:start + cfg.batch_size]
-            joint_step(augmenter, classifier, optimizer, x[b], labels[b], g,
-                       content_weight=cfg.content_weight)
+            b = order[start : start + cfg.batch_size]
+            joint_step(
+                augmenter,
+                classifier,
+                optimizer,
+                x[b],
+                labels[b],
+                g,
+                content_weight=cfg.content_weight,
+            )
     return augmenter.eval()
 
 
@@ -119,13 +151,16 @@ def add_synthetic(job: JobConfig, data_dir: Path, run_dir: Path):
     pq.write_table(table, _new_dir(data_dir / SYNTHETIC) / "part-00000.parquet")
     train_dir = data_dir / "train"
     x = features({X: np.concatenate([c.to_numpy() for c in table.column(X).chunks])})
-    pq.write_table(pa.table({ID: table.column(ID), LABEL: table.column(LABEL),
-                             X: like_train(x, train_dir)}), train_dir / TRAIN_SHARD)
+    pq.write_table(
+        pa.table({ID: table.column(ID), LABEL: table.column(LABEL), X: like_train(x, train_dir)}),
+        train_dir / TRAIN_SHARD,
+    )
     info = load_info(data_dir)
     labels = table.column(LABEL).to_numpy()
     info.counts["train"] += len(labels)
-    info.class_counts["train"] = (np.asarray(info.class_counts["train"])
-                                  + np.bincount(labels, minlength=info.num_classes)).tolist()
+    info.class_counts["train"] = (
+        np.asarray(info.class_counts["train"]) + np.bincount(labels, minlength=info.num_classes)
+    ).tolist()
     info.source += f"; + {len(labels)} synthetic training rows ({job.synthesize.kind})"
     tmp = data_dir / f"{INFO}.tmp"
     tmp.write_text(json.dumps(dataclasses.asdict(info), indent=1))
@@ -150,8 +185,14 @@ def like_train(x: np.ndarray, train_dir: Path):
     return ArrowTensorArray.from_numpy(np.ascontiguousarray(x.astype(dtype)))
 
 
-def generate(run_dir: str | Path, out: str, n: int, per_class: bool = False,
-             kind: str | None = None, seed: int = 0) -> int:
+def generate(
+    run_dir: str | Path,
+    out: str,
+    n: int,
+    per_class: bool = False,
+    kind: str | None = None,
+    seed: int = 0,
+) -> int:
     """Sample a run's saved VAE or GAN into OUT (Parquet, a new directory): n rows in all,
     spread evenly over the classes, or n of every class; returns the number of rows."""
     from .operator_jobs import write
@@ -159,8 +200,10 @@ def generate(run_dir: str | Path, out: str, n: int, per_class: bool = False,
     folder = Path(run_dir) / GENERATORS
     found = [k for k in generative.KINDS if (folder / f"{k}.pt").exists()]
     if not found:
-        raise DataError(f"{folder}: no saved generator (vae.pt or gan.pt); run a job with "
-                        f"synthesize.kind vae or gan first")
+        raise DataError(
+            f"{folder}: no saved generator (vae.pt or gan.pt); run a job with "
+            f"synthesize.kind vae or gan first"
+        )
     if kind is None and len(found) > 1:
         raise DataError(f"{folder}: holds both vae.pt and gan.pt; pick one with --kind")
     kind = kind or found[0]
@@ -188,7 +231,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
     p.add_argument("--n", type=positive_int, required=True, help="rows in all (or per class)")
     p.add_argument("--per-class", action="store_true", help="N rows of every class")
-    p.add_argument("--kind", choices=generative.KINDS, help="which generator (default: the one "
-                                                             "the run saved)")
+    p.add_argument(
+        "--kind", choices=generative.KINDS, help="which generator (default: the one the run saved)"
+    )
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.set_defaults(func=_generate_command)

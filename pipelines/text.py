@@ -5,6 +5,7 @@ never trained on map to <unk> as they would for new text. Ids are stored as floa
 tensor (the data contract's dtype; exact for ids below 2**24), and the `textcnn` model turns
 them back into integers before its embedding.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,11 +42,13 @@ class Vocabulary:
         """The `max_size - 2` most frequent words seen at least `min_count` times; ties go to
         the alphabetically first word, so the same counts give the same ids."""
         if max_size < 3:
-            raise ValueError(f"max_size: must be > 2 (room for <pad>, <unk> and a word), "
-                             f"got {max_size}")
-        kept = sorted((w for w, c in counts.items() if c >= min_count),
-                      key=lambda w: (-counts[w], w))
-        return cls([*SPECIALS, *kept[:max_size - 2]])
+            raise ValueError(
+                f"max_size: must be > 2 (room for <pad>, <unk> and a word), got {max_size}"
+            )
+        kept = sorted(
+            (w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w)
+        )
+        return cls([*SPECIALS, *kept[: max_size - 2]])
 
     def __len__(self) -> int:
         return len(self.words)
@@ -55,12 +58,13 @@ class Vocabulary:
         out = np.full((len(texts), max_len), PAD, dtype=np.float32)
         for row, text in enumerate(texts):
             ids = [self.index.get(t, UNK) for t in tokenize(text)[:max_len]]
-            out[row, :len(ids)] = ids
+            out[row, : len(ids)] = ids
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"words": self.words}, ensure_ascii=False),
-                              encoding="utf-8")
+        Path(path).write_text(
+            json.dumps({"words": self.words}, ensure_ascii=False), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":

@@ -17,6 +17,7 @@ now is, which is what the next transfer replays against. A reservoir library (th
 ignores gradients and is kept as it was. A loaded library must hold samples of `old_source`
 (the same ids), since held ids are not offered twice.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -56,12 +57,14 @@ def load_meta(meta: MetaConfig) -> torch.nn.Module:
     if not (Path(meta.checkpoint) / MODEL_FILE).is_file():
         raise ConfigError(f"meta.checkpoint: {meta.checkpoint} holds no {MODEL_FILE}")
     try:
-        return load_model(JobConfig(model=meta.model), meta.checkpoint, meta.num_classes,
-                          tuple(meta.x_shape))
+        return load_model(
+            JobConfig(model=meta.model), meta.checkpoint, meta.num_classes, tuple(meta.x_shape)
+        )
     except RuntimeError as err:  # the weights do not fit the net the section describes
-        raise ConfigError(f"meta: {meta.checkpoint}/{MODEL_FILE} does not fit meta.model, "
-                          f"meta.x_shape and meta.num_classes: {str(err).splitlines()[0]}"
-                          ) from None
+        raise ConfigError(
+            f"meta: {meta.checkpoint}/{MODEL_FILE} does not fit meta.model, "
+            f"meta.x_shape and meta.num_classes: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) -> dict:
@@ -79,7 +82,9 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     # Each is read twice or more (before and after, library build and update): read once.
     new_train, new_test, old_train, old_test = (
         read_split(run_dir / "data" / scene, split).materialize()
-        for scene in ("new", "old") for split in ("train", "test"))
+        for scene in ("new", "old")
+        for split in ("train", "test")
+    )
     seconds["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -87,24 +92,35 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     library.save(run_dir / "history")
     held_before = library.ids_.copy()
     seconds["history"] = time.perf_counter() - t
-    echo(f"[{cfg.name}] {new_info.counts['train']} new samples, history library of "
-         f"{len(library)} ({origin}); rule {cfg.train.rule}")
+    echo(
+        f"[{cfg.name}] {new_info.counts['train']} new samples, history library of "
+        f"{len(library)} ({origin}); rule {cfg.train.rule}"
+    )
 
     t = time.perf_counter()
     before = {"new": _accuracy(meta, new_test), "old": _accuracy(meta, old_test)}
     seconds["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    plan = TransferPlan(partial(load_meta, cfg.meta), save_model, CLASSIFIER, LABEL, cfg.train,
-                        cfg.history_batch_size, cfg.seed, str((run_dir / "history").resolve()))
+    plan = TransferPlan(
+        partial(load_meta, cfg.meta),
+        save_model,
+        CLASSIFIER,
+        LABEL,
+        cfg.train,
+        cfg.history_batch_size,
+        cfg.seed,
+        str((run_dir / "history").resolve()),
+    )
     checkpoint, metrics = fit_transfer(plan, new_train, run_dir / "train")
     seconds["train"] = time.perf_counter() - t
     final = run_dir / "final"
     shutil.rmtree(final, ignore_errors=True)
     final.mkdir()
     shutil.copy2(Path(checkpoint) / MODEL_FILE, final / MODEL_FILE)
-    model = load_meta(MetaConfig(str(final), cfg.meta.model, cfg.meta.x_shape,
-                                 cfg.meta.num_classes))
+    model = load_meta(
+        MetaConfig(str(final), cfg.meta.model, cfg.meta.x_shape, cfg.meta.num_classes)
+    )
 
     t = time.perf_counter()
     after = {"new": _accuracy(model, new_test), "old": _accuracy(model, old_test)}
@@ -117,8 +133,18 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     seconds["history"] += time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
 
-    summary = _summary(cfg, new_info, before, after, metrics, library, origin,
-                       int((~np.isin(held_before, library.ids_)).sum()), seconds, final)
+    summary = _summary(
+        cfg,
+        new_info,
+        before,
+        after,
+        metrics,
+        library,
+        origin,
+        int((~np.isin(held_before, library.ids_)).sum()),
+        seconds,
+        final,
+    )
     atomic_write_json(run_dir / SUMMARY, summary)
     echo(format_summary(summary))
     return summary
@@ -134,14 +160,17 @@ def _check_inputs(cfg: TransferConfig, run_dir: Path, overwrite: bool) -> None:
     # The run replaces run_dir, and the workers read the meta-model after that.
     for field, path in (("meta.checkpoint", cfg.meta.checkpoint), ("history.library", lib)):
         if path and Path(path).resolve().is_relative_to(run_dir.resolve()):
-            raise ConfigError(f"{field}: {path} lies inside run_dir {run_dir}, which the run "
-                              f"replaces; copy it out or choose another run_dir")
+            raise ConfigError(
+                f"{field}: {path} lies inside run_dir {run_dir}, which the run "
+                f"replaces; copy it out or choose another run_dir"
+            )
 
 
 def _start_run_dir(cfg: TransferConfig, run_dir: Path) -> DataInfo:
     """Ingest both scenes into a staging folder: bad input fails before an old run is replaced.
 
     Returns the new scene's DataInfo."""
+
     def fill(staging: Path) -> DataInfo:
         for name, field in (("old", "old_source"), ("new", "new_source")):
             info = ingest(getattr(cfg, field), cfg.seed, staging / "data" / name)
@@ -154,14 +183,18 @@ def _start_run_dir(cfg: TransferConfig, run_dir: Path) -> DataInfo:
 
 def _check_scene(info: DataInfo, meta: MetaConfig, field: str) -> None:
     if tuple(info.x_shape) != tuple(meta.x_shape):
-        raise ConfigError(f"{field}: features of shape {list(info.x_shape)}, but "
-                          f"meta.x_shape is {meta.x_shape}")
+        raise ConfigError(
+            f"{field}: features of shape {list(info.x_shape)}, but meta.x_shape is {meta.x_shape}"
+        )
     if info.num_classes > meta.num_classes:
-        raise ConfigError(f"{field}: labels up to {info.num_classes - 1}, but the meta-model "
-                          f"has meta.num_classes {meta.num_classes}")
+        raise ConfigError(
+            f"{field}: labels up to {info.num_classes - 1}, but the meta-model "
+            f"has meta.num_classes {meta.num_classes}"
+        )
     if not info.counts["test"]:
-        raise ConfigError(f"{field}: the test split is empty; set {field}.test_fraction > 0 "
-                          f"or give a test split")
+        raise ConfigError(
+            f"{field}: the test split is empty; set {field}.test_fraction > 0 or give a test split"
+        )
 
 
 def _library(cfg: TransferConfig, meta: torch.nn.Module, old_train) -> tuple[HistoryLibrary, str]:
@@ -170,9 +203,11 @@ def _library(cfg: TransferConfig, meta: torch.nn.Module, old_train) -> tuple[His
     if h.library:
         lib = HistoryLibrary.load(h.library)
         if lib.num_classes != cfg.meta.num_classes or lib.x_.shape[1:] != tuple(cfg.meta.x_shape):
-            raise ConfigError(f"history.library: {h.library} holds {lib.num_classes} classes of "
-                              f"shape {list(lib.x_.shape[1:])}; the meta-model has "
-                              f"{cfg.meta.num_classes} of shape {cfg.meta.x_shape}")
+            raise ConfigError(
+                f"history.library: {h.library} holds {lib.num_classes} classes of "
+                f"shape {list(lib.x_.shape[1:])}; the meta-model has "
+                f"{cfg.meta.num_classes} of shape {cfg.meta.x_shape}"
+            )
         return lib, "loaded"
     lib = HistoryLibrary(h.per_class, cfg.meta.num_classes, h.rule, seed=cfg.seed)
     _offer(lib, meta, old_train)
@@ -220,8 +255,11 @@ def fit_transfer(plan: TransferPlan, new_train, storage: Path) -> tuple[str, dic
         _transfer_loop,
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
-        run_config=RunConfig(storage_path=str(Path(storage).resolve()), name="transfer",
-                             failure_config=FailureConfig(max_failures=2)),
+        run_config=RunConfig(
+            storage_path=str(Path(storage).resolve()),
+            name="transfer",
+            failure_config=FailureConfig(max_failures=2),
+        ),
         # Materialised before fit, as in train.py: the workers may hold every CPU.
         datasets={"new": new_train.materialize()},
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -244,43 +282,64 @@ def _transfer_loop(config: dict) -> None:
     _, y_new, x_new = collect_rows(ray.train.get_dataset_shard("new"), plan.target)
     library = HistoryLibrary.load(plan.library) if plan.library else None
     model = plan.load_model().to(ray.train.torch.get_device())
-    stats = run_epochs(model, x_new, y_new, library, plan.train, plan.history_batch_size,
-                       plan.seed, plan.task)
+    stats = run_epochs(
+        model, x_new, y_new, library, plan.train, plan.history_batch_size, plan.seed, plan.task
+    )
     with tempfile.TemporaryDirectory() as d:
         checkpoint = None
         if rank == 0:
             plan.save_model(model, Path(d))
             checkpoint = ray.train.Checkpoint.from_directory(d)
-        ray.train.report({k: v for k, v in stats.items() if v is not None},
-                         checkpoint=checkpoint)
+        ray.train.report({k: v for k, v in stats.items() if v is not None}, checkpoint=checkpoint)
 
 
-def _summary(cfg: TransferConfig, new_info: DataInfo, before: dict, after: dict,
-             metrics: dict, library: HistoryLibrary, origin: str, replaced: int,
-             seconds: dict, final: Path) -> dict:
+def _summary(
+    cfg: TransferConfig,
+    new_info: DataInfo,
+    before: dict,
+    after: dict,
+    metrics: dict,
+    library: HistoryLibrary,
+    origin: str,
+    replaced: int,
+    seconds: dict,
+    final: Path,
+) -> dict:
     new, hist = metrics["new_sample_passes"], metrics["history_sample_passes"]
     return {
-        "name": cfg.name, "rule": cfg.train.rule, "new_samples": new_info.counts["train"],
-        "epochs": cfg.train.epochs, "steps": metrics["steps"],
+        "name": cfg.name,
+        "rule": cfg.train.rule,
+        "new_samples": new_info.counts["train"],
+        "epochs": cfg.train.epochs,
+        "steps": metrics["steps"],
         "new_scene_accuracy": {"before": before["new"], "after": after["new"]},
         "old_scene_accuracy": {"before": before["old"], "after": after["old"]},
         "forgetting": before["old"] - after["old"],
         "train_sample_passes": {"new": new, "history": hist, "total": new + hist},
-        "mixing": {k: metrics.get(k) for k in ("mean_cosine", "mean_w_t", "mean_w_h",
-                                               "conflict_steps")},
-        "history": {"origin": origin, "rule": library.rule, "per_class": library.per_class,
-                    "size": len(library), "replaced_after_transfer": replaced},
-        "model": str(final / MODEL_FILE), "library": str(final),
+        "mixing": {
+            k: metrics.get(k) for k in ("mean_cosine", "mean_w_t", "mean_w_h", "conflict_steps")
+        },
+        "history": {
+            "origin": origin,
+            "rule": library.rule,
+            "per_class": library.per_class,
+            "size": len(library),
+            "replaced_after_transfer": replaced,
+        },
+        "model": str(final / MODEL_FILE),
+        "library": str(final),
         "wall_seconds": seconds,
     }
 
 
 def format_summary(s: dict) -> str:
     new, old = s["new_scene_accuracy"], s["old_scene_accuracy"]
-    return (f"[{s['name']}] {s['rule']}: new scene {new['before']:.4f} -> {new['after']:.4f}, "
-            f"old scene {old['before']:.4f} -> {old['after']:.4f} (forgetting "
-            f"{s['forgetting']:+.4f}); {s['steps']} steps, {s['train_sample_passes']['total']} "
-            f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}")
+    return (
+        f"[{s['name']}] {s['rule']}: new scene {new['before']:.4f} -> {new['after']:.4f}, "
+        f"old scene {old['before']:.4f} -> {old['after']:.4f} (forgetting "
+        f"{s['forgetting']:+.4f}); {s['steps']} steps, {s['train_sample_passes']['total']} "
+        f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}"
+    )
 
 
 def add_job_command(subparsers, name: str, load: Callable, run: Callable) -> None:

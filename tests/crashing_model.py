@@ -1,6 +1,7 @@
 """A cnn2d whose worker process dies once, at a given training forward on rank 1: a worker
 killed mid-round, for Ray Train to restart. It dies only while `marker` does not exist, and
 makes it first, so the restarted group (and any run given an existing marker) trains on."""
+
 import os
 
 import torch.distributed as dist

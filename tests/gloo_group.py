@@ -1,4 +1,5 @@
 """Run a function in two processes joined by a gloo group: DDP arithmetic checked without Ray."""
+
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -16,8 +17,9 @@ def run_gloo(worker, out_dir, world=2):
 
 def _entry(rank, worker, world, out_dir):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous",
-                            rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world
+    )
     try:
         worker(rank, out_dir)
         dist.barrier()

@@ -1,4 +1,5 @@
 """The adapt job (M5 end to end): its file's mistakes by name, and one small run on Ray."""
+
 import json
 import math
 
@@ -13,20 +14,25 @@ from pipelines.cli import main
 from pipelines.config import ConfigError
 
 
-@pytest.mark.parametrize("job, field", [
-    ({"old_scene": {"sizee": [1, 2]}}, "old_scene.sizee"),
-    ({"old_scene": {"canvas": 42}}, "old_scene.canvas"),
-    ({"new_scene": {"noise": 3.0}}, "new_scene.noise"),
-    ({"new_scene": {"name": "general"}}, "new_scene.name"),
-    ({"images": {"new_train": 0}}, "images.new_train"),
-    ({"check": {"min_score": 0.5}}, "check.min_score"),
-    ({"check": {"iou_threshold": 0.0}}, "check.iou_threshold"),
-    ({"history": {"rule": "random"}}, "history.rule"),
-    ({"train": {"rule": "replay"}}, "train.rule"),
-    ({"train": {"joint_forward": True}, "new_scene": {"canvas": 48}}, "new_scene.canvas"),
-    ({"train": {"num_workers": 2, "batch_size": 16}, "history": {"batch_size": 3}},
-     "history.batch_size"),
-])
+@pytest.mark.parametrize(
+    "job, field",
+    [
+        ({"old_scene": {"sizee": [1, 2]}}, "old_scene.sizee"),
+        ({"old_scene": {"canvas": 42}}, "old_scene.canvas"),
+        ({"new_scene": {"noise": 3.0}}, "new_scene.noise"),
+        ({"new_scene": {"name": "general"}}, "new_scene.name"),
+        ({"images": {"new_train": 0}}, "images.new_train"),
+        ({"check": {"min_score": 0.5}}, "check.min_score"),
+        ({"check": {"iou_threshold": 0.0}}, "check.iou_threshold"),
+        ({"history": {"rule": "random"}}, "history.rule"),
+        ({"train": {"rule": "replay"}}, "train.rule"),
+        ({"train": {"joint_forward": True}, "new_scene": {"canvas": 48}}, "new_scene.canvas"),
+        (
+            {"train": {"num_workers": 2, "batch_size": 16}, "history": {"batch_size": 3}},
+            "history.batch_size",
+        ),
+    ],
+)
 def test_mistakes_name_the_field(job, field):
     with pytest.raises(ConfigError, match=field):
         adapt_from_dict(job)
@@ -41,15 +47,15 @@ def test_defaults_are_the_detector_s():
 def test_the_cli_names_a_missing_job_file_and_a_missing_checkpoint(tmp_path, capsys):
     assert main(["adapt", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml does not exist" in capsys.readouterr().err
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump({"meta": {"checkpoint": str(tmp_path)},
-                                                       "run_dir": str(tmp_path / "run")}))
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump({"meta": {"checkpoint": str(tmp_path)}, "run_dir": str(tmp_path / "run")})
+    )
     assert main(["adapt", str(tmp_path / "job.yaml")]) == 2
     assert "meta.checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 
-def test_run_adapt_on_ray_checks_labels_transfers_and_updates_the_library(tmp_path,
-                                                                         ray_session):
+def test_run_adapt_on_ray_checks_labels_transfers_and_updates_the_library(tmp_path, ray_session):
     from pipelines.adapt import SUMMARY, run_adapt
     from pipelines.detector import DETECTOR, TinyDetector, encode_targets, save_detector
     from pipelines.history import HistoryLibrary
@@ -65,12 +71,17 @@ def test_run_adapt_on_ray_checks_labels_transfers_and_updates_the_library(tmp_pa
     (tmp_path / "meta").mkdir()
     save_detector(meta, tmp_path / "meta")
     scene = {"canvas": 24, "targets": [1, 2], "size": [8, 11]}
-    job = {"name": "tiny", "seed": 3, "run_dir": str(tmp_path / "run"),
-           "old_scene": scene, "new_scene": scene | {"size": [7, 10]},
-           "images": {"old_train": 40, "old_test": 10, "new_train": 12, "new_test": 10},
-           "meta": {"checkpoint": str(tmp_path / "meta")},
-           "history": {"size": 8, "batch_size": 4},
-           "train": {"rule": "pcgrad", "epochs": 2, "batch_size": 5, "lr": 0.01}}
+    job = {
+        "name": "tiny",
+        "seed": 3,
+        "run_dir": str(tmp_path / "run"),
+        "old_scene": scene,
+        "new_scene": scene | {"size": [7, 10]},
+        "images": {"old_train": 40, "old_test": 10, "new_train": 12, "new_test": 10},
+        "meta": {"checkpoint": str(tmp_path / "meta")},
+        "history": {"size": 8, "batch_size": 4},
+        "train": {"rule": "pcgrad", "epochs": 2, "batch_size": 5, "lr": 0.01},
+    }
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     cfg = load_adapt(tmp_path / "job.yaml")
     summary = run_adapt(cfg, echo=lambda line: None)
@@ -79,8 +90,9 @@ def test_run_adapt_on_ray_checks_labels_transfers_and_updates_the_library(tmp_pa
     assert json.loads((run / SUMMARY).read_text()) == summary
     assert (summary["new_images"], summary["steps"]) == (12, 2 * math.ceil(12 / 5))
     assert summary["train_sample_passes"] == {"new": 24, "history": 24, "total": 48}
-    assert summary["forgetting"] == pytest.approx(summary["old_scene_map50"]["before"]
-                                                  - summary["old_scene_map50"]["after"])
+    assert summary["forgetting"] == pytest.approx(
+        summary["old_scene_map50"]["before"] - summary["old_scene_map50"]["after"]
+    )
 
     # The check: one row per new image, the person's boxes all accounted for.
     new = make_images(cfg.new_scene, "train", range(12), seed=3)
@@ -94,12 +106,17 @@ def test_run_adapt_on_ray_checks_labels_transfers_and_updates_the_library(tmp_pa
         assert len(label_boxes) == len(true)
 
     # The Ray Train run took the steps one process takes on the checked labels.
-    y = np.stack([encode_targets(np.reshape(lb, (-1, 4)), 24, np.reshape(neg, (-1, 4)))
-                  for lb, neg in zip(checked["label_boxes"], checked["negative"])])
+    y = np.stack(
+        [
+            encode_targets(np.reshape(lb, (-1, 4)), 24, np.reshape(neg, (-1, 4)))
+            for lb, neg in zip(checked["label_boxes"], checked["negative"])
+        ]
+    )
     model = TinyDetector(8)
     model.load_state_dict(torch.load(tmp_path / "meta/detector.pt")["model"])
-    run_epochs(model, new.x, y, HistoryLibrary.load(run / "history"), cfg.train, 4, cfg.seed,
-               DETECTOR)
+    run_epochs(
+        model, new.x, y, HistoryLibrary.load(run / "history"), cfg.train, 4, cfg.seed, DETECTOR
+    )
     trained = torch.load(run / "final/detector.pt")["model"]
     for name, value in model.state_dict().items():
         torch.testing.assert_close(trained[name], value, atol=1e-5, rtol=1e-5)

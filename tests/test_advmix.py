@@ -1,12 +1,13 @@
 """Adversarial mixup: the lam gradient, the ascent step, the rose rule, and DDP gradient sync."""
+
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
+from gloo_group import run_gloo
 from torch import nn
 
-from gloo_group import run_gloo
 from pipelines.advmix import AdversarialMixup, mixed_losses
 
 
@@ -25,9 +26,13 @@ class Staged(nn.Module):
 
 def tanh_mlp(dtype=torch.float64, extra=()):
     torch.manual_seed(0)
-    return Staged([nn.Sequential(nn.Linear(4, 8), nn.Tanh(), *extra),
-                   nn.Sequential(nn.Linear(8, 8), nn.Tanh()),
-                   nn.Linear(8, 3)]).to(dtype)
+    return Staged(
+        [
+            nn.Sequential(nn.Linear(4, 8), nn.Tanh(), *extra),
+            nn.Sequential(nn.Linear(8, 8), nn.Tanh()),
+            nn.Linear(8, 3),
+        ]
+    ).to(dtype)
 
 
 def batch(n=6, dtype=torch.float64, seed=1):
@@ -39,8 +44,16 @@ def batch(n=6, dtype=torch.float64, seed=1):
 
 def losses_at(model, x, y, partner, lam, layer=1, target_lam=None):
     with torch.no_grad():
-        return mixed_losses(model, model.stages, x, y, partner, lam,
-                            lam if target_lam is None else target_lam, layer)[0]
+        return mixed_losses(
+            model,
+            model.stages,
+            x,
+            y,
+            partner,
+            lam,
+            lam if target_lam is None else target_lam,
+            layer,
+        )[0]
 
 
 def test_lam_gradient_matches_finite_differences_and_the_step_raises_the_loss():
@@ -84,11 +97,14 @@ def test_perturbed_ratio_is_kept_only_where_the_loss_rose():
 
 def test_original_target_ratio_mixes_the_target_with_the_drawn_lam():
     model, (x, y) = tanh_mlp(), batch()
-    out = AdversarialMixup(layer=1, gamma=5.0, keep_rose=False,
-                           target_ratio="original")(model, x, y, torch.Generator().manual_seed(2))
+    out = AdversarialMixup(layer=1, gamma=5.0, keep_rose=False, target_ratio="original")(
+        model, x, y, torch.Generator().manual_seed(2)
+    )
     assert not torch.equal(out.lam, out.lam0)
-    torch.testing.assert_close(out.losses.detach(), losses_at(
-        model, x, y, out.partner, out.lam.double(), target_lam=out.lam0.double()))
+    torch.testing.assert_close(
+        out.losses.detach(),
+        losses_at(model, x, y, out.partner, out.lam.double(), target_lam=out.lam0.double()),
+    )
 
 
 def test_no_steps_is_input_mixup_at_layer_zero():
@@ -104,12 +120,14 @@ def test_no_steps_is_input_mixup_at_layer_zero():
 
 def test_change_bound_and_clipping():
     model, (x, y) = tanh_mlp(), batch(n=16)
-    out = AdversarialMixup(layer=1, gamma=1e4, max_change=0.01, clip=False,
-                           keep_rose=False)(model, x, y, torch.Generator().manual_seed(6))
+    out = AdversarialMixup(layer=1, gamma=1e4, max_change=0.01, clip=False, keep_rose=False)(
+        model, x, y, torch.Generator().manual_seed(6)
+    )
     change = (out.lam - out.lam0).abs()
     assert change.max().item() == pytest.approx(0.01, rel=1e-5)
     clipped = AdversarialMixup(layer=1, gamma=1e4, keep_rose=False)(
-        model, x, y, torch.Generator().manual_seed(6))
+        model, x, y, torch.Generator().manual_seed(6)
+    )
     assert set(clipped.lam.tolist()) <= {0.0, 1.0}
 
 
@@ -118,10 +136,12 @@ def test_probe_passes_leave_no_trace_and_share_dropout_masks():
     model, (x, y) = tanh_mlp(extra=(nn.Dropout(0.5),)), batch(n=16)
     torch.manual_seed(11)
     out = AdversarialMixup(layer=1, gamma=40.0, clip=False)(
-        model, x, y, torch.Generator().manual_seed(5))
+        model, x, y, torch.Generator().manual_seed(5)
+    )
     torch.manual_seed(11)
     stepped = AdversarialMixup(layer=1, gamma=40.0, clip=False, keep_rose=False)(
-        model, x, y, torch.Generator().manual_seed(5)).lam
+        model, x, y, torch.Generator().manual_seed(5)
+    ).lam
     torch.manual_seed(11)
     before = losses_at(model, x, y, out.partner, out.lam0.double())
     torch.manual_seed(11)
@@ -129,14 +149,17 @@ def test_probe_passes_leave_no_trace_and_share_dropout_masks():
     torch.testing.assert_close(out.losses.detach(), torch.maximum(before, after))
 
     # BatchNorm: running statistics move once, as after the training pass alone.
-    bn = Staged([nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh()),
-                 nn.Linear(8, 3)]).double()
-    reference = Staged([nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh()),
-                        nn.Linear(8, 3)]).double()
+    bn = Staged(
+        [nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh()), nn.Linear(8, 3)]
+    ).double()
+    reference = Staged(
+        [nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh()), nn.Linear(8, 3)]
+    ).double()
     reference.load_state_dict(bn.state_dict())
     out = AdversarialMixup(layer=1, gamma=1.0)(bn, x, y, torch.Generator().manual_seed(5))
-    mixed_losses(reference, reference.stages, x, y, out.partner, out.lam.double(),
-                 out.lam.double(), 1)
+    mixed_losses(
+        reference, reference.stages, x, y, out.partner, out.lam.double(), out.lam.double(), 1
+    )
     norm, ref_norm = bn.stages[0][1], reference.stages[0][1]
     torch.testing.assert_close(norm.running_mean, ref_norm.running_mean)
     torch.testing.assert_close(norm.running_var, ref_norm.running_var)
@@ -169,7 +192,8 @@ def _ddp_worker(rank, out_dir):
     for step, (x, y) in enumerate(_ddp_rank_batches(rank)):
         ddp.zero_grad()
         out = AdversarialMixup(layer=1, gamma=5.0)(
-            ddp, x, y, torch.Generator().manual_seed(100 * rank + step))
+            ddp, x, y, torch.Generator().manual_seed(100 * rank + step)
+        )
         out.loss.backward()
         grads.append([p.grad.clone() for p in ddp.parameters()])
     torch.save(grads, os.path.join(out_dir, f"{rank}.pt"))
@@ -185,7 +209,8 @@ def test_under_ddp_only_the_trained_pass_is_synced_and_gradients_average(tmp_pat
             model = tanh_mlp()
             x, y = _ddp_rank_batches(rank)[step]
             AdversarialMixup(layer=1, gamma=5.0)(
-                model, x, y, torch.Generator().manual_seed(100 * rank + step)).loss.backward()
+                model, x, y, torch.Generator().manual_seed(100 * rank + step)
+            ).loss.backward()
             per_rank.append([p.grad for p in model.parameters()])
         expected.append([(a + b) / 2 for a, b in zip(*per_rank)])
     for rank in range(2):

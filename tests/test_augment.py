@@ -1,12 +1,28 @@
 """Single-sample transforms by hand on tiny tensors, and the offline augmentation operator."""
+
 import numpy as np
 import pytest
 import torch
 
-from operators.augment import (Brightness, Compose, Contrast, CropResize, Flip, GaussianNoise,
-                               Hue, IdScheme, RandomErasing, Rotate, Saturation, Shear, Translate,
-                               augment_dataset, one_hot, tag_real)
-from operators.contract import ID, LABEL, X, DataError, from_columns
+from operators.augment import (
+    Brightness,
+    Compose,
+    Contrast,
+    CropResize,
+    Flip,
+    GaussianNoise,
+    Hue,
+    IdScheme,
+    RandomErasing,
+    Rotate,
+    Saturation,
+    Shear,
+    Translate,
+    augment_dataset,
+    one_hot,
+    tag_real,
+)
+from operators.contract import ID, LABEL, DataError, X, from_columns
 
 
 def gen(seed=0):
@@ -34,8 +50,9 @@ def test_translation_by_whole_pixels_is_exact():
     assert up[0, 0, 2:].abs().max() < 1e-6
     sig = torch.tensor([[[1.0, 2.0, 3.0, 4.0, 5.0]]])  # (N, C, L)
     later = Translate(x_fraction=(0.2, 0.2), padding="border")(sig, gen())
-    torch.testing.assert_close(later, torch.tensor([[[1.0, 1.0, 2.0, 3.0, 4.0]]]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        later, torch.tensor([[[1.0, 1.0, 2.0, 3.0, 4.0]]]), atol=1e-6, rtol=0
+    )
 
 
 def test_quarter_turn_and_identity_maps():
@@ -43,8 +60,9 @@ def test_quarter_turn_and_identity_maps():
     torch.testing.assert_close(turned, torch.rot90(IMG, 1, dims=(-2, -1)), atol=1e-5, rtol=0)
     x = torch.rand(2, 3, 5, 6, generator=gen(1))
     torch.testing.assert_close(Shear(x_degrees=0, y_degrees=0)(x, gen()), x, atol=1e-6, rtol=0)
-    torch.testing.assert_close(CropResize(scale=(1, 1), ratio=(1, 1))(x, gen()), x,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        CropResize(scale=(1, 1), ratio=(1, 1))(x, gen()), x, atol=1e-6, rtol=0
+    )
     with pytest.raises(ValueError, match="rotate: needs images"):
         Rotate()(torch.zeros(2, 1, 8), gen())
 
@@ -147,7 +165,8 @@ def test_offline_augmentation_rows_and_seeding(ray_session):
     assert not any(np.array_equal(a[X], b[X]) for a, b in zip(first, other))
 
     both = tag_real(ds, num_classes=3).union(
-        augment_dataset(ds, Flip(), seed=1, ids=scheme, num_classes=3))
+        augment_dataset(ds, Flip(), seed=1, ids=scheme, num_classes=3)
+    )
     rows = both.take_all()
     assert len(rows) == 2 * n and len({int(r[ID]) for r in rows}) == 2 * n
     assert sorted(r["source"] for r in rows) == ["flip"] * n + ["real"] * n

@@ -1,4 +1,5 @@
 """raysift augment, mixup, smote and dedup: exact rows for a seed, provenance, bad input named."""
+
 import re
 
 import numpy as np
@@ -12,14 +13,21 @@ from operators.contract import ID, LABEL, X
 from operators.mixup import beta, cycle_partners
 from pipelines.cli import main
 
-STRIDE = 2 ** 32
+STRIDE = 2**32
 
 
 def _user_file(path, x, labels):
     """A user's Parquet: flat `pixels` lists and `target`, no ids (rows get 0, 1, ...)."""
     flat = np.asarray(x, np.float32).reshape(len(x), -1).tolist()
-    pq.write_table(pa.table({"pixels": pa.array(flat, pa.list_(pa.float32())),
-                             "target": pa.array(labels, pa.int64())}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "pixels": pa.array(flat, pa.list_(pa.float32())),
+                "target": pa.array(labels, pa.int64()),
+            }
+        ),
+        path,
+    )
     return str(path)
 
 
@@ -47,7 +55,8 @@ def test_mixup_rows_are_lam_xi_plus_one_minus_lam_xj(ray_session, tmp_path, caps
     rows = _rows(tmp_path / "out")
     real, new = rows[:6], rows[6:]
     assert [r["source"] for r in real] == ["real"] * 6 and all(
-        len(r["parent_ids"]) == 0 for r in real)
+        len(r["parent_ids"]) == 0 for r in real
+    )
     np.testing.assert_array_equal(np.stack([r["y_soft"] for r in real]), np.eye(6))
     assert [r[ID] for r in new] == [STRIDE * (1 + c) + i for c in range(2) for i in range(6)]
     for c in range(2):  # the operator's draws for this block, seed and copy
@@ -66,8 +75,10 @@ def test_mixup_rows_are_lam_xi_plus_one_minus_lam_xj(ray_session, tmp_path, caps
 
     _run("mixup", src, tmp_path / "again", "--alpha", 0.5, "--copies", 2, "--seed", 3, *OPTS)
     again = _rows(tmp_path / "again")
-    assert all(np.array_equal(a[X], b[X]) and list(a["parent_ids"]) == list(b["parent_ids"])
-               for a, b in zip(rows, again))
+    assert all(
+        np.array_equal(a[X], b[X]) and list(a["parent_ids"]) == list(b["parent_ids"])
+        for a, b in zip(rows, again)
+    )
     _run("mixup", src, tmp_path / "other", "--alpha", 0.5, "--seed", 4, "--new-only", *OPTS)
     other = _rows(tmp_path / "other")
     assert len(other) == 6 and not np.allclose([r[X] for r in other], [r[X] for r in new[:6]])
@@ -91,18 +102,37 @@ def test_cutmix_and_pairing_rows(ray_session, tmp_path):
 def test_augment_rows_and_their_parents(ray_session, tmp_path, capsys):
     src, x = _six(tmp_path)
     _run("augment", src, tmp_path / "out", "--transforms", "flip", "--copies", 2, *OPTS)
-    assert capsys.readouterr().out.strip().endswith("6 real, 12 augment -> "
-                                                    + str(tmp_path / "out"))
+    assert (
+        capsys.readouterr().out.strip().endswith("6 real, 12 augment -> " + str(tmp_path / "out"))
+    )
     rows = _rows(tmp_path / "out")
     assert "y_soft" not in rows[0]  # labels do not mix
     for r in rows[6:]:
         (parent,) = r["parent_ids"]
         assert r[ID] in (STRIDE + parent, 2 * STRIDE + parent) and r[LABEL] == parent
         np.testing.assert_array_equal(r[X], x[parent][..., ::-1])
-    _run("augment", src, tmp_path / "noisy", "--transforms", "noise:0.1", "--seed", 1,
-         "--new-only", *OPTS)
-    _run("augment", src, tmp_path / "noisy2", "--transforms", "noise:0.1", "--seed", 1,
-         "--new-only", *OPTS)
+    _run(
+        "augment",
+        src,
+        tmp_path / "noisy",
+        "--transforms",
+        "noise:0.1",
+        "--seed",
+        1,
+        "--new-only",
+        *OPTS,
+    )
+    _run(
+        "augment",
+        src,
+        tmp_path / "noisy2",
+        "--transforms",
+        "noise:0.1",
+        "--seed",
+        1,
+        "--new-only",
+        *OPTS,
+    )
     a, b = _rows(tmp_path / "noisy"), _rows(tmp_path / "noisy2")
     assert all(np.array_equal(p[X], q[X]) for p, q in zip(a, b))
     assert not np.allclose(a[0][X], x[0])
@@ -115,8 +145,11 @@ def test_smote_rows_lie_between_an_anchor_and_its_nearest_neighbour(ray_session,
     src = _user_file(tmp_path / "tail.parquet", x, [0, 0, 0, 0, 1, 1])
     _run("smote", src, tmp_path / "out", "--balance", "--k", 1, "--new-only", *OPTS)
     rows = _rows(tmp_path / "out")
-    assert len(rows) == 2 and {r[LABEL] for r in rows} == {1} and {r["source"] for r in rows} == {
-        "smote"}
+    assert (
+        len(rows) == 2
+        and {r[LABEL] for r in rows} == {1}
+        and {r["source"] for r in rows} == {"smote"}
+    )
     assert sorted(tuple(r["parent_ids"]) for r in rows) == [(4, 5), (5, 4)]  # each anchors once
     for r in rows:
         a, nb = r["parent_ids"]
@@ -141,18 +174,31 @@ def test_bad_input_is_named(ray_session, tmp_path, capsys):
     src, x = _six(tmp_path)
     short = _user_file(tmp_path / "short.parquet", x[:3], [0, 0, 1])
     cases = [
-        (["mixup", src, tmp_path / "a", "--num-classes", 4, *OPTS],
-         r"six.parquet: --label-column 'target' holds label 5, outside --num-classes 4"),
-        (["smote", short, tmp_path / "b", "--balance", *OPTS],
-         r"smote_dataset: class 1 has only id 2; SMOTE needs 2 samples"),
-        (["augment", src, tmp_path / "c", "--transforms", "flip,spin:3", *OPTS],
-         r"--transforms 'flip,spin:3': augment.transforms\[1\].name: got 'spin'"),
-        (["augment", src, tmp_path / "d", "--transforms", "rotate:abc", *OPTS],
-         r"--transforms 'rotate:abc': augment.transforms\[0\].degrees"),
-        (["mixup", src, tmp_path / "f"], r"six.parquet: --label-column: missing column\(s\) "
-                                         r"\['label'\]"),
-        (["dedup", tmp_path / "nowhere", tmp_path / "g", "--threshold", 1],
-         r"nowhere: no Parquet data to read"),
+        (
+            ["mixup", src, tmp_path / "a", "--num-classes", 4, *OPTS],
+            r"six.parquet: --label-column 'target' holds label 5, outside --num-classes 4",
+        ),
+        (
+            ["smote", short, tmp_path / "b", "--balance", *OPTS],
+            r"smote_dataset: class 1 has only id 2; SMOTE needs 2 samples",
+        ),
+        (
+            ["augment", src, tmp_path / "c", "--transforms", "flip,spin:3", *OPTS],
+            r"--transforms 'flip,spin:3': augment.transforms\[1\].name: got 'spin'",
+        ),
+        (
+            ["augment", src, tmp_path / "d", "--transforms", "rotate:abc", *OPTS],
+            r"--transforms 'rotate:abc': augment.transforms\[0\].degrees",
+        ),
+        (
+            ["mixup", src, tmp_path / "f"],
+            r"six.parquet: --label-column: missing column\(s\) "
+            r"\['label'\]",
+        ),
+        (
+            ["dedup", tmp_path / "nowhere", tmp_path / "g", "--threshold", 1],
+            r"nowhere: no Parquet data to read",
+        ),
     ]
     for argv, message in cases:
         assert main([str(a) for a in argv]) == 2, message
@@ -161,13 +207,19 @@ def test_bad_input_is_named(ray_session, tmp_path, capsys):
     _run("augment", src, tmp_path / "h", "--transforms", "flip", *OPTS)
     assert main(["augment", src, str(tmp_path / "h"), "--transforms", "flip", *OPTS]) == 2
     assert "output already exists" in capsys.readouterr().err
-    for argv in (["mixup", src, "o", "--kind", "blend"], ["smote", src, "o"],
-                 ["mixup", src, "o", "--alpha", 0], ["augment", src, "o"]):
+    for argv in (
+        ["mixup", src, "o", "--kind", "blend"],
+        ["smote", src, "o"],
+        ["mixup", src, "o", "--alpha", 0],
+        ["augment", src, "o"],
+    ):
         with pytest.raises(SystemExit):
             main([str(a) for a in argv])
-        assert re.search(r"invalid choice: 'blend'|one of the arguments --target --balance|"
-                         r"must be a positive number|required: --transforms",
-                         capsys.readouterr().err)
+        assert re.search(
+            r"invalid choice: 'blend'|one of the arguments --target --balance|"
+            r"must be a positive number|required: --transforms",
+            capsys.readouterr().err,
+        )
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or p.name in "abdfg"]
     assert leftovers == []  # nothing half written
 
@@ -176,8 +228,11 @@ def test_chained_jobs_keep_the_provenance_of_earlier_rows(ray_session, tmp_path,
     src, x = _six(tmp_path)
     _run("augment", src, tmp_path / "aug", "--transforms", "flip", *OPTS)
     _run("mixup", tmp_path / "aug", tmp_path / "mixed", "--num-classes", 6)
-    assert capsys.readouterr().out.strip().endswith(
-        f"6 real, 6 augment, 12 mixup -> {tmp_path / 'mixed'}")
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith(f"6 real, 6 augment, 12 mixup -> {tmp_path / 'mixed'}")
+    )
     rows = {r[ID]: r for r in _rows(tmp_path / "mixed")}
     assert list(rows[STRIDE + 2]["parent_ids"]) == [2] and rows[STRIDE + 2]["source"] == "augment"
     mixed = [r for r in rows.values() if r["source"] == "mixup"]

@@ -1,4 +1,5 @@
 """The final phase's best weights, on a stub model whose weights are set by hand."""
+
 import torch
 from torch import nn
 

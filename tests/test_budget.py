@@ -1,5 +1,6 @@
 """The budget planner on hand-made sizes: the plan never spends more than its share of full's
 compute, keeps the knobs set by hand, and fills the job's planned keys."""
+
 import pytest
 
 from pipelines.budget import apply_budget, full_compute, plan_budget, planned_compute
@@ -17,7 +18,8 @@ def test_planned_compute_by_hand():
     assert got == 3 * (100 + 123 + 146 + 169) + 3 * 169 + (900 + 877 + 854) / 3
     # 4 rounds x 2 validations + 3 final ones, 30 rows each, a third of a pass
     assert planned_compute(1000, 30, 100, 0, 4, 2, 3, True) - planned_compute(
-        1000, 0, 100, 0, 4, 2, 3, True) == pytest.approx((4 * 2 + 3) * 10)
+        1000, 0, 100, 0, 4, 2, 3, True
+    ) == pytest.approx((4 * 2 + 3) * 10)
     # the subset never grows past the training set
     assert planned_compute(100, 0, 50, 40, 3, 1, 0, False) == 50 + 90 + 100 + (50 + 10) / 3
 
@@ -40,17 +42,34 @@ def test_never_plans_past_the_budget(n, n_val, fraction, val_every):
         plan = plan_budget(fraction, n, n_val, 20, val_every)
     except ConfigError:  # a budget below even one epoch on one row: refused, not overspent
         assert fraction * full_compute(n, n_val, 20, val_every) < planned_compute(
-            n, n_val, 1, 0, 1, 3, 0, val_every)
+            n, n_val, 1, 0, 1, 3, 0, val_every
+        )
         return
-    again = planned_compute(n, n_val, plan.initial, plan.increment, plan.rounds, plan.epochs,
-                            plan.final_epochs, val_every)
+    again = planned_compute(
+        n,
+        n_val,
+        plan.initial,
+        plan.increment,
+        plan.rounds,
+        plan.epochs,
+        plan.final_epochs,
+        val_every,
+    )
     assert again == plan.compute <= plan.budget
     assert 1 <= plan.initial <= n and plan.rounds >= 1
     if plan.rounds > 1:
         assert plan.increment >= 1
         # one more row a round would not fit, unless the set is already full
-        more = planned_compute(n, n_val, plan.initial, plan.increment + 1, plan.rounds,
-                               plan.epochs, plan.final_epochs, val_every)
+        more = planned_compute(
+            n,
+            n_val,
+            plan.initial,
+            plan.increment + 1,
+            plan.rounds,
+            plan.epochs,
+            plan.final_epochs,
+            val_every,
+        )
         assert more > plan.budget or plan.initial + (plan.rounds - 1) * plan.increment >= n
 
 
@@ -73,9 +92,12 @@ def test_hand_set_knobs_over_the_budget_are_refused_by_name():
 
 
 def test_the_job_leaves_the_planned_keys_to_the_plan_and_keeps_the_ones_it_sets():
-    job = from_dict({"train": {"final_epochs": 2},
-                     "strategy": {"name": "m2", "budget_fraction": 0.3, "epochs": 10,
-                                  "max_rounds": 3}})
+    job = from_dict(
+        {
+            "train": {"final_epochs": 2},
+            "strategy": {"name": "m2", "budget_fraction": 0.3, "epochs": 10, "max_rounds": 3},
+        }
+    )
     assert job.strategy.hard_per_round is None and job.train.epochs_per_round is None
     assert job.strategy.max_rounds == 3 and job.train.final_epochs == 2
     planned, plan = apply_budget(job, 1000, 0, plans=True)

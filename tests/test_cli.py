@@ -1,5 +1,6 @@
 """The command line starts light: listing commands or rebuilding a report loads no torch and no
 Ray Train; a job's options still come with its command."""
+
 import subprocess
 import sys
 
@@ -18,8 +19,9 @@ print(sorted(m for m in ("torch", "ray.train") if m in sys.modules))
 
 
 def loaded(*argv):
-    out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True
+    )
     return out.stdout.strip().splitlines()[-1]
 
 

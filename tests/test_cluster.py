@@ -1,4 +1,5 @@
 """Distributed k-means by hand and on blobs, representatives, and the near-duplicate filter."""
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -6,17 +7,22 @@ import ray
 from ray.data.extensions import ArrowTensorArray
 from sklearn.cluster import KMeans as SkKMeans
 
-from operators.cluster import (KMeans, drop_near_duplicates, greedy_keep, proportional_counts,
-                               representatives)
-from operators.contract import ID, LABEL, X, DataError, from_columns
-
+from operators.cluster import (
+    KMeans,
+    drop_near_duplicates,
+    greedy_keep,
+    proportional_counts,
+    representatives,
+)
+from operators.contract import ID, LABEL, DataError, X, from_columns
 
 
 def _points(x, rows_per_block=2, column=X, ids=None):
     x = np.asarray(x, dtype=np.float32)
     ids = np.arange(len(x), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
-    return from_columns({ID: ids, LABEL: np.zeros(len(x), np.int64), column: x},
-                        rows_per_block=rows_per_block)
+    return from_columns(
+        {ID: ids, LABEL: np.zeros(len(x), np.int64), column: x}, rows_per_block=rows_per_block
+    )
 
 
 HAND = [[0, 0], [0, 2], [10, 0], [10, 4], [4, 0]]
@@ -33,8 +39,9 @@ def test_one_lloyd_step_by_hand(ray_session):
 
     out = km.assign(_points(HAND)).take_all()
     assert [r["cluster"] for r in out] == [0, 0, 1, 1, 0]
-    np.testing.assert_allclose([r["dist"] for r in out],
-                               np.sqrt([20 / 9, 32 / 9, 4, 4, 68 / 9]), rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["dist"] for r in out], np.sqrt([20 / 9, 32 / 9, 4, 4, 68 / 9]), rtol=1e-6
+    )
     batch = next(iter(km.assign(_points(HAND)).iter_batches(batch_format="numpy")))
     assert batch["cluster"].dtype == np.int64 and batch["dist"].dtype == np.float32
 
@@ -65,7 +72,8 @@ def test_recovers_blob_centres_deterministically(ray_session):
     np.testing.assert_allclose(other_layout.cluster_centers_, km.cluster_centers_, rtol=1e-5)
 
     mini = KMeans(3, seed=5, mini_batch=100, max_iter=15, column="embedding").fit(
-        _points(x, 40, column="embedding"))
+        _points(x, 40, column="embedding")
+    )
     np.testing.assert_allclose(_sorted_rows(mini.cluster_centers_), _sorted_rows(truth), atol=0.2)
 
 
@@ -91,10 +99,15 @@ def test_empty_cluster_is_reseeded_at_the_farthest_point(ray_session):
 
 def test_bad_parameters_name_themselves(ray_session):
     ds = _points(HAND)
-    for kwargs, name in [({"n_clusters": 0}, "n_clusters"), ({"tol": -1.0}, "tol"),
-                         ({"init": "kmeans"}, "init"), ({"mini_batch": 0}, "mini_batch"),
-                         ({"max_iter": 0}, "max_iter"), ({"sample_size": 1}, "sample_size"),
-                         ({"init": [[0, 0]]}, "init")]:
+    for kwargs, name in [
+        ({"n_clusters": 0}, "n_clusters"),
+        ({"tol": -1.0}, "tol"),
+        ({"init": "kmeans"}, "init"),
+        ({"mini_batch": 0}, "mini_batch"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"sample_size": 1}, "sample_size"),
+        ({"init": [[0, 0]]}, "init"),
+    ]:
         with pytest.raises(ValueError, match=name):
             KMeans(**{"n_clusters": 2, **kwargs}).fit(ds)
     with pytest.raises(ValueError, match=r"n_clusters=6 is larger than the .* \(5\)"):
@@ -112,9 +125,12 @@ def test_bad_features_are_named(ray_session):
         KMeans(2).fit(_points(x))
     with pytest.raises(DataError, match="missing column.*'embedding'"):
         KMeans(2, column="embedding").fit(_points(HAND))
-    mixed = ray.data.from_arrow([
-        pa.table({ID: [0, 1, 2], X: ArrowTensorArray.from_numpy(np.zeros((3, 2), np.float32))}),
-        pa.table({ID: [3, 4], X: ArrowTensorArray.from_numpy(np.ones((2, 3), np.float32))})])
+    mixed = ray.data.from_arrow(
+        [
+            pa.table({ID: [0, 1, 2], X: ArrowTensorArray.from_numpy(np.zeros((3, 2), np.float32))}),
+            pa.table({ID: [3, 4], X: ArrowTensorArray.from_numpy(np.ones((2, 3), np.float32))}),
+        ]
+    )
     with pytest.raises(DataError, match="shape"):
         KMeans(2).fit(mixed)
     with pytest.raises(DataError, match="3 features, but the centres have 2"):
@@ -130,14 +146,22 @@ def test_proportional_counts_by_hand():
 
 def _assigned(rows, rows_per_block=3):
     ids, cluster, dist = (np.array(c) for c in zip(*rows))
-    return from_columns({ID: ids.astype(np.int64), "cluster": cluster.astype(np.int64),
-                         "dist": dist.astype(np.float32)}, rows_per_block=rows_per_block)
+    return from_columns(
+        {
+            ID: ids.astype(np.int64),
+            "cluster": cluster.astype(np.int64),
+            "dist": dist.astype(np.float32),
+        },
+        rows_per_block=rows_per_block,
+    )
 
 
 def test_representatives_are_proportional_and_nearest_first(ray_session):
-    rows = ([(i, 0, d) for i, d in zip(range(6), [5, 1, 3, 1, 9, 2])]  # 6 rows: 3 taken
-            + [(10, 1, 4.0), (11, 1, 0.5), (12, 1, 4.0)]  # 3 rows: 1.5 -> 2 (tie goes to 1)
-            + [(20, 2, 0.0)])  # 1 row: 0.5 -> 0
+    rows = (
+        [(i, 0, d) for i, d in zip(range(6), [5, 1, 3, 1, 9, 2])]  # 6 rows: 3 taken
+        + [(10, 1, 4.0), (11, 1, 0.5), (12, 1, 4.0)]  # 3 rows: 1.5 -> 2 (tie goes to 1)
+        + [(20, 2, 0.0)]
+    )  # 1 row: 0.5 -> 0
     sel = representatives(_assigned(rows), 5)
     assert sel.ids.tolist() == [1, 3, 5, 11, 10]  # dist ties go to the smaller id
     assert set(sel.reasons) == {"representative"} and not sel.notes
@@ -150,14 +174,31 @@ def test_representatives_are_proportional_and_nearest_first(ray_session):
 
 
 def test_near_duplicates_dropped_distinct_points_kept(ray_session):
-    x = np.array([[0, 0], [0.05, 0], [1, 0], [1, 0.05], [0, 1],  # cluster 0, centre (0, 0)
-                  [0.08, 0], [0.16, 0],  # a chain: 0.08 is near the kept (0,0), 0.16 is not
-                  [10, 10], [10, 10]], np.float32)  # cluster 1, centre (10, 10): exact copies
+    x = np.array(
+        [
+            [0, 0],
+            [0.05, 0],
+            [1, 0],
+            [1, 0.05],
+            [0, 1],  # cluster 0, centre (0, 0)
+            [0.08, 0],
+            [0.16, 0],  # a chain: 0.08 is near the kept (0,0), 0.16 is not
+            [10, 10],
+            [10, 10],
+        ],
+        np.float32,
+    )  # cluster 1, centre (10, 10): exact copies
     cluster = [0, 0, 0, 0, 0, 0, 0, 1, 1]
     centre = np.array([[0, 0], [10, 10]], np.float32)[cluster]
-    ds = from_columns({ID: np.array([0, 1, 2, 3, 4, 5, 6, 8, 7]), "cluster": np.array(cluster),
-                       "dist": np.linalg.norm(x - centre, axis=1).astype(np.float32), X: x},
-                      rows_per_block=4)
+    ds = from_columns(
+        {
+            ID: np.array([0, 1, 2, 3, 4, 5, 6, 8, 7]),
+            "cluster": np.array(cluster),
+            "dist": np.linalg.norm(x - centre, axis=1).astype(np.float32),
+            X: x,
+        },
+        rows_per_block=4,
+    )
     kept = drop_near_duplicates(ds, 0.1).take_all()
     assert sorted(r[ID] for r in kept) == [0, 2, 4, 6, 7]  # of the copies, the smaller id stays
     assert len(drop_near_duplicates(ds, 0.01).take_all()) == 8  # only the exact copy goes

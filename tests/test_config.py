@@ -1,4 +1,5 @@
 """Job files: defaults, overrides, and each kind of mistake named by its field."""
+
 import pytest
 
 from pipelines.config import ConfigError, from_dict, load_job
@@ -10,18 +11,21 @@ def test_defaults_and_int_to_float():
     assert job.train.num_workers == 2
 
 
-@pytest.mark.parametrize("raw, names", [
-    ({"strategy": {"hard_per_rnd": 3}}, "strategy.hard_per_rnd"),
-    ({"trian": {}}, "trian"),
-    ({"train": {"num_workers": "two"}}, "train.num_workers"),
-    ({"train": {"use_gpu": "yes"}}, "train.use_gpu"),
-    ({"source": {"shape": [1, "a"]}}, "source.shape[1]"),
-    ({"strategy": {"initial_ratio": 0}}, "strategy.initial_ratio"),
-    ({"strategy": {"initial_ratio": 1.5}}, "strategy.initial_ratio"),
-    ({"strategy": {"name": "m3"}}, "strategy.name"),
-    ({"train": {"num_workers": 0}}, "train.num_workers"),
-    ({"model": {"kwargs": [1]}}, "model.kwargs"),
-])
+@pytest.mark.parametrize(
+    "raw, names",
+    [
+        ({"strategy": {"hard_per_rnd": 3}}, "strategy.hard_per_rnd"),
+        ({"trian": {}}, "trian"),
+        ({"train": {"num_workers": "two"}}, "train.num_workers"),
+        ({"train": {"use_gpu": "yes"}}, "train.use_gpu"),
+        ({"source": {"shape": [1, "a"]}}, "source.shape[1]"),
+        ({"strategy": {"initial_ratio": 0}}, "strategy.initial_ratio"),
+        ({"strategy": {"initial_ratio": 1.5}}, "strategy.initial_ratio"),
+        ({"strategy": {"name": "m3"}}, "strategy.name"),
+        ({"train": {"num_workers": 0}}, "train.num_workers"),
+        ({"model": {"kwargs": [1]}}, "model.kwargs"),
+    ],
+)
 def test_mistakes_name_the_field(raw, names):
     with pytest.raises(ConfigError, match=names.replace("[", r"\[").replace("]", r"\]")):
         from_dict(raw)

@@ -1,5 +1,6 @@
 """The detector: dense targets, the loss and its distillation by hand, decoding, the labels a
 person's check gives on hand-made outputs, mAP@0.5 by hand, a training step on one box."""
+
 import copy
 
 import numpy as np
@@ -8,9 +9,18 @@ import torch
 
 from operators.feedback import review
 from pipelines.detection_eval import average_precision
-from pipelines.detector import (DETECTOR, FOCAL_ALPHA, STRIDE, TinyDetector, decode,
-                                detection_loss, distillation, encode_targets, head_gradients,
-                                nms)
+from pipelines.detector import (
+    DETECTOR,
+    FOCAL_ALPHA,
+    STRIDE,
+    TinyDetector,
+    decode,
+    detection_loss,
+    distillation,
+    encode_targets,
+    head_gradients,
+    nms,
+)
 from pipelines.transfer_config import TransferTrainConfig
 from pipelines.transfer_step import Batch, step_gradients, transfer_step
 
@@ -26,7 +36,10 @@ def test_targets_by_hand():
     np.testing.assert_array_equal(t[5], np.ones((5, 5)))
     # A box thinner than a stride: the column of centre 10 only.
     assert np.argwhere(encode_targets(np.array([[9, 4, 11, 16]]), 20)[0]).tolist() == [
-        [1, 2], [2, 2], [3, 2]]
+        [1, 2],
+        [2, 2],
+        [3, 2],
+    ]
     # A box holding no cell centre: the cell holding its centre owns it anyway.
     tiny = encode_targets(np.array([[0, 0, 2, 2]]), 20)
     assert np.argwhere(tiny[0]).tolist() == [[0, 0]]
@@ -34,9 +47,12 @@ def test_targets_by_hand():
 
 
 def test_the_smaller_box_wins_a_shared_cell_and_negatives_weigh_background():
-    t = encode_targets(np.array([[4, 4, 8, 8], [0, 0, 16, 16]]), 20,
-                       negatives=np.array([[12, 12, 20, 20], [0, 0, 8, 8]]),
-                       negative_weight=3.0)
+    t = encode_targets(
+        np.array([[4, 4, 8, 8], [0, 0, 16, 16]]),
+        20,
+        negatives=np.array([[12, 12, 20, 20], [0, 0, 8, 8]]),
+        negative_weight=3.0,
+    )
     np.testing.assert_allclose(t[1:5, 1, 1], [0.5, 0.5, 0.5, 0.5])  # [4, 4, 8, 8]'s
     assert t[5, 4, 4] == 3.0 and t[0, 4, 4] == 0  # a rejected region: heavier background
     assert t[5, 1, 1] == 1.0  # an owned cell keeps weight 1 inside a negative box
@@ -98,26 +114,35 @@ def outputs(cells: dict, g: int = 4) -> torch.Tensor:
 
 
 def test_decode_gives_boxes_under_the_threshold_best_first_and_nms_on_request():
-    out = outputs({(1, 1): (0.9, (2, 2, 10, 10)), (1, 2): (0.4, (3, 2, 11, 10)),
-                   (3, 3): (0.2, (12, 12, 16, 16))})
-    (boxes, scores), = decode(out, min_score=0.1)
+    out = outputs(
+        {
+            (1, 1): (0.9, (2, 2, 10, 10)),
+            (1, 2): (0.4, (3, 2, 11, 10)),
+            (3, 3): (0.2, (12, 12, 16, 16)),
+        }
+    )
+    ((boxes, scores),) = decode(out, min_score=0.1)
     np.testing.assert_allclose(scores, [0.9, 0.4, 0.2], rtol=1e-5)
-    np.testing.assert_allclose(boxes, [[2, 2, 10, 10], [3, 2, 11, 10], [12, 12, 16, 16]],
-                               atol=1e-5)
-    (boxes, scores), = decode(out, min_score=0.1, nms_iou=0.5)  # IoU 56/72 suppresses 0.4
+    np.testing.assert_allclose(boxes, [[2, 2, 10, 10], [3, 2, 11, 10], [12, 12, 16, 16]], atol=1e-5)
+    ((boxes, scores),) = decode(out, min_score=0.1, nms_iou=0.5)  # IoU 56/72 suppresses 0.4
     np.testing.assert_allclose(scores, [0.9, 0.2], rtol=1e-5)
     assert decode(out, min_score=0.3, top_k=1)[0][1].shape == (1,)
-    assert nms(np.array([[0, 0, 4, 4], [0, 0, 4, 3], [8, 8, 9, 9]], float),
-               np.array([0.5, 0.9, 0.1]), 0.5).tolist() == [1, 2]
+    assert nms(
+        np.array([[0, 0, 4, 4], [0, 0, 4, 3], [8, 8, 9, 9]], float), np.array([0.5, 0.9, 0.1]), 0.5
+    ).tolist() == [1, 2]
 
 
 def test_a_person_s_check_of_hand_made_outputs_gives_iou_based_labels():
-    out = outputs({(1, 1): (0.9, (2, 2, 10, 10)),   # confident, on the first target
-                   (1, 2): (0.4, (3, 2, 11, 10)),   # under the threshold, IoU 56/72
-                   (2, 1): (0.3, (2, 2, 10, 10)),   # under, IoU 1 but less confident
-                   (0, 3): (0.2, (12, 0, 16, 2)),   # under, IoU 1/2 - on the second target
-                   (3, 3): (0.8, (12, 12, 16, 16))})  # confident, on nothing: false
-    (boxes, scores), = decode(out, min_score=0.1)
+    out = outputs(
+        {
+            (1, 1): (0.9, (2, 2, 10, 10)),  # confident, on the first target
+            (1, 2): (0.4, (3, 2, 11, 10)),  # under the threshold, IoU 56/72
+            (2, 1): (0.3, (2, 2, 10, 10)),  # under, IoU 1 but less confident
+            (0, 3): (0.2, (12, 0, 16, 2)),  # under, IoU 1/2 - on the second target
+            (3, 3): (0.8, (12, 12, 16, 16)),
+        }
+    )  # confident, on nothing: false
+    ((boxes, scores),) = decode(out, min_score=0.1)
     true = np.array([[2, 2, 10, 10], [12, 0, 16, 4]], float)
     r = review(boxes, scores, true, conf_threshold=0.5, iou_threshold=0.6)
     assert (r.category, r.n_correct, r.n_missed, r.n_false) == ("missed", 1, 1, 1)
@@ -131,8 +156,10 @@ def test_a_person_s_check_of_hand_made_outputs_gives_iou_based_labels():
 
 def test_average_precision_by_hand():
     box, far = [0, 0, 10, 10], [20, 20, 30, 30]
-    detections = [(np.array([box, box], float), np.array([0.9, 0.8])),  # TP, duplicate: FP
-                  (np.array([far, [50, 50, 60, 60]], float), np.array([0.7, 0.6]))]  # TP, FP
+    detections = [
+        (np.array([box, box], float), np.array([0.9, 0.8])),  # TP, duplicate: FP
+        (np.array([far, [50, 50, 60, 60]], float), np.array([0.7, 0.6])),
+    ]  # TP, FP
     truths = [np.array([box], float), np.array([box, far], float)]
     # By score: TP, FP, TP, FP over 3 true boxes: recall 1/3, 1/3, 2/3, 2/3; precision
     # 1, 1/2, 2/3, 1/2; made non-increasing 1, 2/3, 2/3, 1/2: AP = 1/3 + 1/3 * 2/3.
@@ -147,15 +174,22 @@ def test_head_gradients_are_each_image_s_gradient_of_the_head():
     torch.manual_seed(0)
     model = TinyDetector(8).eval()
     x = torch.rand(3, 1, 16, 16)
-    y = torch.from_numpy(np.stack([encode_targets(np.array(b, float), 16) for b in
-                                   ([[2, 2, 9, 9]], [[8, 4, 15, 12]], [[1, 9, 7, 15]])]))
+    y = torch.from_numpy(
+        np.stack(
+            [
+                encode_targets(np.array(b, float), 16)
+                for b in ([[2, 2, 9, 9]], [[8, 4, 15, 12]], [[1, 9, 7, 15]])
+            ]
+        )
+    )
     got = head_gradients(model, x, y)
     for i in range(3):
         model.zero_grad()
-        detection_loss(model(x[i:i + 1]), y[i:i + 1]).backward()
+        detection_loss(model(x[i : i + 1]), y[i : i + 1]).backward()
         w, b = model.head.weight.grad[:, :, 0, 0], model.head.bias.grad
-        np.testing.assert_allclose(got[i], torch.cat([w, b[:, None]], 1).flatten().numpy(),
-                                   atol=1e-6)
+        np.testing.assert_allclose(
+            got[i], torch.cat([w, b[:, None]], 1).flatten().numpy(), atol=1e-6
+        )
 
 
 def test_training_steps_on_a_canvas_with_one_known_box_find_it():
@@ -174,6 +208,7 @@ def test_training_steps_on_a_canvas_with_one_known_box_find_it():
             losses.append(float(detection_loss(model.train()(x), y)))
         transfer_step(model, opt, Batch(x, y, 1), None, train, DETECTOR)
     assert losses[1] < losses[0] and losses[-1] < 0.2 * losses[0]
-    (boxes, scores), = decode(model.eval()(x), min_score=0.0, nms_iou=0.5)
+    ((boxes, scores),) = decode(model.eval()(x), min_score=0.0, nms_iou=0.5)
     from operators.feedback import iou
+
     assert scores[0] > 0.5 and iou(boxes[:1], true)[0, 0] > 0.7

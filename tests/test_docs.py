@@ -2,6 +2,7 @@
 
 docs/methods.md names the code of each method by link, so a moved module shows up here.
 """
+
 import re
 from pathlib import Path
 
@@ -23,10 +24,14 @@ def heading_anchors(text: str) -> set[str]:
 
 
 def test_heading_anchors_follow_the_renderer():
-    text = ("# M1, InfoBatch and `raysift compare` (issue 4)\n"
-            "## A person's check\n## A person's check")
-    assert heading_anchors(text) == {"m1-infobatch-and-raysift-compare-issue-4",
-                                     "a-persons-check", "a-persons-check-1"}
+    text = (
+        "# M1, InfoBatch and `raysift compare` (issue 4)\n## A person's check\n## A person's check"
+    )
+    assert heading_anchors(text) == {
+        "m1-infobatch-and-raysift-compare-issue-4",
+        "a-persons-check",
+        "a-persons-check-1",
+    }
 
 
 def test_docs_exist_and_the_readme_links_them():

@@ -1,4 +1,5 @@
 """VAE and GAN generators: training, saving, and the Ray Data job that samples labelled rows."""
+
 import numpy as np
 import pytest
 import torch
@@ -45,13 +46,21 @@ def test_class_slots_are_class_by_class():
 @pytest.mark.parametrize("kind", generative.KINDS)
 def test_sampled_rows_carry_labels_tags_and_repeat_with_the_seed(kind, ray_session):
     x, labels = two_class_signals()
-    model = generative.fit(GeneratorSpec(kind, (1, 6), 2, latent=4, hidden=16), x, labels,
-                           epochs=5, seed=0)
+    model = generative.fit(
+        GeneratorSpec(kind, (1, 6), 2, latent=4, hidden=16), x, labels, epochs=5, seed=0
+    )
     scheme = IdScheme(offset=1000, stride=1000)
 
     def rows(seed):
-        ds = sample_dataset(model.sample, {0: 3, 1: 4}, num_classes=2, seed=seed, ids=scheme,
-                            source=kind, rows_per_block=2)
+        ds = sample_dataset(
+            model.sample,
+            {0: 3, 1: 4},
+            num_classes=2,
+            seed=seed,
+            ids=scheme,
+            source=kind,
+            rows_per_block=2,
+        )
         return sorted(ds.take_all(), key=lambda r: r[ID])
 
     first = rows(5)

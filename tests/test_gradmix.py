@@ -1,11 +1,12 @@
 """The mixing rules on hand-made vectors, the flat-gradient helpers, and the DDP path."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from gloo_group import run_gloo
+
 from pipelines.gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
 
 R2 = math.sqrt(2.0)
@@ -17,31 +18,47 @@ def v(*xs):
 
 # (g_t, g_h) -> rule -> (expected g, w_t, w_h)
 CASES = {
-    "orthogonal": ((v(1, 0), v(0, 2)), 0.0, {
-        "similarity": (v(1, 2), 1.0, 1.0),
-        "agem": (v(1, 0), 1.0, 0.0),
-        "pcgrad": (v(1, 2), 1.0, 1.0),
-        "sum": (v(1, 2), 1.0, 1.0),
-    }),
-    "aligned": ((v(1, 0), v(3, 0)), 1.0, {
-        "similarity": (v(2, 0), 2.0, 0.0),
-        "agem": (v(1, 0), 1.0, 0.0),
-        "pcgrad": (v(4, 0), 1.0, 1.0),
-        "sum": (v(4, 0), 1.0, 1.0),
-    }),
+    "orthogonal": (
+        (v(1, 0), v(0, 2)),
+        0.0,
+        {
+            "similarity": (v(1, 2), 1.0, 1.0),
+            "agem": (v(1, 0), 1.0, 0.0),
+            "pcgrad": (v(1, 2), 1.0, 1.0),
+            "sum": (v(1, 2), 1.0, 1.0),
+        },
+    ),
+    "aligned": (
+        (v(1, 0), v(3, 0)),
+        1.0,
+        {
+            "similarity": (v(2, 0), 2.0, 0.0),
+            "agem": (v(1, 0), 1.0, 0.0),
+            "pcgrad": (v(4, 0), 1.0, 1.0),
+            "sum": (v(4, 0), 1.0, 1.0),
+        },
+    ),
     # g_t . g_h = -1, |g_t|^2 = 1, |g_h|^2 = 2
-    "conflicting": ((v(1, 0), v(-1, 1)), -1 / R2, {
-        "similarity": (v(-R2, 1 + 1 / R2), 1 - 1 / R2, 1 + 1 / R2),
-        "agem": (v(0.5, 0.5), 1.0, 0.5),
-        "pcgrad": (v(0.5, 1.5), 2.0, 1.5),
-        "sum": (v(0, 1), 1.0, 1.0),
-    }),
-    "opposed": ((v(2, 0), v(-1, 0)), -1.0, {
-        "similarity": (v(-2, 0), 0.0, 2.0),
-        "agem": (v(0, 0), 1.0, 2.0),
-        "pcgrad": (v(0, 0), 1.5, 3.0),
-        "sum": (v(1, 0), 1.0, 1.0),
-    }),
+    "conflicting": (
+        (v(1, 0), v(-1, 1)),
+        -1 / R2,
+        {
+            "similarity": (v(-R2, 1 + 1 / R2), 1 - 1 / R2, 1 + 1 / R2),
+            "agem": (v(0.5, 0.5), 1.0, 0.5),
+            "pcgrad": (v(0.5, 1.5), 2.0, 1.5),
+            "sum": (v(0, 1), 1.0, 1.0),
+        },
+    ),
+    "opposed": (
+        (v(2, 0), v(-1, 0)),
+        -1.0,
+        {
+            "similarity": (v(-2, 0), 0.0, 2.0),
+            "agem": (v(0, 0), 1.0, 2.0),
+            "pcgrad": (v(0, 0), 1.5, 3.0),
+            "sum": (v(1, 0), 1.0, 1.0),
+        },
+    ),
 }
 
 
@@ -69,12 +86,15 @@ def test_similarity_floor_keeps_the_new_task_alive_when_opposed():
     torch.testing.assert_close(g, v(0.5 - 1.75, 0))
 
 
-@pytest.mark.parametrize("cos, cos_scale, w_t, w_h", [
-    (-0.05, 0.1, 0.5, 1.5),   # half-way to full conflict at scale 0.1
-    (0.05, 0.1, 1.5, 0.5),    # ... and half-way to full agreement
-    (-0.5, 0.1, 0.0, 2.0),    # beyond the scale: saturated
-    (-0.05, 1.0, 0.95, 1.05),  # scale 1 is the plain rule 1 -+ cos
-])
+@pytest.mark.parametrize(
+    "cos, cos_scale, w_t, w_h",
+    [
+        (-0.05, 0.1, 0.5, 1.5),  # half-way to full conflict at scale 0.1
+        (0.05, 0.1, 1.5, 0.5),  # ... and half-way to full agreement
+        (-0.5, 0.1, 0.0, 2.0),  # beyond the scale: saturated
+        (-0.05, 1.0, 0.95, 1.05),  # scale 1 is the plain rule 1 -+ cos
+    ],
+)
 def test_similarity_cos_scale_makes_small_cosines_decide(cos, cos_scale, w_t, w_h):
     g_h = v(cos, math.sqrt(1 - cos * cos))  # a unit vector at that cosine with (1, 0)
     g, info = mix(v(1, 0), g_h, "similarity", cos_scale=cos_scale)

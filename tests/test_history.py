@@ -1,17 +1,21 @@
 """The history library: size and balance, the herding pick, reservoir, batches, save and load."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, X, DataError
+from operators.contract import ID, LABEL, DataError, X
 from pipelines.history import TARGET, HistoryLibrary, herding, last_layer_gradients
 
 
 def batch(ids, labels, values):
     """Samples whose single feature is also their (made-up) gradient."""
-    return {ID: np.asarray(ids, np.int64), LABEL: np.asarray(labels, np.int64),
-            X: np.asarray(values, np.float32).reshape(-1, 1)}
+    return {
+        ID: np.asarray(ids, np.int64),
+        LABEL: np.asarray(labels, np.int64),
+        X: np.asarray(values, np.float32).reshape(-1, 1),
+    }
 
 
 def x_as_gradient(x, labels):
@@ -21,9 +25,11 @@ def x_as_gradient(x, labels):
 @pytest.mark.parametrize("rule", ["herding", "reservoir"])
 def test_size_and_class_balance_hold_across_updates(rule):
     lib = HistoryLibrary(per_class=2, num_classes=3, rule=rule, seed=0)
-    offers = [batch([0, 1, 2], [0, 0, 0], [1, 2, 3]),
-              batch([3, 4, 5, 6], [1, 0, 0, 2], [4, 5, 6, 7]),
-              batch([7, 8, 9, 10, 11], [1, 1, 2, 2, 0], [8, 9, 10, 11, 12])]
+    offers = [
+        batch([0, 1, 2], [0, 0, 0], [1, 2, 3]),
+        batch([3, 4, 5, 6], [1, 0, 0, 2], [4, 5, 6, 7]),
+        batch([7, 8, 9, 10, 11], [1, 1, 2, 2, 0], [8, 9, 10, 11, 12]),
+    ]
     expected = [[2, 0, 0], [2, 1, 1], [2, 2, 2]]
     for offer, counts in zip(offers, expected):
         lib.update(offer, grad_fn=x_as_gradient)
@@ -61,7 +67,7 @@ def test_last_layer_gradients_by_hand_and_against_autograd():
     g = last_layer_gradients(h, head(h), y)
     for i in range(5):
         head.zero_grad()
-        F.cross_entropy(head(h[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(head(h[i : i + 1]), y[i : i + 1]).backward()
         want = torch.cat([head.weight.grad, head.bias.grad[:, None]], 1).flatten()
         np.testing.assert_allclose(g[i], want.numpy(), atol=1e-6)
 
@@ -140,8 +146,12 @@ def test_bad_input_and_parameters_are_named():
         lib.update(batch([3], [1], [0]))
     with pytest.raises(DataError, match="missing"):
         lib.update({ID: [1], LABEL: [0]}, grad_fn=x_as_gradient)
-    for kwargs, name in [({"per_class": 0}, "per_class"), ({"num_classes": 0}, "num_classes"),
-                         ({"rule": "random"}, "rule"), ({"seed": -1}, "seed")]:
+    for kwargs, name in [
+        ({"per_class": 0}, "per_class"),
+        ({"num_classes": 0}, "num_classes"),
+        ({"rule": "random"}, "rule"),
+        ({"seed": -1}, "seed"),
+    ]:
         with pytest.raises(ValueError, match=name):
             HistoryLibrary(**{"per_class": 2, "num_classes": 2, **kwargs})
 

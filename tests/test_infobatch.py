@@ -1,6 +1,7 @@
 """The InfoBatch rule on hand-made scores, its per-sample loss, validation's balanced accuracy,
 the policy on one rank, and a two-worker job whose every loss is known ahead (the model's
 logits are its input)."""
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,17 +12,22 @@ from torch import nn
 
 from pipelines.augmentation import batch_loss, sample_losses
 from pipelines.config import ConfigError, from_dict
-from pipelines.infobatch import (INITIAL_SCORE, anneal_epoch, initial_scores, plan_epoch,
-                                 update_scores)
-from pipelines.models import build_model
-from pipelines.seeding import derive_seed
 from pipelines.engine import advance_schedule, evaluate
+from pipelines.infobatch import (
+    INITIAL_SCORE,
+    anneal_epoch,
+    initial_scores,
+    plan_epoch,
+    update_scores,
+)
+from pipelines.models import build_model
 from pipelines.rounds import run_job
+from pipelines.seeding import derive_seed
 from pipelines.share import Share, owner
 from pipelines.strategies import InfoBatch
 
 # mean 4: rows 0-3 are below it, rows 4 and 9 sit on it (not below), rows 5-8 above
-SCORES = torch.tensor([0., 1., 2., 3., 4., 5., 6., 7., 8., 4.], dtype=torch.float64)
+SCORES = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 4.0], dtype=torch.float64)
 
 
 def plan(scores=SCORES, epoch=0, epochs=8, r=0.5, delta=0.875, seed=0):
@@ -57,8 +63,9 @@ def test_equal_scores_prune_nothing():
     assert initial_scores(2).tolist() == [INITIAL_SCORE] * 2
 
 
-@pytest.mark.parametrize("epochs, delta, first_full", [(8, 0.875, 7), (20, 0.875, 18),
-                                                       (10, 0.7, 7), (10, 1.0, 10)])
+@pytest.mark.parametrize(
+    "epochs, delta, first_full", [(8, 0.875, 7), (20, 0.875, 18), (10, 0.7, 7), (10, 1.0, 10)]
+)
 def test_annealing_starts_at_epoch_ceil_delta_times_epochs(epochs, delta, first_full):
     assert anneal_epoch(epochs, delta) == first_full
     assert len(plan(epoch=first_full - 1, epochs=epochs, delta=delta)[0]) == 8
@@ -75,7 +82,7 @@ def test_the_draw_is_fixed_by_the_seed():
 
 def test_trained_rows_take_their_new_loss_and_pruned_rows_keep_their_score():
     new = update_scores(SCORES, torch.tensor([1, 4, 7]), torch.tensor([0.5, 0.25, 9.0]))
-    assert new.tolist() == [0., 0.5, 2., 3., 0.25, 5., 6., 9., 8., 4.]
+    assert new.tolist() == [0.0, 0.5, 2.0, 3.0, 0.25, 5.0, 6.0, 9.0, 8.0, 4.0]
     assert SCORES[1] == 1.0  # the input is left alone
 
 
@@ -93,9 +100,14 @@ def test_a_shortened_epoch_covers_the_same_stretch_of_the_one_cycle_schedule():
 
 
 def small_model():
-    job = from_dict({"model": {"name": "mlp", "kwargs": {"hidden": [8]}},
-                     "augment": {"transforms": [{"name": "flip", "p": 1.0}]},
-                     "mixup": {"smoothing": 0.1}, "strategy": {"name": "infobatch"}})
+    job = from_dict(
+        {
+            "model": {"name": "mlp", "kwargs": {"hidden": [8]}},
+            "augment": {"transforms": [{"name": "flip", "p": 1.0}]},
+            "mixup": {"smoothing": 0.1},
+            "strategy": {"name": "infobatch"},
+        }
+    )
     torch.manual_seed(0)
     model = build_model(job.model, (1, 6), 3).double()
     x = torch.randn(4, 1, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -115,8 +127,9 @@ def test_a_pruned_row_and_a_doubled_one_give_the_loss_of_the_batch_with_it_twice
     weights = torch.tensor([2.0, 0.0, 1.0, 1.0], dtype=torch.float64)
     weighted = (weights * sample_losses(model, x, y, job, torch.Generator())).mean()
     twice = [0, 0, 2, 3]
-    torch.testing.assert_close(weighted, batch_loss(model, x[twice], y[twice], 3, job,
-                                                    torch.Generator()))
+    torch.testing.assert_close(
+        weighted, batch_loss(model, x[twice], y[twice], 3, job, torch.Generator())
+    )
 
 
 def test_infobatch_refuses_mixup_by_name():
@@ -126,8 +139,10 @@ def test_infobatch_refuses_mixup_by_name():
 
 # Logits are the input: class 0 is recalled 3 of 4 times, class 1 once of once, class 2 never;
 # class 3 has no samples and is left out of the mean.
-VAL_X = np.array([[5, 0, 0, 0], [5, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0],
-                  [0, 5, 0, 0], [5, 0, 0, 0]], dtype=np.float32)
+VAL_X = np.array(
+    [[5, 0, 0, 0], [5, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0], [5, 0, 0, 0]],
+    dtype=np.float32,
+)
 VAL_Y = np.array([0, 0, 0, 0, 1, 2])
 
 
@@ -142,8 +157,9 @@ def test_validation_reports_the_mean_recall_over_the_classes_present():
 
 
 def test_the_policy_prunes_below_the_mean_and_learns_the_losses_of_what_it_trained():
-    job = from_dict({"seed": 7, "strategy": {"name": "infobatch", "prune_ratio": 0.5,
-                                             "anneal_delta": 0.75}})
+    job = from_dict(
+        {"seed": 7, "strategy": {"name": "infobatch", "prune_ratio": 0.5, "anneal_delta": 0.75}}
+    )
     policy = InfoBatch()
     first = policy.plan_epoch(job, 10, 0, 0, 4)  # equal starting scores: nothing pruned
     assert first.pick.tolist() == list(range(10)) and first.weights.tolist() == [1.0] * 10
@@ -184,8 +200,17 @@ def _write_splits(path, x, y, val_x, val_y):
     features = np.concatenate([x, val_x, val_x[:2]]).astype(np.float64)
     labels = np.concatenate([y, val_y, val_y[:2]])
     split = ["train"] * n + ["val"] * m + ["test"] * 2
-    pq.write_table(pa.table({"id": ids, "label": labels, "split": split,
-                             "x": pa.array(features.tolist(), pa.list_(pa.float64()))}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ids,
+                "label": labels,
+                "split": split,
+                "x": pa.array(features.tolist(), pa.list_(pa.float64())),
+            }
+        ),
+        path,
+    )
 
 
 def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
@@ -194,26 +219,49 @@ def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
     x = g.normal(size=(n, 3)).astype(np.float32)
     y = g.integers(0, 3, n)
     _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
-    job = from_dict({
-        "seed": seed, "run_dir": str(tmp_path / "run"),
-        "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
-        "model": {"name": "test_infobatch:input_logits"},
-        "train": {"num_workers": 2, "batch_size": 8, "val_every_epoch": True,
-                  "checkpoint_every_s": 0},
-        "strategy": {"name": "infobatch", "epochs": epochs, "prune_ratio": 0.5,
-                     "anneal_delta": 0.5}})
+    job = from_dict(
+        {
+            "seed": seed,
+            "run_dir": str(tmp_path / "run"),
+            "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
+            "model": {"name": "test_infobatch:input_logits"},
+            "train": {
+                "num_workers": 2,
+                "batch_size": 8,
+                "val_every_epoch": True,
+                "checkpoint_every_s": 0,
+            },
+            "strategy": {
+                "name": "infobatch",
+                "epochs": epochs,
+                "prune_ratio": 0.5,
+                "anneal_delta": 0.5,
+            },
+        }
+    )
     summary = run_job(job, echo=lambda *_: None)
 
-    losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y),
-                             reduction="none").double()
+    losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y), reduction="none").double()
     order = pq.read_table(tmp_path / "run" / "data" / "train")["id"].to_numpy()
     ranks = owner(order, seed, 2)
     shares = [order[ranks == r] for r in (0, 1)]  # each worker's rows, in its file order
     # Epoch 0 trains all rows (equal scores); epoch 1 what each rank keeps of its own rows by
     # the mean over both; epochs 2 and 3 all (annealing from ceil(0.5 * 4)).
     mean = float(losses.mean())
-    kept = [len(plan_epoch(losses[share], 1, epochs, 0.5, 0.5, torch.Generator().manual_seed(
-        derive_seed(seed, "infobatch", 0, 1, r)), mean=mean)[0]) for r, share in enumerate(shares)]
+    kept = [
+        len(
+            plan_epoch(
+                losses[share],
+                1,
+                epochs,
+                0.5,
+                0.5,
+                torch.Generator().manual_seed(derive_seed(seed, "infobatch", 0, 1, r)),
+                mean=mean,
+            )[0]
+        )
+        for r, share in enumerate(shares)
+    ]
     assert 23 <= sum(kept) < n
     longest = max(len(s) for s in shares)
     per_epoch = [longest, max(kept), longest, longest]  # every rank steps with the longest
@@ -227,11 +275,13 @@ def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
     # and class 2 never (its row's logits point at class 0).
     assert [p["val_accuracy"] for p in curve] == pytest.approx([4 / 6] * epochs)
     assert [p["val_balanced_accuracy"] for p in curve] == pytest.approx(
-        [(3 / 4 + 1 + 0) / 3] * epochs)
+        [(3 / 4 + 1 + 0) / 3] * epochs
+    )
     assert summary["test_samples"] == 2
     # Each worker's scores, in its last checkpoint: every row's loss from the last (full) epoch.
-    last = sorted(p for p in (tmp_path / "run" / "train" / "job").glob("checkpoint_*")
-                  if p.is_dir())[-1]
+    last = sorted(
+        p for p in (tmp_path / "run" / "train" / "job").glob("checkpoint_*") if p.is_dir()
+    )[-1]
     for r, share in enumerate(shares):
         scores = torch.load(last / f"policy_rank{r}.pt", weights_only=True)["scores"]
         torch.testing.assert_close(scores, losses[share], rtol=0, atol=1e-6)

@@ -1,4 +1,5 @@
 """The one seeded id hash behind splits, random draws and subsamples."""
+
 import numpy as np
 
 from operators.keys import hash_keys, unit_hash
@@ -25,4 +26,4 @@ def test_unit_hash_is_near_uniform_in_the_unit_interval():
     u = unit_hash(ids, 7)
     assert ((0 <= u) & (u < 1)).all()
     assert np.histogram(u, bins=10, range=(0, 1))[0].min() > 1850
-    assert np.array_equal(u, (hash_keys(ids, 7) >> np.uint64(11)) * 2.0 ** -53)
+    assert np.array_equal(u, (hash_keys(ids, 7) >> np.uint64(11)) * 2.0**-53)

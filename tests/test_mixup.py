@@ -1,15 +1,27 @@
 """Mixing rules by hand, their label weights, SMOTE's geometry, and the Ray jobs' rows."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from operators.augment import IdScheme
-from operators.contract import ID, LABEL, X, DataError, from_columns
 from operators.cluster import share_out
-from operators.mixup import (CutMix, Mixup, SamplePairing, _smote_group, cycle_partners, mix,
-                             mix_dataset, smooth_labels, smote, smote_blocks, smote_dataset,
-                             soft_cross_entropy)
+from operators.contract import ID, LABEL, DataError, X, from_columns
+from operators.mixup import (
+    CutMix,
+    Mixup,
+    SamplePairing,
+    _smote_group,
+    cycle_partners,
+    mix,
+    mix_dataset,
+    smooth_labels,
+    smote,
+    smote_blocks,
+    smote_dataset,
+    soft_cross_entropy,
+)
 
 
 def gen(seed=0):
@@ -57,7 +69,7 @@ def test_cutmix_label_weight_is_the_pasted_share_exactly(shape):
     torch.testing.assert_close(ym[torch.arange(n), torch.arange(n)].double(), own)
     assert torch.equal(xm[:, 0], xm[:, 1])  # the box spans every channel
     assert 0 < pasted.mean() < 1 and pasted.max() > 0.5  # large boxes that hit the border, too
-    for sample in (xm[:, 0] == partner.view(n, *([1] * len(shape)))):
+    for sample in xm[:, 0] == partner.view(n, *([1] * len(shape))):
         for idx in torch.nonzero(sample, as_tuple=True):  # a box: contiguous along every axis
             assert idx.numel() == 0 or idx.max() - idx.min() + 1 == idx.unique().numel()
 
@@ -139,8 +151,9 @@ def test_mixed_rows_keep_valid_parents_and_repeat_with_the_seed(ray_session):
         assert r[LABEL] == int(np.argmax(y)) and y.sum() == pytest.approx(1.0)
 
     again = mix_dataset(ds, Mixup(), num_classes=3, seed=3, ids=scheme, copies=2).take_all()
-    assert [(r[ID], list(r["parent_ids"]), np.asarray(r[X]).tolist()) for r in rows] == \
-           [(r[ID], list(r["parent_ids"]), np.asarray(r[X]).tolist()) for r in again]
+    assert [(r[ID], list(r["parent_ids"]), np.asarray(r[X]).tolist()) for r in rows] == [
+        (r[ID], list(r["parent_ids"]), np.asarray(r[X]).tolist()) for r in again
+    ]
 
 
 def test_smote_job_brings_minority_classes_up_to_the_target(ray_session):
@@ -165,22 +178,48 @@ def test_smote_job_brings_minority_classes_up_to_the_target(ray_session):
 def test_smote_group_targets_row_order_and_a_class_of_one_row():
     scheme = IdScheme(offset=100, stride=100)
     one_block = np.array([1, 1, 1])
-    three = {ID: np.array([7, 3, 5]), LABEL: np.array([1, 1, 1]),
-             X: np.arange(6, dtype=np.float32).reshape(3, 1, 2)}
-    made = _smote_group(three, quota={(1, 0): 2}, k=2, seed=0, ids=scheme, num_classes=2,
-                        blocks_per_class=one_block)
+    three = {
+        ID: np.array([7, 3, 5]),
+        LABEL: np.array([1, 1, 1]),
+        X: np.arange(6, dtype=np.float32).reshape(3, 1, 2),
+    }
+    made = _smote_group(
+        three, quota={(1, 0): 2}, k=2, seed=0, ids=scheme, num_classes=2, blocks_per_class=one_block
+    )
     assert made.num_rows == 2
     shuffled = {key: value[[2, 0, 1]] for key, value in three.items()}
-    assert _smote_group(shuffled, quota={(1, 0): 2}, k=2, seed=0, ids=scheme, num_classes=2,
-                        blocks_per_class=one_block).equals(made)  # row order does not matter
-    assert _smote_group(three, quota={}, k=2, seed=0, ids=scheme, num_classes=2,
-                        blocks_per_class=one_block).num_rows == 0
+    assert _smote_group(
+        shuffled,
+        quota={(1, 0): 2},
+        k=2,
+        seed=0,
+        ids=scheme,
+        num_classes=2,
+        blocks_per_class=one_block,
+    ).equals(made)  # row order does not matter
+    assert (
+        _smote_group(
+            three, quota={}, k=2, seed=0, ids=scheme, num_classes=2, blocks_per_class=one_block
+        ).num_rows
+        == 0
+    )
     one = {ID: np.array([50]), LABEL: np.array([2]), X: np.zeros((1, 1, 2), np.float32)}
     with pytest.raises(DataError, match="class 2 has only id 50"):
-        _smote_group(one, quota={(2, 0): 2}, k=2, seed=0, ids=scheme, num_classes=None,
-                     blocks_per_class=one_block)
-    assert _smote_group(one, quota={}, k=2, seed=0, ids=scheme, num_classes=None,
-                        blocks_per_class=one_block).num_rows == 0
+        _smote_group(
+            one,
+            quota={(2, 0): 2},
+            k=2,
+            seed=0,
+            ids=scheme,
+            num_classes=None,
+            blocks_per_class=one_block,
+        )
+    assert (
+        _smote_group(
+            one, quota={}, k=2, seed=0, ids=scheme, num_classes=None, blocks_per_class=one_block
+        ).num_rows
+        == 0
+    )
 
 
 def test_smote_in_blocks_of_a_class_finds_neighbours_within_the_block(ray_session):
@@ -204,13 +243,14 @@ def test_smote_in_blocks_of_a_class_finds_neighbours_within_the_block(ray_sessio
         a, nb = r["parent_ids"]
         mates = np.flatnonzero(block == block[a])
         others = mates[mates != a]
-        assert nb == others[np.argmin(np.abs(others ** 2 - a ** 2))]  # nearest in the block
-        u = (r[X][0, 0] - a ** 2) / (nb ** 2 - a ** 2)
+        assert nb == others[np.argmin(np.abs(others**2 - a**2))]  # nearest in the block
+        u = (r[X][0, 0] - a**2) / (nb**2 - a**2)
         assert 0 <= u < 1
         made[block[a]] += 1
     assert made.tolist() == quota.tolist()
     assert len({r[ID] for r in rows}) == 15
     again = smote_dataset(ds, seed=2, ids=scheme, target={0: 25}, k=1, block_rows=4).take_all()
     key = lambda r: r[ID]  # noqa: E731
-    assert [(r[ID], list(r["parent_ids"])) for r in sorted(rows, key=key)] == \
-           [(r[ID], list(r["parent_ids"])) for r in sorted(again, key=key)]
+    assert [(r[ID], list(r["parent_ids"])) for r in sorted(rows, key=key)] == [
+        (r[ID], list(r["parent_ids"])) for r in sorted(again, key=key)
+    ]

@@ -1,4 +1,5 @@
 """Built-in models: shapes, stages, embeddings, and the user-factory hook."""
+
 import pytest
 import torch
 
@@ -6,8 +7,10 @@ from pipelines.config import ConfigError, ModelConfig
 from pipelines.models import build_model, embed
 
 
-@pytest.mark.parametrize("name, shape", [("mlp", (1, 8, 8)), ("cnn1d", (1, 40)),
-                                         ("cnn2d", (1, 8, 8)), ("cnn2d", (3, 28, 28))])
+@pytest.mark.parametrize(
+    "name, shape",
+    [("mlp", (1, 8, 8)), ("cnn1d", (1, 40)), ("cnn2d", (1, 8, 8)), ("cnn2d", (3, 28, 28))],
+)
 def test_built_ins_give_logits_and_embeddings(name, shape):
     model = build_model(ModelConfig(name=name), shape, 7).eval()
     x = torch.randn(5, *shape)

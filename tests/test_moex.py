@@ -1,5 +1,6 @@
 """MoEx: moments swapped exactly on hand-made feature maps, the paper's target, the training hook
 and the offline job's rows."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,8 +18,7 @@ from pipelines.moex import MomentExchange
 def test_channel_moments_are_swapped_exactly_at_every_position():
     # Two samples, 2 channels, 2 positions. Sample 0 at position p: (1, 3) -> mean 2, std 1
     # and (0, 4) -> mean 2, std 2; sample 1: (10, 14) -> mean 12, std 2; (5, 5) -> mean 5, std 0.
-    h = torch.tensor([[[1.0, 0.0], [3.0, 4.0]],
-                      [[10.0, 5.0], [14.0, 5.0]]], dtype=torch.float64)
+    h = torch.tensor([[[1.0, 0.0], [3.0, 4.0]], [[10.0, 5.0], [14.0, 5.0]]], dtype=torch.float64)
     out = exchange_moments(h, torch.tensor([1, 0]), "channel", eps=1e-30)
     # sample 0 keeps its normalised values (-1, +1) and takes mean 12 / std 2 and mean 5 / std 0
     assert torch.allclose(out[0], torch.tensor([[10.0, 5.0], [14.0, 5.0]], dtype=h.dtype))
@@ -40,8 +40,10 @@ def test_spatial_moments_and_eps_follow_the_formula():
 
 def test_targets_weigh_the_own_label_by_lam():
     y = torch.eye(3)
-    assert torch.allclose(moex_targets(y, torch.tensor([2, 0, 1]), 0.9),
-                          torch.tensor([[0.9, 0, 0.1], [0.1, 0.9, 0], [0, 0.1, 0.9]]))
+    assert torch.allclose(
+        moex_targets(y, torch.tensor([2, 0, 1]), 0.9),
+        torch.tensor([[0.9, 0, 0.1], [0.1, 0.9, 0], [0, 0.1, 0.9]]),
+    )
 
 
 def test_training_loss_is_the_models_pass_on_exchanged_features():
@@ -52,6 +54,7 @@ def test_training_loss_is_the_models_pass_on_exchanged_features():
     loss = MomentExchange(layer=1, lam=0.8)(model, x, y, torch.Generator().manual_seed(2))
     # the same draws by hand: the partner cycle, then the exchange of the flat features
     from operators.mixup import cycle_partners
+
     partner = cycle_partners(5, torch.Generator().manual_seed(2))
     logits = model.stages[1](exchange_moments(model.stages[0](x), partner, "channel"))
     target = 0.8 * y + 0.2 * y[partner]

@@ -1,4 +1,5 @@
 """Neural augmentation: partners of the same class, and one joint step lowering both losses."""
+
 import torch
 from torch import nn
 
@@ -21,8 +22,9 @@ def test_one_joint_step_lowers_the_content_and_the_classification_loss():
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(6, 2))
     params = [*augmenter.parameters(), *classifier.parameters()]
     optimizer = torch.optim.SGD(params, lr=0.05)
-    before = joint_step(augmenter, classifier, optimizer, x, labels,
-                        torch.Generator().manual_seed(2))
+    before = joint_step(
+        augmenter, classifier, optimizer, x, labels, torch.Generator().manual_seed(2)
+    )
     partner = same_class_partners(labels, torch.Generator().manual_seed(2))
     with torch.no_grad():
         after = joint_losses(augmenter, classifier, x, x[partner], labels)

@@ -1,5 +1,6 @@
 """M1's drop-the-learned rounds on hand-made classes with a model whose answers are fixed,
 and one short run of the driver on digits."""
+
 import json
 from pathlib import Path
 
@@ -20,14 +21,26 @@ from pipelines.strategies import NormBalanced, RoundView, remaining_stop
 ROWS = {
     # class 0, mean 4.5: initial 4 (5, closest above) and 3 (4, closest below); of the pool,
     # 0 2 5 7 are right (dropped), 1 (2) and 6 (7) wrong: mean 4.5, next draw 6 then 1.
-    0: (0, 1, 0), 1: (0, 2, 1), 2: (0, 3, 0), 3: (0, 4, 2),
-    4: (0, 5, 1), 5: (0, 6, 0), 6: (0, 7, 2), 7: (0, 8, 0),
+    0: (0, 1, 0),
+    1: (0, 2, 1),
+    2: (0, 3, 0),
+    3: (0, 4, 2),
+    4: (0, 5, 1),
+    5: (0, 6, 0),
+    6: (0, 7, 2),
+    7: (0, 8, 0),
     # class 1, mean 35: initial 13 (40) and 12 (30); of the pool 10 14 15 are right, only 11
     # is left: the next draw takes it alone and says the class is short.
-    10: (1, 10, 1), 11: (1, 20, 0), 12: (1, 30, 1), 13: (1, 40, 1), 14: (1, 50, 1),
+    10: (1, 10, 1),
+    11: (1, 20, 0),
+    12: (1, 30, 1),
+    13: (1, 40, 1),
+    14: (1, 50, 1),
     15: (1, 60, 1),
     # class 2, mean 4: initial 22 (9) and 21 (2); the pool's only row, 20, is right.
-    20: (2, 1, 2), 21: (2, 2, 0), 22: (2, 9, 2),
+    20: (2, 1, 2),
+    21: (2, 2, 0),
+    22: (2, 9, 2),
 }
 INITIAL = [4, 3, 13, 12, 22, 21]
 DROPPED_IDS = [0, 2, 5, 7, 10, 14, 15, 20]
@@ -54,16 +67,30 @@ def _share():
 
 
 def _job(tmp_path, **strategy):
-    return from_dict({"run_dir": str(tmp_path / "run"), "score": {"batch_size": 4},
-                      "train": {"num_workers": 1},
-                      "strategy": {"name": "norm_balanced", "per_class": 2,
-                                   "channel_weights": [0.0, 1.0], **strategy}})
+    return from_dict(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "score": {"batch_size": 4},
+            "train": {"num_workers": 1},
+            "strategy": {
+                "name": "norm_balanced",
+                "per_class": 2,
+                "channel_weights": [0.0, 1.0],
+                **strategy,
+            },
+        }
+    )
 
 
 def _view(job, share, state, round_index):
-    return RoundView(job=job, round_index=round_index, num_classes=3, share=share,
-                     pool=pool_rows(share, state.manifest_ids()),
-                     score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"))
+    return RoundView(
+        job=job,
+        round_index=round_index,
+        num_classes=3,
+        share=share,
+        pool=pool_rows(share, state.manifest_ids()),
+        score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"),
+    )
 
 
 def test_drop_the_learned_then_draw_from_what_remains(tmp_path):
@@ -102,15 +129,21 @@ def test_a_met_stop_condition_draws_nothing_but_still_drops(tmp_path):
     assert len(added.ids) == 0 and added.dropped.tolist() == DROPPED_IDS
 
 
-@pytest.mark.parametrize("total, per_class, stop", [
-    (None, None, None),  # no condition: only the round cap or an empty remainder stops
-    (2, None, None),
-    (3, None, "3 misclassified samples left <= remaining_total 3"),
-    (None, 1, None),  # class 0 still has 2
-    (None, 2, "every class has <= remaining_per_class 2 misclassified samples left "
-              "(at most 2)"),
-    (0, 0, None),
-])
+@pytest.mark.parametrize(
+    "total, per_class, stop",
+    [
+        (None, None, None),  # no condition: only the round cap or an empty remainder stops
+        (2, None, None),
+        (3, None, "3 misclassified samples left <= remaining_total 3"),
+        (None, 1, None),  # class 0 still has 2
+        (
+            None,
+            2,
+            "every class has <= remaining_per_class 2 misclassified samples left (at most 2)",
+        ),
+        (0, 0, None),
+    ],
+)
 def test_stop_conditions_on_what_remains(total, per_class, stop):
     s = StrategyConfig(remaining_total=total, remaining_per_class=per_class)
     assert remaining_stop(s, REMAINING) == stop
@@ -121,14 +154,18 @@ def test_an_empty_remainder_always_stops():
 
 
 def test_norm_balanced_run_on_digits(ray_session, tmp_path):
-    job = from_dict({
-        "name": "m1", "seed": 3, "run_dir": str(tmp_path / "m1"),
-        "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
-        "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
-        "train": {"num_workers": 1, "batch_size": 32, "epochs_per_round": 2, "lr": 0.03},
-        "strategy": {"name": "norm_balanced", "per_class": 10, "max_rounds": 2},
-        "score": {"batch_size": 256},
-    })
+    job = from_dict(
+        {
+            "name": "m1",
+            "seed": 3,
+            "run_dir": str(tmp_path / "m1"),
+            "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
+            "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+            "train": {"num_workers": 1, "batch_size": 32, "epochs_per_round": 2, "lr": 0.03},
+            "strategy": {"name": "norm_balanced", "per_class": 10, "max_rounds": 2},
+            "score": {"batch_size": 256},
+        }
+    )
     lines = []
     summary = run_job(job, echo=lines.append)
     run_dir = Path(job.run_dir)

@@ -1,11 +1,10 @@
 """Norms by hand, the map_batches operator on Ray, per-class statistics, and bad input."""
+
 import numpy as np
 import pytest
 
-
-from operators.contract import ID, LABEL, X, DataError, data_errors, from_columns
+from operators.contract import ID, LABEL, DataError, X, data_errors, from_columns
 from operators.norms import Norms, add_norms, class_norm_stats
-
 
 
 def _norm(x, **kw):
@@ -78,8 +77,14 @@ def test_nan_and_ragged_rows_are_named(ray_session):
 
 
 def test_class_norm_stats_by_hand(ray_session):
-    ds = from_columns({ID: np.arange(5), LABEL: np.array([1, 0, 0, 1, 0]),
-                       "norm": np.array([10, 1, 2, 10, 3], np.float32)}, rows_per_block=2)
+    ds = from_columns(
+        {
+            ID: np.arange(5),
+            LABEL: np.array([1, 0, 0, 1, 0]),
+            "norm": np.array([10, 1, 2, 10, 3], np.float32),
+        },
+        rows_per_block=2,
+    )
     stats = class_norm_stats(ds)
     assert list(stats.columns) == [LABEL, "count", "mean", "std", "min", "max"]
     assert stats[LABEL].tolist() == [0, 1]
@@ -96,5 +101,4 @@ def test_class_norm_stats_errors(ray_session):
     x = np.ones((3, 2), np.float32)
     x[1, 0] = np.nan
     with pytest.raises(DataError, match="NaN or inf.*id 11"):
-        class_norm_stats(_dataset(x, labels=[0, 0, 1]).map_batches(Norms(),
-                                                                   batch_format="numpy"))
+        class_norm_stats(_dataset(x, labels=[0, 0, 1]).map_batches(Norms(), batch_format="numpy"))

@@ -1,4 +1,5 @@
 """The norms, cluster, select and score batch jobs: Parquet in, Parquet out, and their errors."""
+
 import argparse
 import re
 
@@ -9,10 +10,9 @@ import pytest
 import ray
 import torch
 
-from operators.contract import ID, LABEL, X, DataError, from_columns
+from operators.contract import ID, LABEL, DataError, X, from_columns
 from operators.keys import hash_keys
 from pipelines.operator_jobs import add_commands
-
 
 
 def _cli(*argv):
@@ -60,7 +60,7 @@ def test_cluster_job_with_near_duplicates_dropped(ray_session, tmp_path):
     rows = _rows(tmp_path / "out")
     assert [r[ID] for r in rows] == list(range(30))  # the copy went, its original stayed
     blob_of = [r["cluster"] for r in rows]
-    assert all(len(set(blob_of[b * 10:(b + 1) * 10])) == 1 for b in range(3))
+    assert all(len(set(blob_of[b * 10 : (b + 1) * 10])) == 1 for b in range(3))
     assert len(set(blob_of)) == 3
     centre = np.concatenate([x[:10], x[:1]]).mean(0)  # the copy counted while fitting
     assert rows[0]["dist"] == pytest.approx(np.linalg.norm(x[0] - centre), rel=1e-5)
@@ -99,18 +99,33 @@ def test_job_errors_name_the_problem(ray_session, tmp_path):
         _cli("norms", src, tmp_path / "out")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["select", "--per-class", 0], r"select: error: argument --per-class: must be a positive "
-                                   r"integer, got 0"),
-    (["select", "--ratio", 1.5], r"select: error: argument --ratio: must be in \(0, 1\], got 1\.5"),
-    (["select"], r"select: error: one of the arguments --per-class --ratio is required"),
-    (["cluster"], r"cluster: error: the following arguments are required: --k"),
-    (["cluster", "--k", 2, "--tol", -1], r"cluster: error: argument --tol: must be a finite "
-                                         r"number >= 0, got -1"),
-    (["norms", "--kind", "l7"], r"norms: error: argument --kind: invalid choice: 'l7'"),
-    (["norms", "--channel-weights", "a,b"], r"norms: error: argument --channel-weights: "
-                                            r"expected comma-separated numbers, .*got 'a,b'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["select", "--per-class", 0],
+            r"select: error: argument --per-class: must be a positive "
+            r"integer, got 0",
+        ),
+        (
+            ["select", "--ratio", 1.5],
+            r"select: error: argument --ratio: must be in \(0, 1\], got 1\.5",
+        ),
+        (["select"], r"select: error: one of the arguments --per-class --ratio is required"),
+        (["cluster"], r"cluster: error: the following arguments are required: --k"),
+        (
+            ["cluster", "--k", 2, "--tol", -1],
+            r"cluster: error: argument --tol: must be a finite "
+            r"number >= 0, got -1",
+        ),
+        (["norms", "--kind", "l7"], r"norms: error: argument --kind: invalid choice: 'l7'"),
+        (
+            ["norms", "--channel-weights", "a,b"],
+            r"norms: error: argument --channel-weights: "
+            r"expected comma-separated numbers, .*got 'a,b'",
+        ),
+    ],
+)
 def test_bad_options_are_named_on_stderr(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         _cli(argv[0], tmp_path / "in", tmp_path / "out", *argv[1:])
@@ -135,8 +150,10 @@ def _model_file(path):
 
 def _user_pool(path, rows, labels=None):
     """A user's own Parquet: a flat `pixels` list column, `key` and optionally `target`."""
-    table = {"key": [f"r{i}" for i in range(len(rows))],
-             "pixels": pa.array(rows, pa.list_(pa.float32()))}
+    table = {
+        "key": [f"r{i}" for i in range(len(rows))],
+        "pixels": pa.array(rows, pa.list_(pa.float32())),
+    }
     if labels is not None:
         table["target"] = labels
     pq.write_table(pa.table(table), path)
@@ -146,22 +163,41 @@ def _user_pool(path, rows, labels=None):
 def test_score_job_adds_the_models_scores_to_a_users_rows(ray_session, tmp_path, capsys):
     model = _model_file(tmp_path / "model.pt")
     src = _user_pool(tmp_path / "pool.parquet", [[2.0, 0.0], [0.0, 1.0], [-1.0, -2.0]], [0, 0, 2])
-    _cli("score", model, src, tmp_path / "out", "--feature-column", "pixels",
-         "--label-column", "target", "--batch-size", 2)
+    _cli(
+        "score",
+        model,
+        src,
+        tmp_path / "out",
+        "--feature-column",
+        "pixels",
+        "--label-column",
+        "target",
+        "--batch-size",
+        2,
+    )
     rows = sorted(ray.data.read_parquet(str(tmp_path / "out")).take_all(), key=lambda r: r["key"])
     assert [r["key"] for r in rows] == ["r0", "r1", "r2"] and "pixels" not in rows[0]
     assert [r["target"] for r in rows] == [0, 0, 2]
     assert [r["pred"] for r in rows] == [0, 1, 2] and [r["correct"] for r in rows] == [
-        True, False, True]
+        True,
+        False,
+        True,
+    ]
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -2.0, 0.0]])
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    np.testing.assert_allclose([r["loss"] for r in rows], -np.log(p[[0, 1, 2], [0, 0, 2]]),
-                               rtol=1e-6)
-    np.testing.assert_allclose([r["margin"] for r in rows],
-                               [p[0, 0] - p[0, 1], p[1, 0] - p[1, 1], p[2, 2] - p[2, 0]],
-                               rtol=1e-6)
-    assert capsys.readouterr().out.strip().endswith("3 rows, 1 mispredicted -> "
-                                                    + str(tmp_path / "out"))
+    np.testing.assert_allclose(
+        [r["loss"] for r in rows], -np.log(p[[0, 1, 2], [0, 0, 2]]), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        [r["margin"] for r in rows],
+        [p[0, 0] - p[0, 1], p[1, 0] - p[1, 1], p[2, 2] - p[2, 0]],
+        rtol=1e-6,
+    )
+    assert (
+        capsys.readouterr()
+        .out.strip()
+        .endswith("3 rows, 1 mispredicted -> " + str(tmp_path / "out"))
+    )
 
 
 def test_score_job_without_labels_scores_against_the_prediction(ray_session, tmp_path):
@@ -184,10 +220,14 @@ def test_score_job_errors_name_the_problem(ray_session, tmp_path, capsys):
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")
     cases = [
-        ((model, src, tmp_path / "a", "--feature-column", "pixels", "--label-column", "target"),
-         "pool.parquet: column 'target': label 7 is outside the model's 3 classes"),
-        ((model, wide, tmp_path / "b", "--feature-column", "pixels"),
-         r"wide.parquet: column 'pixels': rows of shape \(3,\), the model takes \(1, 2\)"),
+        (
+            (model, src, tmp_path / "a", "--feature-column", "pixels", "--label-column", "target"),
+            "pool.parquet: column 'target': label 7 is outside the model's 3 classes",
+        ),
+        (
+            (model, wide, tmp_path / "b", "--feature-column", "pixels"),
+            r"wide.parquet: column 'pixels': rows of shape \(3,\), the model takes \(1, 2\)",
+        ),
         ((not_a_model, src, tmp_path / "c"), "notes.txt: not a model file raysift wrote"),
         ((tmp_path, src, tmp_path / "d"), "no model here: give a run directory"),
         ((model, src, tmp_path / "e"), r"missing column\(s\) \['x'\]"),
@@ -200,9 +240,16 @@ def test_score_job_errors_name_the_problem(ray_session, tmp_path, capsys):
 
 def _user_rows(path, rows, labels, row_group_size=None):
     """A user's own Parquet: `pixels` (a flat list) and `target`, no ids."""
-    pq.write_table(pa.table({"pixels": pa.array(rows, pa.list_(pa.float32())),
-                             "target": pa.array(labels, pa.int64())}),
-                   path, row_group_size=row_group_size)
+    pq.write_table(
+        pa.table(
+            {
+                "pixels": pa.array(rows, pa.list_(pa.float32())),
+                "target": pa.array(labels, pa.int64()),
+            }
+        ),
+        path,
+        row_group_size=row_group_size,
+    )
     return str(path)
 
 
@@ -210,8 +257,12 @@ def test_jobs_read_a_users_own_parquet_with_the_source_options(ray_session, tmp_
     folder = tmp_path / "mine"
     folder.mkdir()
     # Two files, the first in row groups of 2: ids follow the rows across files and groups.
-    _user_rows(folder / "a.parquet", [[0, 0, 0, 1], [0, 0, 1, 0], [9, 9, 9, 9]], [0, 0, 1],
-               row_group_size=2)
+    _user_rows(
+        folder / "a.parquet",
+        [[0, 0, 0, 1], [0, 0, 1, 0], [9, 9, 9, 9]],
+        [0, 0, 1],
+        row_group_size=2,
+    )
     _user_rows(folder / "b.parquet", [[9, 9, 9, 8]], [1])
     opts = ["--feature-column", "pixels", "--label-column", "target", "--shape", "1,2,2"]
     _cli("cluster", folder, tmp_path / "c", "--k", 2, "--seed", 0, *opts)
@@ -234,20 +285,31 @@ def test_a_users_bad_rows_are_named_by_file_and_row(ray_session, tmp_path, capsy
     good = _user_rows(tmp_path / "good.parquet", [[0.0, 1.0]], [0])
     opts = ["--feature-column", "pixels", "--label-column", "target"]
     cases = [
-        (["select", bad_label, tmp_path / "a", "--per-class", 1, *opts],
-         r"labels.parquet: source.label_column 'target' must be >= 0; row 3 has label -1"),
-        (["norms", bad_value, tmp_path / "b", *opts],
-         r"values.parquet: source.feature_column 'pixels' holds NaN or inf at row 1"),
-        (["norms", ragged, tmp_path / "c", *opts],
-         r"ragged.parquet: source.feature_column 'pixels' has ragged feature shapes: row 1"),
-        (["norms", good, tmp_path / "d", *opts, "--shape", "1,3"],
-         r"--shape: \[1, 3\] holds 3 values, but .*good.parquet row 0 has shape \(2,\)"),
-        (["select", bad_label, tmp_path / "e", "--per-class", 1, "--feature-column", "pixels"],
-         r"labels.parquet: --label-column: missing column\(s\) \['label'\]"),
+        (
+            ["select", bad_label, tmp_path / "a", "--per-class", 1, *opts],
+            r"labels.parquet: source.label_column 'target' must be >= 0; row 3 has label -1",
+        ),
+        (
+            ["norms", bad_value, tmp_path / "b", *opts],
+            r"values.parquet: source.feature_column 'pixels' holds NaN or inf at row 1",
+        ),
+        (
+            ["norms", ragged, tmp_path / "c", *opts],
+            r"ragged.parquet: source.feature_column 'pixels' has ragged feature shapes: row 1",
+        ),
+        (
+            ["norms", good, tmp_path / "d", *opts, "--shape", "1,3"],
+            r"--shape: \[1, 3\] holds 3 values, but .*good.parquet row 0 has shape \(2,\)",
+        ),
+        (
+            ["select", bad_label, tmp_path / "e", "--per-class", 1, "--feature-column", "pixels"],
+            r"labels.parquet: --label-column: missing column\(s\) \['label'\]",
+        ),
     ]
     for argv, message in cases:
         assert main([str(a) for a in argv]) == 2, message
         err = capsys.readouterr().err
         assert re.search("raysift: error: .*" + message, err), err
-    assert not any(p.name.startswith(("a", "b", "c", "d", "e", ".")) for p in tmp_path.iterdir()
-                   if p.is_dir())  # nothing half written
+    assert not any(
+        p.name.startswith(("a", "b", "c", "d", "e", ".")) for p in tmp_path.iterdir() if p.is_dir()
+    )  # nothing half written

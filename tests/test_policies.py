@@ -1,5 +1,6 @@
 """The strategy policies on one rank, on hand-made rows with a model whose answers are fixed:
 `full`, `random` and M2 (M1 and InfoBatch have their own files)."""
+
 import math
 
 import numpy as np
@@ -9,10 +10,9 @@ import torch.nn.functional as F
 from operators.keys import hash_keys
 from pipelines.config import from_dict
 from pipelines.engine import pool_rows, share_scorer
-from pipelines.run_state import RunState
 from pipelines.seeding import derive_seed
 from pipelines.share import Share
-from pipelines.strategies import Full, M2, RandomGrowth, RoundView
+from pipelines.strategies import M2, Full, RandomGrowth, RoundView
 
 SEED = 5
 N = 30
@@ -30,21 +30,32 @@ class ReadsItsAnswer(torch.nn.Module):
 
 def _share(features=None):
     x = np.zeros((N, 2, 1), np.float32)
-    x[:, 0, 0] = [(l + 1) % 3 if i in WRONG else l for i, l in zip(IDS, LABELS)]
+    x[:, 0, 0] = [(y + 1) % 3 if i in WRONG else y for i, y in zip(IDS, LABELS)]
     if features is not None:
         x[:, 1, 0] = features
     return Share.from_arrays(IDS, LABELS, x)
 
 
 def _job(**strategy):
-    return from_dict({"seed": SEED, "train": {"num_workers": 1}, "score": {"batch_size": 4},
-                      "strategy": {"name": "m2", **strategy}})
+    return from_dict(
+        {
+            "seed": SEED,
+            "train": {"num_workers": 1},
+            "score": {"batch_size": 4},
+            "strategy": {"name": "m2", **strategy},
+        }
+    )
 
 
 def _view(job, share, manifest_ids, round_index=0):
-    return RoundView(job=job, round_index=round_index, num_classes=3, share=share,
-                     pool=pool_rows(share, manifest_ids),
-                     score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"))
+    return RoundView(
+        job=job,
+        round_index=round_index,
+        num_classes=3,
+        share=share,
+        pool=pool_rows(share, manifest_ids),
+        score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"),
+    )
 
 
 def test_full_takes_every_row_once_and_stops_after_its_round():
@@ -108,16 +119,22 @@ class InputLogits(torch.nn.Module):
 
 # Logits per row (label): 0 right and sure, 1 wrong, 2 right with a small margin (0.05, loss
 # 0.64), 3 right with the highest loss (0.79, margin 0.18), 4 and 5 right and sure.
-FILL_X = np.array([[5, 0, 0], [0, 5, 0], [2, 1.9, -10], [0.5, 0, 0], [0, 5, 0], [0, 0, 5]],
-                  np.float32)
+FILL_X = np.array(
+    [[5, 0, 0], [0, 5, 0], [2, 1.9, -10], [0.5, 0, 0], [0, 5, 0], [0, 0, 5]], np.float32
+)
 FILL_Y = np.array([0, 0, 0, 0, 1, 2])
 
 
 def _fill_view(job, subset=()):
     share = Share.from_arrays(np.arange(6), FILL_Y, FILL_X)
-    return RoundView(job=job, round_index=1, num_classes=3, share=share,
-                     pool=pool_rows(share, np.array(subset, np.int64)),
-                     score_rows=share_scorer(InputLogits(), share, "cpu"))
+    return RoundView(
+        job=job,
+        round_index=1,
+        num_classes=3,
+        share=share,
+        pool=pool_rows(share, np.array(subset, np.int64)),
+        score_rows=share_scorer(InputLogits(), share, "cpu"),
+    )
 
 
 def test_m2_fills_the_hard_rows_the_pool_lacks_by_loss_or_by_margin():
@@ -129,8 +146,9 @@ def test_m2_fills_the_hard_rows_the_pool_lacks_by_loss_or_by_margin():
     job = _job(hard_per_round=3, reps_per_round=0, hard_fill="loss")
     assert M2().after_round(_fill_view(job)).ids.tolist() == [1, 3, 2]  # hardest first
     # the source rule: only the one misprediction
-    assert M2().after_round(_fill_view(_job(hard_per_round=2, reps_per_round=0))).ids.tolist() \
-        == [1]
+    assert M2().after_round(_fill_view(_job(hard_per_round=2, reps_per_round=0))).ids.tolist() == [
+        1
+    ]
 
 
 def test_a_filled_row_is_no_representative_and_no_mistake_left_still_adds_the_nearest():

@@ -1,4 +1,5 @@
 """The scorer's numbers, by hand and through the Ray Data actor pool."""
+
 import numpy as np
 import torch
 
@@ -21,8 +22,9 @@ def always_zero():
 
 def _pool(n=60):
     ids = np.arange(n, dtype=np.int64)
-    return from_columns({ID: ids, LABEL: ids % 3,
-                         X: np.zeros((n, 1, 4), np.float32)}, rows_per_block=20)
+    return from_columns(
+        {ID: ids, LABEL: ids % 3, X: np.zeros((n, 1, 4), np.float32)}, rows_per_block=20
+    )
 
 
 def test_score_logits_by_hand():

@@ -1,4 +1,5 @@
 """The comparison report from hand-made summaries and tiny fake run dirs (no training)."""
+
 import json
 
 import numpy as np
@@ -10,10 +11,25 @@ from ray.data.extensions import ArrowTensorArray
 
 from operators.contract import DataError
 from pipelines import cli
-from pipelines.report import (ACCURACY_PNG, BALANCE_PNG, COMPARISON, REPORT, accuracy_figure,
-                              class_balance_figure, comparison_table, compute_to_reach,
-                              curve_points, equal_compute_table, rebuild_report, saving_sentence,
-                              subset_class_counts, table, value_at, write_report, SECONDS)
+from pipelines.report import (
+    ACCURACY_PNG,
+    BALANCE_PNG,
+    COMPARISON,
+    REPORT,
+    SECONDS,
+    accuracy_figure,
+    class_balance_figure,
+    comparison_table,
+    compute_to_reach,
+    curve_points,
+    equal_compute_table,
+    rebuild_report,
+    saving_sentence,
+    subset_class_counts,
+    table,
+    value_at,
+    write_report,
+)
 from pipelines.run_state import RunState, atomic_write_json
 
 # Training ids 0..11: ids 0-5 are class 0, 6-8 class 1, 9-11 class 2.
@@ -24,28 +40,51 @@ MANIFESTS = {
     "full": [(range(12), "all", 0)],
     "m2": [([0, 6, 9], "initial", 0), ([1, 7], "hard", 1), ([10], "representative", 1)],
     "random": [([0, 6, 9], "initial", 0), ([2, 3], "random", 1)],
-    "norm_balanced": [([0, 1, 6, 9], "initial", 0), ([2, 3, 7], "dropped", 1),
-                      ([4, 10], "norm", 1), ([5], "dropped", 2)],
+    "norm_balanced": [
+        ([0, 1, 6, 9], "initial", 0),
+        ([2, 3, 7], "dropped", 1),
+        ([4, 10], "norm", 1),
+        ([5], "dropped", 2),
+    ],
     "infobatch": [(range(12), "all", 0)],
 }
 # Subset per class after each trained round (a final phase trains on the last one); dropped ids
 # never count.
-COUNTS = {"full": [[6, 3, 3]], "m2": [[1, 1, 1], [2, 2, 2]],
-          "random": [[1, 1, 1], [3, 1, 1]], "norm_balanced": [[2, 1, 1], [3, 1, 2], [3, 1, 2]],
-          "infobatch": [[6, 3, 3]]}
+COUNTS = {
+    "full": [[6, 3, 3]],
+    "m2": [[1, 1, 1], [2, 2, 2]],
+    "random": [[1, 1, 1], [3, 1, 1]],
+    "norm_balanced": [[2, 1, 1], [3, 1, 2], [3, 1, 2]],
+    "infobatch": [[6, 3, 3]],
+}
 
 
 def _round(r, train, infer, acc, bal=None, curve=None, phase="round", end=None):
     """A phase record; `curve` rows (train, val passes, acc, bal[, clock]), `end` its clock."""
-    rec = {"round": r, "phase": phase, "subset_size": 0, "val_accuracy": acc, "hard_found": 0,
-           "added": 0, "train_sample_passes": train, "infer_sample_passes": infer}
+    rec = {
+        "round": r,
+        "phase": phase,
+        "subset_size": 0,
+        "val_accuracy": acc,
+        "hard_found": 0,
+        "added": 0,
+        "train_sample_passes": train,
+        "infer_sample_passes": infer,
+    }
     if bal is not None:
         rec["val_balanced_accuracy"] = bal
     if curve is not None:
-        rec["curve"] = [{"epoch": e, "train_sample_passes": t, "val_sample_passes": v,
-                         "val_accuracy": a, "val_balanced_accuracy": b,
-                         **({"seconds_at": c[0]} if c else {})}
-                        for e, (t, v, a, b, *c) in enumerate(curve)]
+        rec["curve"] = [
+            {
+                "epoch": e,
+                "train_sample_passes": t,
+                "val_sample_passes": v,
+                "val_accuracy": a,
+                "val_balanced_accuracy": b,
+                **({"seconds_at": c[0]} if c else {}),
+            }
+            for e, (t, v, a, b, *c) in enumerate(curve)
+        ]
     if end is not None:
         rec["seconds_end"] = end
     return rec
@@ -55,18 +94,31 @@ def _round(r, train, infer, acc, bal=None, curve=None, phase="round", end=None):
 PER_ROUND = {
     # One round with a per-epoch curve: 15 val passes per epoch.
     # Wall clock at each epoch's validation: 10, 20, 30 s.
-    "full": [_round(0, 385, 45, 0.93, 0.91, curve=[(128, 15, 0.8, 0.75, 10),
-                                                   (256, 30, 0.9, 0.88, 20),
-                                                   (385, 45, 0.93, 0.91, 30)], end=31)],
+    "full": [
+        _round(
+            0,
+            385,
+            45,
+            0.93,
+            0.91,
+            curve=[(128, 15, 0.8, 0.75, 10), (256, 30, 0.9, 0.88, 20), (385, 45, 0.93, 0.91, 30)],
+            end=31,
+        )
+    ],
     # A curve in round 0 (24 of its 30 infer passes are scoring), none in round 1 or final;
     # the clock at round 0's epochs 5 and 8 s, at round 1's end 12 s, the final's 15 s.
-    "m2": [_round(0, 30, 30, 0.6, 0.55, curve=[(15, 3, 0.5, 0.45, 5), (30, 6, 0.6, 0.55, 8)],
-                  end=9),
-           _round(1, 45, 15, 0.7, 0.66, end=12), _round(2, 9, 3, 0.72, 0.7, phase="final", end=15)],
+    "m2": [
+        _round(0, 30, 30, 0.6, 0.55, curve=[(15, 3, 0.5, 0.45, 5), (30, 6, 0.6, 0.55, 8)], end=9),
+        _round(1, 45, 15, 0.7, 0.66, end=12),
+        _round(2, 9, 3, 0.72, 0.7, phase="final", end=15),
+    ],
     # Older runs: no clock; the first also has no curves and no validation balanced accuracy.
     "random": [_round(0, 30, 30, 0.5), _round(1, 70, 30, 0.65)],
-    "norm_balanced": [_round(0, 50, 30, 0.4, 0.4), _round(1, 50, 30, 0.5, 0.45),
-                      _round(2, 74, 18, 0.6, 0.58)],
+    "norm_balanced": [
+        _round(0, 50, 30, 0.4, 0.4),
+        _round(1, 50, 30, 0.5, 0.45),
+        _round(2, 74, 18, 0.6, 0.58),
+    ],
     "infobatch": [_round(0, 270, 90, 0.9)],
 }
 COMPUTE = {"full": 400, "m2": 100, "random": 120, "norm_balanced": 200, "infobatch": 300}
@@ -76,18 +128,27 @@ WALL = {"full": 40.0, "m2": 16.0, "random": 20.0, "norm_balanced": 30.0, "infoba
 def _summary(strategy):
     per_round = PER_ROUND[strategy]
     last = per_round[-1]
-    s = {"name": f"job-{strategy}", "strategy": strategy,
-         "rounds": sum(r["phase"] == "round" for r in per_round),
-         "stop_reason": f"{strategy} stopped", "val_accuracy": last["val_accuracy"],
-         "test_accuracy": last["val_accuracy"] - 0.01,
-         "test_balanced_accuracy": last["val_accuracy"] - 0.02,
-         "subset_size": sum(COUNTS[strategy][-1]),
-         "train_sample_passes": sum(r["train_sample_passes"] for r in per_round),
-         "infer_sample_passes": sum(r["infer_sample_passes"] for r in per_round),
-         "compute": COMPUTE[strategy],
-         "wall_seconds": {"train": 1.0, "score": 0.0, "select": 0.0, "ingest": 0.0,
-                          "total": WALL[strategy]},
-         "per_round": per_round}
+    s = {
+        "name": f"job-{strategy}",
+        "strategy": strategy,
+        "rounds": sum(r["phase"] == "round" for r in per_round),
+        "stop_reason": f"{strategy} stopped",
+        "val_accuracy": last["val_accuracy"],
+        "test_accuracy": last["val_accuracy"] - 0.01,
+        "test_balanced_accuracy": last["val_accuracy"] - 0.02,
+        "subset_size": sum(COUNTS[strategy][-1]),
+        "train_sample_passes": sum(r["train_sample_passes"] for r in per_round),
+        "infer_sample_passes": sum(r["infer_sample_passes"] for r in per_round),
+        "compute": COMPUTE[strategy],
+        "wall_seconds": {
+            "train": 1.0,
+            "score": 0.0,
+            "select": 0.0,
+            "ingest": 0.0,
+            "total": WALL[strategy],
+        },
+        "per_round": per_round,
+    }
     if "val_balanced_accuracy" in last:
         s["val_balanced_accuracy"] = last["val_balanced_accuracy"]
     return s
@@ -97,17 +158,27 @@ def _fake_run(run_dir, strategy):
     """The parts of a run dir the report reads: info.json, train shards, the run state."""
     data = run_dir / "data"
     (data / "train").mkdir(parents=True)
-    info = {"num_classes": 3, "x_shape": [2], "counts": {"train": 12, "val": 0, "test": 0},
-            "class_counts": {"train": [6, 3, 3], "val": [0, 0, 0], "test": [0, 0, 0]},
-            "class_names": None, "source": "hand-made"}
+    info = {
+        "num_classes": 3,
+        "x_shape": [2],
+        "counts": {"train": 12, "val": 0, "test": 0},
+        "class_counts": {"train": [6, 3, 3], "val": [0, 0, 0], "test": [0, 0, 0]},
+        "class_names": None,
+        "source": "hand-made",
+    }
     (data / "info.json").write_text(json.dumps(info))
     ids = np.arange(11, -1, -1)  # not in id order, in two shards, with an x column to skip
     for part, chunk in enumerate(np.array_split(ids, 2)):
-        pq.write_table(pa.table({
-            "id": pa.array(chunk, pa.int64()),
-            "label": pa.array([LABELS[i] for i in chunk], pa.int64()),
-            "x": ArrowTensorArray.from_numpy(np.zeros((len(chunk), 2), np.float32))}),
-            data / "train" / f"part-{part:05d}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "id": pa.array(chunk, pa.int64()),
+                    "label": pa.array([LABELS[i] for i in chunk], pa.int64()),
+                    "x": ArrowTensorArray.from_numpy(np.zeros((len(chunk), 2), np.float32)),
+                }
+            ),
+            data / "train" / f"part-{part:05d}.parquet",
+        )
     state = RunState()
     for ids_, reason, r in MANIFESTS[strategy]:
         state.add(list(ids_), reason, r)
@@ -128,14 +199,23 @@ def test_compute_relative_to_full_and_balanced_columns():
     col = {name: i for i, name in enumerate(head)}
     by = {r[0]: r for r in rows}
     assert {s: by[s][col["vs full"]] for s in by} == {
-        "full": "1.000", "m2": "0.250", "random": "0.300", "norm_balanced": "0.500",
-        "infobatch": "0.750"}
+        "full": "1.000",
+        "m2": "0.250",
+        "random": "0.300",
+        "norm_balanced": "0.500",
+        "infobatch": "0.750",
+    }
     assert by["m2"][col["test bal acc"]] == "0.7000"
     assert by["m2"][col["val bal acc"]] == "0.7000"
     assert by["random"][col["val bal acc"]] == "-"
     # Within 0.5 points of full's 0.93: only full gets there, at its last epoch.
     assert {s: by[s][col["reach"]] for s in by} == {
-        "full": "1.000", "m2": "-", "random": "-", "norm_balanced": "-", "infobatch": "-"}
+        "full": "1.000",
+        "m2": "-",
+        "random": "-",
+        "norm_balanced": "-",
+        "infobatch": "-",
+    }
     _, rows = table(summaries[1:])  # no `full` run: nothing to compare with
     assert [(r[col["vs full"]], r[col["reach"]]) for r in rows] == [("-", "-")] * 4
     text = comparison_table(summaries).splitlines()
@@ -152,7 +232,8 @@ def test_wall_time_beside_full_and_the_closing_sentence():
     assert [r[head.index("reach wall")] for r in rows] == ["0.75", "-", "-"]
     assert saving_sentence(summaries) == (
         "M2 reached test accuracy 0.7100 against full's 0.9200, at 25% of full's compute and "
-        "25% of its wall time.")
+        "25% of its wall time."
+    )
     assert saving_sentence(summaries[1:]) is None
     assert table(summaries[1:])[1][0][-1] == "-"
 
@@ -177,9 +258,13 @@ def test_values_at_equal_compute_are_the_last_validation_within_it():
     # round 1 at 120; random has no balanced values; full and infobatch validated after 100.
     budget, rows = equal_compute_table([_summary(s) for s in MANIFESTS])
     assert budget == 100
-    assert rows == [["full", "-", "-"], ["m2", "0.7200", "0.7000"],
-                    ["random", "0.5000", "-"], ["norm_balanced", "0.4000", "0.4000"],
-                    ["infobatch", "-", "-"]]
+    assert rows == [
+        ["full", "-", "-"],
+        ["m2", "0.7200", "0.7000"],
+        ["random", "0.5000", "-"],
+        ["norm_balanced", "0.4000", "0.4000"],
+        ["infobatch", "-", "-"],
+    ]
 
 
 def test_curve_points_take_epochs_where_kept_else_rounds():
@@ -187,14 +272,20 @@ def test_curve_points_take_epochs_where_kept_else_rounds():
     # m2: round 0 epochs at 15 + 3/3 and 30 + 6/3; round 1 after round 0's 40 in all, with
     # its scoring (no curve); final at the total.
     assert curve_points(s["m2"]) == [(16, 0.5), (32, 0.6), (40 + 45 + 5, 0.7), (100, 0.72)]
-    assert curve_points(s["full"], "val_balanced_accuracy") == [(133, 0.75), (266, 0.88),
-                                                                (400, 0.91)]
+    assert curve_points(s["full"], "val_balanced_accuracy") == [
+        (133, 0.75),
+        (266, 0.88),
+        (400, 0.91),
+    ]
     assert curve_points(s["random"]) == [(40, 0.5), (120, 0.65)]
     assert curve_points(s["random"], "val_balanced_accuracy") == []
     # On the wall clock: each epoch's reading, else the round's end; none for older runs.
     assert curve_points(s["m2"], axis=SECONDS) == [(5, 0.5), (8, 0.6), (12, 0.7), (15, 0.72)]
     assert curve_points(s["full"], "val_balanced_accuracy", SECONDS) == [
-        (10, 0.75), (20, 0.88), (30, 0.91)]
+        (10, 0.75),
+        (20, 0.88),
+        (30, 0.91),
+    ]
     assert curve_points(s["random"], axis=SECONDS) == []
 
 

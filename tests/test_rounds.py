@@ -1,5 +1,6 @@
 """End to end on a local Ray: M2 on digits with two workers in one Ray Train run, the shipped
 model, a worker killed mid-round, the driver killed between and within rounds, run-dir rules."""
+
 import json
 import os
 import signal
@@ -25,15 +26,30 @@ SEED = 3
 
 def _raw(tmp_path, name, marker):
     return {
-        "name": name, "seed": SEED, "run_dir": str(tmp_path / name),
+        "name": name,
+        "seed": SEED,
+        "run_dir": str(tmp_path / name),
         "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
-        "model": {"name": "crashing_model:crash_once_cnn2d",
-                  "kwargs": {"channels": 8, "hidden": 32, "marker": str(marker),
-                             "crash_at": 30}},
-        "train": {"num_workers": 2, "batch_size": 32, "epochs_per_round": 4, "lr": 0.01,
-                  "final_epochs": 2, "checkpoint_every_s": 0},
-        "strategy": {"name": "m2", "initial_ratio": 0.3, "hard_per_round": 40,
-                     "reps_per_round": 20, "cluster_k": 4, "max_rounds": 2},
+        "model": {
+            "name": "crashing_model:crash_once_cnn2d",
+            "kwargs": {"channels": 8, "hidden": 32, "marker": str(marker), "crash_at": 30},
+        },
+        "train": {
+            "num_workers": 2,
+            "batch_size": 32,
+            "epochs_per_round": 4,
+            "lr": 0.01,
+            "final_epochs": 2,
+            "checkpoint_every_s": 0,
+        },
+        "strategy": {
+            "name": "m2",
+            "initial_ratio": 0.3,
+            "hard_per_round": 40,
+            "reps_per_round": 20,
+            "cluster_k": 4,
+            "max_rounds": 2,
+        },
         "score": {"batch_size": 128},
     }
 
@@ -44,8 +60,11 @@ def _comparable(run_dir):
     measured = ("seconds_", "peak_rss_mb")  # the clock's and the OS's figures, not the run's
 
     def kept(d):
-        return {k: [kept(p) for p in v] if k == "curve" else v for k, v in d.items()
-                if not k.startswith(measured)}
+        return {
+            k: [kept(p) for p in v] if k == "curve" else v
+            for k, v in d.items()
+            if not k.startswith(measured)
+        }
 
     return manifest, [kept(r) for r in rounds]
 
@@ -73,8 +92,9 @@ def test_m2_end_to_end(finished_run):
     per_round = summary["per_round"]
     assert [r["phase"] for r in per_round] == ["round", "round", "final"]
     assert per_round[0]["subset_size"] == len(first) and per_round[0]["hard_found"] == 40
-    assert summary["compute"] == pytest.approx(summary["train_sample_passes"]
-                                               + summary["infer_sample_passes"] / 3)
+    assert summary["compute"] == pytest.approx(
+        summary["train_sample_passes"] + summary["infer_sample_passes"] / 3
+    )
     # Each worker trains its own rows of the subset; every epoch both step as far as the one
     # holding more: four epochs a round, two final ones.
     expected_train = 0
@@ -101,9 +121,11 @@ def test_the_shipped_model_is_the_final_phase_and_the_one_tested(finished_run):
     model = load_model(job, str(run_dir / "final"), info.num_classes, info.x_shape)
     assert summary["per_round"][-1]["phase"] == "final"
     assert _accuracy(model, run_dir / "data" / "val", info.x_shape) == pytest.approx(
-        summary["val_accuracy"])
+        summary["val_accuracy"]
+    )
     assert _accuracy(model, run_dir / "data" / "test", info.x_shape) == pytest.approx(
-        summary["test_accuracy"])
+        summary["test_accuracy"]
+    )
 
 
 def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
@@ -114,8 +136,7 @@ def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present():
     assert balanced_accuracy(np.zeros(3), np.zeros(3)) == 0.0
 
 
-def test_a_worker_killed_mid_round_with_its_rows_on_disk_gives_the_same_run(finished_run,
-                                                                            tmp_path):
+def test_a_worker_killed_mid_round_with_its_rows_on_disk_gives_the_same_run(finished_run, tmp_path):
     job, summary = finished_run
     marker = tmp_path / "crashed-once"
     raw = _raw(tmp_path, "crashed", marker)
@@ -129,9 +150,14 @@ def test_a_worker_killed_mid_round_with_its_rows_on_disk_gives_the_same_run(fini
 
 def _driver(job_file, *args):
     """`raysift run` in its own process group (with the Ray it starts), lines on a pipe."""
-    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(job_file), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", str(job_file), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _kill(proc):
@@ -143,8 +169,9 @@ def _checkpoints(run_dir):
     return {p.name for p in (run_dir / "train" / "job").glob("checkpoint_*") if p.is_dir()}
 
 
-def test_the_driver_killed_between_and_within_rounds_resumes_to_the_same_run(finished_run,
-                                                                            tmp_path):
+def test_the_driver_killed_between_and_within_rounds_resumes_to_the_same_run(
+    finished_run, tmp_path
+):
     job, summary = finished_run
     (tmp_path / "no-crash").touch()
     raw = _raw(tmp_path, "killed", tmp_path / "no-crash")
@@ -179,6 +206,7 @@ def test_the_driver_killed_between_and_within_rounds_resumes_to_the_same_run(fin
 def test_resume_refuses_a_different_job(finished_run):
     job, _ = finished_run
     import dataclasses
+
     other = dataclasses.replace(job, seed=4)
     with pytest.raises(ConfigError, match="differs"):
         run_job(other, resume=True, echo=lambda *_: None)

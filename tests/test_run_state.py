@@ -1,4 +1,5 @@
 """The run state survives a save/load and a half-finished save."""
+
 import numpy as np
 import pytest
 
@@ -16,7 +17,11 @@ def test_save_load_roundtrip(tmp_path):
     back = RunState.load(tmp_path)
     assert back.ids.tolist() == [5, 3, 9] and back.rounds_added.tolist() == [0, 0, 1]
     assert back.reasons.tolist() == ["initial", "initial", "hard"]
-    assert back.records == state.records and back.test == {"test_accuracy": 0.75} and back.next_round == 1
+    assert (
+        back.records == state.records
+        and back.test == {"test_accuracy": 0.75}
+        and back.next_round == 1
+    )
 
 
 def test_dropped_rows_stay_in_the_manifest_but_out_of_the_subset(tmp_path):

@@ -1,9 +1,10 @@
 """The pool scan's global early stop, in two gloo processes with mistakes known ahead."""
+
 import json
 
 import numpy as np
-
 from gloo_group import run_gloo
+
 from operators.contract import ID, LABEL
 from pipelines.scan import scan_pool
 
@@ -16,19 +17,34 @@ BATCH = 3
 def stub_scores(rank):
     def score_rows(rows):  # positions into the rank's pool
         ids = POOLS[rank][rows]
-        return {ID: ids, LABEL: np.zeros(len(ids), np.int64),
-                "correct": np.array([i not in WRONG for i in ids])}
+        return {
+            ID: ids,
+            LABEL: np.zeros(len(ids), np.int64),
+            "correct": np.array([i not in WRONG for i in ids]),
+        }
+
     return score_rows
 
 
 def _scan_worker(rank, out_dir):
     found = []
     for n_hard in (3, 4, 0, 50):
-        scan = scan_pool(stub_scores(rank), np.arange(len(POOLS[rank])), n_hard, BATCH,
-                         progress=lambda seen, hard: found.append((n_hard, seen, hard)))
-        found.append({"n_hard": n_hard, "hard": scan.hard_ids.tolist(),
-                      "scored": scan.scored[ID].tolist(), "n_scored": scan.n_scored,
-                      "exhausted": scan.exhausted})
+        scan = scan_pool(
+            stub_scores(rank),
+            np.arange(len(POOLS[rank])),
+            n_hard,
+            BATCH,
+            progress=lambda seen, hard, n=n_hard: found.append((n, seen, hard)),
+        )
+        found.append(
+            {
+                "n_hard": n_hard,
+                "hard": scan.hard_ids.tolist(),
+                "scored": scan.scored[ID].tolist(),
+                "n_scored": scan.n_scored,
+                "exhausted": scan.exhausted,
+            }
+        )
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(found, f)
 
@@ -57,6 +73,7 @@ def test_the_ranks_stop_together_once_the_mispredictions_are_found(tmp_path):
         assert results[0][n]["hard"] == [1, 101, 102, 3, 4, 8, 106] and results[0][n]["exhausted"]
         assert results[0][n]["n_scored"] == 17 and results[1][n]["n_scored"] == 17
     # The progress both ranks saw: rows and misses over the group after every step.
-    steps = [(seen, hard) for g in got[0] if not isinstance(g, dict)
-             for n, seen, hard in [g] if n == 0]
+    steps = [
+        (seen, hard) for g in got[0] if not isinstance(g, dict) for n, seen, hard in [g] if n == 0
+    ]
     assert steps == [(6, 3), (12, 5), (16, 7), (17, 7)]

@@ -1,12 +1,12 @@
 """The learning-rate schedule over the whole run: each phase's stretch of one curve."""
+
 import pytest
 import torch
 from torch import nn
 
 from pipelines.config import ConfigError, from_dict
 from pipelines.engine import advance_schedule
-from pipelines.schedule import (GRID, make_scheduler, move_to, phase_span,
-                                planned_train_passes)
+from pipelines.schedule import GRID, make_scheduler, move_to, phase_span, planned_train_passes
 
 
 def _optimizer():

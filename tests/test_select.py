@@ -1,12 +1,11 @@
 """M1's balanced draw on hand-made classes, the seeded random draw, and their bad input."""
+
 import numpy as np
 import pytest
 
-from operators.contract import ID, LABEL, X, DataError, from_columns
+from operators.contract import ID, LABEL, DataError, X, from_columns
 from operators.keys import hash_keys
 from operators.select import balanced_draw, random_draw, smallest_per_group
-
-
 
 # id -> norm per class; the comments give the mean and the two sides in draw order.
 CLASSES = {
@@ -68,8 +67,10 @@ def test_odd_m_takes_the_extra_one_above(ray_session):
 def test_same_draw_for_any_block_layout_and_from_a_norm_column(ray_session):
     expected = balanced_draw(_classes(rows_per_block=3), per_class=5).ids.tolist()
     assert balanced_draw(_classes(rows_per_block=100), per_class=5).ids.tolist() == expected
-    assert balanced_draw(_classes(rows_per_block=2, as_norm_column=True),
-                         per_class=5).ids.tolist() == expected
+    assert (
+        balanced_draw(_classes(rows_per_block=2, as_norm_column=True), per_class=5).ids.tolist()
+        == expected
+    )
 
 
 def test_excluded_ids_leave_the_class_and_its_mean(ray_session):
@@ -103,8 +104,10 @@ def test_smallest_per_group_breaks_ties_by_id():
 
 
 def _ids(n, rows_per_block):
-    return from_columns({ID: np.arange(n, dtype=np.int64) * 3, LABEL: np.zeros(n, np.int64)},
-                        rows_per_block=rows_per_block)
+    return from_columns(
+        {ID: np.arange(n, dtype=np.int64) * 3, LABEL: np.zeros(n, np.int64)},
+        rows_per_block=rows_per_block,
+    )
 
 
 def test_random_draw_is_seeded_and_layout_free(ray_session):

@@ -1,6 +1,7 @@
 """M2's options on one rank with hand-made losses (InfoBatch's rule inside each round), and one
 short two-worker run with every new option on (the budget plan, one schedule over the run,
 the best final checkpoint, the hard fill, the pruning inside rounds)."""
+
 import json
 
 import pytest
@@ -13,19 +14,26 @@ from pipelines.seeding import derive_seed
 from pipelines.strategies import M2, NormBalanced
 
 # mean 4: rows 0-3 below it
-SCORES = torch.tensor([0., 1., 2., 3., 4., 5., 6., 7., 8., 4.], dtype=torch.float64)
+SCORES = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 4.0], dtype=torch.float64)
 
 
 def test_rounds_prune_below_mean_rows_and_start_over_with_each_new_subset():
-    job = from_dict({"seed": 7, "strategy": {"name": "m2", "round_prune_ratio": 0.5,
-                                             "anneal_delta": 0.75}})
+    job = from_dict(
+        {"seed": 7, "strategy": {"name": "m2", "round_prune_ratio": 0.5, "anneal_delta": 0.75}}
+    )
     policy = M2()
     first = policy.plan_epoch(job, 10, 2, 0, 4)  # equal starting scores: nothing left out
     assert first.pick.tolist() == list(range(10)) and first.weights.tolist() == [1.0] * 10
     policy.end_epoch(first.pick, SCORES)
     second = policy.plan_epoch(job, 10, 2, 1, 4)
-    rows, weights = plan_epoch(SCORES, 1, 4, 0.5, 0.75, torch.Generator().manual_seed(
-        derive_seed(7, "round_prune", 2, 1, 0)))
+    rows, weights = plan_epoch(
+        SCORES,
+        1,
+        4,
+        0.5,
+        0.75,
+        torch.Generator().manual_seed(derive_seed(7, "round_prune", 2, 1, 0)),
+    )
     assert second.pick.tolist() == rows.tolist() and len(rows) == 8
     assert second.weights.tolist() == weights[rows].tolist()  # kept below-mean rows weigh 2
     # the next round's subset (12 rows): the scores start over, its first epoch trains all
@@ -46,15 +54,32 @@ def test_without_the_ratio_every_row_trains_with_no_weights():
 
 
 def test_a_run_with_every_option_on(ray_session, tmp_path):
-    job = from_dict({
-        "seed": 3, "run_dir": str(tmp_path / "run"),
-        "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
-        "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
-        "train": {"num_workers": 2, "batch_size": 64, "lr": 0.01, "checkpoint_every_s": 0,
-                  "lr_schedule": "run_onecycle", "final_keep_best": True},
-        "strategy": {"name": "m2", "budget_fraction": 0.4, "epochs": 6, "max_rounds": 3,
-                     "hard_fill": "loss", "round_prune_ratio": 0.3, "cluster_k": 4},
-        "score": {"batch_size": 256}})
+    job = from_dict(
+        {
+            "seed": 3,
+            "run_dir": str(tmp_path / "run"),
+            "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
+            "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+            "train": {
+                "num_workers": 2,
+                "batch_size": 64,
+                "lr": 0.01,
+                "checkpoint_every_s": 0,
+                "lr_schedule": "run_onecycle",
+                "final_keep_best": True,
+            },
+            "strategy": {
+                "name": "m2",
+                "budget_fraction": 0.4,
+                "epochs": 6,
+                "max_rounds": 3,
+                "hard_fill": "loss",
+                "round_prune_ratio": 0.3,
+                "cluster_k": 4,
+            },
+            "score": {"batch_size": 256},
+        }
+    )
     summary = run_job(job, echo=lambda *_: None)
     plan = summary["plan"]
     assert plan["rounds"] == 3 and plan["compute"] <= plan["budget"]
@@ -66,6 +91,7 @@ def test_a_run_with_every_option_on(ray_session, tmp_path):
     assert final["phase"] == "final" and len(final["curve"]) == plan["final_epochs"]
     candidates = [rounds[-2]["val_accuracy"]] + [p["val_accuracy"] for p in final["curve"]]
     assert final["val_accuracy"] == max(candidates)  # the shipped model validated best
-    assert final["kept"] in ([f"round {rounds[-2]['round']}"]
-                             + [f"final epoch {e}" for e in range(plan["final_epochs"])])
+    assert final["kept"] in (
+        [f"round {rounds[-2]['round']}"] + [f"final epoch {e}" for e in range(plan["final_epochs"])]
+    )
     assert summary["val_accuracy"] == final["val_accuracy"]

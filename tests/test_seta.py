@@ -1,10 +1,12 @@
 """The SeTa rule on a hand-made loss table, the policy on one rank, and a two-worker job whose
 every loss is known ahead (the model's logits are its input)."""
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from test_infobatch import VAL_X, VAL_Y, _write_splits
 
 from pipelines.config import ConfigError, from_dict
 from pipelines.rounds import run_job
@@ -12,17 +14,16 @@ from pipelines.seeding import derive_seed
 from pipelines.seta import group_of, keep_ratio, kmeans_1d, plan_epoch, random_keep, window
 from pipelines.share import owner
 from pipelines.strategies import Seta
-from test_infobatch import VAL_X, VAL_Y, _write_splits
 
 # Three loss groups, shuffled: easy rows 1, 3, 6; middling 2, 5, 8; hard 0, 4, 7.
 TABLE = np.array([2.1, 0.0, 1.1, 0.2, 2.2, 1.0, 0.1, 2.0, 1.2])
 EASY, MID, HARD = [1, 3, 6], [2, 5, 8], [0, 4, 7]
 
 
-def plan(epoch, scores=TABLE, ratio=0.0, groups=3, scale=2 / 3, epochs=8, delta=0.5, seed=0,
-         **kw):
-    return plan_epoch(scores, epoch, epochs, ratio, groups, scale, delta,
-                      np.random.default_rng(seed), **kw).tolist()
+def plan(epoch, scores=TABLE, ratio=0.0, groups=3, scale=2 / 3, epochs=8, delta=0.5, seed=0, **kw):
+    return plan_epoch(
+        scores, epoch, epochs, ratio, groups, scale, delta, np.random.default_rng(seed), **kw
+    ).tolist()
 
 
 def test_kmeans_on_one_number_finds_the_three_groups():
@@ -72,17 +73,29 @@ def test_the_groups_can_be_fitted_to_every_ranks_scores():
     assert plan(1, scores=mine, groups=2, scale=0.5) == [2, 3]  # the harder half of its own
     # pooled with another rank's far harder rows, all four are easy here: the window on the
     # hard group holds none of them, and one row trains rather than none
-    pooled = plan(1, scores=mine, groups=2, scale=0.5,
-                  pooled=lambda v: np.concatenate([v, [5.0, 5.1]]))
+    pooled = plan(
+        1, scores=mine, groups=2, scale=0.5, pooled=lambda v: np.concatenate([v, [5.0, 5.1]])
+    )
     order = random_keep(4, 0.0, np.random.default_rng(0))
     assert pooled == [int(order[0])]
-    assert plan(2, scores=mine, groups=2, scale=0.5,
-                pooled=lambda v: np.concatenate([v, [5.0, 5.1]])) == [0, 1, 2, 3]
+    assert plan(
+        2, scores=mine, groups=2, scale=0.5, pooled=lambda v: np.concatenate([v, [5.0, 5.1]])
+    ) == [0, 1, 2, 3]
 
 
 def test_the_policy_learns_the_losses_of_what_it_trained_and_keeps_them():
-    job = from_dict({"seed": 7, "strategy": {"name": "seta", "seta_ratio": 0.0, "num_group": 3,
-                                             "window_scale": 2 / 3, "anneal_delta": 0.5}})
+    job = from_dict(
+        {
+            "seed": 7,
+            "strategy": {
+                "name": "seta",
+                "seta_ratio": 0.0,
+                "num_group": 3,
+                "window_scale": 2 / 3,
+                "anneal_delta": 0.5,
+            },
+        }
+    )
     policy = Seta()
     first = policy.plan_epoch(job, 9, 0, 0, 8)
     assert first.pick.tolist() == list(range(9)) and first.weights.tolist() == [1.0] * 9
@@ -109,25 +122,41 @@ def test_a_two_worker_job_trains_the_window_of_the_groups_over_both_ranks(ray_se
     x = (g.normal(size=(n, 3)) * 3).astype(np.float32)
     y = g.integers(0, 3, n)
     _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
-    job = from_dict({
-        "seed": seed, "run_dir": str(tmp_path / "run"),
-        "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
-        "model": {"name": "test_infobatch:input_logits"},
-        "train": {"num_workers": 2, "batch_size": 8, "val_every_epoch": True,
-                  "checkpoint_every_s": 0},
-        "strategy": {"name": "seta", "epochs": epochs, "seta_ratio": 0.2, "num_group": k,
-                     "window_scale": 2 / 3, "anneal_delta": 1.0}})
+    job = from_dict(
+        {
+            "seed": seed,
+            "run_dir": str(tmp_path / "run"),
+            "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
+            "model": {"name": "test_infobatch:input_logits"},
+            "train": {
+                "num_workers": 2,
+                "batch_size": 8,
+                "val_every_epoch": True,
+                "checkpoint_every_s": 0,
+            },
+            "strategy": {
+                "name": "seta",
+                "epochs": epochs,
+                "seta_ratio": 0.2,
+                "num_group": k,
+                "window_scale": 2 / 3,
+                "anneal_delta": 1.0,
+            },
+        }
+    )
     summary = run_job(job, echo=lambda *_: None)
 
-    losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y),
-                             reduction="none").double().numpy()
+    losses = (
+        F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y), reduction="none").double().numpy()
+    )
     order = pq.read_table(tmp_path / "run" / "data" / "train")["id"].to_numpy()
     ranks = owner(order, seed, 2)
     shares = [order[ranks == r] for r in (0, 1)]  # each rank's rows (ids 0..44 = positions)
 
     def kept(r, epoch):
-        return random_keep(len(shares[r]), 0.2, np.random.default_rng(
-            derive_seed(seed, "seta", 0, epoch, r)))
+        return random_keep(
+            len(shares[r]), 0.2, np.random.default_rng(derive_seed(seed, "seta", 0, epoch, r))
+        )
 
     # epoch 0 trains every kept row; epoch 1 (window 1-2 of 3) and 2 (window 0-1) the rows in
     # the window of the groups fitted to both ranks' kept scores: the loss of a row trained

@@ -1,4 +1,5 @@
 """Worker shares: who owns a row, one streaming read, and a store that spills past its budget."""
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,10 +14,16 @@ from pipelines.share import RowStore, Share, owner, read_share
 def _write(folder, ids, x):
     folder.mkdir()
     for part, chunk in enumerate(np.array_split(np.arange(len(ids)), 3)):
-        pq.write_table(pa.table({"id": pa.array(ids[chunk], pa.int64()),
-                                 "label": pa.array(ids[chunk] % 5, pa.int64()),
-                                 "x": ArrowTensorArray.from_numpy(x[chunk])}),
-                       folder / f"part-{part:05d}.parquet")
+        pq.write_table(
+            pa.table(
+                {
+                    "id": pa.array(ids[chunk], pa.int64()),
+                    "label": pa.array(ids[chunk] % 5, pa.int64()),
+                    "x": ArrowTensorArray.from_numpy(x[chunk]),
+                }
+            ),
+            folder / f"part-{part:05d}.parquet",
+        )
 
 
 def test_owners_are_even_and_fixed_by_the_seed():
@@ -34,7 +41,7 @@ def test_a_store_past_its_budget_gives_back_the_same_rows():
     small = RowStore((2, 3), budget_bytes=10 * 24)  # 10 rows of 24 bytes in memory
     for store in (full, small):
         for i in range(0, 50, 8):
-            store.append(x[i:i + 8])
+            store.append(x[i : i + 8])
         store.finish()
     assert (full.n_memory, full.n_spilled) == (50, 0)
     assert (small.n_memory, small.n_spilled) == (10, 40)
@@ -46,8 +53,7 @@ def test_each_rank_reads_its_own_rows_once_in_file_order(tmp_path):
     ids = np.random.default_rng(1).permutation(200) + 1000
     x = np.arange(200 * 4, dtype=np.float32).reshape(200, 1, 4)
     _write(tmp_path / "train", ids, x)
-    shares = [read_share(tmp_path / "train", 7, r, 2, (1, 4), budget_bytes=16 * 30)
-              for r in (0, 1)]
+    shares = [read_share(tmp_path / "train", 7, r, 2, (1, 4), budget_bytes=16 * 30) for r in (0, 1)]
     for r, share in enumerate(shares):
         mine = owner(ids, 7, 2) == r
         assert share.ids.tolist() == ids[mine].tolist()
@@ -56,7 +62,8 @@ def test_each_rank_reads_its_own_rows_once_in_file_order(tmp_path):
         assert share.x.n_memory == 30
     assert sorted(shares[0].ids.tolist() + shares[1].ids.tolist()) == sorted(ids.tolist())
     assert shares[1].rows_of(np.array([ids[0], -5])).tolist() == (
-        [0] if owner(ids[:1], 7, 2)[0] == 1 else [])
+        [0] if owner(ids[:1], 7, 2)[0] == 1 else []
+    )
 
 
 def test_a_folder_without_shards_names_itself(tmp_path):

@@ -1,5 +1,6 @@
 """Training on what the offline augmentation jobs write: generated rows in train only, their
 y_soft as targets beside the real rows' hard labels, a step's loss known."""
+
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from operators.augment import rows_table
-from operators.contract import ID, LABEL, X
+from operators.contract import ID
 from pipelines.augmentation import batch_loss
 from pipelines.config import SourceConfig, from_dict
 from pipelines.ingest import PROVENANCE_DIR, carve, ingest
@@ -48,8 +49,9 @@ def test_a_step_on_real_and_soft_rows_has_the_loss_written_out():
 
     one_hot = F.one_hot(y, K).float()  # real rows alone: the soft loss is the plain one
     plain = batch_loss(_linear(), x, y, K, job, torch.Generator().manual_seed(0))
-    assert batch_loss(_linear(), x, y, K, job, torch.Generator().manual_seed(0),
-                      one_hot).item() == pytest.approx(plain.item(), rel=1e-6)
+    assert batch_loss(
+        _linear(), x, y, K, job, torch.Generator().manual_seed(0), one_hot
+    ).item() == pytest.approx(plain.item(), rel=1e-6)
 
 
 def _mixed_source(path, n_real=60):
@@ -57,35 +59,53 @@ def _mixed_source(path, n_real=60):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(n_real, 1, 2)).astype(np.float32)
     labels = np.arange(n_real) % K
-    real = rows_table(np.arange(n_real), labels, x, "real", np.zeros((n_real, 0), np.int64),
-                      np.eye(K, dtype=np.float32)[labels])
+    real = rows_table(
+        np.arange(n_real),
+        labels,
+        x,
+        "real",
+        np.zeros((n_real, 0), np.int64),
+        np.eye(K, dtype=np.float32)[labels],
+    )
     parents = np.stack([np.arange(n_real), (np.arange(n_real) + 1) % n_real], 1)
-    soft = 0.5 * np.eye(K, dtype=np.float32)[labels] + 0.5 * np.eye(K, dtype=np.float32)[
-        labels[parents[:, 1]]]
-    made = rows_table(1000 + np.arange(n_real), labels, (x + x[parents[:, 1]]) / 2, "mixup",
-                      parents, soft)
+    soft = (
+        0.5 * np.eye(K, dtype=np.float32)[labels]
+        + 0.5 * np.eye(K, dtype=np.float32)[labels[parents[:, 1]]]
+    )
+    made = rows_table(
+        1000 + np.arange(n_real), labels, (x + x[parents[:, 1]]) / 2, "mixup", parents, soft
+    )
     pq.write_table(pa.concat_tables([real, made]), path)
     return parents, soft
 
 
 def test_ingest_keeps_generated_rows_in_train_only_and_never_from_val_or_test(tmp_path):
     parents, soft = _mixed_source(tmp_path / "mixed.parquet")
-    cfg = SourceConfig(kind="parquet", path=str(tmp_path / "mixed.parquet"), val_fraction=0.2,
-                       test_fraction=0.2)
+    cfg = SourceConfig(
+        kind="parquet", path=str(tmp_path / "mixed.parquet"), val_fraction=0.2, test_fraction=0.2
+    )
     info = ingest(cfg, 7, tmp_path / "data")
     codes = carve(np.arange(60), None, 7, frozenset(), 0.2, 0.2)
     clean = (codes[parents] == 0).all(1)  # both parents carved into train
     assert info.synthetic == {"train": int(clean.sum()), "dropped": int((~clean).sum())}
     assert 0 < clean.sum() < 60
-    split_ids = {s: set(pq.read_table(tmp_path / "data" / s)[ID].to_pylist())
-                 for s in ("train", "val", "test")}
+    split_ids = {
+        s: set(pq.read_table(tmp_path / "data" / s)[ID].to_pylist())
+        for s in ("train", "val", "test")
+    }
     assert split_ids["val"] | split_ids["test"] <= set(range(60))  # real rows only
-    assert split_ids["train"] == set(np.flatnonzero(codes == 0)) | set(
-        1000 + np.flatnonzero(clean))
+    assert split_ids["train"] == set(np.flatnonzero(codes == 0)) | set(1000 + np.flatnonzero(clean))
     assert info.counts["train"] == (codes == 0).sum() + clean.sum()
 
-    share = read_share(tmp_path / "data" / "train", 7, 0, 1, (1, 2), 2**20,
-                       provenance_dir=tmp_path / "data" / PROVENANCE_DIR)
+    share = read_share(
+        tmp_path / "data" / "train",
+        7,
+        0,
+        1,
+        (1, 2),
+        2**20,
+        provenance_dir=tmp_path / "data" / PROVENANCE_DIR,
+    )
     made = share.ids >= 1000
     np.testing.assert_array_equal(share.synthetic, made)
     assert share.count_synthetic(np.arange(len(share))) == clean.sum()
@@ -103,20 +123,51 @@ def test_a_run_on_mixup_output_counts_real_and_synthetic_rows(ray_session, tmp_p
 
     d = load_digits()
     n = 600
-    pq.write_table(pa.table({"pixels": pa.array((d.data[:n] / 16).tolist(),
-                                                pa.list_(pa.float32())),
-                             "target": pa.array(d.target[:n], pa.int64())}),
-                   tmp_path / "digits.parquet")
-    assert main(["mixup", str(tmp_path / "digits.parquet"), str(tmp_path / "mixed"),
-                 "--feature-column", "pixels", "--label-column", "target", "--shape", "1,8,8",
-                 "--num-classes", "10", "--batch-size", "200"]) == 0
-    job = from_dict({
-        "name": "soft", "seed": 1, "run_dir": str(tmp_path / "run"),
-        "source": {"kind": "parquet", "path": str(tmp_path / "mixed"), "val_fraction": 0.2,
-                   "test_fraction": 0.2},
-        "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
-        "train": {"num_workers": 1, "batch_size": 64, "checkpoint_every_s": 0},
-        "strategy": {"name": "full", "epochs": 1}})
+    pq.write_table(
+        pa.table(
+            {
+                "pixels": pa.array((d.data[:n] / 16).tolist(), pa.list_(pa.float32())),
+                "target": pa.array(d.target[:n], pa.int64()),
+            }
+        ),
+        tmp_path / "digits.parquet",
+    )
+    assert (
+        main(
+            [
+                "mixup",
+                str(tmp_path / "digits.parquet"),
+                str(tmp_path / "mixed"),
+                "--feature-column",
+                "pixels",
+                "--label-column",
+                "target",
+                "--shape",
+                "1,8,8",
+                "--num-classes",
+                "10",
+                "--batch-size",
+                "200",
+            ]
+        )
+        == 0
+    )
+    job = from_dict(
+        {
+            "name": "soft",
+            "seed": 1,
+            "run_dir": str(tmp_path / "run"),
+            "source": {
+                "kind": "parquet",
+                "path": str(tmp_path / "mixed"),
+                "val_fraction": 0.2,
+                "test_fraction": 0.2,
+            },
+            "model": {"name": "mlp", "kwargs": {"hidden": [16]}},
+            "train": {"num_workers": 1, "batch_size": 64, "checkpoint_every_s": 0},
+            "strategy": {"name": "full", "epochs": 1},
+        }
+    )
     summary = run_job(job, echo=lambda *_: None)
     rows = summary["train_rows"]
     assert rows["real"] + rows["synthetic"] == summary["subset_size"]
@@ -140,14 +191,18 @@ def test_rows_made_from_generated_rows_follow_their_parents_split(tmp_path, chun
     mix_parents = np.stack([1000 + np.arange(n), (np.arange(n) + 1) % n], 1)
     mix = rows_table(2000 + np.arange(n), labels, x, "mixup", mix_parents)
     pq.write_table(pa.concat_tables([real, aug, mix]), tmp_path / "chain.parquet")
-    cfg = SourceConfig(kind="parquet", path=str(tmp_path / "chain.parquet"), val_fraction=0.2,
-                       test_fraction=0.2)
+    cfg = SourceConfig(
+        kind="parquet", path=str(tmp_path / "chain.parquet"), val_fraction=0.2, test_fraction=0.2
+    )
     info = ingest(cfg, 5, tmp_path / "data", chunk_rows=chunk_rows)
-    train = (carve(np.arange(n), None, 5, frozenset(), 0.2, 0.2) == 0)
+    train = carve(np.arange(n), None, 5, frozenset(), 0.2, 0.2) == 0
     aug_kept = train
     mix_kept = train & train[(np.arange(n) + 1) % n]  # the augmented parent's own parent too
     got = set(pq.read_table(tmp_path / "data" / "train")[ID].to_pylist())
     assert got == set(np.flatnonzero(train)) | set(1000 + np.flatnonzero(aug_kept)) | set(
-        2000 + np.flatnonzero(mix_kept))
-    assert info.synthetic == {"train": int(aug_kept.sum() + mix_kept.sum()),
-                              "dropped": int(2 * n - aug_kept.sum() - mix_kept.sum())}
+        2000 + np.flatnonzero(mix_kept)
+    )
+    assert info.synthetic == {
+        "train": int(aug_kept.sum() + mix_kept.sum()),
+        "dropped": int(2 * n - aug_kept.sum() - mix_kept.sum()),
+    }

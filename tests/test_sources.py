@@ -1,4 +1,5 @@
 """Each source format round-trips a tiny dataset exactly, through ingest and read_split."""
+
 import gzip
 
 import numpy as np
@@ -38,11 +39,15 @@ def test_parquet_list_column_reshaped_and_ids_assigned_over_sorted_files(ray_ses
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
     # b.parquet is written first: ids still follow the sorted file names
     for name, rows in (("b.parquet", slice(6, 10)), ("a.parquet", slice(0, 6))):
-        pq.write_table(pa.table({"y": labels[rows], "feat": pa.array(x[rows].tolist(),
-                                                                     pa.list_(pa.float32()))}),
-                       tmp_path / name)
-    cfg = all_train(kind="parquet", path=str(tmp_path), label_column="y",
-                    feature_column="feat", shape=[1, 2, 2])
+        pq.write_table(
+            pa.table(
+                {"y": labels[rows], "feat": pa.array(x[rows].tolist(), pa.list_(pa.float32()))}
+            ),
+            tmp_path / name,
+        )
+    cfg = all_train(
+        kind="parquet", path=str(tmp_path), label_column="y", feature_column="feat", shape=[1, 2, 2]
+    )
     info = ingest(cfg, 0, tmp_path / "out", chunk_rows=3, shard_rows=4)
 
     ids, got_labels, got_x = read_all(tmp_path / "out", "train")
@@ -50,7 +55,10 @@ def test_parquet_list_column_reshaped_and_ids_assigned_over_sorted_files(ray_ses
     assert got_labels.tolist() == labels.tolist()
     np.testing.assert_array_equal(got_x, x.reshape(10, 1, 2, 2))
     assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == [
-        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     assert len(shards(tmp_path / "out" / "test")[0]) == 0
     assert info.counts == {"train": 10, "val": 0, "test": 0}
     assert info.class_counts["train"] == [4, 3, 3]
@@ -60,11 +68,20 @@ def test_parquet_list_column_reshaped_and_ids_assigned_over_sorted_files(ray_ses
 def test_parquet_tensor_column_keeps_ids_and_the_given_split(tmp_path):
     x = np.arange(6 * 2 * 3, dtype=np.float64).reshape(6, 2, 3)
     split = ["train", "test", "train", "val", "test", "train"]
-    pq.write_table(pa.table({"id": [50, 10, 40, 30, 20, 60], "label": [1, 0, 1, 0, 1, 0],
-                             "x": ArrowTensorArray.from_numpy(x), "split": split}),
-                   tmp_path / "data.parquet")
-    cfg = SourceConfig(kind="parquet", path=str(tmp_path / "data.parquet"), val_fraction=0.5,
-                       test_fraction=0.5)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [50, 10, 40, 30, 20, 60],
+                "label": [1, 0, 1, 0, 1, 0],
+                "x": ArrowTensorArray.from_numpy(x),
+                "split": split,
+            }
+        ),
+        tmp_path / "data.parquet",
+    )
+    cfg = SourceConfig(
+        kind="parquet", path=str(tmp_path / "data.parquet"), val_fraction=0.5, test_fraction=0.5
+    )
     info = ingest(cfg, 3, tmp_path / "out")
 
     ids, labels, got = shards(tmp_path / "out" / "test")
@@ -82,8 +99,9 @@ def test_parquet_nested_lists_glob_and_fsspec_uri(tmp_path):
     table = pa.table({"label": [0, 1], "x": rows})
     for name in ("part-1.parquet", "part-2.parquet", "other.parquet"):
         pq.write_table(table, tmp_path / name)
-    info = ingest(all_train(kind="parquet", path=str(tmp_path / "part-*.parquet")), 0,
-                  tmp_path / "glob")
+    info = ingest(
+        all_train(kind="parquet", path=str(tmp_path / "part-*.parquet")), 0, tmp_path / "glob"
+    )
     assert info.counts["train"] == 4 and info.x_shape == (2, 2)
     assert "2 files" in info.source
 
@@ -98,8 +116,15 @@ def test_parquet_nested_lists_glob_and_fsspec_uri(tmp_path):
 
 def test_npz_given_test_arrays_and_ids(ray_session, tmp_path):
     x = np.linspace(0, 1, 5 * 3, dtype=np.float32).reshape(5, 3)
-    np.savez(tmp_path / "d.npz", x=x, label=[0, 1, 0, 1, 2], id=[9, 8, 7, 6, 5],
-             x_test=x[:2] + 1, label_test=[2, 2], id_test=[1, 2])
+    np.savez(
+        tmp_path / "d.npz",
+        x=x,
+        label=[0, 1, 0, 1, 2],
+        id=[9, 8, 7, 6, 5],
+        x_test=x[:2] + 1,
+        label_test=[2, 2],
+        id_test=[1, 2],
+    )
     info = ingest(all_train(kind="npz", path=str(tmp_path / "d.npz")), 0, tmp_path / "out")
 
     ids, labels, got = read_all(tmp_path / "out", "test")
@@ -141,15 +166,16 @@ def test_imagefolder_grey_images_and_class_names(ray_session, tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(1)
-    images = {("cat", "a.png"): rng.integers(0, 256, (3, 4), dtype=np.uint8),
-              ("cat", "b.png"): rng.integers(0, 256, (3, 4), dtype=np.uint8),
-              ("ant", "z.png"): rng.integers(0, 256, (3, 4), dtype=np.uint8)}
+    images = {
+        ("cat", "a.png"): rng.integers(0, 256, (3, 4), dtype=np.uint8),
+        ("cat", "b.png"): rng.integers(0, 256, (3, 4), dtype=np.uint8),
+        ("ant", "z.png"): rng.integers(0, 256, (3, 4), dtype=np.uint8),
+    }
     for (cls, name), a in images.items():
         (tmp_path / "imgs" / cls).mkdir(parents=True, exist_ok=True)
         Image.fromarray(a, mode="L").save(tmp_path / "imgs" / cls / name)
     (tmp_path / "imgs" / "cat" / "notes.txt").write_text("not an image")
-    info = ingest(all_train(kind="imagefolder", path=str(tmp_path / "imgs")), 0,
-                  tmp_path / "out")
+    info = ingest(all_train(kind="imagefolder", path=str(tmp_path / "imgs")), 0, tmp_path / "out")
 
     ids, labels, got = read_all(tmp_path / "out", "train")
     assert labels.tolist() == [0, 1, 1] and info.class_names == ["ant", "cat"]
@@ -164,8 +190,9 @@ def test_imagefolder_rgb_resized_to_image_size(ray_session, tmp_path):
     for cls, size in (("a", (5, 7)), ("b", (9, 4))):
         (tmp_path / cls).mkdir()
         Image.new("RGB", size, (255, 0, 51)).save(tmp_path / cls / "img.png")
-    info = ingest(all_train(kind="imagefolder", path=str(tmp_path), image_size=[6, 8]), 0,
-                  tmp_path / "out")
+    info = ingest(
+        all_train(kind="imagefolder", path=str(tmp_path), image_size=[6, 8]), 0, tmp_path / "out"
+    )
     x = shard_x(tmp_path / "out" / "train")
     assert x.shape == (2, 3, 6, 8) and info.x_shape == (3, 6, 8)
     assert x[:, :, 2, 3].tolist() == [[255, 0, 51]] * 2
@@ -180,8 +207,9 @@ def test_imagefolder_decoded_in_parallel_keeps_path_order_over_chunks(ray_sessio
         Image.fromarray(a, mode="L").save(tmp_path / "b" / name)
     (tmp_path / "a").mkdir()
     Image.new("RGB", (3, 2), (1, 2, 3)).save(tmp_path / "a" / "c.png")  # one colour image: RGB
-    info = ingest(all_train(kind="imagefolder", path=str(tmp_path)), 0, tmp_path / "out",
-                  chunk_rows=2)
+    info = ingest(
+        all_train(kind="imagefolder", path=str(tmp_path)), 0, tmp_path / "out", chunk_rows=2
+    )
     ids, labels, x = read_all(tmp_path / "out", "train")
     order = np.argsort(ids)  # ids follow the rows' order: a/c.png, then b/g0..g4.png
     assert labels[order].tolist() == [0, 1, 1, 1, 1, 1] and info.x_shape == (3, 2, 3)
@@ -196,8 +224,11 @@ def test_imagefolder_names_the_first_image_of_another_size(ray_session, tmp_path
     for cls, size in (("a", (4, 3)), ("b", (4, 3)), ("c", (5, 3))):
         (tmp_path / cls).mkdir()
         Image.new("L", size).save(tmp_path / cls / "img.png")
-    with pytest.raises(DataError, match=r"c/img\.png: image size 3x5 differs from .*a/img\.png "
-                                        r"\(3x4\); set source\.image_size to resize all"):
+    with pytest.raises(
+        DataError,
+        match=r"c/img\.png: image size 3x5 differs from .*a/img\.png "
+        r"\(3x4\); set source\.image_size to resize all",
+    ):
         ingest(all_train(kind="imagefolder", path=str(tmp_path)), 0, tmp_path / "out")
 
 
@@ -230,8 +261,10 @@ def test_mnist1d_past_one_part_is_parts_with_the_next_seeds(tmp_path, monkeypatc
     cfg = all_train(kind="mnist1d", num_samples=250)
     info = ingest(cfg, 0, tmp_path / "a")
     cache = tmp_path / "cache" / "raysift"
-    parts = [np.load(cache / f"mnist1d-n{n}-seed{seed}.npz")
-             for n, seed in ((100, 42), (100, 43), (50, 44))]
+    parts = [
+        np.load(cache / f"mnist1d-n{n}-seed{seed}.npz")
+        for n, seed in ((100, 42), (100, 43), (50, 44))
+    ]
     assert info.counts == {"train": 200, "val": 0, "test": 50}
     train = shard_x(tmp_path / "a" / "train")[:, 0]
     np.testing.assert_array_equal(train, np.concatenate([p["x"] for p in parts]).astype(np.float32))
@@ -239,8 +272,9 @@ def test_mnist1d_past_one_part_is_parts_with_the_next_seeds(tmp_path, monkeypatc
 
 
 def test_digits_scaled_to_unit_range(tmp_path):
-    info = ingest(SourceConfig(kind="digits", test_fraction=0.2, val_fraction=0.1), 0,
-                  tmp_path / "out")
+    info = ingest(
+        SourceConfig(kind="digits", test_fraction=0.2, val_fraction=0.1), 0, tmp_path / "out"
+    )
     assert sum(info.counts.values()) == 1797 and info.x_shape == (1, 8, 8)
     assert 300 < info.counts["test"] < 420
     x = shard_x(tmp_path / "out" / "test")

@@ -1,4 +1,5 @@
 """Style transfer losses on hand-made feature maps, the bounded optimisation and the pair job."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,7 @@ import torch
 from operators.augment import IdScheme
 from operators.contract import ID, LABEL, X, from_columns
 from operators.pairs import draw_pairs, pair_dataset
-from operators.style import (StyleTransfer, content_loss, gram, random_extractor, style_loss,
-                             tv_loss)
+from operators.style import StyleTransfer, content_loss, gram, random_extractor, style_loss, tv_loss
 
 
 def test_gram_matrix_by_hand():
@@ -50,7 +50,12 @@ def test_style_transfer_lowers_its_loss_in_a_bounded_number_of_steps():
 
 def test_pairs_are_round_robin_and_never_a_sample_with_itself():
     first, second = draw_pairs(4, 10, torch.Generator().manual_seed(1))
-    assert sorted(first[:4].tolist()) == [0, 1, 2, 3] and sorted(first[4:8].tolist()) == [0, 1, 2, 3]
+    assert sorted(first[:4].tolist()) == [0, 1, 2, 3] and sorted(first[4:8].tolist()) == [
+        0,
+        1,
+        2,
+        3,
+    ]
     assert (first != second).all()
 
 
@@ -63,15 +68,29 @@ def test_pair_job_writes_same_class_rows_with_both_parents(ray_session):
     def average(a, b):
         return (a + b) / 2
 
-    rows = pair_dataset(ds, average, per_class=5, num_classes=2, seed=1,
-                        ids=IdScheme(offset=1000, stride=1000), source="style",
-                        num_partitions=2).take_all()
+    rows = pair_dataset(
+        ds,
+        average,
+        per_class=5,
+        num_classes=2,
+        seed=1,
+        ids=IdScheme(offset=1000, stride=1000),
+        source="style",
+        num_partitions=2,
+    ).take_all()
     assert len(rows) == 10 and len({r[ID] for r in rows}) == 10
     for r in rows:
         a, b = list(r["parent_ids"])
         assert a != b and a % 20 == b % 20 == r[LABEL] * 10  # both parents of the row's class
         assert np.asarray(r[X]).tolist() == [(a + b) / 20] * 4
         assert r["source"] == "style" and (r[ID] - 1000) % 1000 == a
-    again = pair_dataset(ds, average, per_class=5, num_classes=2, seed=1,
-                         ids=IdScheme(offset=1000, stride=1000), source="style").take_all()
+    again = pair_dataset(
+        ds,
+        average,
+        per_class=5,
+        num_classes=2,
+        seed=1,
+        ids=IdScheme(offset=1000, stride=1000),
+        source="style",
+    ).take_all()
     assert sorted(r[ID] for r in rows) == sorted(r[ID] for r in again)

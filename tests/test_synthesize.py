@@ -1,5 +1,6 @@
 """The `synthesize:` job section: rows of every kind join the train split with their provenance,
 and `raysift generate` samples a run's saved generator."""
+
 import json
 
 import numpy as np
@@ -22,14 +23,30 @@ def small_run(tmp_path):
     run = tmp_path / "run"
 
     def make(kind, **options):
-        job = from_dict({"run_dir": str(run), "model": {"name": "cnn1d"},
-                         "source": {"kind": "npz", "path": str(tmp_path / "d.npz"),
-                                    "val_fraction": 0.1, "test_fraction": 0.1},
-                         "synthesize": {"kind": kind, "per_class": 3, "epochs": 2, "steps": 2,
-                                        "hidden": 16, **options}})
+        job = from_dict(
+            {
+                "run_dir": str(run),
+                "model": {"name": "cnn1d"},
+                "source": {
+                    "kind": "npz",
+                    "path": str(tmp_path / "d.npz"),
+                    "val_fraction": 0.1,
+                    "test_fraction": 0.1,
+                },
+                "synthesize": {
+                    "kind": kind,
+                    "per_class": 3,
+                    "epochs": 2,
+                    "steps": 2,
+                    "hidden": 16,
+                    **options,
+                },
+            }
+        )
         data = run / "data"
         ingest(job.source, 0, data)
         return job, data
+
     return make
 
 
@@ -50,7 +67,7 @@ def test_rows_of_every_kind_join_the_train_split(kind, small_run, ray_session):
     else:
         assert np.bincount(labels).tolist() == [3, 3]
     train_ids = pq.read_table(data / "train" / TRAIN_SHARD).column("id").to_pylist()
-    assert train_ids == added.column("id").to_pylist() and min(train_ids) >= 2 ** 40
+    assert train_ids == added.column("id").to_pylist() and min(train_ids) >= 2**40
     if kind in ("style", "neural"):  # both parents real rows of the row's class
         real = pq.read_table(data / "train" / "part-00000.parquet").to_pydict()
         label_of = dict(zip(real["id"], real["label"]))
@@ -60,8 +77,9 @@ def test_rows_of_every_kind_join_the_train_split(kind, small_run, ray_session):
         assert (data.parent / "generators" / f"{kind}.pt").exists()
 
 
-def test_generate_samples_a_saved_generator_and_names_what_is_missing(small_run, ray_session,
-                                                                      tmp_path, capsys):
+def test_generate_samples_a_saved_generator_and_names_what_is_missing(
+    small_run, ray_session, tmp_path, capsys
+):
     job, data = small_run("vae")
     add_synthetic(job, data, data.parent)
     out = tmp_path / "gen"
@@ -75,8 +93,13 @@ def test_generate_samples_a_saved_generator_and_names_what_is_missing(small_run,
 
 def test_a_text_source_cannot_synthesize():
     with pytest.raises(ConfigError, match="synthesize.kind"):
-        from_dict({"source": {"kind": "text", "path": "r.csv"}, "model": {"name": "textcnn"},
-                   "synthesize": {"kind": "vae"}})
+        from_dict(
+            {
+                "source": {"kind": "text", "path": "r.csv"},
+                "model": {"name": "textcnn"},
+                "synthesize": {"kind": "vae"},
+            }
+        )
 
 
 def test_rows_added_to_8_bit_shards_are_bytes_that_read_back_as_the_values(tmp_path):
@@ -84,9 +107,11 @@ def test_rows_added_to_8_bit_shards_are_bytes_that_read_back_as_the_values(tmp_p
     from ray.data.extensions import ArrowTensorArray
 
     from operators.contract import features
+
     pixels = np.array([[[0, 128, 255]]], dtype=np.uint8)
-    pq.write_table(pa.table({"x": ArrowTensorArray.from_numpy(pixels)}),
-                   tmp_path / "part-00000.parquet")
+    pq.write_table(
+        pa.table({"x": ArrowTensorArray.from_numpy(pixels)}), tmp_path / "part-00000.parquet"
+    )
     column = like_train(np.array([[[0.5, 1.2, -0.1]]], np.float32), tmp_path)
     stored = column.to_numpy()
     assert stored.dtype == np.uint8 and stored.tolist() == [[[128, 255, 0]]]

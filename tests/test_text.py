@@ -1,4 +1,5 @@
 """Text: tokenizer and vocabulary, the `text` source through ingest, and the textcnn model."""
+
 from collections import Counter
 
 import numpy as np
@@ -8,11 +9,11 @@ import pytest
 import torch
 
 from operators.contract import DataError
+from pipelines import word_vectors
 from pipelines.augmentation import batch_loss
 from pipelines.config import ConfigError, ModelConfig, SourceConfig, from_dict
 from pipelines.ingest import VOCAB, ingest
 from pipelines.models import build_model, embed
-from pipelines import word_vectors
 from pipelines.text import Vocabulary, tokenize
 from pipelines.word_vectors import align
 
@@ -25,8 +26,18 @@ def shards(folder):
 
 
 def test_tokens_vocabulary_order_and_encoding(tmp_path):
-    assert tokenize("It's GREAT, isn't it! We'll") == ["it", "'s", "great", ",", "is", "n't",
-                                                        "it", "!", "we", "'ll"]
+    assert tokenize("It's GREAT, isn't it! We'll") == [
+        "it",
+        "'s",
+        "great",
+        ",",
+        "is",
+        "n't",
+        "it",
+        "!",
+        "we",
+        "'ll",
+    ]
     counts = Counter({"b": 3, "a": 3, "c": 5, "rare": 1})
     vocab = Vocabulary.build(counts, max_size=5, min_count=2)
     assert vocab.words == ["<pad>", "<unk>", "c", "a", "b"]  # ties: alphabetical
@@ -42,11 +53,12 @@ def test_tokens_vocabulary_order_and_encoding(tmp_path):
 
 def test_csv_ingest_builds_the_vocabulary_on_train_rows_only(tmp_path):
     (tmp_path / "reviews.csv").write_text(
-        'id,label,split,text\n'
+        "id,label,split,text\n"
         '7,1,train,"Great fun, great cast"\n'
         '3,0,train,"dull and\nlong"\n'  # a newline inside quotes
         '9,0,val,"long dull unseen"\n'
-        '4,1,test,"great secret"\n')
+        '4,1,test,"great secret"\n'
+    )
     cfg = SourceConfig(kind="text", path=str(tmp_path / "reviews.csv"), max_len=5)
     info = ingest(cfg, 0, tmp_path / "out", chunk_rows=2)
 
@@ -62,18 +74,27 @@ def test_csv_ingest_builds_the_vocabulary_on_train_rows_only(tmp_path):
 
 def test_parquet_text_with_hashed_splits(tmp_path):
     texts = [f"word{i} common" for i in range(30)]
-    pq.write_table(pa.table({"sentence": texts, "y": [i % 2 for i in range(30)]}),
-                   tmp_path / "t.parquet")
-    cfg = SourceConfig(kind="text", path=str(tmp_path), text_column="sentence",
-                       label_column="y", max_len=3, val_fraction=0.2, test_fraction=0.3)
+    pq.write_table(
+        pa.table({"sentence": texts, "y": [i % 2 for i in range(30)]}), tmp_path / "t.parquet"
+    )
+    cfg = SourceConfig(
+        kind="text",
+        path=str(tmp_path),
+        text_column="sentence",
+        label_column="y",
+        max_len=3,
+        val_fraction=0.2,
+        test_fraction=0.3,
+    )
     ingest(cfg, 5, tmp_path / "out", chunk_rows=4)
 
     train_ids, _, train_x = shards(tmp_path / "out" / "train")
     vocab = Vocabulary.load(tmp_path / "out" / VOCAB)
     assert sorted(vocab.words[2:]) == sorted(["common"] + [f"word{i}" for i in train_ids])
     assert 0 < len(train_ids) < 30
-    held_out = shards(tmp_path / "out" / "val")[2].tolist() + \
-        shards(tmp_path / "out" / "test")[2].tolist()
+    held_out = (
+        shards(tmp_path / "out" / "val")[2].tolist() + shards(tmp_path / "out" / "test")[2].tolist()
+    )
     assert held_out == [[1, 2, 0]] * (30 - len(train_ids))  # their own word is unknown
     assert train_x[:, 1].tolist() == [2] * len(train_ids)
 
@@ -85,8 +106,7 @@ def test_text_mistakes_are_named(tmp_path):
     (tmp_path / "b.csv").write_text("label,text\n1,2\n")
     with pytest.raises(DataError, match="source.text_column 'text' must hold strings"):
         ingest(SourceConfig(kind="text", path=str(tmp_path / "b.csv")), 0, tmp_path / "o2")
-    pq.write_table(pa.table({"label": [0, 1, 0], "text": ["a", None, "b"]}),
-                   tmp_path / "c.parquet")
+    pq.write_table(pa.table({"label": [0, 1, 0], "text": ["a", None, "b"]}), tmp_path / "c.parquet")
     with pytest.raises(DataError, match="null.* at row 1"):
         ingest(SourceConfig(kind="text", path=str(tmp_path / "c.parquet")), 0, tmp_path / "o3")
     with pytest.raises(ConfigError, match="source.max_vocab"):
@@ -94,10 +114,13 @@ def test_text_mistakes_are_named(tmp_path):
 
 
 def test_textcnn_stages_embedding_and_hidden_layer_mixing():
-    job = from_dict({"source": {"kind": "text", "path": "x.csv", "max_len": 6, "max_vocab": 50},
-                     "model": {"name": "textcnn", "kwargs": {"dim": 4, "widths": [2, 3],
-                                                             "channels": 5}},
-                     "mixup": {"kind": "adversarial", "layer": 1, "gamma": 1.0}})
+    job = from_dict(
+        {
+            "source": {"kind": "text", "path": "x.csv", "max_len": 6, "max_vocab": 50},
+            "model": {"name": "textcnn", "kwargs": {"dim": 4, "widths": [2, 3], "channels": 5}},
+            "mixup": {"kind": "adversarial", "layer": 1, "gamma": 1.0},
+        }
+    )
     assert job.model.kwargs["vocab_size"] == 50  # sized from source.max_vocab
     torch.manual_seed(0)
     model = build_model(job.model, (6,), 2).eval()
@@ -115,16 +138,26 @@ def test_textcnn_stages_embedding_and_hidden_layer_mixing():
     assert loss.item() > 0 and model.stages[0].embedding.weight.grad[49].abs().sum() > 0
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"mixup": {"kind": "mixup"}}, "mixup.layer: got 0, expected >= 1 for textcnn"),
-    ({"mixup": {"kind": "cutmix"}}, "mixup.kind: got 'cutmix', expected mixup, adversarial or moex"),
-    ({"augment": {"transforms": [{"name": "noise"}]}}, "augment.transforms: textcnn"),
-    ({"model": {"name": "textcnn", "kwargs": {"vocab_size": 10}}},
-     "model.kwargs.vocab_size: got 10, expected an integer >= source.max_vocab"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"mixup": {"kind": "mixup"}}, "mixup.layer: got 0, expected >= 1 for textcnn"),
+        (
+            {"mixup": {"kind": "cutmix"}},
+            "mixup.kind: got 'cutmix', expected mixup, adversarial or moex",
+        ),
+        ({"augment": {"transforms": [{"name": "noise"}]}}, "augment.transforms: textcnn"),
+        (
+            {"model": {"name": "textcnn", "kwargs": {"vocab_size": 10}}},
+            "model.kwargs.vocab_size: got 10, expected an integer >= source.max_vocab",
+        ),
+    ],
+)
 def test_textcnn_job_mistakes_are_named(raw, message):
-    base = {"source": {"kind": "text", "path": "x.csv", "max_vocab": 100},
-            "model": {"name": "textcnn"}}
+    base = {
+        "source": {"kind": "text", "path": "x.csv", "max_vocab": 100},
+        "model": {"name": "textcnn"},
+    }
     with pytest.raises(ConfigError, match=message):
         from_dict({**base, **raw})
 
@@ -150,8 +183,13 @@ def test_textcnn_starts_from_the_vectors_of_its_vocabulary(tmp_path, monkeypatch
     Vocabulary(["<pad>", "<unk>", "good", "zzz"]).save(tmp_path / "vocab.json")
     table = np.array([[0.5, -0.5, 1.0], [9, 9, 9]], dtype=np.float32)
     monkeypatch.setattr(word_vectors, "load_table", lambda name: (["good", "other"], table))
-    kwargs = {"vocab_size": 6, "word_vectors": "glove-6b-50d", "freeze_vectors": True,
-              "vocab": str(tmp_path / "vocab.json"), "widths": [2]}
+    kwargs = {
+        "vocab_size": 6,
+        "word_vectors": "glove-6b-50d",
+        "freeze_vectors": True,
+        "vocab": str(tmp_path / "vocab.json"),
+        "widths": [2],
+    }
     model = build_model(ModelConfig(name="textcnn", kwargs=kwargs), (4,), 2)
     weight = model.stages[0].embedding.weight
     assert weight.shape == (6, 3) and not weight.requires_grad  # dim from the table, frozen
@@ -159,11 +197,17 @@ def test_textcnn_starts_from_the_vectors_of_its_vocabulary(tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="model.kwargs.dim: got 8, but glove-6b-50d has 3"):
         build_model(ModelConfig(name="textcnn", kwargs={**kwargs, "dim": 8}), (4,), 2)
     with pytest.raises(ConfigError, match="model.kwargs.vocab: cannot read"):
-        build_model(ModelConfig(name="textcnn", kwargs={**kwargs, "vocab": "nowhere.json"}),
-                    (4,), 2)
+        build_model(
+            ModelConfig(name="textcnn", kwargs={**kwargs, "vocab": "nowhere.json"}), (4,), 2
+        )
 
 
 def test_a_text_job_points_the_vectors_at_its_own_vocabulary(tmp_path):
-    job = from_dict({"run_dir": str(tmp_path / "run"), "source": {"kind": "text", "path": "r.csv"},
-                     "model": {"name": "textcnn", "kwargs": {"word_vectors": "glove-6b-50d"}}})
+    job = from_dict(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "source": {"kind": "text", "path": "r.csv"},
+            "model": {"name": "textcnn", "kwargs": {"word_vectors": "glove-6b-50d"}},
+        }
+    )
     assert job.model.kwargs["vocab"] == str((tmp_path / "run" / "data" / "vocab.json").resolve())

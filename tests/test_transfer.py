@@ -1,4 +1,5 @@
 """Transfer (M5): the step per rule by hand, the epoch walk, the job file, and one Ray run."""
+
 import copy
 import json
 import math
@@ -44,8 +45,9 @@ def test_one_step_applies_the_rule_s_mixed_gradient(rule):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     new = Batch(torch.tensor([[1.0, 0.0]]), torch.tensor([0]), 1)
     hist = Batch(torch.tensor([[1.0, 1.0]]), torch.tensor([1]), 1)
-    info = transfer_step(model, opt, new, None if rule == "finetune" else hist,
-                         TransferTrainConfig(rule=rule))
+    info = transfer_step(
+        model, opt, new, None if rule == "finetune" else hist, TransferTrainConfig(rule=rule)
+    )
     want = -torch.tensor(EXPECTED[rule]).view(2, 2)  # w <- 0 - lr * g
     torch.testing.assert_close(model.weight.detach(), want, atol=1e-6, rtol=0)
     if rule != "finetune":
@@ -85,8 +87,9 @@ def test_distillation_on_history_only_and_not_at_the_meta_model():
     def step(distill, teacher):
         m = copy.deepcopy(model)
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
-        transfer_step(m, opt, new, hist, TransferTrainConfig(rule="sum", distill=distill),
-                      teacher=teacher)
+        transfer_step(
+            m, opt, new, hist, TransferTrainConfig(rule="sum", distill=distill), teacher=teacher
+        )
         return torch.cat([p.detach().flatten() for p in m.parameters()])
 
     plain = step(0.0, None)
@@ -108,8 +111,7 @@ def test_a_joint_forward_normalises_new_and_history_rows_together():
     params = list(model.parameters())
     x_t, x_h = torch.randn(6, 1, 8), torch.randn(4, 1, 8) + 2.0
     y_t, y_h = torch.tensor([0, 1, 2] * 2), torch.tensor([2, 1] * 2)
-    g_t, g_h = step_gradients(model, params, Batch(x_t, y_t, 6), Batch(x_h, y_h, 4),
-                              joint=True)
+    g_t, g_h = step_gradients(model, params, Batch(x_t, y_t, 6), Batch(x_h, y_h, 4), joint=True)
     out = model(torch.cat([x_t, x_h]))  # one forward: BatchNorm over all ten rows
     want_t = torch.autograd.grad(F.cross_entropy(out[:6], y_t), params, retain_graph=True)
     want_h = torch.autograd.grad(F.cross_entropy(out[6:], y_h), params)
@@ -140,7 +142,7 @@ def test_head_gradient_fn_gives_each_sample_s_last_layer_gradient_in_chunks():
     head = model.stages[-1]
     for i in range(5):
         model.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         # last_layer_gradients lays out each class's row as [dW_c | db_c]
         want = torch.cat([head.weight.grad, head.bias.grad[:, None]], 1).flatten()
         np.testing.assert_allclose(got[i], want.numpy(), atol=1e-6)
@@ -148,10 +150,16 @@ def test_head_gradient_fn_gives_each_sample_s_last_layer_gradient_in_chunks():
 
 # --- the epoch walk ---------------------------------------------------------------------------
 
+
 def library(n=6, classes=2, per_class=3):
     lib = HistoryLibrary(per_class=per_class, num_classes=classes, rule="reservoir", seed=0)
-    lib.update({ID: np.arange(100, 100 + n), LABEL: np.arange(n) % classes,
-                X: np.zeros((n, 1), np.float32)})
+    lib.update(
+        {
+            ID: np.arange(100, 100 + n),
+            LABEL: np.arange(n) % classes,
+            X: np.zeros((n, 1), np.float32),
+        }
+    )
     return lib
 
 
@@ -188,16 +196,19 @@ def test_run_epochs_counts_steps_and_passes():
     counts = stats["steps"], stats["new_sample_passes"], stats["history_sample_passes"]
     assert counts == (6, 20, 12)
     assert 0 <= stats["conflict_steps"] <= 6 and -1 <= stats["mean_cosine"] <= 1
-    fine = run_epochs(model, x, y, None, TransferTrainConfig(rule="finetune", epochs=1,
-                                                              batch_size=4), 2, seed=0)
+    fine = run_epochs(
+        model, x, y, None, TransferTrainConfig(rule="finetune", epochs=1, batch_size=4), 2, seed=0
+    )
     assert (fine["steps"], fine["history_sample_passes"], fine["mean_cosine"]) == (3, 0, None)
 
 
 # --- the job file -----------------------------------------------------------------------------
 
-BASE = {"meta": {"checkpoint": "m", "x_shape": [1, 6], "num_classes": 3},
-        "new_source": {"kind": "npz", "path": "new.npz"},
-        "old_source": {"kind": "npz", "path": "old.npz"}}
+BASE = {
+    "meta": {"checkpoint": "m", "x_shape": [1, 6], "num_classes": 3},
+    "new_source": {"kind": "npz", "path": "new.npz"},
+    "old_source": {"kind": "npz", "path": "old.npz"},
+}
 
 
 def raw(**sections):
@@ -214,25 +225,31 @@ def raw(**sections):
 
 def test_defaults_and_the_history_batch_size():
     cfg = transfer_from_dict(raw())
-    assert (cfg.train.rule, cfg.history.rule, cfg.history_batch_size) == ("similarity",
-                                                                           "herding", 32)
+    assert (cfg.train.rule, cfg.history.rule, cfg.history_batch_size) == (
+        "similarity",
+        "herding",
+        32,
+    )
     assert transfer_from_dict(raw(history={"batch_size": 6})).history_batch_size == 6
 
 
-@pytest.mark.parametrize("job, field", [
-    (raw(train={"rulez": "sum"}), "train.rulez"),
-    (raw(train={"epochs": "ten"}), "train.epochs"),
-    (raw(train={"rule": "replay"}), "train.rule"),
-    (raw(train={"momentum": 1.0}), "train.momentum"),
-    (raw(meta={"checkpoint": None}), "meta.checkpoint"),
-    (raw(meta={"x_shape": [1, "a"]}), r"meta.x_shape\[1\]"),
-    (raw(new_source=None), "new_source"),
-    (raw(old_source={"kindd": "npz"}), "old_source.kindd"),
-    (raw(history={"rule": "random"}), "history.rule"),
-    (raw(train={"num_workers": 2}, history={"batch_size": 3}), "history.batch_size"),
-    (raw(train={"cos_scale": 0.0}), "train.cos_scale"),
-    (raw(train={"rule": "finetune", "distill": 1.0}), "train.distill"),
-])
+@pytest.mark.parametrize(
+    "job, field",
+    [
+        (raw(train={"rulez": "sum"}), "train.rulez"),
+        (raw(train={"epochs": "ten"}), "train.epochs"),
+        (raw(train={"rule": "replay"}), "train.rule"),
+        (raw(train={"momentum": 1.0}), "train.momentum"),
+        (raw(meta={"checkpoint": None}), "meta.checkpoint"),
+        (raw(meta={"x_shape": [1, "a"]}), r"meta.x_shape\[1\]"),
+        (raw(new_source=None), "new_source"),
+        (raw(old_source={"kindd": "npz"}), "old_source.kindd"),
+        (raw(history={"rule": "random"}), "history.rule"),
+        (raw(train={"num_workers": 2}, history={"batch_size": 3}), "history.batch_size"),
+        (raw(train={"cos_scale": 0.0}), "train.cos_scale"),
+        (raw(train={"rule": "finetune", "distill": 1.0}), "train.distill"),
+    ],
+)
 def test_mistakes_name_the_field(job, field):
     with pytest.raises(ConfigError, match=field):
         transfer_from_dict(job)
@@ -283,20 +300,22 @@ def scene(path, n, n_test, shift, seed):
 
 def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_session):
     from pipelines.ingest import read_split
-    from pipelines.transfer import collect_rows
-    from pipelines.transfer import load_meta, run_transfer
+    from pipelines.transfer import collect_rows, load_meta, run_transfer
     from pipelines.transfer_config import load_transfer
 
     (tmp_path / "meta").mkdir()
     save_meta(tmp_path / "meta")
     scene(tmp_path / "old.npz", 60, 30, 0.0, seed=1)
     scene(tmp_path / "new.npz", 40, 21, 1.5, seed=2)
-    job = raw(meta={"checkpoint": str(tmp_path / "meta"), "model": MODEL},
-              new_source={"path": str(tmp_path / "new.npz"), "val_fraction": 0.0},
-              old_source={"path": str(tmp_path / "old.npz"), "val_fraction": 0.0},
-              history={"per_class": 4, "batch_size": 4},
-              train={"rule": "agem", "epochs": 3, "batch_size": 8, "lr": 0.1, "num_workers": 2},
-              run_dir=str(tmp_path / "run"), seed=5)
+    job = raw(
+        meta={"checkpoint": str(tmp_path / "meta"), "model": MODEL},
+        new_source={"path": str(tmp_path / "new.npz"), "val_fraction": 0.0},
+        old_source={"path": str(tmp_path / "old.npz"), "val_fraction": 0.0},
+        history={"per_class": 4, "batch_size": 4},
+        train={"rule": "agem", "epochs": 3, "batch_size": 8, "lr": 0.1, "num_workers": 2},
+        run_dir=str(tmp_path / "run"),
+        seed=5,
+    )
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
     cfg = load_transfer(tmp_path / "job.yaml")
     summary = run_transfer(cfg, echo=lambda line: None)
@@ -306,8 +325,9 @@ def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_sess
     assert (summary["new_samples"], summary["steps"]) == (40, 15)  # 3 epochs of 5 batches
     assert summary["train_sample_passes"] == {"new": 120, "history": 60, "total": 180}
     assert summary["history"]["size"] == 12 and summary["history"]["origin"] == "built"
-    assert summary["forgetting"] == pytest.approx(summary["old_scene_accuracy"]["before"]
-                                                  - summary["old_scene_accuracy"]["after"])
+    assert summary["forgetting"] == pytest.approx(
+        summary["old_scene_accuracy"]["before"] - summary["old_scene_accuracy"]["after"]
+    )
     final = HistoryLibrary.load(run / "final")
     assert final.counts().tolist() == [4, 4, 4]
 
