@@ -318,17 +318,25 @@ def parquet_chunks(
             else None,
             where=path,
             first_row=start,
-            id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column {cfg.id_column!r}")
-            if cfg.id_column in has
-            else None,
-            split=_strings(
-                batch.column(cfg.split_column), f"{path}: source.split_column {cfg.split_column!r}"
-            )
-            if cfg.split_column in has
-            else None,
+            **_id_and_split(batch, cfg, path),
             rest=batch.select(rest) if rest else None,
         )
         start += batch.num_rows
+
+
+def _id_and_split(batch: pa.RecordBatch, cfg: SourceConfig, path: str) -> dict:
+    """A batch's optional id and split columns as Chunk fields (None where the file has none)."""
+    has = batch.schema.names
+    return {
+        "id": _numbers(batch.column(cfg.id_column), f"{path}: source.id_column {cfg.id_column!r}")
+        if cfg.id_column in has
+        else None,
+        "split": _strings(
+            batch.column(cfg.split_column), f"{path}: source.split_column {cfg.split_column!r}"
+        )
+        if cfg.split_column in has
+        else None,
+    }
 
 
 def _numbers(col: pa.Array, what: str) -> np.ndarray:
@@ -460,7 +468,6 @@ def _table_batches(fs, path: str, columns: list[str], split_column: str):
 
 
 def _text_chunk(batch: pa.RecordBatch, cfg: SourceConfig, path: str, first_row: int) -> Chunk:
-    has = batch.schema.names
     text = batch.column(cfg.text_column)
     what = f"source.text_column {cfg.text_column!r}"
     if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
@@ -480,14 +487,7 @@ def _text_chunk(batch: pa.RecordBatch, cfg: SourceConfig, path: str, first_row: 
         x=text.to_numpy(zero_copy_only=False),
         where=path,
         first_row=first_row,
-        id=_numbers(batch.column(cfg.id_column), f"{path}: source.id_column {cfg.id_column!r}")
-        if cfg.id_column in has
-        else None,
-        split=_strings(
-            batch.column(cfg.split_column), f"{path}: source.split_column {cfg.split_column!r}"
-        )
-        if cfg.split_column in has
-        else None,
+        **_id_and_split(batch, cfg, path),
     )
 
 
