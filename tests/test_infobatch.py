@@ -213,11 +213,9 @@ def _write_splits(path, x, y, val_x, val_y):
     )
 
 
-def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
-    n, epochs, seed = 45, 4, 7
-    g = np.random.default_rng(0)
-    x = g.normal(size=(n, 3)).astype(np.float32)
-    y = g.integers(0, 3, n)
+def run_two_workers(tmp_path, x, y, seed, strategy: dict) -> dict:
+    """A pruning strategy's job on rows `x`, `y` with two workers, every epoch validated; the
+    model's logits are its inputs (`input_logits`), so each row's loss is known beforehand."""
     _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
     job = from_dict(
         {
@@ -231,15 +229,29 @@ def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
                 "val_every_epoch": True,
                 "checkpoint_every_s": 0,
             },
-            "strategy": {
-                "name": "infobatch",
-                "epochs": epochs,
-                "prune_ratio": 0.5,
-                "anneal_delta": 0.5,
-            },
+            "strategy": strategy,
         }
     )
-    summary = run_job(job, echo=lambda *_: None)
+    return run_job(job, echo=lambda *_: None)
+
+
+def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
+    n, epochs, seed = 45, 4, 7
+    g = np.random.default_rng(0)
+    x = g.normal(size=(n, 3)).astype(np.float32)
+    y = g.integers(0, 3, n)
+    summary = run_two_workers(
+        tmp_path,
+        x,
+        y,
+        seed,
+        {
+            "name": "infobatch",
+            "epochs": epochs,
+            "prune_ratio": 0.5,
+            "anneal_delta": 0.5,
+        },
+    )
 
     losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y), reduction="none").double()
     order = pq.read_table(tmp_path / "run" / "data" / "train")["id"].to_numpy()

@@ -6,10 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
-from test_infobatch import VAL_X, VAL_Y, _write_splits
+from test_infobatch import run_two_workers
 
 from pipelines.config import ConfigError, from_dict
-from pipelines.rounds import run_job
 from pipelines.seeding import derive_seed
 from pipelines.seta import group_of, keep_ratio, kmeans_1d, plan_epoch, random_keep, window
 from pipelines.share import owner
@@ -121,30 +120,20 @@ def test_a_two_worker_job_trains_the_window_of_the_groups_over_both_ranks(ray_se
     g = np.random.default_rng(0)
     x = (g.normal(size=(n, 3)) * 3).astype(np.float32)
     y = g.integers(0, 3, n)
-    _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
-    job = from_dict(
+    summary = run_two_workers(
+        tmp_path,
+        x,
+        y,
+        seed,
         {
-            "seed": seed,
-            "run_dir": str(tmp_path / "run"),
-            "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
-            "model": {"name": "test_infobatch:input_logits"},
-            "train": {
-                "num_workers": 2,
-                "batch_size": 8,
-                "val_every_epoch": True,
-                "checkpoint_every_s": 0,
-            },
-            "strategy": {
-                "name": "seta",
-                "epochs": epochs,
-                "seta_ratio": 0.2,
-                "num_group": k,
-                "window_scale": 2 / 3,
-                "anneal_delta": 1.0,
-            },
-        }
+            "name": "seta",
+            "epochs": epochs,
+            "seta_ratio": 0.2,
+            "num_group": k,
+            "window_scale": 2 / 3,
+            "anneal_delta": 1.0,
+        },
     )
-    summary = run_job(job, echo=lambda *_: None)
 
     losses = (
         F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y), reduction="none").double().numpy()
