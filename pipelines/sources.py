@@ -258,13 +258,18 @@ def read_parquet(cfg: SourceConfig, chunk_rows: int) -> Source:
 
 
 @contextmanager
-def reading_parquet(path: str):
-    """pyarrow's errors for a damaged file, or one that is not Parquet, as a DataError naming
-    the file (pyarrow raises ArrowInvalid for a missing footer, OSError for a corrupt one)."""
+def reading(path: str, what: str, errors=Exception):
+    """A decoder's `errors` on a damaged file as a DataError naming the file, not a traceback."""
     try:
         yield
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+    except errors as e:
+        reason = str(e) or type(e).__name__  # PIL raises some (a cut file's) with no message
+        raise DataError(f"{path}: not a readable {what} ({reason})") from e
+
+
+def reading_parquet(path: str):
+    """pyarrow raises ArrowInvalid for a file that is not Parquet, OSError for a corrupt one."""
+    return reading(path, "Parquet file", (pa.ArrowInvalid, OSError))
 
 
 def _split_values(fs, path: str, column: str) -> set:
@@ -726,7 +731,7 @@ class _Headers:
 
         grey, hw = [], []
         for path in batch["path"]:
-            with self.fs.open_input_file(path) as fh, _reading_image(path):
+            with self.fs.open_input_file(path) as fh, reading(path, "image"):
                 img = Image.open(fh)
                 grey.append(img.mode in _GRAY_MODES)
                 hw.append((img.height, img.width))
@@ -748,7 +753,7 @@ class _Pixels:
 
         out = []
         for path in batch["path"]:
-            with self.fs.open_input_file(path) as fh, _reading_image(path):
+            with self.fs.open_input_file(path) as fh, reading(path, "image"):
                 img = Image.open(fh).convert(self.mode)
             if (img.height, img.width) != self.size:
                 img = img.resize((self.size[1], self.size[0]), Image.BILINEAR)
@@ -777,17 +782,3 @@ def _image_layout(headers, image_size) -> tuple[str, tuple]:
                     )
     size = tuple(image_size) if image_size is not None else first[1]
     return ("L" if grey else "RGB"), size
-
-
-@contextmanager
-def _reading_image(path: str):
-    """PIL's errors for a damaged or non-image file, as a DataError naming the file."""
-    try:
-        yield
-    except Exception as e:
-        raise DataError(f"{path}: not a readable image ({_reason(e)})") from e
-
-
-def _reason(e: Exception) -> str:
-    """An exception as words: PIL raises some (a truncated file's) with an empty message."""
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
