@@ -273,6 +273,20 @@ def curve_points(
     return points
 
 
+def final_test_marker(label: str) -> Line2D:
+    """The legend's entry for the star a panel puts at a run's final test accuracy."""
+    return Line2D(
+        [],
+        [],
+        marker="*",
+        markersize=11,
+        linestyle="none",
+        color="gray",
+        markeredgecolor="black",
+        label=label,
+    )
+
+
 def accuracy_figure(summaries: list[dict]) -> Figure:
     """Accuracy (left) and balanced accuracy (right) against cumulative compute (top) and
     against the run's wall clock (bottom): one line per strategy through its validations (a run
@@ -322,16 +336,7 @@ def accuracy_figure(summaries: list[dict]) -> Figure:
                     ha="center",
                     color="gray",
                 )
-    star = Line2D(
-        [],
-        [],
-        marker="*",
-        markersize=11,
-        linestyle="none",
-        color="gray",
-        markeredgecolor="black",
-        label="final test",
-    )
+    star = final_test_marker("final test")
     panels[0][0].legend(handles=[*panels[0][0].get_lines(), star], loc="lower right")
     return fig
 

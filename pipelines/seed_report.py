@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from operators.contract import DataError
 
@@ -29,6 +28,7 @@ from .report import (
     _png,
     compute_to_reach,
     curve_points,
+    final_test_marker,
 )
 from .run_state import atomic_write_bytes
 
@@ -262,16 +262,7 @@ def seeds_figure(summaries: list[dict]) -> Figure:
                 )
             ax.set(title=key.replace("_", " "), xlabel=xlabel, ylabel=key.replace("_", " "))
             ax.grid(alpha=0.3)
-    star = Line2D(
-        [],
-        [],
-        marker="*",
-        markersize=11,
-        linestyle="none",
-        color="gray",
-        markeredgecolor="black",
-        label="mean final test",
-    )
+    star = final_test_marker("mean final test")
     lines = [line for line in panels[0][0].get_lines() if not line.get_label().startswith("_")]
     panels[0][0].legend(handles=[*lines, star], loc="lower right")
     return fig
