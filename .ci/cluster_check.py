@@ -114,9 +114,7 @@ def submit(dashboard: str, run_dir: Path) -> None:
             time.sleep(3)
     print(f"submitted {job_id}: raysift run {JOB}")
     deadline = time.monotonic() + TIMEOUT_S
-    while (
-        status := client.get_job_status(job_id)
-    ) not in JobStatus.__members__.values() or not status.is_terminal():
+    while not (status := client.get_job_status(job_id)).is_terminal():
         if time.monotonic() > deadline:
             client.stop_job(job_id)
             sys.exit(f"cluster check: the job ran past {TIMEOUT_S} s")
