@@ -5,7 +5,7 @@
 
 Ingests the job's source as raysift does (8-bit sources stay uint8), writes the same train rows
 again as float32 in [0, 1] (what the ingest wrote before), then reads each train split as
-rank 0 of 2 workers fills its share (`pipelines.share.read_share`, everything in memory): bytes
+rank 0 of 2 workers fills its share (`raysift.data.share.read_share`, everything in memory): bytes
 on disk, the share's bytes in memory and the median read time of `--repeats`, with the ratios.
 """
 
@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from ray.data.extensions import ArrowTensorArray
 
-from operators.contract import X, as_float
-from pipelines.config import load_job
-from pipelines.ingest import ingest
-from pipelines.share import read_share
+from raysift.config import load_job
+from raysift.data.ingest import ingest
+from raysift.data.share import read_share
+from raysift.operators.contract import X, as_float
 
 
 def as_float32_copy(src: Path, dst: Path) -> None:

@@ -21,9 +21,9 @@ import numpy as np
 import ray
 from PIL import Image
 
-from pipelines.config import SourceConfig
-from pipelines.rounds import init_ray
-from pipelines.sources import read_imagefolder
+from raysift.config import SourceConfig
+from raysift.data.sources import read_imagefolder
+from raysift.job.rounds import init_ray
 
 
 def write_images(root: Path, n: int, size: int) -> None:

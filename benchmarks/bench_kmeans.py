@@ -30,8 +30,8 @@ from ray.data import DataContext
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.cluster import MiniBatchKMeans
 
-from operators.cluster import KMeans, kmeans_plusplus
-from operators.contract import ID, X, from_columns
+from raysift.operators.cluster import KMeans, kmeans_plusplus
+from raysift.operators.contract import ID, X, from_columns
 
 CHUNK = 65536
 

@@ -24,9 +24,9 @@ The epoch is chosen on the validation split (every `--eval-every` epochs) and th
 of that epoch's weights is reported as mean ± std over the seeds. The generators, style
 transfer and neural augmentation need real-valued inputs, so the text rows leave them out.
 
-The runs train in this process with `pipelines.augmentation.batch_loss`, the loss the Ray Train
+The runs train in this process with `raysift.training.loss.batch_loss`, the loss the Ray Train
 loop uses, and the generator and pair rules the `synthesize:` job section uses, on data written
-by `pipelines.ingest`; no run is a `TorchTrainer.fit` (hundreds of fits of a few seconds).
+by `raysift.data.ingest`; no run is a `TorchTrainer.fit` (hundreds of fits of a few seconds).
 
     .venv/bin/python benchmarks/bench_lowres.py                      # the full table
     .venv/bin/python benchmarks/bench_lowres.py --datasets digits --shots 5 --seeds 2 \\
@@ -53,16 +53,16 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.fetch_reviews import fetch_reviews  # noqa: E402
-from operators.contract import X, features  # noqa: E402
-from operators.pairs import draw_pairs  # noqa: E402
-from operators.style import StyleTransfer, random_extractor  # noqa: E402
-from pipelines import generative  # noqa: E402
-from pipelines.augmentation import batch_generator, batch_loss, build_mixer  # noqa: E402
-from pipelines.config import from_dict  # noqa: E402
-from pipelines.ingest import ingest, load_info  # noqa: E402
-from pipelines.models import build_model  # noqa: E402
-from pipelines.neural_aug import Augmenter, joint_step  # noqa: E402
-from pipelines.seeding import derive_seed  # noqa: E402
+from raysift.config import from_dict  # noqa: E402
+from raysift.data.ingest import ingest, load_info  # noqa: E402
+from raysift.operators.contract import X, features  # noqa: E402
+from raysift.operators.pairs import draw_pairs  # noqa: E402
+from raysift.operators.style import StyleTransfer, random_extractor  # noqa: E402
+from raysift.seeding import derive_seed  # noqa: E402
+from raysift.training import generative  # noqa: E402
+from raysift.training.loss import batch_generator, batch_loss, build_mixer  # noqa: E402
+from raysift.training.models import build_model  # noqa: E402
+from raysift.training.neural_aug import Augmenter, joint_step  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 # Per dataset: the job sections shared by every method, and the layers mixed. `input` is the

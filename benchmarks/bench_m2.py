@@ -13,8 +13,8 @@ import argparse
 import dataclasses
 import statistics
 
-from pipelines.compare import compare, comparison_table
-from pipelines.config import load_job
+from raysift.config import load_job
+from raysift.job.compare import compare, comparison_table
 
 
 def main() -> None:

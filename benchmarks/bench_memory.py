@@ -15,9 +15,9 @@ import argparse
 import dataclasses
 import math
 
-from pipelines.config import from_dict
-from pipelines.ingest import load_info
-from pipelines.rounds import init_ray, run_job
+from raysift.config import from_dict
+from raysift.data.ingest import load_info
+from raysift.job.rounds import init_ray, run_job
 
 
 def job_for(size: int, strategy: str, cache_mb: int, run_dir: str):

@@ -7,7 +7,7 @@ Both read the same Parquet file and write the mixed rows (only the new ones) as 
 the same rule (operators.mixup.Mixup, partners within batches of 1024 consecutive rows, the same
 seeds, so the rows are identical). NumPy/torch: one process reads the whole file into memory,
 mixes batch by batch, writes one file. Ray: `mixup_job` on a local Ray with `--cpus` CPUs,
-streaming (pipelines/user_data.py's reader, Ray Data's writer). Each run is its own process
+streaming (pipelines/data/user_data.py's reader, Ray Data's writer). Each run is its own process
 (Ray started before the clock), so each row's peak RSS is that process's: the driver's for
 Ray (the workers hold the stream). The table gives the median rows/s of `--repeats` runs and
 the ratio to NumPy, measured in this one run.
@@ -34,7 +34,7 @@ BATCH = 1024
 
 
 def make_input(path: Path, n: int, shape: tuple, classes: int = 10) -> None:
-    from operators.augment import rows_table
+    from raysift.operators.augment import rows_table
 
     if path.exists():
         return
@@ -60,9 +60,9 @@ def make_input(path: Path, n: int, shape: tuple, classes: int = 10) -> None:
 def run_numpy(src: Path, dst: Path, seed: int) -> None:
     import torch
 
-    from operators.augment import IdScheme, block_generator, rows_table
-    from operators.contract import features
-    from operators.mixup import Mixup
+    from raysift.operators.augment import IdScheme, block_generator, rows_table
+    from raysift.operators.contract import features
+    from raysift.operators.mixup import Mixup
 
     table = pq.read_table(src)
     ids = table["id"].to_numpy()
@@ -101,14 +101,14 @@ def one(method: str, src: str, dst: str, cpus: int, seed: int) -> dict:
             num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False
         )
         DataContext.get_current().enable_progress_bars = False
-        from pipelines.augment_jobs import mixup_job
+        from raysift.batch.augment import mixup_job
 
         start = time.perf_counter()
         mixup_job(src, dst, seed=seed, new_only=True, batch_size=BATCH)
     else:
         import torch  # noqa: F401  imported before the clock, as Ray's driver imports its own
 
-        import operators.mixup  # noqa: F401
+        import raysift.operators.mixup  # noqa: F401
 
         start = time.perf_counter()
         Path(dst).mkdir()

@@ -25,8 +25,8 @@ import numpy as np
 import ray
 from ray.data import DataContext
 
-from operators.contract import ID, X
-from operators.norms import Norms, add_norms
+from raysift.operators.contract import ID, X
+from raysift.operators.norms import Norms, add_norms
 
 CHUNK = 65536
 

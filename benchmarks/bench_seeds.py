@@ -7,7 +7,7 @@ Runs the baselines (`full`, `infobatch`, `seta`) and each M2 variant of VARIANTS
 under ROOT/seed<k>/<label>/, as `raysift compare --seeds` does, but with several M2 variants
 side by side (one job cannot hold two M2 configurations). A finished run (its summary.json is
 there) is read, not run again, so the seeds can be run a few at a time and the table grows.
-Prints the seeds' table (pipelines/seed_report.py: test accuracy, points under `full`, compute
+Prints the seeds' table (pipelines/report/seeds.py: test accuracy, points under `full`, compute
 and wall time against `full`, the compute and wall time to come within 0.5 points) and writes
 ROOT/seeds.json, ROOT/comparison.md and ROOT/accuracy.png.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import load_job
-from pipelines.report import write_report
-from pipelines.rounds import SUMMARY, init_ray, run_job
-from pipelines.run_state import atomic_write_json
-from pipelines.seed_report import SEEDS_JSON, seeds_text, write_seeds_report
+from raysift.config import load_job
+from raysift.job.rounds import SUMMARY, init_ray, run_job
+from raysift.report.comparison import write_report
+from raysift.report.seeds import SEEDS_JSON, seeds_text, write_seeds_report
+from raysift.run_state import atomic_write_json
 
 BASELINES = ("full", "infobatch", "seta")
 # label -> overrides of the job for an M2 run. The planned knobs are set to null so the budget

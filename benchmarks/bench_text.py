@@ -5,7 +5,7 @@ Every configuration trains on all 7,630 training sentences of the VADER movie-re
 after every epoch and stops when validation accuracy has not improved for `--patience` epochs;
 the test accuracy is that of the best validation epoch, as mean ± std over the seeds, with the
 wall time and the training sample-passes each run took. In this process, on the data
-`pipelines.ingest` writes, with the tokenizer of `pipelines.text`.
+`raysift.data.ingest` writes, with the tokenizer of `raysift.data.text`.
 
     .venv/bin/python benchmarks/bench_text.py [--seeds 3] [--configs random,glove,glove_static]
 """
@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_lowres import accuracy, load_data, mean_std  # noqa: E402
 from benchmarks.fetch_reviews import fetch_reviews  # noqa: E402
-from pipelines.config import from_dict  # noqa: E402
-from pipelines.models import build_model  # noqa: E402
-from pipelines.seeding import derive_seed  # noqa: E402
+from raysift.config import from_dict  # noqa: E402
+from raysift.seeding import derive_seed  # noqa: E402
+from raysift.training.models import build_model  # noqa: E402
 
 CONFIGS = {
     "random": {"dim": 64, "channels": 100},

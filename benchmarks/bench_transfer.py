@@ -47,11 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, X
-from operators.feedback import review
-from pipelines.config import ModelConfig
-from pipelines.detection_eval import mean_ap, predict
-from pipelines.detector import (
+from raysift.adapt.config import NewSceneConfig, SceneConfig
+from raysift.adapt.detection_eval import mean_ap, predict
+from raysift.adapt.detector import (
     DETECTOR,
     DETECTOR_FILE,
     TinyDetector,
@@ -60,13 +58,16 @@ from pipelines.detector import (
     load_detector,
     save_detector,
 )
-from pipelines.engine import MODEL_FILE
-from pipelines.history import TARGET, HistoryLibrary, head_gradient_fn
-from pipelines.models import build_model
-from pipelines.scenes import NewSceneConfig, SceneConfig, make_images
-from pipelines.transfer import load_meta
-from pipelines.transfer_config import MetaConfig, TransferTrainConfig
-from pipelines.transfer_step import CLASSIFIER, count_correct, run_epochs
+from raysift.adapt.scenes import make_images
+from raysift.config import ModelConfig
+from raysift.operators.contract import ID, LABEL, X
+from raysift.operators.feedback import review
+from raysift.training.models import build_model
+from raysift.training.saved import MODEL_FILE
+from raysift.transfer.config import MetaConfig, TransferTrainConfig
+from raysift.transfer.history import TARGET, HistoryLibrary, head_gradient_fn
+from raysift.transfer.job import load_meta
+from raysift.transfer.step import CLASSIFIER, count_correct, run_epochs
 
 NEW_SCENE = {"shear_scale": 2.5, "iid_noise_scale": 0.05, "seed": 7}
 META = {"epochs": 30, "batch_size": 128, "lr": 0.01, "seed": 0}

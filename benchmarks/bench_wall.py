@@ -28,11 +28,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from operators.contract import as_float
-from pipelines.config import load_job
-from pipelines.ingest import load_info
-from pipelines.models import build_model
-from pipelines.rounds import init_ray, run_job
+from raysift.config import load_job
+from raysift.data.ingest import load_info
+from raysift.job.rounds import init_ray, run_job
+from raysift.operators.contract import as_float
+from raysift.training.models import build_model
 
 
 def _split(data_dir: Path, split: str, x_shape) -> tuple[np.ndarray, np.ndarray]:

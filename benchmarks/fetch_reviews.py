@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.sources import cache_dir  # noqa: E402
+from raysift.data.sources import cache_dir  # noqa: E402
 
 PACKAGE = "vadersentiment==3.3.2"
 SDIST = "vaderSentiment-3.3.2.tar.gz"

@@ -69,7 +69,8 @@ class KMeans:
 
     def _fit(self, data) -> "KMeans":
         """The initialisation and the Lloyd loop over `data`, whatever `_draw_sample` and
-        `_pass` read it from (a Dataset here; one rank's rows in pipelines/collective.py)."""
+        `_pass` read it from (a Dataset here; one rank's rows in
+        pipelines/training/collective.py)."""
         k = self.n_clusters
         self._sample, self.feature_shape_ = None, None
         if isinstance(self.init, str):

@@ -1,7 +1,7 @@
 """Labelled rows drawn from a class-conditional generator, as a Ray Data job.
 
-The generator is any callable `sample(labels, generator) -> x` (pipelines/generative.py has a
-VAE and a GAN); it travels to the tasks with the job. Row i of the output has the label its
+The generator is any callable `sample(labels, generator) -> x` (pipelines/training/generative.py
+has a VAE and a GAN); it travels to the tasks with the job. Row i of the output has the label its
 slot in `per_class` gives it and noise from a stream seeded by (seed, the block's first row),
 so the same generator and seed give the same rows however Ray splits the range.
 """

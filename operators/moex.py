@@ -2,8 +2,8 @@
 mean and standard deviation of a partner, and its target leans towards the partner's label.
 
 `exchange_moments` is the rule on a batch of feature maps, used at a hidden layer during training
-(pipelines/moex.py) and on the inputs by `MomentMixer`, which operators.mixup.mix_dataset runs
-as a Ray Data job that writes the exchanged rows with their provenance. Moments are taken per
+(pipelines/training/moex.py) and on the inputs by `MomentMixer`, which operators.mixup.mix_dataset
+runs as a Ray Data job that writes the exchanged rows with their provenance. Moments are taken per
 sample and position over the channels (positional normalisation, the paper's choice) or per
 sample and channel over the positions ('spatial', instance normalisation: for one-channel
 inputs, where moments over one channel say nothing).

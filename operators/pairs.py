@@ -1,7 +1,7 @@
 """New rows from pairs of samples of one class, as a Ray Data job.
 
-Style transfer (operators/style.py) and neural augmentation (pipelines/neural_aug.py) both map
-two samples of a class to a new sample of that class: `combine(first, second) -> new`, batched.
+Style transfer (operators/style.py) and neural augmentation (pipelines/training/neural_aug.py) both
+map two samples of a class to a new sample of that class: `combine(first, second) -> new`, batched.
 `pair_dataset` runs such a rule per class (groupby(label).map_groups: one task holds a class),
 drawing `per_class` pairs: the first sample runs round-robin through a seeded order of the
 class, so every sample is used before any is used twice, and its partner is another sample of

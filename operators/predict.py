@@ -2,7 +2,7 @@
 
 `Scorer` loads the model once per actor and adds `loss`, `correct`, `margin`, `pred` and,
 optionally, `embedding`. `forward_scores` is the one forward pass behind it, which the training
-workers also use to score their own pool rows (pipelines/scan.py, M2 step 3).
+workers also use to score their own pool rows (pipelines/selection/scan.py, M2 step 3).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Scorer:
     Returns the batch with the score columns added (the feature column only with
     `keep_features`); `x_shape` reshapes flat feature rows to the model's input. A batch without
     the label column is scored against the model's own prediction (see `score_logits`). The
-    caller checks shapes and label ranges before it starts the pool (pipelines/operator_jobs.py):
+    caller checks shapes and label ranges before it starts the pool (pipelines/batch/operator.py):
     an error raised here would surface only after the pool had started."""
 
     def __init__(

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from operators.contract import DataError
-
-from .commands import JOB_COMMANDS
-from .config import ConfigError, load_job
+from raysift.commands import JOB_COMMANDS
+from raysift.config import COMPARED, ConfigError, load_job
+from raysift.operators.contract import DataError
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -36,14 +35,14 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _run(args) -> None:
-    from .rounds import run_job
+    from raysift.job.rounds import run_job
 
     job = load_job(args.job, _parse_set(args.set))
     run_job(job, resume=args.resume, overwrite=args.overwrite)
 
 
 def _compare(args) -> None:
-    from .compare import compare
+    from raysift.job.compare import compare
 
     job = load_job(args.job, _parse_set(args.set))
     compare(
@@ -70,8 +69,8 @@ def _parse_seeds(text: str | None) -> list[int] | None:
 
 
 def _report(args) -> None:
-    from .report import comparison_table, rebuild_report
-    from .seed_report import SEEDS_JSON, rebuild_seeds_report, seeds_text
+    from raysift.report.comparison import comparison_table, rebuild_report
+    from raysift.report.seeds import SEEDS_JSON, rebuild_seeds_report, seeds_text
 
     if (Path(args.run_dir) / SEEDS_JSON).exists():
         summaries, report = rebuild_seeds_report(args.run_dir)
@@ -98,7 +97,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     cmp.add_argument("job", help="the job file")
     cmp.add_argument(
         "--strategies",
-        default="full,random,m2,norm_balanced,infobatch,seta",
+        default=",".join(COMPARED),
         help="comma-separated strategy names (default: %(default)s)",
     )
     cmp.add_argument(
@@ -128,7 +127,7 @@ def build_parser(command: str | None) -> argparse.ArgumentParser:
     # are listed with their help and no options.
     wanted = JOB_COMMANDS[command].module if command in JOB_COMMANDS else None
     if wanted:
-        importlib.import_module(f"{__package__}.{wanted}").add_commands(commands)
+        importlib.import_module(wanted).add_commands(commands)
     for name, job in JOB_COMMANDS.items():
         if job.module != wanted:
             commands.add_parser(name, help=job.help)

@@ -6,6 +6,7 @@ run with the dotted name of the field, so a typo never silently falls back to a 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -13,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
-from operators.norms import KINDS as NORM_KINDS
 
 
 class ConfigError(ValueError):
@@ -132,7 +131,8 @@ class AugmentConfig:
 
 
 STRATEGY_NAMES = ("m2", "random", "full", "norm_balanced", "infobatch", "seta")
-# Knobs a budget plans (pipelines/budget.py) where the job leaves them out, by section.
+COMPARED = ("full", "random", "m2", "norm_balanced", "infobatch", "seta")  # compare's default
+# Knobs a budget plans (pipelines/selection/budget.py) where the job leaves them out, by section.
 PLANNED_KEYS = {
     "strategy": ("initial_ratio", "hard_per_round", "reps_per_round", "max_rounds"),
     "train": ("epochs_per_round", "final_epochs"),
@@ -242,9 +242,6 @@ class JobConfig:
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0")
         check_field(s.per_class >= 1, "strategy.per_class", s.per_class, ">= 1")
-        check_field(
-            s.norm in NORM_KINDS, "strategy.norm", s.norm, f"one of {', '.join(NORM_KINDS)}"
-        )
         for name in ("remaining_total", "remaining_per_class"):
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0 or null")
@@ -303,10 +300,6 @@ class JobConfig:
         self._validate_text()
         self._validate_mixup()
         self._validate_synthesize()
-        # Late import: the transform catalogue lives beside the loss, which imports this module.
-        from .augmentation import build_transforms
-
-        build_transforms(self.augment)
         if self.model.name == "textcnn" and self.augment.transforms:
             raise ConfigError(
                 "augment.transforms: textcnn reads token ids, which single-sample "
@@ -435,14 +428,19 @@ def read_job_file(path: str | Path) -> dict:
 
 def load_job(path: str | Path, overrides: dict | None = None) -> JobConfig:
     """Read a YAML job, apply `overrides` (dotted keys), type-check and validate it."""
-    raw = read_job_file(path)
+    return from_dict(with_overrides(read_job_file(path), overrides), where=str(path))
+
+
+def with_overrides(raw: dict, overrides: dict | None) -> dict:
+    """A copy of a job's sections with dotted `overrides` set ({"strategy.max_rounds": 3})."""
+    raw = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return from_dict(raw, where=str(path))
+    return raw
 
 
 def from_dict(raw: dict, where: str = "job") -> JobConfig:

@@ -81,7 +81,7 @@ class RunState:
     next_round: int = 0
     stop_reason: str | None = None  # set when the rounds are over (a final phase may follow)
     test: dict | None = None  # the test split's metrics, once the last model is evaluated
-    # The run's wall clock (pipelines/engine.py Worker.clock): its reading at this state, and
+    # The run's wall clock (pipelines/job/engine.py Worker.clock): its reading at this state, and
     # the time.time() it counts from (start-ups, waits and a restarted worker group included;
     # a resumed run goes on from `seconds`, without the time no driver ran).
     seconds: float = 0.0

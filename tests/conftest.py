@@ -18,7 +18,7 @@ def ray_session():
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
-    from pipelines.rounds import RAY_ENV
+    from raysift.job.rounds import RAY_ENV
 
     ray.init(
         num_cpus=2,

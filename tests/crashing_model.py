@@ -6,7 +6,7 @@ import os
 
 import torch.distributed as dist
 
-from pipelines.models import Staged, cnn2d
+from raysift.training.models import Staged, cnn2d
 
 
 class CrashOnce(Staged):

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from pipelines.adapt_config import adapt_from_dict, load_adapt
-from pipelines.cli import main
-from pipelines.config import ConfigError
+from raysift.adapt.config import adapt_from_dict, load_adapt
+from raysift.cli import main
+from raysift.config import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -56,11 +56,11 @@ def test_the_cli_names_a_missing_job_file_and_a_missing_checkpoint(tmp_path, cap
 
 
 def test_run_adapt_on_ray_checks_labels_transfers_and_updates_the_library(tmp_path, ray_session):
-    from pipelines.adapt import SUMMARY, run_adapt
-    from pipelines.detector import DETECTOR, TinyDetector, encode_targets, save_detector
-    from pipelines.history import HistoryLibrary
-    from pipelines.scenes import make_images
-    from pipelines.transfer_step import run_epochs
+    from raysift.adapt.detector import DETECTOR, TinyDetector, encode_targets, save_detector
+    from raysift.adapt.job import SUMMARY, run_adapt
+    from raysift.adapt.scenes import make_images
+    from raysift.transfer.history import HistoryLibrary
+    from raysift.transfer.step import run_epochs
 
     # A meta-detector that calls every cell a 10x10 target: some boxes land on digits
     # (correct), the rest are false alarms, and digits no box fits are missed.

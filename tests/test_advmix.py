@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from gloo_group import run_gloo
 from torch import nn
 
-from pipelines.advmix import AdversarialMixup, mixed_losses
+from raysift.training.advmix import AdversarialMixup, mixed_losses
 
 
 class Staged(nn.Module):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from operators.augment import (
+from raysift.operators.augment import (
     Brightness,
     Compose,
     Contrast,
@@ -22,7 +22,7 @@ from operators.augment import (
     one_hot,
     tag_real,
 )
-from operators.contract import ID, LABEL, DataError, X, from_columns
+from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
 
 
 def gen(seed=0):

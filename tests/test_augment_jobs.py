@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from operators.augment import block_generator
-from operators.contract import ID, LABEL, X
-from operators.mixup import beta, cycle_partners
-from pipelines.cli import main
+from raysift.cli import main
+from raysift.operators.augment import block_generator
+from raysift.operators.contract import ID, LABEL, X
+from raysift.operators.mixup import beta, cycle_partners
 
 STRIDE = 2**32
 

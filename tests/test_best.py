@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from pipelines.best import BestWeights
+from raysift.training.best import BestWeights
 
 
 def _model(value):

@@ -3,8 +3,8 @@ compute, keeps the knobs set by hand, and fills the job's planned keys."""
 
 import pytest
 
-from pipelines.budget import apply_budget, full_compute, plan_budget, planned_compute
-from pipelines.config import ConfigError, from_dict
+from raysift.config import ConfigError, from_dict
+from raysift.selection.budget import apply_budget, full_compute, plan_budget, planned_compute
 
 
 def test_full_compute_counts_every_row_each_epoch_and_its_validations():

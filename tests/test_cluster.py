@@ -7,14 +7,14 @@ import ray
 from ray.data.extensions import ArrowTensorArray
 from sklearn.cluster import KMeans as SkKMeans
 
-from operators.cluster import (
+from raysift.operators.cluster import (
     KMeans,
     drop_near_duplicates,
     greedy_keep,
     proportional_counts,
     representatives,
 )
-from operators.contract import ID, LABEL, DataError, X, from_columns
+from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
 
 
 def _points(x, rows_per_block=2, column=X, ids=None):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipelines.config import ConfigError, from_dict, load_job
+from raysift.config import ConfigError, from_dict, load_job
 
 
 def test_defaults_and_int_to_float():

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from operators.feedback import review
-from pipelines.detection_eval import average_precision
-from pipelines.detector import (
+from raysift.adapt.detection_eval import average_precision
+from raysift.adapt.detector import (
     DETECTOR,
     FOCAL_ALPHA,
     STRIDE,
@@ -21,8 +20,9 @@ from pipelines.detector import (
     head_gradients,
     nms,
 )
-from pipelines.transfer_config import TransferTrainConfig
-from pipelines.transfer_step import Batch, step_gradients, transfer_step
+from raysift.operators.feedback import review
+from raysift.transfer.config import TransferTrainConfig
+from raysift.transfer.step import Batch, step_gradients, transfer_step
 
 
 def test_targets_by_hand():
@@ -209,6 +209,6 @@ def test_training_steps_on_a_canvas_with_one_known_box_find_it():
         transfer_step(model, opt, Batch(x, y, 1), None, train, DETECTOR)
     assert losses[1] < losses[0] and losses[-1] < 0.2 * losses[0]
     ((boxes, scores),) = decode(model.eval()(x), min_score=0.0, nms_iou=0.5)
-    from operators.feedback import iou
+    from raysift.operators.feedback import iou
 
     assert scores[0] > 0.5 and iou(boxes[:1], true)[0, 0] > 0.7

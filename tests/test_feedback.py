@@ -7,9 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.contract import DataError
-from operators.feedback import INPUT_SCHEMA, annotate, feedback, iou, review
-from pipelines.feedback_job import add_commands, run_feedback
+from raysift.batch.feedback import add_commands, run_feedback
+from raysift.operators.contract import DataError
+from raysift.operators.feedback import INPUT_SCHEMA, annotate, feedback, iou, review
 
 
 @pytest.mark.parametrize(

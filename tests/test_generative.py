@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from operators.augment import IdScheme
-from operators.contract import ID, LABEL, X
-from operators.generate import class_slots, sample_dataset
-from pipelines import generative
-from pipelines.generative import GeneratorSpec
+from raysift.operators.augment import IdScheme
+from raysift.operators.contract import ID, LABEL, X
+from raysift.operators.generate import class_slots, sample_dataset
+from raysift.training import generative
+from raysift.training.generative import GeneratorSpec
 
 
 def two_class_signals(n=24):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from gloo_group import run_gloo
 
-from pipelines.gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
+from raysift.transfer.gradmix import allreduce_mean, flat_grad, mix, set_flat_grad
 
 R2 = math.sqrt(2.0)
 

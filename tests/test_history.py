@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.contract import ID, LABEL, DataError, X
-from pipelines.history import TARGET, HistoryLibrary, herding, last_layer_gradients
+from raysift.operators.contract import ID, LABEL, DataError, X
+from raysift.transfer.history import TARGET, HistoryLibrary, herding, last_layer_gradients
 
 
 def batch(ids, labels, values):

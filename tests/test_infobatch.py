@@ -10,21 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines.augmentation import batch_loss, sample_losses
-from pipelines.config import ConfigError, from_dict
-from pipelines.engine import advance_schedule, evaluate
-from pipelines.infobatch import (
+from raysift.config import ConfigError, from_dict
+from raysift.data.share import Share, owner
+from raysift.job.engine import advance_schedule, evaluate
+from raysift.job.rounds import run_job
+from raysift.seeding import derive_seed
+from raysift.selection.infobatch import (
     INITIAL_SCORE,
     anneal_epoch,
     initial_scores,
     plan_epoch,
     update_scores,
 )
-from pipelines.models import build_model
-from pipelines.rounds import run_job
-from pipelines.seeding import derive_seed
-from pipelines.share import Share, owner
-from pipelines.strategies import InfoBatch
+from raysift.selection.strategies import InfoBatch
+from raysift.training.loss import batch_loss, sample_losses
+from raysift.training.models import build_model
 
 # mean 4: rows 0-3 are below it, rows 4 and 9 sit on it (not below), rows 5-8 above
 SCORES = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 4.0], dtype=torch.float64)

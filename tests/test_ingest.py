@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from operators.contract import DataError
-from pipelines.config import ConfigError, SourceConfig
-from pipelines.ingest import carve, ingest
+from raysift.config import ConfigError, SourceConfig
+from raysift.data.ingest import carve, ingest
+from raysift.operators.contract import DataError
 
 
 def shard_table(folder):
@@ -354,7 +354,7 @@ def _job_file(tmp_path, data):
 def test_raysift_run_exits_2_naming_the_file_and_keeps_an_old_run(
     make, message, ray_session, tmp_path, capsys
 ):
-    from pipelines.cli import main
+    from raysift.cli import main
 
     (tmp_path / "in").mkdir()
     make(tmp_path / "in")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from operators.keys import hash_keys, unit_hash
+from raysift.operators.keys import hash_keys, unit_hash
 
 
 def test_no_seed_is_splitmix64_from_state_zero():

@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.contract import DataError
-from operators.keys import unit_hash
-from pipelines.config import SourceConfig
-from pipelines.ingest import LONG_TAIL_STREAM, ingest, load_info
+from raysift.config import SourceConfig
+from raysift.data.ingest import LONG_TAIL_STREAM, ingest, load_info
+from raysift.operators.contract import DataError
+from raysift.operators.keys import unit_hash
 
 SEED = 7
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.augment import IdScheme
-from operators.cluster import share_out
-from operators.contract import ID, LABEL, DataError, X, from_columns
-from operators.mixup import (
+from raysift.operators.augment import IdScheme
+from raysift.operators.cluster import share_out
+from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
+from raysift.operators.mixup import (
     CutMix,
     Mixup,
     SamplePairing,

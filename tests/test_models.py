@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pipelines.config import ConfigError, ModelConfig
-from pipelines.models import build_model, embed
+from raysift.config import ConfigError, ModelConfig
+from raysift.training.models import build_model, embed
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from operators.augment import IdScheme
-from operators.contract import ID, LABEL, X, from_columns
-from operators.mixup import mix_dataset
-from operators.moex import MomentMixer, exchange_moments, moex_targets
-from pipelines.models import Staged
-from pipelines.moex import MomentExchange
+from raysift.operators.augment import IdScheme
+from raysift.operators.contract import ID, LABEL, X, from_columns
+from raysift.operators.mixup import mix_dataset
+from raysift.operators.moex import MomentMixer, exchange_moments, moex_targets
+from raysift.training.models import Staged
+from raysift.training.moex import MomentExchange
 
 
 def test_channel_moments_are_swapped_exactly_at_every_position():
@@ -53,7 +53,7 @@ def test_training_loss_is_the_models_pass_on_exchanged_features():
     y = F.one_hot(torch.arange(5) % 3, 3).double()
     loss = MomentExchange(layer=1, lam=0.8)(model, x, y, torch.Generator().manual_seed(2))
     # the same draws by hand: the partner cycle, then the exchange of the flat features
-    from operators.mixup import cycle_partners
+    from raysift.operators.mixup import cycle_partners
 
     partner = cycle_partners(5, torch.Generator().manual_seed(2))
     logits = model.stages[1](exchange_moments(model.stages[0](x), partner, "channel"))

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from pipelines.neural_aug import Augmenter, joint_losses, joint_step, same_class_partners
+from raysift.training.neural_aug import Augmenter, joint_losses, joint_step, same_class_partners
 
 
 def test_partners_share_the_class_and_a_lone_sample_keeps_itself():

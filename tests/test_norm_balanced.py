@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.config import StrategyConfig, from_dict
-from pipelines.engine import pool_rows, share_scorer
-from pipelines.rounds import run_job
-from pipelines.run_state import DROPPED, RunState
-from pipelines.share import Share
-from pipelines.strategies import NormBalanced, RoundView, remaining_stop
+from raysift.config import StrategyConfig, from_dict
+from raysift.data.share import Share
+from raysift.job.engine import pool_rows, share_scorer
+from raysift.job.rounds import run_job
+from raysift.run_state import DROPPED, RunState
+from raysift.selection.strategies import NormBalanced, RoundView, remaining_stop
 
 # id -> (label, norm, the stub's prediction). With per_class 2, a = b = 1 per class.
 ROWS = {

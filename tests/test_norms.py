@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from operators.contract import ID, LABEL, DataError, X, data_errors, from_columns
-from operators.norms import Norms, add_norms, class_norm_stats
+from raysift.operators.contract import ID, LABEL, DataError, X, data_errors, from_columns
+from raysift.operators.norms import Norms, add_norms, class_norm_stats
 
 
 def _norm(x, **kw):

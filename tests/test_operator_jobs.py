@@ -10,9 +10,9 @@ import pytest
 import ray
 import torch
 
-from operators.contract import ID, LABEL, DataError, X, from_columns
-from operators.keys import hash_keys
-from pipelines.operator_jobs import add_commands
+from raysift.batch.operator import add_commands
+from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
+from raysift.operators.keys import hash_keys
 
 
 def _cli(*argv):
@@ -139,8 +139,8 @@ def linear_scores(input_shape, num_classes):
 
 
 def _model_file(path):
-    from pipelines.config import ModelConfig
-    from pipelines.engine import model_spec
+    from raysift.config import ModelConfig
+    from raysift.training.saved import model_spec
 
     weights = {"1.weight": torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])}
     spec = model_spec(ModelConfig(name="test_operator_jobs:linear_scores"), 3, [1, 2])
@@ -212,7 +212,7 @@ def test_score_job_without_labels_scores_against_the_prediction(ray_session, tmp
 
 
 def test_score_job_errors_name_the_problem(ray_session, tmp_path, capsys):
-    from pipelines.cli import main
+    from raysift.cli import main
 
     model = _model_file(tmp_path / "model.pt")
     src = _user_pool(tmp_path / "pool.parquet", [[2.0, 0.0], [0.0, 1.0]], [0, 7])
@@ -277,7 +277,7 @@ def test_jobs_read_a_users_own_parquet_with_the_source_options(ray_session, tmp_
 
 
 def test_a_users_bad_rows_are_named_by_file_and_row(ray_session, tmp_path, capsys):
-    from pipelines.cli import main
+    from raysift.cli import main
 
     bad_label = _user_rows(tmp_path / "labels.parquet", [[0.0, 1.0]] * 4, [0, 1, 1, -1])
     bad_value = _user_rows(tmp_path / "values.parquet", [[0.0, 1.0], [float("nan"), 0.0]], [0, 1])

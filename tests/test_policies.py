@@ -7,12 +7,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from operators.keys import hash_keys
-from pipelines.config import from_dict
-from pipelines.engine import pool_rows, share_scorer
-from pipelines.seeding import derive_seed
-from pipelines.share import Share
-from pipelines.strategies import M2, Full, RandomGrowth, RoundView
+from raysift.config import from_dict
+from raysift.data.share import Share
+from raysift.job.engine import pool_rows, share_scorer
+from raysift.operators.keys import hash_keys
+from raysift.seeding import derive_seed
+from raysift.selection.strategies import M2, Full, RandomGrowth, RoundView
 
 SEED = 5
 N = 30

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from operators.contract import ID, LABEL, X, from_columns
-from operators.predict import score, score_logits
+from raysift.operators.contract import ID, LABEL, X, from_columns
+from raysift.operators.predict import score, score_logits
 
 
 class AlwaysZero(torch.nn.Module):

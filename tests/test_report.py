@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from ray.data.extensions import ArrowTensorArray
 
-from operators.contract import DataError
-from pipelines import cli
-from pipelines.report import (
+from raysift import cli
+from raysift.operators.contract import DataError
+from raysift.report.comparison import (
     ACCURACY_PNG,
     BALANCE_PNG,
     COMPARISON,
@@ -30,7 +30,7 @@ from pipelines.report import (
     value_at,
     write_report,
 )
-from pipelines.run_state import RunState, atomic_write_json
+from raysift.run_state import RunState, atomic_write_json
 
 # Training ids 0..11: ids 0-5 are class 0, 6-8 class 1, 9-11 class 2.
 LABELS = {i: 0 if i < 6 else 1 if i < 9 else 2 for i in range(12)}

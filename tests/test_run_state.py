@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipelines.run_state import DROPPED, MANIFEST, RunState, replace_via_staging
-from pipelines.seeding import derive_seed
+from raysift.run_state import DROPPED, MANIFEST, RunState, replace_via_staging
+from raysift.seeding import derive_seed
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -74,7 +74,7 @@ def test_replace_via_staging_keeps_the_old_run_when_filling_fails(tmp_path):
 
 
 def test_the_run_clock_runs_on_through_a_worker_restart_and_skips_the_time_no_driver_ran():
-    from pipelines.engine import run_clock_origin
+    from raysift.job.engine import run_clock_origin
 
     assert run_clock_origin(RunState(), 1000.0) == 1000.0  # a new run counts from its start
     # Saved at 100 + 50 = 150 s, after this session began at 120: a restarted worker group

@@ -5,8 +5,8 @@ import json
 import numpy as np
 from gloo_group import run_gloo
 
-from operators.contract import ID, LABEL
-from pipelines.scan import scan_pool
+from raysift.operators.contract import ID, LABEL
+from raysift.selection.scan import scan_pool
 
 # Each rank's pool in scan order (ids) and which of them the stub model gets wrong.
 POOLS = {0: np.arange(0, 10), 1: np.arange(100, 107)}

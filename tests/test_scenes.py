@@ -5,15 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipelines.scenes import (
-    INK,
-    TEST_GLYPHS,
-    NewSceneConfig,
-    SceneConfig,
-    check_scene,
-    glyph_pool,
-    make_images,
-)
+from raysift.adapt.config import NewSceneConfig, SceneConfig, check_scene
+from raysift.adapt.scenes import INK, TEST_GLYPHS, glyph_pool, make_images
 
 
 def test_images_are_deterministic_for_a_seed_and_depend_on_the_index_only():

@@ -4,9 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.config import ConfigError, from_dict
-from pipelines.engine import advance_schedule
-from pipelines.schedule import GRID, make_scheduler, move_to, phase_span, planned_train_passes
+from raysift.config import ConfigError, from_dict
+from raysift.job.engine import advance_schedule
+from raysift.training.schedule import (
+    GRID,
+    make_scheduler,
+    move_to,
+    phase_span,
+    planned_train_passes,
+)
 
 
 def _optimizer():

@@ -8,10 +8,10 @@ import pytest
 from matplotlib.collections import PathCollection, PolyCollection
 from test_report import _fake_run
 
-from pipelines import cli
-from pipelines import compare as compare_module
-from pipelines.config import from_dict
-from pipelines.seed_report import (
+from raysift import cli
+from raysift.config import from_dict
+from raysift.job import compare as compare_module
+from raysift.report.seeds import (
     SEEDS_JSON,
     SEEDS_PNG,
     SEEDS_REPORT,

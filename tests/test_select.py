@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from operators.contract import ID, LABEL, DataError, X, from_columns
-from operators.keys import hash_keys
-from operators.select import balanced_draw, random_draw, smallest_per_group
+from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
+from raysift.operators.keys import hash_keys
+from raysift.operators.select import balanced_draw, random_draw, smallest_per_group
 
 # id -> norm per class; the comments give the mean and the two sides in draw order.
 CLASSES = {

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from pipelines.config import ConfigError, from_dict
-from pipelines.infobatch import plan_epoch
-from pipelines.rounds import run_job
-from pipelines.seeding import derive_seed
-from pipelines.strategies import M2, NormBalanced
+from raysift.config import ConfigError, from_dict
+from raysift.job.rounds import run_job
+from raysift.seeding import derive_seed
+from raysift.selection.infobatch import plan_epoch
+from raysift.selection.strategies import M2, NormBalanced
 
 # mean 4: rows 0-3 below it
 SCORES = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 4.0], dtype=torch.float64)

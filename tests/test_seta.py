@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from test_infobatch import run_two_workers
 
-from pipelines.config import ConfigError, from_dict
-from pipelines.seeding import derive_seed
-from pipelines.seta import group_of, keep_ratio, kmeans_1d, plan_epoch, random_keep, window
-from pipelines.share import owner
-from pipelines.strategies import Seta
+from raysift.config import ConfigError, from_dict
+from raysift.data.share import owner
+from raysift.seeding import derive_seed
+from raysift.selection.seta import group_of, keep_ratio, kmeans_1d, plan_epoch, random_keep, window
+from raysift.selection.strategies import Seta
 
 # Three loss groups, shuffled: easy rows 1, 3, 6; middling 2, 5, 8; hard 0, 4, 7.
 TABLE = np.array([2.1, 0.0, 1.1, 0.2, 2.2, 1.0, 0.1, 2.0, 1.2])

@@ -7,8 +7,8 @@ import pytest
 import torch
 from ray.data.extensions import ArrowTensorArray
 
-from operators.contract import DataError
-from pipelines.share import RowStore, Share, owner, read_share
+from raysift.data.share import RowStore, Share, owner, read_share
+from raysift.operators.contract import DataError
 
 
 def _write(folder, ids, x):
@@ -74,7 +74,7 @@ def test_a_folder_without_shards_names_itself(tmp_path):
 
 
 def test_8_bit_rows_are_kept_8_bit_and_scaled_batch_by_batch(tmp_path):
-    from pipelines.engine import device_batch
+    from raysift.job.engine import device_batch
 
     pixels = np.array([[[0, 51]], [[255, 3]], [[17, 18]]], np.uint8)
     _write(tmp_path / "train", np.array([10, 11, 12]), pixels)

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.augment import rows_table
-from operators.contract import ID
-from pipelines.augmentation import batch_loss
-from pipelines.config import SourceConfig, from_dict
-from pipelines.ingest import PROVENANCE_DIR, carve, ingest
-from pipelines.share import Share, read_share
+from raysift.config import SourceConfig, from_dict
+from raysift.data.ingest import PROVENANCE_DIR, carve, ingest
+from raysift.data.share import Share, read_share
+from raysift.operators.augment import rows_table
+from raysift.operators.contract import ID
+from raysift.training.loss import batch_loss
 
 K = 3
 
@@ -118,8 +118,8 @@ def test_ingest_keeps_generated_rows_in_train_only_and_never_from_val_or_test(tm
 def test_a_run_on_mixup_output_counts_real_and_synthetic_rows(ray_session, tmp_path):
     from sklearn.datasets import load_digits
 
-    from pipelines.cli import main
-    from pipelines.rounds import run_job
+    from raysift.cli import main
+    from raysift.job.rounds import run_job
 
     d = load_digits()
     n = 600

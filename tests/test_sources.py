@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 from ray.data.extensions import ArrowTensorArray
 
-from operators.contract import DataError, features
-from pipelines.config import SourceConfig
-from pipelines.ingest import ingest, load_info, read_split
+from raysift.config import SourceConfig
+from raysift.data.ingest import ingest, load_info, read_split
+from raysift.operators.contract import DataError, features
 
 
 def read_all(out_dir, split):
@@ -254,7 +254,7 @@ def test_mnist1d_given_split_and_cache(ray_session, tmp_path, monkeypatch):
 
 
 def test_mnist1d_past_one_part_is_parts_with_the_next_seeds(tmp_path, monkeypatch):
-    from pipelines import sources
+    from raysift.data import sources
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(sources, "MNIST1D_PART", 100)
@@ -283,7 +283,7 @@ def test_digits_scaled_to_unit_range(tmp_path):
 
 @pytest.mark.parametrize("kind", ["parquet", "npz", "idx", "imagefolder"])
 def test_user_kinds_need_a_path(kind, tmp_path):
-    from pipelines.config import ConfigError
+    from raysift.config import ConfigError
 
     with pytest.raises(ConfigError, match="source.path: required"):
         ingest(SourceConfig(kind=kind), 0, tmp_path / "out")

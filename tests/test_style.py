@@ -4,10 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from operators.augment import IdScheme
-from operators.contract import ID, LABEL, X, from_columns
-from operators.pairs import draw_pairs, pair_dataset
-from operators.style import StyleTransfer, content_loss, gram, random_extractor, style_loss, tv_loss
+from raysift.operators.augment import IdScheme
+from raysift.operators.contract import ID, LABEL, X, from_columns
+from raysift.operators.pairs import draw_pairs, pair_dataset
+from raysift.operators.style import (
+    StyleTransfer,
+    content_loss,
+    gram,
+    random_extractor,
+    style_loss,
+    tv_loss,
+)
 
 
 def test_gram_matrix_by_hand():

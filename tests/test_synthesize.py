@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.cli import main
-from pipelines.config import ConfigError, from_dict
-from pipelines.ingest import ingest, load_info
-from pipelines.synthesize import SYNTHETIC, TRAIN_SHARD, add_synthetic, like_train
+from raysift.batch.synthesize import SYNTHETIC, TRAIN_SHARD, add_synthetic, like_train
+from raysift.cli import main
+from raysift.config import ConfigError, from_dict
+from raysift.data.ingest import ingest, load_info
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_rows_added_to_8_bit_shards_are_bytes_that_read_back_as_the_values(tmp_p
     import pyarrow as pa
     from ray.data.extensions import ArrowTensorArray
 
-    from operators.contract import features
+    from raysift.operators.contract import features
 
     pixels = np.array([[[0, 128, 255]]], dtype=np.uint8)
     pq.write_table(

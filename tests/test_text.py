@@ -8,14 +8,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from operators.contract import DataError
-from pipelines import word_vectors
-from pipelines.augmentation import batch_loss
-from pipelines.config import ConfigError, ModelConfig, SourceConfig, from_dict
-from pipelines.ingest import VOCAB, ingest
-from pipelines.models import build_model, embed
-from pipelines.text import Vocabulary, tokenize
-from pipelines.word_vectors import align
+from raysift.config import ConfigError, ModelConfig, SourceConfig, from_dict
+from raysift.data.ingest import VOCAB, ingest
+from raysift.data.text import Vocabulary, tokenize
+from raysift.operators.contract import DataError
+from raysift.training import word_vectors
+from raysift.training.loss import batch_loss
+from raysift.training.models import build_model, embed
+from raysift.training.word_vectors import align
 
 
 def shards(folder):

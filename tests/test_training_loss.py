@@ -4,12 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from operators.mixup import CutMix, Mixup, SamplePairing, beta, cycle_partners
-from pipelines.advmix import AdversarialMixup, mixed_losses
-from pipelines.augmentation import batch_generator, batch_loss, build_mixer
-from pipelines.config import ConfigError, from_dict
-from pipelines.models import build_model
-from pipelines.moex import MomentExchange
+from raysift.config import ConfigError, from_dict
+from raysift.job.rounds import check_names
+from raysift.operators.mixup import CutMix, Mixup, SamplePairing, beta, cycle_partners
+from raysift.training.advmix import AdversarialMixup, mixed_losses
+from raysift.training.loss import batch_generator, batch_loss, build_mixer
+from raysift.training.models import build_model
+from raysift.training.moex import MomentExchange
 
 SHAPE, K = (1, 12), 3
 
@@ -196,5 +197,6 @@ def test_a_layer_beyond_the_model_is_named():
     ],
 )
 def test_section_mistakes_name_the_field(raw, message):
+    """As a job is loaded: the config's own checks, then the transform catalogue's."""
     with pytest.raises(ConfigError, match=message):
-        from_dict(raw)
+        check_names(from_dict(raw))

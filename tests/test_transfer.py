@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from operators.contract import ID, LABEL, X
-from pipelines.cli import main
-from pipelines.config import ConfigError
-from pipelines.history import HistoryLibrary
-from pipelines.transfer_config import TransferTrainConfig, transfer_from_dict
-from pipelines.transfer_step import Batch, epoch_walk, run_epochs, transfer_step
+from raysift.cli import main
+from raysift.config import ConfigError
+from raysift.operators.contract import ID, LABEL, X
+from raysift.transfer.config import TransferTrainConfig, transfer_from_dict
+from raysift.transfer.history import HistoryLibrary
+from raysift.transfer.step import Batch, epoch_walk, run_epochs, transfer_step
 
 R2 = math.sqrt(2.0)
 
@@ -66,7 +66,7 @@ def test_a_batch_loss_is_the_mean_over_the_global_batch():
 
 
 def test_softmax_distillation_by_hand_and_zero_at_the_meta_model():
-    from pipelines.transfer_step import softmax_distillation
+    from raysift.transfer.step import softmax_distillation
 
     # T = 2: teacher logits (0, 0) -> (1/2, 1/2); student (2 ln 3, 0) -> (3/4, 1/4) at T.
     # KL = 1/2 ln(2/3) + 1/2 ln 2 = 1/2 ln(4/3), times T^2 = 4.
@@ -77,7 +77,7 @@ def test_softmax_distillation_by_hand_and_zero_at_the_meta_model():
 
 
 def test_distillation_on_history_only_and_not_at_the_meta_model():
-    from pipelines.models import cnn1d
+    from raysift.training.models import cnn1d
 
     torch.manual_seed(0)
     model = cnn1d((1, 8), 3, channels=4, hidden=8)  # BatchNorm: the teacher shares its mode
@@ -103,8 +103,8 @@ def test_distillation_on_history_only_and_not_at_the_meta_model():
 
 
 def test_a_joint_forward_normalises_new_and_history_rows_together():
-    from pipelines.models import cnn1d
-    from pipelines.transfer_step import step_gradients
+    from raysift.training.models import cnn1d
+    from raysift.transfer.step import step_gradients
 
     torch.manual_seed(0)
     model = cnn1d((1, 8), 3, channels=4, hidden=8).train()
@@ -132,8 +132,8 @@ def test_step_arguments_are_checked():
 
 
 def test_head_gradient_fn_gives_each_sample_s_last_layer_gradient_in_chunks():
-    from pipelines.history import head_gradient_fn
-    from pipelines.models import mlp
+    from raysift.training.models import mlp
+    from raysift.transfer.history import head_gradient_fn
 
     torch.manual_seed(0)
     model = mlp((1, 4), 3, hidden=(5,))
@@ -256,7 +256,7 @@ def test_mistakes_name_the_field(job, field):
 
 
 def test_a_checkpoint_that_does_not_fit_the_meta_section_is_named(tmp_path):
-    from pipelines.transfer import load_meta
+    from raysift.transfer.job import load_meta
 
     cfg = transfer_from_dict(raw(meta={"checkpoint": str(tmp_path)}))
     with pytest.raises(ConfigError, match="meta.checkpoint"):
@@ -278,8 +278,8 @@ MODEL = {"name": "mlp", "kwargs": {"hidden": [8]}}
 
 
 def save_meta(folder):
-    from pipelines.config import ModelConfig
-    from pipelines.models import build_model
+    from raysift.config import ModelConfig
+    from raysift.training.models import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(**MODEL), (1, 6), 3)
@@ -299,9 +299,9 @@ def scene(path, n, n_test, shift, seed):
 
 
 def test_run_transfer_on_ray_writes_model_library_and_summary(tmp_path, ray_session):
-    from pipelines.ingest import read_split
-    from pipelines.transfer import collect_rows, load_meta, run_transfer
-    from pipelines.transfer_config import load_transfer
+    from raysift.data.ingest import read_split
+    from raysift.transfer.config import load_transfer
+    from raysift.transfer.job import collect_rows, load_meta, run_transfer
 
     (tmp_path / "meta").mkdir()
     save_meta(tmp_path / "meta")

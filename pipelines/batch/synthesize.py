@@ -1,0 +1,236 @@
+"""The job's `synthesize:` section and `raysift generate`: synthetic training rows (M4).
+
+Before training, a job with `synthesize.kind` set makes `per_class` rows of every class from
+the ingested train split and adds them to it:
+
+    vae, gan   a class-conditional generator, trained here on the train split, saved as
+               RUN_DIR/generators/KIND.pt, sampled by a Ray Data job (`raysift generate` samples
+               it again later)
+    style      style transfer between two samples of a class, a fixed random CNN's features
+    neural     an augmenter trained jointly with the job's model (Perez and Wang), saved as
+               RUN_DIR/generators/neural.pt, applied to pairs of samples of a class
+    moex       the inputs' moments exchanged between samples, soft labels
+
+The generated rows keep their provenance (`source`, `parent_ids`, `y_soft`) in
+data/synthetic/; their id, label and x join the train split as one more shard, so every
+strategy trains on them like on real rows. The generators train in this process: they are
+small, and the train splits that need synthetic rows are small too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from raysift.commands import add_parser, positive_int
+from raysift.config import JobConfig
+from raysift.data.ingest import INFO, load_info, read_split
+from raysift.data.user_data import write
+from raysift.operators.augment import IdScheme
+from raysift.operators.contract import ID, LABEL, PIXEL_MAX, DataError, X, data_errors, features
+from raysift.operators.generate import sample_dataset
+from raysift.operators.mixup import mix_dataset
+from raysift.operators.moex import MomentMixer
+from raysift.operators.pairs import pair_dataset
+from raysift.operators.style import StyleTransfer, random_extractor
+from raysift.seeding import derive_seed
+from raysift.training import generative
+from raysift.training.models import build_model
+from raysift.training.neural_aug import Augmenter, TrainedAugmenter, joint_step
+
+GENERATORS = "generators"  # RUN_DIR/generators/KIND.pt
+SYNTHETIC = "synthetic"  # DATA_DIR/synthetic: the generated rows with their provenance
+TRAIN_SHARD = "synthetic-00000.parquet"  # the generated rows' shard in DATA_DIR/train
+IDS = IdScheme(offset=2**40)  # generated ids, clear of real ids below 2**32
+
+
+def train_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The train split's (x float32, labels int64), read in this process."""
+    table = pq.read_table(
+        sorted(str(p) for p in (data_dir / "train").glob("*.parquet")), columns=[X, LABEL]
+    )
+    x = features({X: np.concatenate([c.to_numpy() for c in table.column(X).chunks])})
+    return x, table.column(LABEL).to_numpy().astype(np.int64)
+
+
+def synthetic_rows(job: JobConfig, data_dir: Path, run_dir: Path) -> ray.data.Dataset:
+    """The rows `job.synthesize` asks for, as a Ray Dataset (nothing written to the train
+    split yet; trained generators are saved under run_dir/generators)."""
+    cfg, info = job.synthesize, load_info(data_dir)
+    k, seed = info.num_classes, derive_seed(job.seed, "synthesize", cfg.kind)
+    if cfg.kind in generative.KINDS:
+        x, labels = train_arrays(data_dir)
+        spec = generative.GeneratorSpec(cfg.kind, tuple(info.x_shape), k, cfg.latent, cfg.hidden)
+        model = generative.fit(
+            spec,
+            torch.from_numpy(x),
+            torch.from_numpy(labels),
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=seed,
+        )
+        generative.save(model, run_dir / GENERATORS / f"{cfg.kind}.pt")
+        return sample_dataset(
+            model.sample,
+            {c: cfg.per_class for c in range(k)},
+            num_classes=k,
+            seed=seed,
+            ids=IDS,
+            source=cfg.kind,
+        )
+    train = read_split(data_dir, "train")
+    if cfg.kind == "moex":
+        copies = max(1, round(cfg.per_class * k / info.counts["train"]))
+        return mix_dataset(
+            train.random_shuffle(seed=seed % 2**32),
+            MomentMixer(cfg.moex_lambda, cfg.moments),
+            num_classes=k,
+            seed=seed,
+            ids=IDS,
+            copies=copies,
+        )
+    if cfg.kind == "style":
+        rule = StyleTransfer(
+            random_extractor(tuple(info.x_shape), seed),
+            steps=cfg.steps,
+            style_weight=cfg.style_weight,
+            tv_weight=cfg.tv_weight,
+        )
+    else:
+        augmenter = fit_augmenter(job, data_dir, seed)
+        path = run_dir / GENERATORS / "neural.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(augmenter.state_dict(), path)
+        rule = TrainedAugmenter(augmenter)
+    return pair_dataset(
+        train, rule, per_class=cfg.per_class, num_classes=k, seed=seed, ids=IDS, source=cfg.kind
+    )
+
+
+def fit_augmenter(job: JobConfig, data_dir: Path, seed: int) -> Augmenter:
+    """Train an augmenter jointly with a fresh copy of the job's model on the train split."""
+    cfg, info = job.synthesize, load_info(data_dir)
+    x, labels = (torch.from_numpy(a) for a in train_arrays(data_dir))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        augmenter = Augmenter(tuple(info.x_shape))
+        classifier = build_model(job.model, tuple(info.x_shape), info.num_classes)
+    optimizer = torch.optim.Adam([*augmenter.parameters(), *classifier.parameters()], lr=cfg.lr)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), cfg.batch_size):
+            b = order[start : start + cfg.batch_size]
+            joint_step(
+                augmenter,
+                classifier,
+                optimizer,
+                x[b],
+                labels[b],
+                g,
+                content_weight=cfg.content_weight,
+            )
+    return augmenter.eval()
+
+
+def add_synthetic(job: JobConfig, data_dir: Path, run_dir: Path):
+    """Make the synthetic rows, keep them in data/synthetic and add them to the train split;
+    returns the updated DataInfo. Call it on a staging folder: it writes in place."""
+    with data_errors():
+        rows = synthetic_rows(job, data_dir, run_dir).materialize()
+    table = pa.concat_tables(ray.get(rows.to_arrow_refs()))
+    pq.write_table(table, _new_dir(data_dir / SYNTHETIC) / "part-00000.parquet")
+    train_dir = data_dir / "train"
+    x = features({X: np.concatenate([c.to_numpy() for c in table.column(X).chunks])})
+    pq.write_table(
+        pa.table({ID: table.column(ID), LABEL: table.column(LABEL), X: like_train(x, train_dir)}),
+        train_dir / TRAIN_SHARD,
+    )
+    info = load_info(data_dir)
+    labels = table.column(LABEL).to_numpy()
+    info.counts["train"] += len(labels)
+    info.class_counts["train"] = (
+        np.asarray(info.class_counts["train"]) + np.bincount(labels, minlength=info.num_classes)
+    ).tolist()
+    info.source += f"; + {len(labels)} synthetic training rows ({job.synthesize.kind})"
+    tmp = data_dir / f"{INFO}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(info), indent=1))
+    tmp.replace(data_dir / INFO)
+    return info
+
+
+def _new_dir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def like_train(x: np.ndarray, train_dir: Path):
+    """x as a tensor column of the train shards' dtype: 8-bit shards hold round(x * PIXEL_MAX)
+    clipped to the byte's range, which `features` scales back to about x."""
+    from ray.data.extensions import ArrowTensorArray
+
+    first = sorted(train_dir.glob("part-*.parquet"))[0]
+    dtype = pq.read_table(first, columns=[X]).column(X).chunk(0).to_numpy().dtype
+    if dtype == np.uint8:
+        x = np.clip(np.rint(x * PIXEL_MAX), 0, 255)
+    return ArrowTensorArray.from_numpy(np.ascontiguousarray(x.astype(dtype)))
+
+
+def generate(
+    run_dir: str | Path,
+    out: str,
+    n: int,
+    per_class: bool = False,
+    kind: str | None = None,
+    seed: int = 0,
+) -> int:
+    """Sample a run's saved VAE or GAN into OUT (Parquet, a new directory): n rows in all,
+    spread evenly over the classes, or n of every class; returns the number of rows."""
+
+    folder = Path(run_dir) / GENERATORS
+    found = [k for k in generative.KINDS if (folder / f"{k}.pt").exists()]
+    if not found:
+        raise DataError(
+            f"{folder}: no saved generator (vae.pt or gan.pt); run a job with "
+            f"synthesize.kind vae or gan first"
+        )
+    if kind is None and len(found) > 1:
+        raise DataError(f"{folder}: holds both vae.pt and gan.pt; pick one with --kind")
+    kind = kind or found[0]
+    if kind not in found:
+        raise DataError(f"{folder / f'{kind}.pt'} does not exist (found {found[0]}.pt)")
+    model = generative.load(folder / f"{kind}.pt")
+    k = model.spec.num_classes
+    counts = {c: n if per_class else n // k + (c < n % k) for c in range(k)}
+    ds = sample_dataset(model.sample, counts, num_classes=k, seed=seed, ids=IDS, source=kind)
+    write(ds, out)
+    return sum(counts.values())
+
+
+def _generate_command(args: argparse.Namespace) -> None:
+    rows = generate(args.run_dir, args.output, args.n, args.per_class, args.kind, args.seed)
+    print(f"generate: {rows} rows -> {args.output}")
+
+
+def add_commands(subparsers) -> None:
+    """Register `generate` on the CLI's subparsers."""
+
+    p = add_parser(subparsers, "generate")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run made with synthesize.kind vae/gan")
+    p.add_argument("output", metavar="OUT", help="new directory for the Parquet output")
+    p.add_argument("--n", type=positive_int, required=True, help="rows in all (or per class)")
+    p.add_argument("--per-class", action="store_true", help="N rows of every class")
+    p.add_argument(
+        "--kind", choices=generative.KINDS, help="which generator (default: the one the run saved)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.set_defaults(func=_generate_command)
