@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 
-from pipelines.config import ConfigError, from_dict
-from pipelines.engine import balanced_accuracy, load_model
-from pipelines.ingest import load_info
-from pipelines.rounds import run_job
-from pipelines.share import owner
+import raysift
+from raysift.config import ConfigError, from_dict
+from raysift.data.ingest import load_info
+from raysift.data.share import owner
+from raysift.job.engine import balanced_accuracy
+from raysift.job.rounds import run_job
+from raysift.training.saved import load_model
 
 SEED = 3
 
@@ -74,7 +76,7 @@ def finished_run(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     (tmp / "no-crash").touch()
     job = from_dict(_raw(tmp, "e2e", tmp / "no-crash"))
-    return job, run_job(job, echo=lambda *_: None)
+    return job, raysift.run(job).summary_dict  # the notebook API's run is run_job's
 
 
 def test_m2_end_to_end(finished_run):
@@ -104,6 +106,25 @@ def test_m2_end_to_end(finished_run):
     assert summary["train_sample_passes"] == expected_train
     assert summary["test_accuracy"] > 0.5  # digits are easy: far above the 0.1 of chance
     assert (run_dir / "final" / "model.pt").exists() and (run_dir / "summary.json").exists()
+
+
+def test_the_notebook_api_reads_the_run_as_tables(finished_run):
+    job, summary = finished_run
+    run = raysift.Run.load(job.run_dir)
+    rounds = run.rounds
+    assert list(rounds["phase"]) == ["round", "round", "final"]
+    assert list(rounds["subset_size"]) == [r["subset_size"] for r in summary["per_round"]]
+    assert list(rounds["val_accuracy"]) == [r["val_accuracy"] for r in summary["per_round"]]
+    assert "curve" not in rounds.columns
+    one = run.summary
+    assert len(one) == 1 and "per_round" not in one.columns
+    assert one["test_accuracy"][0] == summary["test_accuracy"]
+    assert one["wall_seconds.total"][0] == summary["wall_seconds"]["total"]
+    curve = run.curve  # every validation: four epochs in each round, two in the final phase
+    assert len(curve) == sum(len(r["curve"]) for r in summary["per_round"])
+    assert list(curve.columns[:3]) == ["phase", "round", "epoch"]
+    assert len(run.manifest()) == summary["subset_size"]
+    assert str(run).startswith("[e2e] m2: test accuracy")
 
 
 def _accuracy(model, split_dir, x_shape):
@@ -151,7 +172,7 @@ def test_a_worker_killed_mid_round_with_its_rows_on_disk_gives_the_same_run(fini
 def _driver(job_file, *args):
     """`raysift run` in its own process group (with the Ray it starts), lines on a pipe."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", str(job_file), *args],
+        [sys.executable, "-m", "raysift.cli", "run", str(job_file), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
