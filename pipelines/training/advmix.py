@@ -202,31 +202,10 @@ class AdversarialMixup:
         module that leave no trace on it and make no parameter gradients."""
         if self.n_steps == 0:
             return lam0, None
-        lam = lam0
-        with _restored_buffers(inner):
-            for step in range(self.n_steps):
-                leaf = lam.detach().requires_grad_()
-                with _same_rng(x.device):
-                    losses, _ = mixed_losses(
-                        inner,
-                        inner.stages,
-                        x,
-                        y,
-                        partner,
-                        leaf,
-                        self._target(leaf, lam0),
-                        self.layer,
-                        self.smoothing,
-                    )
-                if step == 0:
-                    before = losses.detach()
-                objective = losses.mean() if self.ascent == "mean" else losses.sum()
-                (grad,) = torch.autograd.grad(objective, leaf)
-                lam = self._bound(leaf.detach() + self.gamma * grad, lam0)
-            if not self.keep_rose:
-                return lam, None
-            with torch.no_grad(), _same_rng(x.device):
-                after, _ = mixed_losses(
+
+        def losses_at(lam):
+            with _same_rng(x.device):
+                losses, _ = mixed_losses(
                     inner,
                     inner.stages,
                     x,
@@ -237,5 +216,21 @@ class AdversarialMixup:
                     self.layer,
                     self.smoothing,
                 )
+            return losses
+
+        lam = lam0
+        with _restored_buffers(inner):
+            for step in range(self.n_steps):
+                leaf = lam.detach().requires_grad_()
+                losses = losses_at(leaf)
+                if step == 0:
+                    before = losses.detach()
+                objective = losses.mean() if self.ascent == "mean" else losses.sum()
+                (grad,) = torch.autograd.grad(objective, leaf)
+                lam = self._bound(leaf.detach() + self.gamma * grad, lam0)
+            if not self.keep_rose:
+                return lam, None
+            with torch.no_grad():
+                after = losses_at(lam)
         rose = after > before
         return torch.where(rose, lam, lam0), rose
