@@ -176,8 +176,12 @@ def equal_compute_table(summaries: list[dict]) -> tuple[float, list[list[str]]]:
 
 
 def comparison_table(summaries: list[dict]) -> str:
-    """The table as aligned plain text (the strategy left, numbers right)."""
-    head, rows = table(summaries)
+    """The table as aligned plain text."""
+    return aligned(*table(summaries))
+
+
+def aligned(head: list[str], rows: list[list[str]]) -> str:
+    """A table as plain text: the first column left, the numbers right, a rule under the head."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
     def line(cells):

@@ -25,6 +25,7 @@ from raysift.report.comparison import (
     SECONDS,
     _markdown_table,
     _png,
+    aligned,
     compute_to_reach,
     curve_points,
     final_test_marker,
@@ -158,15 +159,7 @@ def seeds_table(summaries: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def seeds_text(summaries: list[dict]) -> str:
-    head, rows = seeds_table(summaries)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(cells):
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
-    return "\n".join([line(head), "-" * len(line(head)), *map(line, rows)])
+    return aligned(*seeds_table(summaries))
 
 
 def seeds_markdown(title: str, summaries: list[dict]) -> str:
