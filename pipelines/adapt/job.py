@@ -62,7 +62,13 @@ from raysift.run_state import atomic_write_json, replace_via_staging
 from raysift.seeding import derive_seed
 from raysift.transfer.config import TransferTrainConfig
 from raysift.transfer.history import TARGET, HistoryLibrary
-from raysift.transfer.job import TransferPlan, add_job_command, fit_transfer
+from raysift.transfer.job import (
+    TransferPlan,
+    add_job_command,
+    finish,
+    fit_transfer,
+    refuse_existing,
+)
 
 JOB_COPY = "adapt.json"
 SUMMARY = "summary.json"
@@ -228,15 +234,12 @@ def run_adapt(cfg: AdaptConfig, *, overwrite: bool = False, echo=print) -> dict:
         "library": str(final),
         "wall_seconds": seconds,
     }
-    atomic_write_json(run_dir / SUMMARY, summary)
-    echo(format_summary(summary))
-    return summary
+    return finish(run_dir, summary, echo, metric="map50", label="mAP@0.5 ", digits=3)
 
 
 def _check_inputs(cfg: AdaptConfig, run_dir: Path, overwrite: bool) -> None:
     """What can be checked before anything is written or started."""
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"run_dir: {run_dir} already exists; pass --overwrite to replace it")
+    refuse_existing(run_dir, overwrite)
     checkpoint = cfg.meta.checkpoint
     if checkpoint:
         if not (Path(checkpoint) / DETECTOR_FILE).is_file():
@@ -351,17 +354,6 @@ def _offer(
         library.update(
             {ID: ids[part], LABEL: np.zeros(len(y), np.int64), X: x[part], TARGET: y}, grad_fn
         )
-
-
-def format_summary(s: dict) -> str:
-    new, old = s["new_scene_map50"], s["old_scene_map50"]
-    return (
-        f"[{s['name']}] {s['rule']}: new scene mAP@0.5 {new['before']:.3f} -> "
-        f"{new['after']:.3f}, old scene {old['before']:.3f} -> {old['after']:.3f} "
-        f"(forgetting {s['forgetting']:+.3f}); {s['steps']} steps, "
-        f"{s['train_sample_passes']['total']} sample-passes, "
-        f"{s['wall_seconds']['total']:.0f}s -> {s['model']}"
-    )
 
 
 def add_commands(subparsers) -> None:

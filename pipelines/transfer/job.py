@@ -42,10 +42,11 @@ from raysift.job.rounds import check_workers, init_ray
 from raysift.operators.contract import ID, LABEL, features
 from raysift.run_state import atomic_write_json, replace_via_staging
 from raysift.seeding import derive_seed
+from raysift.training.evaluate import BATCH_ROWS, accuracy, array_batches, hit_sums
 from raysift.training.saved import MODEL_FILE, load_model
 from raysift.transfer.config import MetaConfig, TransferConfig, TransferTrainConfig, load_transfer
 from raysift.transfer.history import SETTINGS_FILE, HistoryLibrary, head_gradient_fn
-from raysift.transfer.step import CLASSIFIER, Task, count_correct, run_epochs
+from raysift.transfer.step import CLASSIFIER, Task, run_epochs
 
 JOB_COPY = "transfer.json"
 SUMMARY = "summary.json"
@@ -144,15 +145,24 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
         seconds,
         final,
     )
+    return finish(run_dir, summary, echo)
+
+
+def refuse_existing(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"run_dir: {run_dir} already exists; pass --overwrite to replace it")
+
+
+def finish(run_dir: Path, summary: dict, echo, metric="accuracy", label="", digits=4) -> dict:
+    """Write the summary, say it in one line (`format_summary`), and return it."""
     atomic_write_json(run_dir / SUMMARY, summary)
-    echo(format_summary(summary))
+    echo(format_summary(summary, metric, label, digits))
     return summary
 
 
 def _check_inputs(cfg: TransferConfig, run_dir: Path, overwrite: bool) -> None:
     """What can be checked before anything is written or started."""
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"run_dir: {run_dir} already exists; pass --overwrite to replace it")
+    refuse_existing(run_dir, overwrite)
     lib = cfg.history.library
     if lib and not (Path(lib) / SETTINGS_FILE).is_file():
         raise ConfigError(f"history.library: {lib} holds no saved library ({SETTINGS_FILE})")
@@ -220,11 +230,13 @@ def _offer(library: HistoryLibrary, model: torch.nn.Module, dataset) -> None:
 
 
 def _accuracy(model: torch.nn.Module, dataset) -> float:
-    correct = total = 0
-    for batch in dataset.iter_batches(batch_size=4096, batch_format="numpy"):
-        correct += count_correct(model, features(batch), batch[LABEL])
-        total += len(batch[ID])
-    return correct / total
+    device = next(model.parameters()).device
+    batches = (
+        batch
+        for rows in dataset.iter_batches(batch_size=BATCH_ROWS, batch_format="numpy")
+        for batch in array_batches(features(rows), rows[LABEL], device)
+    )
+    return accuracy(hit_sums(model, batches))
 
 
 @dataclass(frozen=True)
@@ -331,13 +343,19 @@ def _summary(
     }
 
 
-def format_summary(s: dict) -> str:
-    new, old = s["new_scene_accuracy"], s["old_scene_accuracy"]
+def format_summary(s: dict, metric: str = "accuracy", label: str = "", digits: int = 4) -> str:
+    """One line: the new and the old scene's `metric` before and after, the forgetting, the
+    cost (a classifier's accuracy; a detector's "map50", labelled "mAP@0.5 ")."""
+    new, old = s[f"new_scene_{metric}"], s[f"old_scene_{metric}"]
+
+    def pair(p: dict) -> str:
+        return f"{p['before']:.{digits}f} -> {p['after']:.{digits}f}"
+
     return (
-        f"[{s['name']}] {s['rule']}: new scene {new['before']:.4f} -> {new['after']:.4f}, "
-        f"old scene {old['before']:.4f} -> {old['after']:.4f} (forgetting "
-        f"{s['forgetting']:+.4f}); {s['steps']} steps, {s['train_sample_passes']['total']} "
-        f"sample-passes, {s['wall_seconds']['total']:.0f}s -> {s['model']}"
+        f"[{s['name']}] {s['rule']}: new scene {label}{pair(new)}, old scene {pair(old)} "
+        f"(forgetting {s['forgetting']:+.{digits}f}); {s['steps']} steps, "
+        f"{s['train_sample_passes']['total']} sample-passes, "
+        f"{s['wall_seconds']['total']:.0f}s -> {s['model']}"
     )
 
 
