@@ -62,12 +62,13 @@ from raysift.adapt.scenes import make_images
 from raysift.config import ModelConfig
 from raysift.operators.contract import ID, LABEL, X
 from raysift.operators.feedback import review
+from raysift.training.evaluate import array_batches, hit_sums
 from raysift.training.models import build_model
 from raysift.training.saved import MODEL_FILE
 from raysift.transfer.config import MetaConfig, TransferTrainConfig
 from raysift.transfer.history import TARGET, HistoryLibrary, head_gradient_fn
 from raysift.transfer.job import load_meta
-from raysift.transfer.step import CLASSIFIER, count_correct, run_epochs
+from raysift.transfer.step import CLASSIFIER, run_epochs
 
 NEW_SCENE = {"shear_scale": 2.5, "iid_noise_scale": 0.05, "seed": 7}
 META = {"epochs": 30, "batch_size": 128, "lr": 0.01, "seed": 0}
@@ -201,8 +202,8 @@ def classifier_task(cache: Path, args) -> Testbed:
     meta = load_meta(meta_model(cache, old))
 
     def accuracy(data):
-        return lambda model: (
-            count_correct(model, data["x_test"], data["y_test"]) / len(data["y_test"])
+        return lambda model: accuracy(
+            hit_sums(model, array_batches(data["x_test"], data["y_test"], "cpu"))
         )
 
     return Testbed(

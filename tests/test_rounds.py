@@ -19,8 +19,8 @@ import raysift
 from raysift.config import ConfigError, from_dict
 from raysift.data.ingest import load_info
 from raysift.data.share import owner
-from raysift.job.engine import balanced_accuracy
 from raysift.job.rounds import run_job
+from raysift.training.evaluate import balanced_accuracy
 from raysift.training.saved import load_model
 
 SEED = 3

@@ -30,7 +30,6 @@ import numpy as np
 import ray
 import ray.train
 import torch
-import torch.nn.functional as F
 
 from raysift.config import JobConfig, from_dict
 from raysift.data.ingest import PROVENANCE_DIR
@@ -42,13 +41,13 @@ from raysift.seeding import derive_seed
 from raysift.selection.strategies import Additions, Policy, RoundView, make_strategy
 from raysift.training.best import BestWeights
 from raysift.training.collective import all_max, all_sum, sync_buffers
+from raysift.training.evaluate import BATCH_ROWS, hit_sums, metrics
 from raysift.training.loss import batch_generator, batch_loss, sample_losses
 from raysift.training.models import build_model, unwrap
 from raysift.training.saved import MODEL_FILE, model_spec
 from raysift.training.schedule import make_scheduler, move_to, phase_span, planned_train_passes
 
 VAL_KEYS = ("val_accuracy", "val_balanced_accuracy", "val_loss")  # a record's validation
-_EVAL_ROWS = 4096  # rows per forward pass in validation and test
 
 
 @dataclass
@@ -550,31 +549,8 @@ def advance_schedule(
 def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test") -> dict:
     """Accuracy, balanced accuracy (mean recall over the classes present), loss and row count
     over every rank's share: each rank scores its own rows, the sums are all-reduced."""
-    model = unwrap(model).eval()
-    sums = torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
-    with torch.no_grad():
-        for i in range(0, len(share), _EVAL_ROWS):
-            xs, ys = device_batch(share, np.arange(i, min(i + _EVAL_ROWS, len(share))), device)
-            logits = model(xs)
-            hits = (logits.argmax(1) == ys).double().cpu()
-            sums[0] += float(F.cross_entropy(logits.float(), ys, reduction="sum"))
-            sums[1 : 1 + num_classes].index_add_(0, ys.cpu(), hits)
-            sums[1 + num_classes :].index_add_(0, ys.cpu(), torch.ones_like(hits))
-    sums = all_sum(sums)
-    correct, count = sums[1 : 1 + num_classes], sums[1 + num_classes :]
-    n = float(count.sum())
-    return {
-        f"{prefix}_accuracy": float(correct.sum()) / max(n, 1),
-        f"{prefix}_balanced_accuracy": balanced_accuracy(correct, count),
-        f"{prefix}_loss": float(sums[0]) / max(n, 1),
-        f"{prefix}_samples": int(n),
-    }
-
-
-def balanced_accuracy(correct, count) -> float:
-    """Mean recall over the classes with samples (`correct` and `count` per class, as NumPy
-    arrays or tensors); 0 for none."""
-    present = count > 0
-    if not present.any():
-        return 0.0
-    return float((correct[present] / count[present]).mean())
+    batches = (
+        device_batch(share, np.arange(i, min(i + BATCH_ROWS, len(share))), device)
+        for i in range(0, len(share), BATCH_ROWS)
+    )
+    return metrics(all_sum(hit_sums(unwrap(model), batches, num_classes)), prefix)

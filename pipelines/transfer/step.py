@@ -279,19 +279,3 @@ def run_epochs(
         "mean_w_h": sums["w_h"] / steps if mixed else None,
         "conflict_steps": conflicts if mixed else None,
     }
-
-
-def count_correct(
-    model: torch.nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 4096
-) -> int:
-    """How many rows `model` (in eval mode) classifies correctly."""
-    model.eval()
-    device = next(model.parameters()).device
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            # Copies: Ray hands out read-only arrays.
-            xb = torch.tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
-            yb = torch.tensor(y[start : start + batch_size], device=device)
-            correct += int((model(xb).argmax(1) == yb).sum())
-    return correct
