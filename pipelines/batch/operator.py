@@ -212,14 +212,13 @@ def _chosen_rows(batch: dict, ids: np.ndarray, reasons: np.ndarray) -> dict:
 
 def show_progress() -> None:
     """Log lines from the operators and the batch jobs on stderr, beside Ray Data's bars."""
-    for name in ("operators", "pipelines"):
-        log = logging.getLogger(name)
-        if not any(getattr(h, "raysift", False) for h in log.handlers):
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("raysift: %(message)s"))
-            handler.raysift = True
-            log.addHandler(handler)
-        log.setLevel(logging.INFO)
+    log = logging.getLogger("raysift")
+    if not any(getattr(h, "raysift", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("raysift: %(message)s"))
+        handler.raysift = True
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _norms_command(args: argparse.Namespace) -> None:
