@@ -238,51 +238,17 @@ def _summary(name: str, dst: str) -> None:
     print(f"{name}: {parts} -> {dst}")
 
 
-def _augment_command(args) -> None:
-    show_progress()
-    augment_job(
-        args.input,
-        args.output,
-        args.transforms,
-        copies=args.copies,
-        seed=args.seed,
-        new_only=args.new_only,
-        batch_size=args.batch_size,
-        columns=columns_of(args),
-    )
-    _summary("augment", args.output)
+def _generating(job, name: str, *options: str):
+    """The command that runs `job(IN, OUT, **options, columns=...)`, the options being the
+    parsed ones of those names, then counts the rows by source."""
 
+    def command(args) -> None:
+        show_progress()
+        chosen = {option: getattr(args, option) for option in options}
+        job(args.input, args.output, **chosen, columns=columns_of(args))
+        _summary(name, args.output)
 
-def _mixup_command(args) -> None:
-    show_progress()
-    mixup_job(
-        args.input,
-        args.output,
-        args.kind,
-        alpha=args.alpha,
-        copies=args.copies,
-        seed=args.seed,
-        num_classes=args.num_classes,
-        new_only=args.new_only,
-        batch_size=args.batch_size,
-        columns=columns_of(args),
-    )
-    _summary("mixup", args.output)
-
-
-def _smote_command(args) -> None:
-    show_progress()
-    smote_job(
-        args.input,
-        args.output,
-        target=args.target,
-        k=args.k,
-        seed=args.seed,
-        new_only=args.new_only,
-        block_rows=args.block_rows,
-        columns=columns_of(args),
-    )
-    _summary("smote", args.output)
+    return command
 
 
 def _dedup_command(args) -> None:
@@ -324,7 +290,11 @@ def add_commands(subparsers) -> None:
     p.add_argument("--transforms", required=True, metavar="NAME[:V][@P],...")
     p.add_argument("--copies", type=positive_int, default=1, help="default 1")
     p.add_argument("--batch-size", type=positive_int, default=1024, help="default 1024")
-    p.set_defaults(func=_augment_command)
+    p.set_defaults(
+        func=_generating(
+            augment_job, "augment", "transforms", "copies", "seed", "new_only", "batch_size"
+        )
+    )
 
     p = add_parser(
         subparsers,
@@ -350,7 +320,13 @@ def add_commands(subparsers) -> None:
         default=1024,
         help="rows a partner is drawn from (default 1024)",
     )
-    p.set_defaults(func=_mixup_command)
+    p.set_defaults(
+        func=_generating(
+            mixup_job,
+            "mixup",
+            *("kind", "alpha", "copies", "seed", "num_classes", "new_only", "batch_size"),
+        )
+    )
 
     p = add_parser(
         subparsers,
@@ -373,7 +349,9 @@ def add_commands(subparsers) -> None:
         "hash of the id) and neighbours are searched within a block "
         f"(default {SMOTE_BLOCK_ROWS})",
     )
-    p.set_defaults(func=_smote_command)
+    p.set_defaults(
+        func=_generating(smote_job, "smote", "target", "k", "seed", "new_only", "block_rows")
+    )
 
     p = add_parser(
         subparsers,
