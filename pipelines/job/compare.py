@@ -23,9 +23,9 @@ def compare(
     echo=print,
 ) -> list[dict]:
     """One run per strategy under RUN_DIR/<strategy>, then RUN_DIR/comparison.json and the
-    report (`report.write_report`); returns the summaries in order. With `seeds`, that per
-    seed under RUN_DIR/seed<k>/ (the job's seed replaced), then RUN_DIR/seeds.json (every
-    summary with its `seed`) and the seeds' report (`seed_report.write_seeds_report`)."""
+    report (`report.comparison.write_report`); returns the summaries in order. With `seeds`,
+    that per seed under RUN_DIR/seed<k>/ (the job's seed replaced), then RUN_DIR/seeds.json
+    (every summary with its `seed`) and the seeds' report (`report.seeds.write_seeds_report`)."""
     check_names(job)
     if seeds is None:
         return _compare(job, strategies, resume=resume, overwrite=overwrite, echo=echo)

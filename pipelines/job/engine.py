@@ -8,7 +8,7 @@ the same additions to its replica of the run state. No rows move between workers
 
 Steps stay equal across ranks: each epoch every rank walks a seeded permutation of its rows,
 padded by wrap-around to the longest rank's length. Each step's loss comes from
-`augmentation.batch_loss` with a generator seeded by (seed, round, epoch, step, rank), so the
+`training.loss.batch_loss` with a generator seeded by (seed, round, epoch, step, rank), so the
 same config gives the same numbers on CPU.
 
 After every epoch and every round the ranks report a Ray Train checkpoint: the model, the

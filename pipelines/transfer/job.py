@@ -1,7 +1,7 @@
 """`raysift transfer JOB.yaml`: adapt a trained model to a new scene without forgetting (M5).
 
     ingest both scenes -> history library (built under the meta-model, or loaded)
-    -> accuracies before -> Ray Train: epochs of transfer steps (`transfer_step.run_epochs`)
+    -> accuracies before -> Ray Train: epochs of transfer steps (`transfer.step.run_epochs`)
     -> accuracies after -> library re-selected under the new model -> final/, summary.json
 
 The run directory holds `transfer.json` (the job as run), `data/new` and `data/old` (the
