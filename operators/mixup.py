@@ -26,6 +26,7 @@ from .augment import (
 )
 from .cluster import share_out
 from .contract import ID, LABEL, DataError, X, check_finite, features, require_columns
+from .counts import group_counts
 from .keys import hash_keys
 
 
@@ -331,10 +332,9 @@ def _smote_group(
     )
 
 
-def class_counts(ds, num_partitions: int | None = None) -> dict[int, int]:
+def class_counts(ds) -> dict[int, int]:
     """Rows per label."""
-    grouped = ds.groupby(LABEL, num_partitions=num_partitions).count()
-    return {int(r[LABEL]): int(r["count()"]) for r in grouped.take_all()}
+    return {int(label): n for (label,), n in group_counts(ds, [LABEL]).items()}
 
 
 def smote_dataset(
@@ -371,7 +371,7 @@ def smote_dataset(
         raise ValueError(f"block_rows: must be >= 2, got {block_rows}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
-    counts = class_counts(ds, num_partitions)
+    counts = class_counts(ds)
     if target is None:
         target = max(counts.values(), default=0)
     wanted = target.values() if isinstance(target, dict) else [target]
@@ -389,12 +389,7 @@ def smote_dataset(
     )
     quota = {(c, 0): n_new[c] for c in counts if blocks[c] == 1}
     if (blocks > 1).any():
-        sizes = {
-            (int(r[LABEL]), int(r[_BLOCK])): int(r["count()"])
-            for r in keyed.groupby([LABEL, _BLOCK], num_partitions=num_partitions)
-            .count()
-            .take_all()
-        }
+        sizes = group_counts(keyed, [LABEL, _BLOCK])
         for c in np.flatnonzero(blocks > 1):
             per_block = np.array([sizes.get((int(c), b), 0) for b in range(blocks[c])])
             quota.update(

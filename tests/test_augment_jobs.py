@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
+from parquet_rows import parquet_rows
 
 from raysift.cli import main
 from raysift.operators.augment import block_generator
@@ -39,8 +39,7 @@ def _run(*argv):
 
 
 def _rows(path):
-    rows = ray.data.read_parquet(str(path)).take_all()
-    return sorted(rows, key=lambda r: r[ID])
+    return parquet_rows(path, ID)
 
 
 def _six(tmp_path):

@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
+from parquet_rows import parquet_rows
 
 from raysift.batch.operator import add_commands
 from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
@@ -34,7 +34,7 @@ def _write(path, norms, labels=None, ids=None):
 
 
 def _rows(path):
-    return sorted(ray.data.read_parquet(str(path)).take_all(), key=lambda r: r[ID])
+    return parquet_rows(path, ID)
 
 
 def test_norms_job(ray_session, tmp_path, capsys):
@@ -175,7 +175,7 @@ def test_score_job_adds_the_models_scores_to_a_users_rows(ray_session, tmp_path,
         "--batch-size",
         2,
     )
-    rows = sorted(ray.data.read_parquet(str(tmp_path / "out")).take_all(), key=lambda r: r["key"])
+    rows = parquet_rows(tmp_path / "out", "key")
     assert [r["key"] for r in rows] == ["r0", "r1", "r2"] and "pixels" not in rows[0]
     assert [r["target"] for r in rows] == [0, 0, 2]
     assert [r["pred"] for r in rows] == [0, 1, 2] and [r["correct"] for r in rows] == [
@@ -204,7 +204,7 @@ def test_score_job_without_labels_scores_against_the_prediction(ray_session, tmp
     model = _model_file(tmp_path / "model.pt")
     src = _user_pool(tmp_path / "pool.parquet", [[2.0, 0.0], [0.0, 1.0]])
     _cli("score", model, src, tmp_path / "out", "--feature-column", "pixels", "--keep-features")
-    rows = sorted(ray.data.read_parquet(str(tmp_path / "out")).take_all(), key=lambda r: r["key"])
+    rows = parquet_rows(tmp_path / "out", "key")
     assert "correct" not in rows[0] and list(rows[0]["pixels"]) == [2.0, 0.0]
     p = np.exp([2.0, 0.0, 0.0]) / np.exp([2.0, 0.0, 0.0]).sum()
     assert rows[0]["pred"] == 0 and rows[0]["loss"] == pytest.approx(-np.log(p[0]))

@@ -42,6 +42,7 @@ from raysift.data.user_data import (
 from raysift.operators.augment import IdScheme, augment_dataset, tag_real
 from raysift.operators.cluster import KMeans, drop_near_duplicates
 from raysift.operators.contract import DataError, X, data_errors
+from raysift.operators.counts import group_counts
 from raysift.operators.mixup import (
     SMOTE_BLOCK_ROWS,
     CutMix,
@@ -226,16 +227,12 @@ def dedup_job(
 
 
 def _summary(name: str, dst: str) -> None:
-    out = read(dst).select_columns(["source"]) if name != "dedup" else None
-    if out is None:
+    if name == "dedup":
         print(f"{name}: {read(dst).count()} rows kept -> {dst}")
         return
-    counts = out.groupby("source").count().take_all()
-    parts = ", ".join(
-        f"{r['count()']} {r['source']}"
-        for r in sorted(counts, key=lambda r: (r["source"] != "real", r["source"]))
-    )
-    print(f"{name}: {parts} -> {dst}")
+    counts = {source: n for (source,), n in group_counts(read(dst), ["source"]).items()}
+    order = sorted(counts, key=lambda source: (source != "real", source))
+    print(f"{name}: {', '.join(f'{counts[s]} {s}' for s in order)} -> {dst}")
 
 
 def _generating(job, name: str, *options: str):
