@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import ray
+from ray.data.aggregate import Max, Min
 
 from raysift.commands import add_parser, non_negative, positive_float, positive_int
 from raysift.config import ConfigError
 from raysift.data.user_data import Columns, add_column_options, columns_of, read_rows, write
 from raysift.operators.cluster import KMeans, drop_near_duplicates
 from raysift.operators.contract import ID, LABEL, DataError, X, data_errors
+from raysift.operators.counts import group_counts
 from raysift.operators.norms import KINDS, Norms, add_norms, class_norm_stats
 from raysift.operators.predict import score
 from raysift.operators.select import Selection, balanced_draw, random_draw, require
@@ -186,8 +188,8 @@ def _check_scorable(
             f"{src}: column '{column}': rows of shape {first.shape}, the model takes {x_shape}"
         )
     if label_column in ds.schema().names:
-        labels = ds.select_columns([label_column])
-        lo, hi = labels.min(label_column), labels.max(label_column)
+        bounds = ds.select_columns([label_column]).aggregate(Min(label_column), Max(label_column))
+        lo, hi = bounds[f"min({label_column})"], bounds[f"max({label_column})"]
         if lo < 0 or hi >= spec["num_classes"]:
             raise DataError(
                 f"{src}: column '{label_column}': label {lo if lo < 0 else hi} is "
@@ -286,8 +288,11 @@ def _score_command(args: argparse.Namespace) -> None:
     )
     scored = read(args.output)
     if "correct" in scored.schema().names:
-        correct = scored.select_columns(["correct"]).to_pandas()["correct"]
-        print(f"score: {len(correct)} rows, {int((~correct).sum())} mispredicted -> {args.output}")
+        counts = {right: n for (right,), n in group_counts(scored, ["correct"]).items()}
+        print(
+            f"score: {sum(counts.values())} rows, {counts.get(False, 0)} mispredicted "
+            f"-> {args.output}"
+        )
     else:
         print(
             f"score: {scored.count()} rows, no labels: scored against the model's "
