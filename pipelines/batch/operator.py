@@ -215,12 +215,24 @@ def _chosen_rows(batch: dict, ids: np.ndarray, reasons: np.ndarray) -> dict:
 def show_progress() -> None:
     """Log lines from the operators and the batch jobs on stderr, beside Ray Data's bars."""
     log = logging.getLogger("raysift")
-    if not any(getattr(h, "raysift", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("raysift: %(message)s"))
-        handler.raysift = True
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever `sys.stderr` is when a line is logged: a notebook or a test may
+    swap it after the handler was added."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
 
 
 def _norms_command(args: argparse.Namespace) -> None:
