@@ -12,7 +12,6 @@ import re
 from contextlib import contextmanager
 
 import numpy as np
-from ray.exceptions import UserCodeException
 
 ID, LABEL, X = "id", "label", "x"
 PIXEL_MAX = 255  # uint8 features are 8-bit pixels: x / PIXEL_MAX
@@ -29,8 +28,11 @@ def data_errors():
     Ray re-raises a UDF's exception as `UserCodeException` and keeps only its text, so without
     this a caller catching `DataError` (the CLI, the round engine) would miss bad input; a
     streaming task's DataError comes back as a `RayTaskError` that is one, its text the whole
-    remote traceback: either becomes a DataError with the message alone.
+    remote traceback: either becomes a DataError with the message alone. (Ray loads here, not
+    with the contract: the command line reads the contract's names before it knows the job.)
     """
+    from ray.exceptions import UserCodeException
+
     try:
         yield
     except (UserCodeException, DataError) as err:

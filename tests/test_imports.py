@@ -128,10 +128,10 @@ def test_config_modules_import_only_config_modules():
     }
 
 
-def test_reading_a_job_file_loads_neither_torch_nor_ray():
+def test_reading_a_job_file_or_starting_the_cli_loads_neither_torch_nor_ray():
     probe = (
         "import sys; import raysift, raysift.config, raysift.transfer.config, "
-        "raysift.adapt.config; "
+        "raysift.adapt.config, raysift.cli; "
         "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
