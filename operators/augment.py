@@ -493,17 +493,27 @@ def class_rows(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray, int]:
     return row_ids, x, int(batch[LABEL][0])
 
 
+def targets(batch: dict, ids: np.ndarray, num_classes: int | None) -> np.ndarray | None:
+    """The rows' `y_soft` as they carry it (the output of a mixing job), else one-hot labels
+    when `num_classes` is given, else None; a `y_soft` width other than num_classes is a
+    DataError."""
+    if "y_soft" not in batch:
+        return one_hot(batch[LABEL], num_classes, ids) if num_classes else None
+    width = num_classes or (len(batch["y_soft"][0]) if len(ids) else 0)
+    given = np.stack(list(batch["y_soft"])).astype(np.float32) if len(ids) else None
+    if given is None:
+        return np.zeros((0, width), np.float32)
+    if given.shape[1] != width:
+        raise DataError(
+            f"column 'y_soft': rows of {given.shape[1]} classes, num_classes is {num_classes}"
+        )
+    return given
+
+
 def _tag_real_block(batch: dict, num_classes: int | None) -> pa.Table:
     require_columns(batch, [ID, LABEL, X], "tag_real")
     ids = np.asarray(batch[ID], dtype=np.int64)
-    y = one_hot(batch[LABEL], num_classes, ids) if num_classes else None
-    if "y_soft" in batch and y is not None:  # a generated row keeps the targets it has
-        given = np.stack(list(batch["y_soft"])) if len(ids) else y
-        if given.shape != y.shape:
-            raise DataError(
-                f"column 'y_soft': rows of {given.shape[1]} classes, num_classes is {num_classes}"
-            )
-        y = given
+    y = targets(batch, ids, num_classes)
     table = rows_table(
         ids, batch[LABEL], features(batch), "real", np.zeros((len(ids), 0), np.int64), y
     )
@@ -548,7 +558,7 @@ def _augment_block(
     x = features(batch)
     check_finite(x, row_ids)
     labels = np.asarray(batch[LABEL], dtype=np.int64)
-    y = one_hot(labels, num_classes, row_ids) if num_classes else None
+    y = targets(batch, row_ids, num_classes)  # a copy keeps its parent's (soft) targets
     first = int(row_ids[0]) if len(row_ids) else 0
     tables = []
     for c in range(copies):
@@ -572,9 +582,10 @@ def augment_dataset(
     """`copies` augmented rows per input row (only the new rows; union with `tag_real(ds)`).
 
     Each row keeps its label, gets an id from `ids`, its parent's id in `parent_ids` and the
-    transform's name (or `source`) as its tag; `y_soft` (one-hot) is written when num_classes is
-    given. The stream of a block depends on (seed, its first id, copy), so the same input gives
-    the same rows however Ray schedules it.
+    transform's name (or `source`) as its tag, and its parent's `y_soft` (a transformed mixed
+    row is as mixed as its parent), or one-hot targets when num_classes is given. The stream of
+    a block depends on (seed, its first id, copy), so the same input gives the same rows however
+    Ray schedules it.
     """
     if not callable(transform):
         raise ValueError(f"transform: expected a callable t(x, generator), got {transform!r}")

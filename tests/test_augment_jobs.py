@@ -237,3 +237,17 @@ def test_chained_jobs_keep_the_provenance_of_earlier_rows(ray_session, tmp_path,
     mixed = [r for r in rows.values() if r["source"] == "mixup"]
     assert min(r[ID] for r in mixed) == 2 * STRIDE  # the stride now 2**33: clear of STRIDE + 5
     assert len({r[ID] for r in rows.values()}) == 24
+
+
+def test_augmenting_mixed_rows_keeps_their_soft_targets(ray_session, tmp_path):
+    src, _ = _six(tmp_path)
+    _run("mixup", src, tmp_path / "mixed", "--seed", 1, *OPTS)
+    _run("augment", tmp_path / "mixed", tmp_path / "aug", "--transforms", "flip")
+    mixed = {r[ID]: r for r in _rows(tmp_path / "mixed")}
+    out = _rows(tmp_path / "aug")
+    assert len(out) == 2 * len(mixed) == 24
+    for r in out:
+        parent = mixed[r[ID]] if r[ID] in mixed else mixed[r["parent_ids"][-1]]
+        np.testing.assert_array_equal(r["y_soft"], parent["y_soft"])  # mixed rows stay mixed
+    copies = [r for r in out if r["source"] == "augment"]
+    assert len(copies) == 12 and sum(max(r["y_soft"]) < 1 for r in copies) == 6
