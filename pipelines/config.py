@@ -81,6 +81,9 @@ class StrategyConfig:
     reps_per_round: int | None = 1000
     cluster_k: int = 20
     cluster_on: str = "embedding"  # embedding | x
+    # m2: skip a representative within this distance (in the cluster_on space) of one already
+    # chosen that round, e.g. an offline-augmented copy of a chosen sample (null: keep all)
+    reps_dedup: float | None = None
     # m2: when the pool holds fewer mispredictions than hard_per_round, fill the rest with the
     # correctly predicted rows of highest loss or lowest margin (none: the source rule)
     hard_fill: str = "none"  # none | loss | margin
@@ -242,6 +245,12 @@ class JobConfig:
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0")
         check_field(s.per_class >= 1, "strategy.per_class", s.per_class, ">= 1")
+        check_field(
+            s.reps_dedup is None or s.reps_dedup > 0,
+            "strategy.reps_dedup",
+            s.reps_dedup,
+            "> 0 or null",
+        )
         for name in ("remaining_total", "remaining_per_class"):
             value = getattr(s, name)
             check_field(value is None or value >= 0, f"strategy.{name}", value, ">= 0 or null")

@@ -211,3 +211,24 @@ def test_greedy_keep_across_chunks():
     pos = np.arange(600) * 0.06
     x = np.stack([pos, np.zeros(600)], axis=1)
     assert np.flatnonzero(greedy_keep(x, pos, 0.1)).tolist() == list(range(0, 600, 2))
+
+
+def test_m2_representatives_skip_the_near_copies_of_a_chosen_row():
+    """Each blob: a sample with three near-copies at its centre, three distinct rows around it.
+    Two per blob without the filter are two copies of one sample; with it, a copy and then the
+    nearest distinct row."""
+    from raysift.training.collective import representatives as m2_representatives
+
+    base = np.array(
+        [[0, 0], [0.01, 0], [0, 0.01], [-0.01, 0], [0, 1.0], [1.2, 0], [-1.4, 0]], np.float32
+    )
+    x = np.concatenate([base, base + 100])
+    rows = {ID: np.arange(100, 114, dtype=np.int64), X: x}
+    # Blob centre (-0.2 / 7, 1.01 / 7): the copies (0, 0.01) and (-0.01, 0) are nearest (0.137,
+    # 0.146), then (0, 0) and (0.01, 0); of the distinct rows (0, 1) (0.856), then (1.2, 0).
+    plain = m2_representatives(rows, X, 4, 2, seed=0)
+    assert sorted(plain.tolist()) == [102, 103, 109, 110]  # two copies of one sample, twice
+    deduped = m2_representatives(rows, X, 4, 2, seed=0, dedup=0.1)
+    assert sorted(deduped.tolist()) == [102, 104, 109, 111]
+    everything = m2_representatives(rows, X, 50, 2, seed=0, dedup=0.1)
+    assert sorted(everything.tolist()) == [102, 104, 105, 106, 109, 111, 112, 113]

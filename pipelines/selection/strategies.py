@@ -305,6 +305,7 @@ class M2(RandomGrowth):
                 s.reps_per_round,
                 s.cluster_k,
                 derive_seed(job.seed, "kmeans", view.round_index) % 2**31,
+                dedup=s.reps_dedup,
             )
         ids = np.concatenate([scan.hard_ids, fill, reps])
         reasons = np.array(

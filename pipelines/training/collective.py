@@ -16,6 +16,7 @@ from raysift.operators.cluster import (
     KMeans,
     PassStats,
     assign_batch,
+    greedy_keep,
     lloyd_partial,
     nearest_candidates,
     proportional_counts,
@@ -23,6 +24,8 @@ from raysift.operators.cluster import (
 )
 from raysift.operators.contract import ID
 from raysift.operators.select import prune_candidates
+
+DEDUP_OVERSAMPLE = 8  # rows a cluster offers per representative it may take, with dedup
 
 
 def grouped() -> bool:
@@ -122,18 +125,35 @@ class RankKMeans(KMeans):
 
 
 def representatives(
-    rows: dict, column: str, n_total: int, n_clusters: int, seed: int
+    rows: dict, column: str, n_total: int, n_clusters: int, seed: int, dedup: float | None = None
 ) -> np.ndarray:
     """M2 step 4 over the rows of every rank (this rank's as {id, column} arrays): k-means,
     then per cluster the rows nearest its centre, as many as its share of `n_total`. Ids by
-    cluster, nearest first; all of them when there are at most `n_total`."""
+    cluster, nearest first; all of them when there are at most `n_total`.
+
+    With `dedup`, a row within that distance of one already chosen is passed over for the next
+    nearest (operators/cluster.py `greedy_keep`, as `raysift cluster --dedup` does): offline
+    augmentation's near-copies of a sample spend one representative, not several. Each cluster
+    offers DEDUP_OVERSAMPLE times its share; past that many near-copies it gets fewer rows."""
     n = int(all_sum_np(np.array([len(rows[ID])]))[0])
-    if n <= n_total:
+    if n == 0 or (n <= n_total and dedup is None):
         return np.concatenate(gather(rows[ID])).astype(np.int64)
     k = min(n_clusters, n)
     km = RankKMeans(n_clusters=k, max_iter=20, seed=seed, column=column).fit_rows(rows)
     assigned = assign_batch(rows, km.cluster_centers_, column, km.feature_shape_)
     sizes = all_sum_np(np.bincount(assigned["cluster"], minlength=k).astype(np.int64))
-    quota = proportional_counts(sizes, n_total)
-    got = merge_smallest(nearest_candidates(assigned, np.arange(k), quota), quota)
-    return got[ID].astype(np.int64)
+    quota = proportional_counts(sizes, min(n_total, n))
+    if dedup is None:
+        got = merge_smallest(nearest_candidates(assigned, np.arange(k), quota), quota)
+        return got[ID].astype(np.int64)
+    offered = nearest_candidates(assigned, np.arange(k), quota * DEDUP_OVERSAMPLE)
+    at = {i: p for p, i in enumerate(rows[ID].tolist())}
+    flat = np.asarray(rows[column]).reshape(len(rows[ID]), -1)
+    offered[column] = flat[[at[i] for i in offered[ID].tolist()]]
+    got = merge_smallest(offered, quota * DEDUP_OVERSAMPLE)
+    chosen = []
+    for g in range(k):
+        mine = got["group"] == g
+        keep = greedy_keep(got[column][mine].astype(np.float64), got["key"][mine], dedup)
+        chosen.append(got[ID][mine][keep][: quota[g]])
+    return np.concatenate(chosen).astype(np.int64)
