@@ -18,19 +18,10 @@ def ray_session():
     from ray.data import DataContext
     from ray.data.context import ShuffleStrategy
 
-    from raysift.job.rounds import RAY_ENV
+    from raysift.job.rounds import init_ray
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": RAY_ENV},
-    )
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True
+    init_ray(num_cpus=2)
     # Sort-based grouping starts in a fraction of the hash shuffle's time on 2 CPUs.
-    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    DataContext.get_current().shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     yield ray
     ray.shutdown()

@@ -304,13 +304,15 @@ def _comparable(job: JobConfig) -> dict:
     return json.loads(json.dumps(job.to_dict()))
 
 
-def init_ray() -> None:
-    """Start (or join) Ray with quiet workers and the deterministic order every job relies on."""
+def init_ray(num_cpus: int | None = None) -> None:
+    """Start (or join) Ray with quiet workers and the deterministic order every job relies on;
+    `num_cpus` for a local Ray (default: every CPU)."""
     if not ray.is_initialized():
         # Workers' progress bars and Ray Train's per-epoch log lines would drown the round lines:
         # worker output stays in the session's log folder (a worker's error still reaches the
         # driver as the exception it raised).
         ray.init(
+            num_cpus=num_cpus,
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=False,
