@@ -1,0 +1,2 @@
+"""One operator over a user's Parquet as a command: norms, cluster, select, score, augment,
+mixup, smote, dedup, feedback and generate."""
