@@ -481,6 +481,16 @@ def _dedup_group(batch: dict, threshold: float, column: str) -> dict:
     return {k: v[keep] for k, v in batch.items()}
 
 
+def nearest_distance(x: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Each row of `x`'s Euclidean distance to its nearest row of `others` (inf for none),
+    `others` taken a chunk at a time."""
+    near = np.full(len(x), np.inf)
+    for start in range(0, len(others), _DEDUP_CHUNK * 16):
+        d2 = _sq_dist(x, others[start : start + _DEDUP_CHUNK * 16])
+        near = np.minimum(near, np.sqrt(d2.min(1)))
+    return near
+
+
 def greedy_keep(x: np.ndarray, dist: np.ndarray, threshold: float) -> np.ndarray:
     """Mask of rows kept when each row, in order, is dropped if within `threshold` of a kept one.
 

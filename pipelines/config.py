@@ -81,8 +81,8 @@ class StrategyConfig:
     reps_per_round: int | None = 1000
     cluster_k: int = 20
     cluster_on: str = "embedding"  # embedding | x
-    # m2: skip a representative within this distance (in the cluster_on space) of one already
-    # chosen that round, e.g. an offline-augmented copy of a chosen sample (null: keep all)
+    # m2: skip a representative within this distance (in the cluster_on space) of a row already
+    # chosen, e.g. an offline-augmented copy of a chosen sample (null: keep all)
     reps_dedup: float | None = None
     # m2: when the pool holds fewer mispredictions than hard_per_round, fill the rest with the
     # correctly predicted rows of highest loss or lowest margin (none: the source rule)

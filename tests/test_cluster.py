@@ -232,3 +232,8 @@ def test_m2_representatives_skip_the_near_copies_of_a_chosen_row():
     assert sorted(deduped.tolist()) == [102, 104, 109, 111]
     everything = m2_representatives(rows, X, 50, 2, seed=0, dedup=0.1)
     assert sorted(everything.tolist()) == [102, 104, 105, 106, 109, 111, 112, 113]
+    # Rows chosen before (here a row at (0, 0.005)) bar their near-copies too: blob A's four
+    # copies all lie within 0.1 of it, so its two are the nearest distinct rows.
+    taken = np.array([[0, 0.005]], np.float32)
+    after = m2_representatives(rows, X, 4, 2, seed=0, dedup=0.1, taken=taken)
+    assert sorted(after.tolist()) == [104, 105, 109, 111]

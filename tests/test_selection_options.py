@@ -4,15 +4,20 @@ the best final checkpoint, the hard fill, the pruning inside rounds)."""
 
 import json
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
+from parquet_rows import parquet_rows
 
 from raysift.config import ConfigError, from_dict
 from raysift.job.rounds import run_job
+from raysift.operators.contract import ID, X, features
 from raysift.seeding import derive_seed
 from raysift.selection.infobatch import plan_epoch
 from raysift.selection.strategies import M2, NormBalanced
 
+DEDUP = 1.0  # reps_dedup of the two-worker run, in its raw x (digits scaled to [0, 1])
 # mean 4: rows 0-3 below it
 SCORES = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 4.0], dtype=torch.float64)
 
@@ -76,6 +81,8 @@ def test_a_run_with_every_option_on(ray_session, tmp_path):
                 "hard_fill": "loss",
                 "round_prune_ratio": 0.3,
                 "cluster_k": 4,
+                "cluster_on": "x",
+                "reps_dedup": DEDUP,
             },
             "score": {"batch_size": 256},
         }
@@ -95,3 +102,19 @@ def test_a_run_with_every_option_on(ray_session, tmp_path):
         [f"round {rounds[-2]['round']}"] + [f"final epoch {e}" for e in range(plan["final_epochs"])]
     )
     assert summary["val_accuracy"] == final["val_accuracy"]
+    # reps_dedup across both ranks: no representative lies within DEDUP of a row chosen before
+    # it (earlier rounds, this round's hard rows, this round's earlier representatives)
+    x = {r[ID]: r[X] for r in parquet_rows(tmp_path / "run" / "data" / "train", ID)}
+    manifest = pq.read_table(tmp_path / "run" / "manifest.parquet").to_pandas()
+    reps = manifest[manifest["reason"] == "representative"]
+    assert len(reps)
+    for r in sorted(set(reps["round"])):
+        before = manifest[
+            (manifest["round"] < r)
+            | ((manifest["round"] == r) & (manifest["reason"] != "representative"))
+        ]
+        chosen = features({X: np.stack([x[i] for i in before[ID]])}).reshape(len(before), -1)
+        for i in reps[reps["round"] == r][ID]:  # in the order they were chosen
+            row = features({X: x[i][None]}).reshape(1, -1)
+            assert np.sqrt(((chosen - row) ** 2).sum(1)).min() > DEDUP
+            chosen = np.concatenate([chosen, row])

@@ -306,6 +306,9 @@ class M2(RandomGrowth):
                 s.cluster_k,
                 derive_seed(job.seed, "kmeans", view.round_index) % 2**31,
                 dedup=s.reps_dedup,
+                taken=_chosen_features(view, got, column, np.concatenate([scan.hard_ids, fill]))
+                if s.reps_dedup
+                else None,
             )
         ids = np.concatenate([scan.hard_ids, fill, reps])
         reasons = np.array(
@@ -461,6 +464,18 @@ def random_pick(view: RoundView, n: int, seed: int, reason: str) -> Selection:
     operators/select.py's `random_draw` picks them. Ids ascending."""
     got = merge_smallest(random_candidates({ID: view.share.ids[view.pool]}, n, seed), np.array([n]))
     return selection(np.sort(got[ID]) if got else [], reason)
+
+
+def _chosen_features(view: RoundView, got: dict | None, column: str, picked: np.ndarray):
+    """This rank's rows already chosen, flat in the clustering space, for reps_dedup: this
+    round's hard picks, and with `cluster_on: x` the subset trained so far (the share's rows
+    outside the pool; embeddings of those would cost a forward pass, so they are left out)."""
+    parts = [got[column][np.isin(got[ID], picked)]] if got else []
+    if column == X:
+        subset = np.setdiff1d(np.arange(len(view.share)), view.pool)
+        parts.append(view.share.features(subset))
+    parts = [p.reshape(len(p), -1) for p in parts if len(p)]
+    return np.concatenate(parts).astype(np.float32) if parts else None
 
 
 def _rank_batch(job: JobConfig) -> int:

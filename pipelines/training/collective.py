@@ -19,6 +19,7 @@ from raysift.operators.cluster import (
     greedy_keep,
     lloyd_partial,
     nearest_candidates,
+    nearest_distance,
     proportional_counts,
     sample_candidates,
 )
@@ -46,6 +47,14 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 def all_sum_np(a: np.ndarray) -> np.ndarray:
     """A float64 or int64 NumPy array summed over ranks (through a CPU tensor)."""
     return all_sum(torch.from_numpy(np.ascontiguousarray(a))).numpy()
+
+
+def all_min_np(a: np.ndarray) -> np.ndarray:
+    """A float64 NumPy array's element-wise minimum over ranks."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+    if grouped():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.numpy()
 
 
 def all_max(value: int) -> int:
@@ -125,7 +134,13 @@ class RankKMeans(KMeans):
 
 
 def representatives(
-    rows: dict, column: str, n_total: int, n_clusters: int, seed: int, dedup: float | None = None
+    rows: dict,
+    column: str,
+    n_total: int,
+    n_clusters: int,
+    seed: int,
+    dedup: float | None = None,
+    taken: np.ndarray | None = None,
 ) -> np.ndarray:
     """M2 step 4 over the rows of every rank (this rank's as {id, column} arrays): k-means,
     then per cluster the rows nearest its centre, as many as its share of `n_total`. Ids by
@@ -133,8 +148,10 @@ def representatives(
 
     With `dedup`, a row within that distance of one already chosen is passed over for the next
     nearest (operators/cluster.py `greedy_keep`, as `raysift cluster --dedup` does): offline
-    augmentation's near-copies of a sample spend one representative, not several. Each cluster
-    offers DEDUP_OVERSAMPLE times its share; past that many near-copies it gets fewer rows."""
+    augmentation's near-copies of a sample spend one representative, not several. So is a row
+    within `dedup` of one of `taken`, this rank's rows already chosen (flat, in the same space;
+    every rank's count). Each cluster offers DEDUP_OVERSAMPLE times its share; past that many
+    near-copies it gets fewer rows."""
     n = int(all_sum_np(np.array([len(rows[ID])]))[0])
     if n == 0 or (n <= n_total and dedup is None):
         return np.concatenate(gather(rows[ID])).astype(np.int64)
@@ -151,9 +168,13 @@ def representatives(
     flat = np.asarray(rows[column]).reshape(len(rows[ID]), -1)
     offered[column] = flat[[at[i] for i in offered[ID].tolist()]]
     got = merge_smallest(offered, quota * DEDUP_OVERSAMPLE)
-    chosen = []
+    x = got[column].astype(np.float64)
+    taken = np.zeros((0, x.shape[1])) if taken is None else taken.reshape(len(taken), x.shape[1])
+    far = all_min_np(nearest_distance(x, taken)) > dedup
+    chosen = np.zeros(0, np.int64)  # rows of `got`, cluster by cluster
     for g in range(k):
-        mine = got["group"] == g
-        keep = greedy_keep(got[column][mine].astype(np.float64), got["key"][mine], dedup)
-        chosen.append(got[ID][mine][keep][: quota[g]])
-    return np.concatenate(chosen).astype(np.int64)
+        mine = np.flatnonzero((got["group"] == g) & far)
+        mine = mine[nearest_distance(x[mine], x[chosen]) > dedup]  # clear of earlier clusters'
+        keep = greedy_keep(x[mine], got["key"][mine], dedup)
+        chosen = np.concatenate([chosen, mine[keep][: quota[g]]])
+    return got[ID][chosen].astype(np.int64)
