@@ -62,7 +62,7 @@ from raysift.adapt.scenes import make_images
 from raysift.config import ModelConfig
 from raysift.operators.contract import ID, LABEL, X
 from raysift.operators.feedback import review
-from raysift.training.evaluate import array_batches, hit_sums
+from raysift.training.evaluate import accuracy, array_batches, hit_sums
 from raysift.training.models import build_model
 from raysift.training.saved import MODEL_FILE
 from raysift.transfer.config import MetaConfig, TransferTrainConfig
@@ -201,9 +201,9 @@ def classifier_task(cache: Path, args) -> Testbed:
     old, new = mnist1d(cache), mnist1d(cache, **NEW_SCENE)
     meta = load_meta(meta_model(cache, old))
 
-    def accuracy(data):
+    def test_accuracy(data):
         return lambda model: accuracy(
-            hit_sums(model, array_batches(data["x_test"], data["y_test"], "cpu"))
+            hit_sums(model, array_batches(data["x_test"], data["y_test"], "cpu"), 10)
         )
 
     return Testbed(
@@ -211,7 +211,7 @@ def classifier_task(cache: Path, args) -> Testbed:
         lambda: load_meta(meta_model(cache, old)),
         new["x"],
         new["y"],
-        {"new": accuracy(new), "old": accuracy(old)},
+        {"new": test_accuracy(new), "old": test_accuracy(old)},
         args.per_class,
         10,
         {ID: np.arange(len(old["y"])), LABEL: old["y"], X: old["x"]},

@@ -15,7 +15,7 @@ Y = np.array([0, 2, 2, 1])  # right, wrong, right, wrong
 
 
 def test_hits_rows_and_loss_per_class():
-    sums = hit_sums(nn.Identity(), array_batches(X, Y, "cpu", batch_size=3))
+    sums = hit_sums(nn.Identity(), array_batches(X, Y, "cpu", batch_size=3), 3)
     loss = -sum(torch.log_softmax(torch.tensor(X), 1)[i, y] for i, y in enumerate(Y))
     assert sums[0] == pytest.approx(float(loss))
     assert sums[1:4].tolist() == [1, 0, 1]  # hits: class 0 once, class 2 once
@@ -29,5 +29,5 @@ def test_hits_rows_and_loss_per_class():
 
 def test_a_rank_without_rows_still_agrees_on_the_length():
     assert hit_sums(nn.Identity(), [], num_classes=3).tolist() == [0.0] * 7
-    assert accuracy(hit_sums(nn.Identity(), [])) == 0.0
+    assert accuracy(hit_sums(nn.Identity(), [], 3)) == 0.0
     assert math.isclose(metrics(hit_sums(nn.Identity(), [], 3), "val")["val_loss"], 0.0)

@@ -14,25 +14,19 @@ import torch.nn.functional as F
 BATCH_ROWS = 4096  # rows per forward pass
 
 
-def hit_sums(
-    model: torch.nn.Module, batches: Iterable[tuple], num_classes: int | None = None
-) -> torch.Tensor:
+def hit_sums(model: torch.nn.Module, batches: Iterable[tuple], num_classes: int) -> torch.Tensor:
     """float64 [loss sum, hits per class..., rows per class...] of `model` in eval mode over
-    `batches` of (x, y) tensors on its device. `num_classes` (default: the logits' width) fixes
-    the length where ranks must agree on it, even a rank without rows."""
+    `batches` of (x, y) tensors on its device; the same length on every rank, rows or none."""
     model.eval()
-    sums = None if num_classes is None else torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
+    sums = torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
     with torch.no_grad():
         for xs, ys in batches:
             logits = model(xs)
-            if sums is None:
-                num_classes = logits.shape[1]
-                sums = torch.zeros(1 + 2 * num_classes, dtype=torch.float64)
             hits = (logits.argmax(1) == ys).double().cpu()
             sums[0] += float(F.cross_entropy(logits.float(), ys, reduction="sum"))
             sums[1 : 1 + num_classes].index_add_(0, ys.cpu(), hits)
             sums[1 + num_classes :].index_add_(0, ys.cpu(), torch.ones_like(hits))
-    return sums if sums is not None else torch.zeros(1, dtype=torch.float64)
+    return sums
 
 
 def array_batches(x: np.ndarray, y: np.ndarray, device, batch_size: int = BATCH_ROWS):

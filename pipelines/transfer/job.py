@@ -98,7 +98,8 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     )
 
     t = time.perf_counter()
-    before = {"new": _accuracy(meta, new_test), "old": _accuracy(meta, old_test)}
+    k = cfg.meta.num_classes
+    before = {"new": _accuracy(meta, new_test, k), "old": _accuracy(meta, old_test, k)}
     seconds["evaluate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -123,7 +124,7 @@ def run_transfer(cfg: TransferConfig, *, overwrite: bool = False, echo=print) ->
     )
 
     t = time.perf_counter()
-    after = {"new": _accuracy(model, new_test), "old": _accuracy(model, old_test)}
+    after = {"new": _accuracy(model, new_test, k), "old": _accuracy(model, old_test, k)}
     seconds["evaluate"] += time.perf_counter() - t
 
     t = time.perf_counter()
@@ -229,14 +230,14 @@ def _offer(library: HistoryLibrary, model: torch.nn.Module, dataset) -> None:
         library.update(batch, grad_fn)
 
 
-def _accuracy(model: torch.nn.Module, dataset) -> float:
+def _accuracy(model: torch.nn.Module, dataset, num_classes: int) -> float:
     device = next(model.parameters()).device
     batches = (
         batch
         for rows in dataset.iter_batches(batch_size=BATCH_ROWS, batch_format="numpy")
         for batch in array_batches(features(rows), rows[LABEL], device)
     )
-    return accuracy(hit_sums(model, batches))
+    return accuracy(hit_sums(model, batches, num_classes))
 
 
 @dataclass(frozen=True)
