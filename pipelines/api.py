@@ -48,13 +48,16 @@ class Run:
 
     run_dir: Path
     summary_dict: dict = field(repr=False)
+    records: list[dict] = field(repr=False)  # rounds.json: one record per phase
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Run:
-        path = Path(run_dir) / SUMMARY
+        run_dir = Path(run_dir)
+        path = run_dir / SUMMARY
         if not path.is_file():
             raise DataError(f"{path} does not exist: the run has not finished (resume it)")
-        return cls(Path(run_dir), json.loads(path.read_text()))
+        records = json.loads((run_dir / ROUNDS).read_text())
+        return cls(run_dir, json.loads(path.read_text()), records)
 
     @property
     def summary(self) -> pd.DataFrame:
@@ -65,17 +68,17 @@ class Run:
     @property
     def rounds(self) -> pd.DataFrame:
         """One row per phase (each round, then the final phase), in order."""
-        records = json.loads((self.run_dir / ROUNDS).read_text())
-        return pd.json_normalize([{k: v for k, v in r.items() if k != "curve"} for r in records])
+        return pd.json_normalize(
+            [{k: v for k, v in r.items() if k != "curve"} for r in self.records]
+        )
 
     @property
     def curve(self) -> pd.DataFrame:
         """One row per validation: the learning curve over the whole run."""
-        records = json.loads((self.run_dir / ROUNDS).read_text())
         return pd.DataFrame(
             [
                 {"phase": r["phase"], "round": r["round"], **point}
-                for r in records
+                for r in self.records
                 for point in r["curve"]
             ]
         )
