@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from raysift.config import JobConfig
-from raysift.job.rounds import check_names, run_job
+from raysift.job.rounds import run_job
 from raysift.report.comparison import COMPARISON, comparison_table, saving_sentence, write_report
 from raysift.report.seeds import SEEDS_JSON, seeds_text, write_seeds_report
 from raysift.run_state import atomic_write_json
@@ -26,7 +26,6 @@ def compare(
     report (`report.comparison.write_report`); returns the summaries in order. With `seeds`,
     that per seed under RUN_DIR/seed<k>/ (the job's seed replaced), then RUN_DIR/seeds.json
     (every summary with its `seed`) and the seeds' report (`report.seeds.write_seeds_report`)."""
-    check_names(job)
     if seeds is None:
         return _compare(job, strategies, resume=resume, overwrite=overwrite, echo=echo)
     if len(set(seeds)) != len(seeds) or not seeds:
