@@ -164,9 +164,9 @@ def representatives(
         got = merge_smallest(nearest_candidates(assigned, np.arange(k), quota), quota)
         return got[ID].astype(np.int64)
     offered = nearest_candidates(assigned, np.arange(k), quota * DEDUP_OVERSAMPLE)
-    at = {i: p for p, i in enumerate(rows[ID].tolist())}
-    flat = np.asarray(rows[column]).reshape(len(rows[ID]), -1)
-    offered[column] = flat[[at[i] for i in offered[ID].tolist()]]
+    order = np.argsort(rows[ID], kind="stable")
+    at = order[np.searchsorted(rows[ID][order], offered[ID])]  # the offered rows' positions
+    offered[column] = np.asarray(rows[column]).reshape(len(rows[ID]), -1)[at]
     got = merge_smallest(offered, quota * DEDUP_OVERSAMPLE)
     x = got[column].astype(np.float64)
     taken = np.zeros((0, x.shape[1])) if taken is None else taken.reshape(len(taken), x.shape[1])
