@@ -499,11 +499,10 @@ def targets(batch: dict, ids: np.ndarray, num_classes: int | None) -> np.ndarray
     DataError."""
     if "y_soft" not in batch:
         return one_hot(batch[LABEL], num_classes, ids) if num_classes else None
-    width = num_classes or (len(batch["y_soft"][0]) if len(ids) else 0)
-    given = np.stack(list(batch["y_soft"])).astype(np.float32) if len(ids) else None
-    if given is None:
-        return np.zeros((0, width), np.float32)
-    if given.shape[1] != width:
+    if not len(ids):
+        return np.zeros((0, num_classes or 0), np.float32)
+    given = np.stack(list(batch["y_soft"])).astype(np.float32)
+    if num_classes and given.shape[1] != num_classes:
         raise DataError(
             f"column 'y_soft': rows of {given.shape[1]} classes, num_classes is {num_classes}"
         )
