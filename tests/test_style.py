@@ -75,29 +75,24 @@ def test_pair_job_writes_same_class_rows_with_both_parents(ray_session):
     def average(a, b):
         return (a + b) / 2
 
-    rows = pair_dataset(
-        ds,
-        average,
-        per_class=5,
-        num_classes=2,
-        seed=1,
-        ids=IdScheme(offset=1000, stride=1000),
-        source="style",
-        num_partitions=2,
-    ).take_all()
+    def pairs(**grouping):
+        return pair_dataset(
+            ds,
+            average,
+            per_class=5,
+            num_classes=2,
+            seed=1,
+            ids=IdScheme(offset=1000, stride=1000),
+            source="style",
+            **grouping,
+        ).take_all()
+
+    rows = pairs(num_partitions=2)
     assert len(rows) == 10 and len({r[ID] for r in rows}) == 10
     for r in rows:
         a, b = list(r["parent_ids"])
         assert a != b and a % 20 == b % 20 == r[LABEL] * 10  # both parents of the row's class
         assert np.asarray(r[X]).tolist() == [(a + b) / 20] * 4
         assert r["source"] == "style" and (r[ID] - 1000) % 1000 == a
-    again = pair_dataset(
-        ds,
-        average,
-        per_class=5,
-        num_classes=2,
-        seed=1,
-        ids=IdScheme(offset=1000, stride=1000),
-        source="style",
-    ).take_all()
+    again = pairs()
     assert sorted(r[ID] for r in rows) == sorted(r[ID] for r in again)
