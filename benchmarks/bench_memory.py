@@ -44,7 +44,6 @@ def job_for(size: int, strategy: str, cache_mb: int, run_dir: str):
                 "reps_per_round": 1000,
                 "max_rounds": 2,
             },
-            "score": {"batch_size": 4096},
         }
     )
 

@@ -148,7 +148,7 @@ VAL_Y = np.array([0, 0, 0, 0, 1, 2])
 
 def test_validation_reports_the_mean_recall_over_the_classes_present():
     share = Share.from_arrays(np.arange(6), VAL_Y, VAL_X)
-    out = evaluate(nn.Identity(), share, 4, "cpu", "val")
+    out = evaluate(nn.Identity(), share, 4, "cpu", 3, "val")
     assert out["val_accuracy"] == pytest.approx(4 / 6)
     assert out["val_balanced_accuracy"] == pytest.approx((3 / 4 + 1 + 0) / 3)
     assert out["val_samples"] == 6

@@ -38,10 +38,16 @@ from raysift.operators.contract import ID, LABEL, PIXEL_MAX, X
 from raysift.operators.predict import forward_scores
 from raysift.run_state import DROPPED, RunState, compute_totals
 from raysift.seeding import derive_seed
-from raysift.selection.strategies import Additions, Policy, RoundView, make_strategy
+from raysift.selection.strategies import (
+    Additions,
+    Policy,
+    RoundView,
+    make_strategy,
+    rank_batch,
+)
 from raysift.training.best import BestWeights
 from raysift.training.collective import all_max, all_sum, sync_buffers
-from raysift.training.evaluate import BATCH_ROWS, hit_sums, metrics
+from raysift.training.evaluate import hit_sums, metrics
 from raysift.training.loss import batch_generator, batch_loss, sample_losses
 from raysift.training.models import build_model, unwrap
 from raysift.training.saved import MODEL_FILE, model_spec
@@ -183,7 +189,7 @@ class Worker:
             self._publish(PhaseDone(record, [], None))
         if state.test is None:
             test = self._read("test")
-            state.test = evaluate(self.model, test, self.num_classes, self.device)
+            state.test = self._evaluate(test, "test") | {"peak_rss_mb": peak_rss_mb()}
             test.x.close()
             self._checkpoint({"phase": "test", **state.test})
 
@@ -209,6 +215,12 @@ class Worker:
         record["seconds_end"] = self._clock()
         self._checkpoint({"phase": "round", "round": phase.index})
         self._publish(PhaseDone(record, added.notes if added else [], state.stop_reason))
+
+    def _evaluate(self, share: Share, prefix: str) -> dict:
+        """Validation or test in the pool scan's batches (`score.batch_size` over the group): a
+        worker's memory is sized by the user's inference batch, not by the split."""
+        rows = rank_batch(self.job)
+        return evaluate(self.model, share, self.num_classes, self.device, rows, prefix)
 
     def _view(self, round_index: int, pool: np.ndarray, progress=None) -> RoundView:
         return RoundView(
@@ -255,7 +267,7 @@ class Worker:
             metrics = {"epoch": epoch, "train_sample_passes": phase.train_sample_passes}
             keep_best = self.best is not None and phase.kind == "final"
             if epoch == phase.epochs - 1 or job.train.val_every_epoch or keep_best:
-                val = evaluate(self.model, self.val, self.num_classes, self.device, "val")
+                val = self._evaluate(self.val, "val")
                 if keep_best:
                     self.best.offer(val, unwrap(self.model), f"final epoch {epoch}")
                 phase.val_sample_passes += val["val_samples"]
@@ -546,11 +558,12 @@ def advance_schedule(
     move_to(scheduler, target)
 
 
-def evaluate(model, share: Share, num_classes: int, device, prefix: str = "test") -> dict:
+def evaluate(model, share: Share, num_classes: int, device, batch_rows: int, prefix: str) -> dict:
     """Accuracy, balanced accuracy (mean recall over the classes present), loss and row count
-    over every rank's share: each rank scores its own rows, the sums are all-reduced."""
+    over every rank's share: each rank scores its own rows, `batch_rows` at a time, and the
+    sums are all-reduced."""
     batches = (
-        device_batch(share, np.arange(i, min(i + BATCH_ROWS, len(share))), device)
-        for i in range(0, len(share), BATCH_ROWS)
+        device_batch(share, np.arange(i, min(i + batch_rows, len(share))), device)
+        for i in range(0, len(share), batch_rows)
     )
     return metrics(all_sum(hit_sums(unwrap(model), batches, num_classes)), prefix)

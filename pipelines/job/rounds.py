@@ -176,7 +176,7 @@ def _summary(
             "synthetic": made["train"],
             "synthetic_left_out": made["dropped"],
         },
-        "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in records),
+        "peak_rss_mb": max(r.get("peak_rss_mb", 0) for r in [*records, state.test or {}]),
         **totals,
         "wall_seconds": {
             **phases,

@@ -279,7 +279,7 @@ class M2(RandomGrowth):
             lambda rows: view.score_rows(rows, column),
             view.pool[order.permutation(len(view.pool))],
             s.hard_per_round,
-            _rank_batch(job),
+            rank_batch(job),
             view.progress,
         )
         scored_seconds = time.perf_counter() - start
@@ -348,7 +348,7 @@ class NormBalanced(Policy):
         job, s = view.job, view.job.strategy
         start = time.perf_counter()
         scan = scan_pool(
-            lambda rows: view.score_rows(rows, None), view.pool, 0, _rank_batch(job), view.progress
+            lambda rows: view.score_rows(rows, None), view.pool, 0, rank_batch(job), view.progress
         )
         scored_seconds = time.perf_counter() - start
         start = time.perf_counter()
@@ -478,7 +478,7 @@ def _chosen_features(view: RoundView, got: dict | None, column: str, picked: np.
     return np.concatenate(parts).astype(np.float32) if parts else None
 
 
-def _rank_batch(job: JobConfig) -> int:
+def rank_batch(job: JobConfig) -> int:
     """Rows a rank scores a step: the scoring batch shared out, so a step scores about
     `score.batch_size` rows over the group."""
     return max(1, job.score.batch_size // job.train.num_workers)
