@@ -65,9 +65,9 @@ def all_max(value: int) -> int:
 
 
 def sync_buffers(model: torch.nn.Module) -> None:
-    """Give every rank rank 0's buffers (BatchNorm statistics). DDP sends them at the start of
-    each training forward, so after an epoch the other ranks hold their own last ones; synced,
-    every rank evaluates and scores exactly the model that rank 0 checkpoints."""
+    """Give every rank rank 0's buffers (BatchNorm statistics). Each rank's running statistics
+    follow its own batches (the engine's DDP does not send them every step); synced after an
+    epoch, every rank evaluates and scores exactly the model that rank 0 checkpoints."""
     if grouped():
         for buffer in model.buffers():
             dist.broadcast(buffer, 0)
