@@ -4,11 +4,13 @@
 
 Plain DDP is the yardstick Ray Train holds itself to: two gloo processes on the same cores, the
 same model, optimiser, one-cycle schedule, global batch and epochs as `full`, the ingested
-training split in memory, validation when the job validates. The raysift runs are whole jobs
-(`run_job`, Ray already started, data ingested into each run's folder); their wall time is
-given with and without the ingest. Prints each repeat, then the medians and the ratios: M2 and
-plain DDP against `full`, `full` against plain DDP, and M2's median per-round overhead (a
-phase's wall time less its training steps and scoring batches).
+training split in memory, validation when the job validates. It runs twice: with torch's DDP
+defaults (`plain ddp`) and with the engine's DDP options (`plain ddp*`, job/engine.py
+DDP_OPTIONS), so the table tells the options' gain from Ray Train's cost. The raysift runs are
+whole jobs (`run_job`, Ray already started, data ingested into each run's folder); their wall
+time is given with and without the ingest. Prints each repeat, then the medians and the
+ratios: M2 and plain DDP against `full`, `full` against plain DDP, and M2's median per-round
+overhead (a phase's wall time less its training steps and scoring batches).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 
 from raysift.config import load_job
 from raysift.data.ingest import load_info
+from raysift.job.engine import DDP_OPTIONS
 from raysift.job.rounds import init_ray, run_job
 from raysift.operators.contract import as_float
 from raysift.training.models import build_model
@@ -41,7 +44,7 @@ def _split(data_dir: Path, split: str, x_shape) -> tuple[np.ndarray, np.ndarray]
     return as_float(x), table["label"].to_numpy()
 
 
-def _plain_worker(rank: int, job, data_dir: str, world: int, out: str) -> None:
+def _plain_worker(rank: int, job, data_dir: str, world: int, out: str, ddp_options: dict) -> None:
     """One rank of the plain DDP loop: its slice of a seeded permutation every epoch."""
     torch.set_num_threads(job.train.threads_per_worker)
     dist.init_process_group(
@@ -52,7 +55,7 @@ def _plain_worker(rank: int, job, data_dir: str, world: int, out: str) -> None:
     xv, yv = (torch.from_numpy(a) for a in _split(Path(data_dir), "val", info.x_shape))
     torch.manual_seed(job.seed)
     model = torch.nn.parallel.DistributedDataParallel(
-        build_model(job.model, info.x_shape, info.num_classes)
+        build_model(job.model, info.x_shape, info.num_classes), **ddp_options
     )
     opt = torch.optim.AdamW(
         model.parameters(), lr=job.train.lr, weight_decay=job.train.weight_decay
@@ -89,14 +92,14 @@ def _plain_worker(rank: int, job, data_dir: str, world: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def plain_ddp(job, data_dir: Path) -> tuple[float, float]:
+def plain_ddp(job, data_dir: Path, ddp_options: dict) -> tuple[float, float]:
     """(wall seconds, test accuracy) of the plain loop, processes started and data read."""
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "acc")
         start = time.perf_counter()
         mp.spawn(
             _plain_worker,
-            args=(job, str(data_dir), job.train.num_workers, out),
+            args=(job, str(data_dir), job.train.num_workers, out, ddp_options),
             nprocs=job.train.num_workers,
             join=True,
         )
@@ -111,7 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     base = load_job(args.job)
     init_ray()
-    rows = {"plain ddp": [], "full": [], "m2": []}
+    plain = {"plain ddp": {}, "plain ddp*": DDP_OPTIONS}
+    rows = {name: [] for name in (*plain, "full", "m2")}
     for repeat in range(args.repeats):
         for name in ("full", "m2"):
             job = dataclasses.replace(
@@ -132,19 +136,21 @@ def main() -> None:
                     "overhead": statistics.median(overheads),
                 }
             )
-        wall, acc = plain_ddp(
-            dataclasses.replace(base, strategy=dataclasses.replace(base.strategy, name="full")),
-            Path(args.run_dir) / "full" / "data",
-        )
-        rows["plain ddp"].append(
-            {
-                "wall": wall,
-                "wall_no_ingest": wall,
-                "test": acc,
-                "compute": float("nan"),
-                "overhead": float("nan"),
-            }
-        )
+        for name, options in plain.items():
+            wall, acc = plain_ddp(
+                dataclasses.replace(base, strategy=dataclasses.replace(base.strategy, name="full")),
+                Path(args.run_dir) / "full" / "data",
+                options,
+            )
+            rows[name].append(
+                {
+                    "wall": wall,
+                    "wall_no_ingest": wall,
+                    "test": acc,
+                    "compute": float("nan"),
+                    "overhead": float("nan"),
+                }
+            )
         print(
             f"repeat {repeat}: "
             + ", ".join(
@@ -158,19 +164,20 @@ def main() -> None:
     full = med["full"]
     print(f"\nmedians of {args.repeats} ({args.job})")
     print(
-        f"{'run':<10}{'test acc':>9}{'compute':>10}{'vs full':>8}{'wall s':>8}"
+        f"{'run':<11}{'test acc':>9}{'compute':>10}{'vs full':>8}{'wall s':>8}"
         f"{'no ingest':>10}{'wall vs full':>13}{'round overhead s':>17}"
     )
     for k, m in med.items():
         print(
-            f"{k:<10}{m['test']:>9.4f}{m['compute']:>10.0f}{m['compute'] / full['compute']:>8.3f}"
+            f"{k:<11}{m['test']:>9.4f}{m['compute']:>10.0f}{m['compute'] / full['compute']:>8.3f}"
             f"{m['wall']:>8.1f}{m['wall_no_ingest']:>10.1f}"
             f"{m['wall_no_ingest'] / full['wall_no_ingest']:>13.3f}{m['overhead']:>17.2f}"
         )
-    print(
-        f"\nraysift full / plain DDP (no ingest): "
-        f"{full['wall_no_ingest'] / med['plain ddp']['wall']:.3f}  (Ray Train's bar: 1.15)"
-    )
+    for name in plain:
+        print(
+            f"\nraysift full / {name} (no ingest): "
+            f"{full['wall_no_ingest'] / med[name]['wall']:.3f}  (Ray Train's bar: 1.15)"
+        )
     print(
         f"m2 / full wall (no ingest): {med['m2']['wall_no_ingest'] / full['wall_no_ingest']:.3f}"
         f"  (target <= 0.5)"
