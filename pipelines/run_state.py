@@ -24,12 +24,14 @@ STATE = "state.json"
 DROPPED = "dropped"  # the manifest reason of samples a strategy took out of the pool untrained
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Write `path` all or nothing: `write(file)` fills a temporary file beside it, which is
+    synced and then renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -37,6 +39,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    """A Parquet file written straight to disk (no copy of it in memory first)."""
+    atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -115,7 +126,7 @@ class RunState:
             {
                 "id": pa.array(self.ids, pa.int64()),
                 "round": pa.array(self.rounds_added, pa.int32()),
-                "reason": pa.array(self.reasons.astype(str), pa.string()),
+                "reason": pa.array(self.reasons, pa.string()),
             }
         )
 
@@ -139,9 +150,7 @@ class RunState:
     def save(self, folder: Path) -> None:
         """The manifest first, then the state that says how many of its rows are final."""
         folder = Path(folder)
-        sink = pa.BufferOutputStream()
-        pq.write_table(self.manifest_table(), sink)
-        atomic_write_bytes(folder / MANIFEST, sink.getvalue().to_pybytes())
+        atomic_write_table(folder / MANIFEST, self.manifest_table())
         atomic_write_json(
             folder / STATE,
             {

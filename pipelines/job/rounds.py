@@ -37,8 +37,8 @@ from raysift.report.comparison import subset_cell
 from raysift.run_state import (
     MANIFEST,
     RunState,
-    atomic_write_bytes,
     atomic_write_json,
+    atomic_write_table,
     compute_totals,
     overhead_seconds,
     replace_via_staging,
@@ -252,9 +252,9 @@ def tag_manifest(run_dir: Path) -> None:
     source = np.where(hit, tags[at] if len(made_ids) else "", "real")
     if "source" in manifest.column_names:
         manifest = manifest.drop_columns(["source"])
-    sink = pa.BufferOutputStream()
-    pq.write_table(manifest.append_column("source", pa.array(source.astype(str))), sink)
-    atomic_write_bytes(run_dir / MANIFEST, sink.getvalue().to_pybytes())
+    atomic_write_table(
+        run_dir / MANIFEST, manifest.append_column("source", pa.array(source.astype(str)))
+    )
 
 
 def _check_run_dir(run_dir: Path, job: JobConfig, *, resume: bool, overwrite: bool) -> bool:

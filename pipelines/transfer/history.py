@@ -42,7 +42,7 @@ from raysift.operators.contract import (
     features,
     require_columns,
 )
-from raysift.run_state import atomic_write_bytes, atomic_write_json
+from raysift.run_state import atomic_write_json, atomic_write_table
 from raysift.training.models import embed
 from raysift.transfer.config import HISTORY_RULES, require_rule
 
@@ -286,7 +286,6 @@ class HistoryLibrary:
     def save(self, directory: str | Path) -> None:
         """Write the table and the settings into `directory` (beside a checkpoint)."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
         from ray.data.extensions import ArrowTensorArray
 
         if self.x_ is None:
@@ -299,10 +298,7 @@ class HistoryLibrary:
         }
         if self.targets_ is not None:
             columns[TARGET] = ArrowTensorArray.from_numpy(self.targets_)
-        table = pa.table(columns)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(directory / TABLE_FILE, sink.getvalue().to_pybytes())
+        atomic_write_table(directory / TABLE_FILE, pa.table(columns))
         atomic_write_json(
             directory / SETTINGS_FILE,
             {
