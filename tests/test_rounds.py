@@ -19,6 +19,7 @@ import raysift
 from raysift.config import ConfigError, from_dict
 from raysift.data.ingest import load_info
 from raysift.data.share import owner
+from raysift.job.messages import EVENTS, EpochDone, PhaseDone, parse
 from raysift.job.rounds import run_job
 from raysift.training.evaluate import balanced_accuracy
 from raysift.training.saved import load_model
@@ -106,6 +107,14 @@ def test_m2_end_to_end(finished_run):
     assert summary["train_sample_passes"] == expected_train
     assert summary["test_accuracy"] > 0.5  # digits are easy: far above the 0.1 of chance
     assert (run_dir / "final" / "model.pt").exists() and (run_dir / "summary.json").exists()
+    # What the driver showed: rank 0's messages, a line each, every epoch and phase once.
+    events = [parse(line) for line in (run_dir / EVENTS).read_text().splitlines()]
+    assert [m.record["phase"] for m in events if isinstance(m, PhaseDone)] == [
+        "round",
+        "round",
+        "final",
+    ]
+    assert sum(isinstance(m, EpochDone) for m in events) == 4 + 4 + 2
 
 
 def test_the_notebook_api_reads_the_run_as_tables(finished_run):

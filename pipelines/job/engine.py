@@ -34,6 +34,7 @@ import torch
 from raysift.config import JobConfig, from_dict
 from raysift.data.ingest import PROVENANCE_DIR
 from raysift.data.share import Share, read_share
+from raysift.job.messages import EpochDone, Notes, PhaseDone, ScanProgress, append
 from raysift.operators.contract import ID, LABEL, PIXEL_MAX, X
 from raysift.operators.predict import forward_scores
 from raysift.run_state import DROPPED, RunState, compute_totals
@@ -81,33 +82,6 @@ class Phase:
         return "final" if self.kind == "final" else f"round {self.index}"
 
 
-@dataclass
-class EpochDone:
-    label: str
-    epoch: int
-    epochs: int
-    val_accuracy: float | None
-
-
-@dataclass
-class ScanProgress:
-    label: str
-    seen: int
-    found: int
-
-
-@dataclass
-class Notes:
-    lines: list
-
-
-@dataclass
-class PhaseDone:
-    record: dict
-    notes: list
-    stop_reason: str | None
-
-
 def train_job(config: dict) -> None:
     """The Ray Train loop function: `config` holds the job, the data folder, the data's
     classes and shape, the run state to start from and the driver's message queue."""
@@ -118,7 +92,7 @@ class Worker:
     def __init__(self, config: dict):
         self.job: JobConfig = from_dict(config["job"])
         self.run_dir = Path(config["run_dir"])
-        self.feed = config["feed"]
+        self.events = config["events"]  # rank 0's messages to the driver (job/messages.py)
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(self.job.train.threads_per_worker)
@@ -439,8 +413,8 @@ class Worker:
             self.policy.load_state_dict(torch.load(policy_file, weights_only=True))
 
     def _publish(self, message) -> None:
-        if self.rank == 0 and self.feed is not None:
-            self.feed.put(message)
+        if self.rank == 0:
+            append(self.events, message)
 
     def _scan_progress(self, phase: Phase):
         last = [0.0]

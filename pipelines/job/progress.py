@@ -1,50 +1,56 @@
 """What the driver shows while the workers run the job: a bar over each phase's epochs, one over
 each pool scan, and a line per finished phase.
 
-Rank 0 sends small messages (pipelines/job/engine.py: Notes, EpochDone, ScanProgress, PhaseDone)
-through an actor queue that needs no CPU (the workers may hold them all); a daemon thread on the
-driver drains it into `Progress` while `fit` blocks. The bars go to stderr and only on a terminal.
+Rank 0 appends small messages (pipelines/job/messages.py: Notes, EpochDone, ScanProgress,
+PhaseDone) to the run directory's events file; a daemon thread on the driver reads the new lines
+into `Progress` while `fit` blocks. The bars go to stderr and only on a terminal.
 """
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
-from ray.util.queue import Queue
 from tqdm import tqdm
 
-from raysift.job.engine import EpochDone, Notes, PhaseDone, ScanProgress
+from raysift.job.messages import EpochDone, Notes, PhaseDone, ScanProgress, parse
 from raysift.run_state import compute_totals, overhead_seconds
+
+POLL_S = 0.2  # how often the driver looks for new lines
 
 
 class Feed:
-    """The queue the workers put messages on, drained into `show` until the run is over."""
+    """The run directory's events file, read into `show` until the run is over. Each session
+    starts it empty: what a session before a resume said was shown then."""
 
-    def __init__(self, show: Callable[[object], None]):
-        self._show = show
-        self._queue = Queue(actor_options={"num_cpus": 0})
+    def __init__(self, path: Path, show: Callable[[object], None]):
+        self._path, self._show = Path(path), show
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
 
-    def __enter__(self) -> Queue:
+    def __enter__(self) -> str:
+        self._path.write_text("")
         self._thread.start()
-        return self._queue
+        return str(self._path)
 
     def __exit__(self, *exc) -> None:
         self._done.set()
         self._thread.join()
-        self._queue.shutdown()
 
     def _drain(self) -> None:
-        while True:  # stops only once the queue is empty after `fit` returned
-            try:
-                self._show(self._queue.get(timeout=0.5))
-            except queue.Empty:
-                if self._done.is_set():
+        with open(self._path) as f:
+            pending = ""
+            while True:
+                over = self._done.is_set()  # then one more read: the lines of the last moments
+                pending += f.read()
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    self._show(parse(line))
+                if over:
                     return
+                self._done.wait(POLL_S)
 
 
 class Progress:

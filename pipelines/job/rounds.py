@@ -30,6 +30,7 @@ from raysift.batch.synthesize import add_synthetic
 from raysift.config import ConfigError, JobConfig, check_field
 from raysift.data.ingest import PROVENANCE_DIR, DataInfo, ingest, load_info
 from raysift.job.engine import train_job
+from raysift.job.messages import EVENTS
 from raysift.job.progress import Feed, Progress
 from raysift.operators.contract import ID, DataError
 from raysift.operators.norms import KINDS as NORM_KINDS
@@ -108,8 +109,8 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
             f"[{job.name}] resuming after {state.records[-1]['phase']} {state.records[-1]['round']}"
         )
 
-    with Feed(Progress(job.name, state.records, echo)) as feed:
-        result = _trainer(job, state, info, run_dir, feed, started_at).fit()
+    with Feed(run_dir / EVENTS, Progress(job.name, state.records, echo)) as events:
+        result = _trainer(job, state, info, run_dir, events, started_at).fit()
     checkpoint = Path(result.checkpoint.path)
     state = RunState.load(checkpoint)
     final_dir = run_dir / "final"
@@ -127,7 +128,7 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
 
 
 def _trainer(
-    job: JobConfig, state: RunState, info, run_dir: Path, feed, started_at: float
+    job: JobConfig, state: RunState, info, run_dir: Path, events: str, started_at: float
 ) -> TorchTrainer:
     """The job's one Ray Train run; on the same storage it continues from its latest
     checkpoint (a restarted worker group, or a driver started again with --resume)."""
@@ -141,7 +142,7 @@ def _trainer(
             "x_shape": list(info.x_shape),
             "x_dtype": info.x_dtype,
             "state": state.to_dict(),
-            "feed": feed,
+            "events": events,
             "started_at": started_at,
         },
         scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu),
