@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 1024
 
 
-def make_input(path: Path, n: int, shape: tuple, classes: int = 10) -> None:
+def make_input(path: Path, n: int, shape: tuple, classes: int = 10, shares=None) -> None:
+    """`n` random float32 rows of `shape` in 64 Ki-row chunks; labels drawn uniformly, or with
+    probabilities `shares` per class (a long tail)."""
     from raysift.operators.augment import rows_table
 
     if path.exists():
@@ -46,7 +48,7 @@ def make_input(path: Path, n: int, shape: tuple, classes: int = 10) -> None:
         x = rng.random((rows, *shape), dtype=np.float32)
         table = rows_table(
             np.arange(start, start + rows),
-            rng.integers(0, classes, rows),
+            rng.choice(classes, rows, p=shares),
             x,
             "real",
             np.zeros((rows, 0), np.int64),
