@@ -84,7 +84,7 @@ class Phase:
 
 def train_job(config: dict) -> None:
     """The Ray Train loop function: `config` holds the job, the data folder, the data's
-    classes and shape, the run state to start from and the driver's message queue."""
+    classes and shape, the run state to start from and the events file the driver reads."""
     Worker(config).run()
 
 
