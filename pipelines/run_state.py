@@ -22,6 +22,7 @@ MANIFEST = "manifest.parquet"
 ROUNDS = "rounds.json"
 STATE = "state.json"
 DROPPED = "dropped"  # the manifest reason of samples a strategy took out of the pool untrained
+WRITE_ROWS = 65_536  # rows per Parquet row group that atomic_write_table writes
 
 
 def atomic_write(path: Path, write) -> None:
@@ -46,8 +47,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
-    """A Parquet file written straight to disk (no copy of it in memory first)."""
-    atomic_write(path, lambda f: pq.write_table(table, f))
+    """A Parquet file written straight to disk (no copy of it in memory first), a row group at
+    a time: the writer's buffers stay the size of one group, whatever the table's length."""
+    atomic_write(path, lambda f: pq.write_table(table, f, row_group_size=WRITE_ROWS))
 
 
 def atomic_write_json(path: Path, obj) -> None:
