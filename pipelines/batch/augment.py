@@ -26,6 +26,7 @@ import logging
 
 import yaml
 from ray.data import DataContext
+from ray.data.context import ShuffleStrategy
 
 from raysift.batch.operator import read, show_progress
 from raysift.commands import add_parser, non_negative, positive_float, positive_int
@@ -109,8 +110,14 @@ def _num_classes(src: str, columns: Columns, given: int | None) -> int:
     return given
 
 
-def _deterministic() -> None:
-    DataContext.get_current().execution_options.preserve_order = True
+def _batch_context() -> None:
+    """Ray Data's settings for the batch jobs: rows in a fixed order (the same seed gives the
+    same output), and SMOTE's grouping by a sort-based shuffle, whose tasks hold a range of
+    blocks each (the hash shuffle's held more of the set in one worker: benchmarks/
+    bench_smote.py)."""
+    ctx = DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
 def _with_real(ds, new, new_only: bool, num_classes: int | None = None):
@@ -131,7 +138,7 @@ def augment_job(
 ) -> None:
     """`copies` augmented rows per input row (source "augment", parent_ids [the row])."""
     transform = parse_transforms(transforms)
-    _deterministic()
+    _batch_context()
     ds = read_rows(src, columns, need_label=True)
     new = augment_dataset(
         ds, transform, seed=seed, ids=id_scheme(src, columns), copies=copies, batch_size=batch_size
@@ -158,7 +165,7 @@ def mixup_job(
     if kind not in MIXERS:
         raise ConfigError(f"--kind: got {kind!r}, expected one of {', '.join(MIXERS)}")
     mixer = SamplePairing() if kind == "pairing" else MIXERS[kind](alpha)
-    _deterministic()
+    _batch_context()
     ds = read_rows(src, columns, need_label=True)
     k = _num_classes(src, columns, num_classes)
     new = mix_dataset(
@@ -189,7 +196,7 @@ def smote_job(
     """SMOTE rows bringing every class to `target` rows (None: the largest class's count);
     source "smote", parent_ids [anchor, neighbour]; neighbours within blocks of `block_rows`
     rows of a class (operators.mixup.smote_dataset)."""
-    _deterministic()
+    _batch_context()
     ds = read_rows(src, columns, need_label=True)
     new = smote_dataset(
         ds, seed=seed, ids=id_scheme(src, columns), target=target, k=k, block_rows=block_rows
@@ -216,7 +223,7 @@ def dedup_job(
     columns: Columns = Columns(),
 ) -> int:
     """Write the rows `dedup` keeps; returns k."""
-    _deterministic()
+    _batch_context()
     ds = read_rows(src, columns)
     k = k or max(1, -(-row_count(src) // DEDUP_ROWS_PER_CLUSTER))
     write(dedup(ds, threshold, k, seed=seed), dst)
