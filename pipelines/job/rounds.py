@@ -58,7 +58,7 @@ RAY_ENV = {
     # (a queue of one, polled every 2 s by default): phases that end close together, and the
     # worker group's start, wait less with a shorter poll.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    # One process fewer to start with every run (about a second of a 2-core machine): the
+    # One process fewer to start with every run, on machines with few cores a visible part: the
     # watcher only names a preempted node in the logs; FailureConfig restarts the group either way.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
