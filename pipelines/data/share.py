@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysift.operators.contract import ID, LABEL, DataError, X, as_float
@@ -24,6 +25,17 @@ from raysift.operators.keys import hash_keys
 from raysift.seeding import derive_seed
 
 _READ_ROWS = 4096  # rows per Parquet batch while a share streams in
+
+
+def _batches(path: Path, columns: list[str]):
+    """A shard's batches, decoded on this thread. Arrow's allocator keeps what it freed, and
+    with Arrow's decoding threads it kept memory in proportion to the split streamed: a
+    larger training set made a larger worker. Decoded here, and the pool's unused memory
+    handed back after each shard, a worker holds its share and one shard's batches."""
+    yield from pq.ParquetFile(path).iter_batches(
+        batch_size=_READ_ROWS, columns=columns, use_threads=False
+    )
+    pa.default_memory_pool().release_unused()
 
 
 def owner(ids: np.ndarray, seed: int, world: int) -> np.ndarray:
@@ -203,9 +215,7 @@ def read_share(
     store = RowStore(x_shape, budget_bytes, spill_dir, dtype, capacity=rows)
     width = int(np.prod(x_shape))
     for path in files:
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=_READ_ROWS, columns=[ID, LABEL, X]
-        ):
+        for batch in _batches(path, [ID, LABEL, X]):
             batch_ids = batch.column(ID).to_numpy()
             mine = owner(batch_ids, seed, world) == rank
             if not mine.any():
@@ -230,9 +240,9 @@ def _add_provenance(share: Share, folder: Path, seed: int, rank: int, world: int
     share.synthetic = np.zeros(len(share), bool)
     rows, soft = [], []
     for path in sorted(folder.glob("*.parquet")):
-        f = pq.ParquetFile(path)
-        columns = [c for c in (ID, "y_soft") if c in f.schema_arrow.names]
-        for batch in f.iter_batches(batch_size=_READ_ROWS, columns=columns):
+        names = pq.ParquetFile(path).schema_arrow.names
+        columns = [c for c in (ID, "y_soft") if c in names]
+        for batch in _batches(path, columns):
             batch_ids = batch.column(ID).to_numpy()
             mine = owner(batch_ids, seed, world) == rank
             at = np.searchsorted(share.ids, batch_ids[mine], sorter=order)
