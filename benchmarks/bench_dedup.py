@@ -36,8 +36,8 @@ from raysift.batch.augment import augment_job
 from raysift.config import from_dict
 from raysift.data.sources import MNIST1D_SEED, _mnist1d_arrays
 from raysift.job.rounds import init_ray, run_job
+from raysift.manifest import MANIFEST
 from raysift.operators.contract import ID
-from raysift.run_state import MANIFEST
 
 ROOT_MASK = 2**32 - 1  # an augmented row's id is copy * 2**32 + its original's id
 

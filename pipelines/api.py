@@ -25,10 +25,11 @@ from raysift.config import COMPARED, JobConfig, from_dict, with_overrides
 from raysift.config import load_job as read_job
 from raysift.job.compare import compare as compare_job
 from raysift.job.rounds import SUMMARY, check_names, format_summary, run_job
+from raysift.manifest import MANIFEST
 from raysift.operators.contract import DataError
 from raysift.report.comparison import COMPARISON, REPORT
 from raysift.report.seeds import SEEDS_JSON, SEEDS_REPORT
-from raysift.run_state import MANIFEST, ROUNDS
+from raysift.run_state import ROUNDS
 
 
 def load_job(job: str | Path | dict, overrides: dict | None = None) -> JobConfig:

@@ -13,7 +13,13 @@ FOLDERS = {"raysift": ROOT / "pipelines", "raysift.operators": ROOT / "operators
 # Lowest first: a module may import from its own layer and the ones before it.
 LAYERS = [
     ["raysift.operators"],
-    ["raysift.config", "raysift.seeding", "raysift.run_state", "raysift.commands"],
+    [
+        "raysift.config",
+        "raysift.seeding",
+        "raysift.run_state",
+        "raysift.manifest",
+        "raysift.commands",
+    ],
     ["raysift.data"],
     ["raysift.training"],
     ["raysift.selection"],

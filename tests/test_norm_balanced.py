@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from raysift.config import StrategyConfig, from_dict
 from raysift.data.share import Share
-from raysift.job.engine import pool_rows, share_scorer
+from raysift.job.engine import share_scorer
 from raysift.job.rounds import run_job
-from raysift.run_state import DROPPED, RunState
+from raysift.manifest import DROPPED, ShareManifest
 from raysift.selection.strategies import NormBalanced, RoundView, remaining_stop
 
 # id -> (label, norm, the stub's prediction). With per_class 2, a = b = 1 per class.
@@ -82,26 +82,26 @@ def _job(tmp_path, **strategy):
     )
 
 
-def _view(job, share, state, round_index):
+def _view(job, share, manifest, round_index):
     return RoundView(
         job=job,
         round_index=round_index,
         num_classes=3,
         share=share,
-        pool=pool_rows(share, state.manifest_ids()),
+        pool=manifest.pool_rows(),
         score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"),
     )
 
 
 def test_drop_the_learned_then_draw_from_what_remains(tmp_path):
     job, share, strategy = _job(tmp_path), _share(), NormBalanced()
-    first = strategy.initial(_view(job, share, RunState(), 0))
+    manifest = ShareManifest(share.ids)
+    first = strategy.initial(_view(job, share, manifest, 0))
     assert first.ids.tolist() == INITIAL and set(first.reasons) == {"initial"}
-    state = RunState()
-    state.add(first.ids, first.reasons, 0)
+    manifest.add(first.ids, first.reasons, 0)
 
-    added = strategy.after_round(_view(job, share, state, 0))
-    assert added.dropped.tolist() == DROPPED_IDS
+    added = strategy.after_round(_view(job, share, manifest, 0))
+    assert sorted(added.dropped.tolist()) == DROPPED_IDS
     assert added.remaining == REMAINING and added.stop_reason is None
     assert added.ids.tolist() == NEXT_DRAW and set(added.reasons) == {"balanced"}
     assert added.notes == ["fewer than per_class=2, all taken: class (samples) 1 (1)"]
@@ -109,12 +109,12 @@ def test_drop_the_learned_then_draw_from_what_remains(tmp_path):
     assert added.hard_found == 3
 
     # What the engine does with it: the dropped ones leave the pool but are never trained on.
-    state.add(added.dropped, DROPPED, 0)
-    state.add(added.ids, added.reasons, 1)
-    assert sorted(state.subset_ids().tolist()) == sorted(INITIAL + NEXT_DRAW)
-    assert sorted(state.manifest_ids().tolist()) == sorted(ROWS)
+    manifest.add(added.dropped, DROPPED, 0)
+    manifest.add(added.ids, added.reasons, 1)
+    assert sorted(share.ids[manifest.subset_rows()].tolist()) == sorted(INITIAL + NEXT_DRAW)
+    assert len(manifest.pool_rows()) == 0 and len(share) == len(ROWS)
 
-    last = strategy.after_round(_view(job, share, state, 1))  # the pool is empty now
+    last = strategy.after_round(_view(job, share, manifest, 1))  # the pool is empty now
     assert last.stop_reason == "no misclassified samples left in the pool"
     assert len(last.ids) == 0 and len(last.dropped) == 0 and last.remaining == {}
     assert last.infer_sample_passes == 0
@@ -122,11 +122,11 @@ def test_drop_the_learned_then_draw_from_what_remains(tmp_path):
 
 def test_a_met_stop_condition_draws_nothing_but_still_drops(tmp_path):
     job, share, strategy = _job(tmp_path, remaining_total=3), _share(), NormBalanced()
-    state = RunState()
-    state.add(INITIAL, "initial", 0)
-    added = strategy.after_round(_view(job, share, state, 0))
+    manifest = ShareManifest(share.ids)
+    manifest.add(INITIAL, "initial", 0)
+    added = strategy.after_round(_view(job, share, manifest, 0))
     assert added.stop_reason == "3 misclassified samples left <= remaining_total 3"
-    assert len(added.ids) == 0 and added.dropped.tolist() == DROPPED_IDS
+    assert len(added.ids) == 0 and sorted(added.dropped.tolist()) == DROPPED_IDS
 
 
 @pytest.mark.parametrize(
@@ -189,14 +189,14 @@ def test_norm_balanced_run_on_digits(ray_session, tmp_path):
 
 def test_rescore_dropped_keeps_the_learned_in_the_pool_and_scores_them_again(tmp_path):
     job, share, strategy = _job(tmp_path, rescore_dropped=True), _share(), NormBalanced()
-    state = RunState()
-    state.add(INITIAL, "initial", 0)
-    added = strategy.after_round(_view(job, share, state, 0))
+    manifest = ShareManifest(share.ids)
+    manifest.add(INITIAL, "initial", 0)
+    added = strategy.after_round(_view(job, share, manifest, 0))
     # the same draw from the same remainder, but nothing leaves the pool
     assert added.ids.tolist() == NEXT_DRAW and added.remaining == REMAINING
     assert len(added.dropped) == 0
-    state.add(added.ids, added.reasons, 1)
-    nxt = strategy.after_round(_view(job, share, state, 1))
+    manifest.add(added.ids, added.reasons, 1)
+    nxt = strategy.after_round(_view(job, share, manifest, 1))
     # round 1 scores the 8 rows round 0 got right again; all still right, none left to draw
     assert nxt.infer_sample_passes == len(DROPPED_IDS)
     assert nxt.stop_reason == "no misclassified samples left in the pool"

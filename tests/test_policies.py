@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from raysift.config import from_dict
 from raysift.data.share import Share
-from raysift.job.engine import pool_rows, share_scorer
+from raysift.job.engine import share_scorer
+from raysift.manifest import ShareManifest
 from raysift.operators.keys import hash_keys
 from raysift.seeding import derive_seed
 from raysift.selection.strategies import M2, Full, RandomGrowth, RoundView
@@ -47,13 +48,20 @@ def _job(**strategy):
     )
 
 
+def _pool(share, manifest_ids):
+    """The share's rows outside a manifest of `manifest_ids`."""
+    manifest = ShareManifest(share.ids)
+    manifest.add(manifest_ids, "taken", 0)
+    return manifest.pool_rows()
+
+
 def _view(job, share, manifest_ids, round_index=0):
     return RoundView(
         job=job,
         round_index=round_index,
         num_classes=3,
         share=share,
-        pool=pool_rows(share, manifest_ids),
+        pool=_pool(share, manifest_ids),
         score_rows=share_scorer(ReadsItsAnswer(), share, "cpu"),
     )
 
@@ -132,7 +140,7 @@ def _fill_view(job, subset=()):
         round_index=1,
         num_classes=3,
         share=share,
-        pool=pool_rows(share, np.array(subset, np.int64)),
+        pool=_pool(share, np.array(subset, np.int64)),
         score_rows=share_scorer(InputLogits(), share, "cpu"),
     )
 

@@ -10,6 +10,7 @@ from PIL import Image
 from ray.data.extensions import ArrowTensorArray
 
 from raysift import cli
+from raysift.manifest import MANIFEST
 from raysift.operators.contract import DataError
 from raysift.report.comparison import (
     ACCURACY_PNG,
@@ -30,7 +31,7 @@ from raysift.report.comparison import (
     value_at,
     write_report,
 )
-from raysift.run_state import RunState, atomic_write_json
+from raysift.run_state import atomic_write_json
 
 # Training ids 0..11: ids 0-5 are class 0, 6-8 class 1, 9-11 class 2.
 LABELS = {i: 0 if i < 6 else 1 if i < 9 else 2 for i in range(12)}
@@ -179,10 +180,26 @@ def _fake_run(run_dir, strategy):
             ),
             data / "train" / f"part-{part:05d}.parquet",
         )
-    state = RunState()
-    for ids_, reason, r in MANIFESTS[strategy]:
-        state.add(list(ids_), reason, r)
-    state.save(run_dir)
+    _write_manifest(run_dir, MANIFESTS[strategy])
+
+
+def _write_manifest(run_dir, rows):
+    """A manifest file of (ids, reason, round) groups."""
+    ids, reasons, rounds = [], [], []
+    for ids_, reason, r in rows:
+        ids += list(ids_)
+        reasons += [reason] * len(ids_)
+        rounds += [r] * len(ids_)
+    pq.write_table(
+        pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "round": pa.array(rounds, pa.int32()),
+                "reason": pa.array(reasons, pa.string()),
+            }
+        ),
+        run_dir / MANIFEST,
+    )
 
 
 @pytest.fixture
@@ -328,9 +345,7 @@ def test_class_balance_figure_stacks_the_counts(compared):
 
 def test_subset_class_counts_names_an_unknown_id(tmp_path):
     _fake_run(tmp_path, "m2")
-    state = RunState.load(tmp_path)
-    state.add([99], "hard", 3)
-    state.save(tmp_path)
+    _write_manifest(tmp_path, [*MANIFESTS["m2"], ([99], "hard", 3)])
     with pytest.raises(DataError, match=r"manifest.parquet: id 99 is not in the training"):
         subset_class_counts(tmp_path, [3])
 

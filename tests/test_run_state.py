@@ -1,51 +1,78 @@
 """The run state survives a save/load and a half-finished save."""
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
-from raysift.run_state import DROPPED, MANIFEST, RunState, replace_via_staging
+from raysift.manifest import DROPPED, MANIFEST, ShareManifest, merge_parts, write_run_dir
+from raysift.run_state import RunState, replace_via_staging
 from raysift.seeding import derive_seed
 
 
 def test_save_load_roundtrip(tmp_path):
-    state = RunState()
-    state.add([5, 3], "initial", 0)
-    state.add(np.array([9]), np.array(["hard"], dtype=object), 1)
-    state.records.append({"round": 0, "val_accuracy": 0.5})
+    state = RunState(records=[{"round": 0, "val_accuracy": 0.5}], manifest_rows=3)
     state.next_round, state.test = 1, {"test_accuracy": 0.75}
     state.save(tmp_path)
-    back = RunState.load(tmp_path)
-    assert back.ids.tolist() == [5, 3, 9] and back.rounds_added.tolist() == [0, 0, 1]
-    assert back.reasons.tolist() == ["initial", "initial", "hard"]
-    assert (
-        back.records == state.records
-        and back.test == {"test_accuracy": 0.75}
-        and back.next_round == 1
-    )
+    assert RunState.load(tmp_path) == state
+    assert RunState.load(tmp_path / "nothing") is None
 
 
-def test_dropped_rows_stay_in_the_manifest_but_out_of_the_subset(tmp_path):
-    state = RunState()
-    state.add([5, 3], "initial", 0)
-    state.add([8, 1], DROPPED, 0)
-    state.add([9], "balanced", 1)
-    state.save(tmp_path)
-    back = RunState.load(tmp_path)
-    assert back.subset_ids().tolist() == [5, 3, 9]
-    assert back.manifest_ids().tolist() == [5, 3, 8, 1, 9]
-    assert back.reasons.tolist() == ["initial", "initial", "dropped", "dropped", "balanced"]
-    assert back.rounds_added.tolist() == [0, 0, 0, 0, 1]
+def _two_ranks():
+    """Rank 0 holds ids 5, 3, 8 (in that file order), rank 1 ids 1, 9; each rank hears of
+    every addition and keeps its own rows."""
+    ranks = [ShareManifest(np.array([5, 3, 8])), ShareManifest(np.array([1, 9]))]
+    for m in ranks:
+        m.add([3, 5], "initial", 0)
+        m.add([8, 1], DROPPED, 0)
+        m.add(np.array([9]), np.array(["hard"], dtype=object), 1)
+    return ranks
 
 
-def test_manifest_rows_past_the_state_are_ignored(tmp_path):
-    state = RunState()
-    state.add([1, 2], "initial", 0)
-    state.save(tmp_path)
-    # A later save that died between the manifest write and the state write:
-    ahead = RunState(ids=[1, 2, 7], rounds_added=[0, 0, 1], reasons=["initial"] * 2 + ["hard"])
-    ahead.save(tmp_path / "later")
-    (tmp_path / MANIFEST).write_bytes((tmp_path / "later" / MANIFEST).read_bytes())
-    assert RunState.load(tmp_path).ids.tolist() == [1, 2]
+def test_each_rank_keeps_its_own_rows_and_dropped_ones_leave_the_pool_untrained():
+    first, second = _two_ranks()
+    assert first.subset_rows().tolist() == [0, 1] and first.pool_rows().tolist() == []
+    assert second.subset_rows().tolist() == [1] and second.pool_rows().tolist() == []
+    assert first.add([1, 9, 42], "hard", 2) == 0  # none of them is rank 0's
+
+
+def test_parts_merge_rank_by_rank_each_by_round_then_file_order(tmp_path):
+    for rank, m in enumerate(_two_ranks()):
+        m.write(tmp_path, rank)
+    assert merge_parts(tmp_path, 2, tmp_path / MANIFEST) == 5
+    assert pq.read_table(tmp_path / MANIFEST).to_pylist() == [
+        {"id": 5, "round": 0, "reason": "initial"},
+        {"id": 3, "round": 0, "reason": "initial"},
+        {"id": 8, "round": 0, "reason": DROPPED},
+        {"id": 1, "round": 0, "reason": DROPPED},
+        {"id": 9, "round": 1, "reason": "hard"},
+    ]
+
+
+def test_a_restarted_rank_finds_its_rows_in_every_part(tmp_path):
+    for rank, m in enumerate(_two_ranks()):
+        m.write(tmp_path, rank)
+    whole = ShareManifest(np.array([9, 8, 5, 3, 1, 7]))  # one rank now, and a row never taken
+    whole.load(tmp_path)
+    assert whole.round.tolist() == [1, 0, 0, 0, 0, -1]
+    assert whole.subset_rows().tolist() == [0, 2, 3] and whole.pool_rows().tolist() == [5]
+    assert [whole.reasons[c] for c in whole.code[:5]] == [
+        "hard",
+        DROPPED,
+        "initial",
+        "initial",
+        DROPPED,
+    ]
+
+
+def test_the_run_directory_follows_a_checkpoint(tmp_path):
+    checkpoint, run_dir = tmp_path / "checkpoint", tmp_path / "run"
+    checkpoint.mkdir()
+    for rank, m in enumerate(_two_ranks()):
+        m.write(checkpoint, rank)
+    RunState(next_round=2, manifest_rows=5).save(checkpoint)
+    write_run_dir(checkpoint, run_dir, 2)
+    assert RunState.load(run_dir).next_round == 2
+    assert pq.read_table(run_dir / MANIFEST)["id"].to_pylist() == [5, 3, 8, 1, 9]
 
 
 def test_derived_seeds_are_stable_and_distinct():

@@ -187,10 +187,6 @@ class Share:
         """The rows' features as float32 (8-bit pixels scaled: operators.contract.as_float)."""
         return as_float(self.x.take(positions))
 
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Positions of this share's rows whose id is in `ids` (others are skipped)."""
-        return np.flatnonzero(np.isin(self.ids, ids))
-
 
 def read_share(
     split_dir: str | Path,

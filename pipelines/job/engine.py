@@ -35,9 +35,10 @@ from raysift.config import JobConfig, from_dict
 from raysift.data.ingest import PROVENANCE_DIR
 from raysift.data.share import Share, read_share
 from raysift.job.messages import EpochDone, Notes, PhaseDone, ScanProgress, append
+from raysift.manifest import DROPPED, ShareManifest, write_run_dir
 from raysift.operators.contract import ID, LABEL, PIXEL_MAX, X
 from raysift.operators.predict import forward_scores
-from raysift.run_state import DROPPED, RunState, compute_totals
+from raysift.run_state import RunState, compute_totals
 from raysift.seeding import derive_seed
 from raysift.selection.strategies import (
     Additions,
@@ -47,7 +48,7 @@ from raysift.selection.strategies import (
     rank_batch,
 )
 from raysift.training.best import BestWeights
-from raysift.training.collective import all_max, all_sum, sync_buffers
+from raysift.training.collective import all_max, all_sum, all_sum_np, sync_buffers
 from raysift.training.evaluate import hit_sums, metrics
 from raysift.training.loss import batch_generator, batch_loss, sample_losses
 from raysift.training.models import build_model, unwrap
@@ -84,7 +85,7 @@ class Phase:
 
 def train_job(config: dict) -> None:
     """The Ray Train loop function: `config` holds the job, the data folder, the data's
-    classes and shape, the run state to start from and the events file the driver reads."""
+    classes and shape, and the events file the driver reads."""
     Worker(config).run()
 
 
@@ -102,8 +103,9 @@ class Worker:
         self.data_dir = Path(config["data_dir"])
         self.train = self._read("train")
         self.val = self._read("val")
+        self.manifest = ShareManifest(self.train.ids)
         self.policy: Policy = make_strategy(self.job.strategy.name)
-        self.run_state = RunState.from_dict(config["state"])
+        self.run_state = RunState()
         self.started_at = config["started_at"]  # the driver's time.time() at the session's start
         self.phase: Phase | None = None
         torch.manual_seed(derive_seed(self.job.seed, "init", 0))
@@ -137,11 +139,10 @@ class Worker:
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> None:
         state = self.run_state
-        if not len(state.ids):  # a new run: the first subset
-            first = self.policy.initial(self._view(0, np.arange(len(self.train))))
-            state.add(first.ids, first.reasons, 0)
-            if self.rank == 0:
-                state.save(self.run_dir)
+        if not state.manifest_rows:  # a new run: the first subset
+            first = self.policy.initial(self._view(0, self.manifest.pool_rows()))
+            taken = self.manifest.add(first.ids, first.reasons, 0)
+            state.manifest_rows = int(all_sum_np(np.array([taken]))[0])
             self._publish(Notes(first.notes))
         while state.stop_reason is None:
             self._round()
@@ -164,7 +165,7 @@ class Worker:
             record["seconds_end"] = self._clock()
             state.records.append(record)
             self.phase = None
-            self._checkpoint({"phase": "final"})
+            self._checkpoint({"phase": "final"}, phase_end=True)
             self._publish(PhaseDone(record, [], None))
         if state.test is None:
             test = self._read("test")
@@ -180,19 +181,18 @@ class Worker:
         stop = None if self.policy.single_round else stop_rule(job, state.records + [record])
         added = None
         if stop is None:
-            pool = pool_rows(self.train, state.manifest_ids())
             added = self.policy.after_round(
-                self._view(phase.index, pool, self._scan_progress(phase))
+                self._view(phase.index, self.manifest.pool_rows(), self._scan_progress(phase))
             )
             stop = added.stop_reason
-            _apply(state, record, added, phase.index)
+            _apply(state, self.manifest, record, added, phase.index)
         state.records.append(record)
         state.next_round = phase.index + 1
         state.stop_reason = stop
         self.phase = None
         record["seconds_round"] = time.perf_counter() - started
         record["seconds_end"] = self._clock()
-        self._checkpoint({"phase": "round", "round": phase.index})
+        self._checkpoint({"phase": "round", "round": phase.index}, phase_end=True)
         self._publish(PhaseDone(record, added.notes if added else [], state.stop_reason))
 
     def _evaluate(self, share: Share, prefix: str) -> dict:
@@ -216,12 +216,12 @@ class Worker:
     def _train_phase(self, phase: Phase) -> dict:
         """Train the phase's remaining epochs on the subset, one checkpoint after each."""
         job = self.job
-        rows = self.train.rows_of(self.run_state.subset_ids())
+        rows = self.manifest.subset_rows()
+        subset_size = int(all_sum_np(np.array([len(rows)]))[0])
         if all_max(int(not len(rows))):
             raise ValueError(
-                f"train.num_workers: a worker holds none of the "
-                f"{len(self.run_state.subset_ids())} subset rows; use fewer "
-                f"workers for this little data"
+                f"train.num_workers: a worker holds none of the {subset_size} subset rows; "
+                f"use fewer workers for this little data"
             )
         steps_per_epoch = -(-all_max(len(rows)) // self.per_rank_batch)
         optimizer = torch.optim.AdamW(
@@ -230,7 +230,7 @@ class Worker:
         phase_steps = phase.epochs * steps_per_epoch
         kind = "phase" if self.policy.single_round else job.train.lr_schedule
         scheduler = make_scheduler(kind, optimizer, job.train.lr, phase_steps)
-        span = (0, phase_steps) if kind == "phase" else self._run_span(phase)
+        span = (0, phase_steps) if kind == "phase" else self._run_span(phase, subset_size)
         if self.optimizer_state is not None:  # restored mid-phase
             optimizer.load_state_dict(self.optimizer_state)
             scheduler.load_state_dict(self.scheduler_state)
@@ -273,7 +273,7 @@ class Worker:
         return {
             "round": phase.index,
             "phase": phase.kind,
-            "subset_size": int(len(self.run_state.subset_ids())),
+            "subset_size": subset_size,
             "epochs": phase.epochs,
             "subset_synthetic": int(all_sum(torch.tensor([self.train.count_synthetic(rows)]))),
             "val_accuracy": val["val_accuracy"],
@@ -342,7 +342,7 @@ class Worker:
         if weights is not None:
             self.policy.end_epoch(plan.pick, losses_seen)
 
-    def _run_span(self, phase: Phase) -> tuple[int, int]:
+    def _run_span(self, phase: Phase, subset_size: int) -> tuple[int, int]:
         """The stretch of the run's schedule (grid steps) this phase covers: its planned
         share of the run's training passes, the rounds planned in full
         (pipelines/training/schedule.py).
@@ -356,7 +356,7 @@ class Worker:
         )
         done = sum(r["train_sample_passes"] for r in self.run_state.records)
         last = phase.kind == "final" or (phase.index >= s.max_rounds - 1 and not final_epochs)
-        return phase_span(done, len(self.run_state.subset_ids()) * phase.epochs, total, last)
+        return phase_span(done, subset_size * phase.epochs, total, last)
 
     # -- checkpoints and messages ---------------------------------------------------------
     def _checkpoint_due(self) -> bool:
@@ -369,9 +369,10 @@ class Worker:
         the time of the sessions before a resume (up to the checkpoint it resumed from)."""
         return time.time() - self.clock_origin
 
-    def _checkpoint(self, metrics: dict, optimizer=None, scheduler=None) -> None:
-        """Report `metrics` with a checkpoint of everything a restart needs. Rank 0 also
-        writes the run directory's manifest and rounds.json at each phase's end."""
+    def _checkpoint(self, metrics: dict, optimizer=None, scheduler=None, phase_end=False) -> None:
+        """Report `metrics` with a checkpoint of everything a restart needs: rank 0's model,
+        optimiser and run state, every rank's manifest rows and policy state. At a phase's end
+        rank 0 then brings the run directory up to that checkpoint."""
         self.last_checkpoint = time.perf_counter()
         state = self.run_state
         state.seconds, state.clock_origin = self._clock(), self.clock_origin
@@ -390,19 +391,21 @@ class Worker:
                     os.path.join(d, MODEL_FILE),
                 )
                 state.save(Path(d))
-                if self.phase is None:
-                    state.save(self.run_dir)
+            self.manifest.write(Path(d), self.rank)
             if policy_state:
                 torch.save(policy_state, os.path.join(d, f"policy_rank{self.rank}.pt"))
-            checkpoint = (
-                ray.train.Checkpoint.from_directory(d) if self.rank == 0 or policy_state else None
-            )
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if phase_end:
+            all_max(0)  # every rank's part is in the checkpoint before rank 0 reads them
+            if self.rank == 0:
+                with ray.train.get_checkpoint().as_directory() as d:
+                    write_run_dir(Path(d), self.run_dir, self.world)
 
     def _restore(self, model, d: Path) -> None:
         saved = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(saved["model"])
         self.run_state = RunState.load(d)
+        self.manifest.load(d)
         self.phase = Phase(**saved["phase"]) if saved["phase"] else None
         self.optimizer_state, self.scheduler_state = saved["optimizer"], saved["scheduler"]
         if saved.get("best") and self.phase is not None:  # mid final phase: its best so far
@@ -443,11 +446,6 @@ def peak_rss_mb() -> int:
     return all_max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
-def pool_rows(share: Share, manifest_ids: np.ndarray) -> np.ndarray:
-    """Positions of the share's rows that are not in the manifest, in file order."""
-    return np.flatnonzero(~np.isin(share.ids, manifest_ids))
-
-
 def device_batch(share: Share, positions: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Features (float32) and labels of the share's rows at `positions`, on `device`: through
     pinned memory to a GPU, so the copy overlaps the work already queued, and 8-bit pixels
@@ -476,23 +474,29 @@ def share_scorer(model, share: Share, device):
     return score_rows
 
 
-def _apply(state: RunState, record: dict, added: Additions, round_index: int) -> None:
-    """Write a round's additions into the run state and its record."""
+def _apply(
+    state: RunState, manifest: ShareManifest, record: dict, added: Additions, round_index: int
+) -> None:
+    """Write a round's additions into this rank's manifest rows, the run state and its
+    record (counted over every rank: a policy may name only this rank's rows)."""
     record["hard_found"] = added.hard_found
     record["infer_sample_passes"] += added.infer_sample_passes
     record["seconds_score"] = added.seconds_score
     record["seconds_score_batches"] = added.seconds_score_batches
     record["seconds_select"] = added.seconds_select
-    record["added"] = int(len(added.ids)) if added.stop_reason is None else 0
+    dropped = manifest.add(added.dropped, DROPPED, round_index)  # this round's model got them right
+    joined = (
+        manifest.add(added.ids, added.reasons, round_index + 1) if added.stop_reason is None else 0
+    )
+    dropped, joined = (int(n) for n in all_sum_np(np.array([dropped, joined])))
+    state.manifest_rows += dropped + joined
+    record["added"] = joined
     if added.remaining is not None:
         record.update(
-            dropped=int(len(added.dropped)),
+            dropped=dropped,
             remaining=sum(added.remaining.values()),
             remaining_per_class={str(c): n for c, n in added.remaining.items()},
         )
-    state.add(added.dropped, DROPPED, round_index)  # the model of this round got them right
-    if added.stop_reason is None:
-        state.add(added.ids, added.reasons, round_index + 1)
 
 
 def stop_rule(job: JobConfig, records: list) -> str | None:

@@ -32,11 +32,11 @@ from raysift.data.ingest import PROVENANCE_DIR, DataInfo, ingest, load_info
 from raysift.job.engine import train_job
 from raysift.job.messages import EVENTS
 from raysift.job.progress import Feed, Progress
+from raysift.manifest import MANIFEST, write_run_dir
 from raysift.operators.contract import ID, DataError
 from raysift.operators.norms import KINDS as NORM_KINDS
 from raysift.report.comparison import subset_cell
 from raysift.run_state import (
-    MANIFEST,
     RunState,
     atomic_write_json,
     atomic_write_table,
@@ -110,9 +110,10 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
         )
 
     with Feed(run_dir / EVENTS, Progress(job.name, state.records, echo)) as events:
-        result = _trainer(job, state, info, run_dir, events, started_at).fit()
+        result = _trainer(job, info, run_dir, events, started_at).fit()
     checkpoint = Path(result.checkpoint.path)
-    state = RunState.load(checkpoint)
+    write_run_dir(checkpoint, run_dir, job.train.num_workers)
+    state = RunState.load(run_dir)
     final_dir = run_dir / "final"
     shutil.rmtree(final_dir, ignore_errors=True)
     final_dir.mkdir()
@@ -120,16 +121,13 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
     summary = _summary(job, state, ingest_seconds, time.time() - state.clock_origin, info)
     if plan:
         summary["plan"] = dataclasses.asdict(plan)
-    state.save(run_dir)
     tag_manifest(run_dir)
     atomic_write_json(run_dir / SUMMARY, summary)
     echo(format_summary(summary))
     return summary
 
 
-def _trainer(
-    job: JobConfig, state: RunState, info, run_dir: Path, events: str, started_at: float
-) -> TorchTrainer:
+def _trainer(job: JobConfig, info, run_dir: Path, events: str, started_at: float) -> TorchTrainer:
     """The job's one Ray Train run; on the same storage it continues from its latest
     checkpoint (a restarted worker group, or a driver started again with --resume)."""
     return TorchTrainer(
@@ -141,7 +139,6 @@ def _trainer(
             "num_classes": info.num_classes,
             "x_shape": list(info.x_shape),
             "x_dtype": info.x_dtype,
-            "state": state.to_dict(),
             "events": events,
             "started_at": started_at,
         },

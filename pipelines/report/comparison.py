@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from raysift.data.ingest import load_info
+from raysift.manifest import DROPPED, MANIFEST, read_manifest
 from raysift.operators.contract import ID, LABEL, DataError
-from raysift.run_state import DROPPED, MANIFEST, RunState, atomic_write_bytes, compute_totals
+from raysift.run_state import atomic_write_bytes, compute_totals
 
 COMPARISON = "comparison.json"
 REPORT = "comparison.md"
@@ -348,12 +349,12 @@ def subset_class_counts(run_dir: str | Path, rounds: list[int]) -> np.ndarray:
     """Rows per class of a run's training subset after each of `rounds` (rounds x classes): the
     manifest ids that joined by then, less those dropped from the pool (never trained on)."""
     run_dir = Path(run_dir)
-    state = RunState.load(run_dir)
-    if state is None:
-        raise DataError(f"{run_dir}: no run state (state.json): did this run start?")
+    if not (run_dir / MANIFEST).exists():
+        raise DataError(f"{run_dir}: no {MANIFEST}: did this run start?")
     info = load_info(run_dir / "data")
-    labels = _labels(run_dir / "data" / "train", state.ids, run_dir / MANIFEST)
-    joined, kept = state.rounds_added, state.reasons != DROPPED
+    manifest = read_manifest(run_dir)
+    labels = _labels(run_dir / "data" / "train", manifest["id"], run_dir / MANIFEST)
+    joined, kept = manifest["round"], manifest["reason"] != DROPPED
     return np.stack(
         [np.bincount(labels[kept & (joined <= r)], minlength=info.num_classes) for r in rounds]
     )

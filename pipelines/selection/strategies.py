@@ -72,7 +72,8 @@ class RoundView:
 
 @dataclass
 class Additions:
-    """A round's outcome, the same on every rank."""
+    """A round's outcome. The rows it names may be every rank's or only this rank's own (each
+    rank keeps those of its share); the rest is the same on every rank."""
 
     ids: np.ndarray
     reasons: np.ndarray
@@ -102,7 +103,8 @@ class Policy(ABC):
 
     @abstractmethod
     def initial(self, view: RoundView) -> Selection:
-        """The round-0 subset, drawn from every rank's rows (`view.pool`: all of them)."""
+        """The round-0 subset, drawn from every rank's rows (`view.pool`: all of them); as
+        with `Additions`, a policy may name only this rank's rows."""
 
     def epochs(self, job: JobConfig) -> int:
         return job.train.epochs_per_round
@@ -165,7 +167,7 @@ class Full(Policy):
     single_round = True
 
     def initial(self, view: RoundView) -> Selection:
-        return selection(np.sort(np.concatenate(gather(view.share.ids[view.pool]))), "all")
+        return selection(view.share.ids[view.pool], "all")  # each rank its own rows
 
     def epochs(self, job: JobConfig) -> int:
         return job.strategy.epochs
@@ -358,11 +360,7 @@ class NormBalanced(Policy):
         remaining = {int(c): int(n) for c, n in enumerate(missed) if n}
         mine = scan.scored[ID][right] if scan.scored else np.zeros(0, np.int64)
         # rescore_dropped: what the model gets right sits out this draw only, scored again
-        dropped = (
-            np.zeros(0, np.int64)
-            if s.rescore_dropped
-            else np.sort(np.concatenate(gather(mine)).astype(np.int64))
-        )
+        dropped = np.zeros(0, np.int64) if s.rescore_dropped else mine  # each rank its own
         stop = remaining_stop(s, remaining)
         sel = (
             selection([], "balanced")
