@@ -50,11 +50,12 @@ class RowStore:
 
     Mapped pages count as the process's resident memory once read, so a pass over a large spill
     file would end up holding all of it: the store hands the pages back to the OS (they stay in
-    the page cache) each time `RESIDENT_WINDOW` bytes have been read from the map. A worker's
-    memory is then its budget plus that window, whatever the size of its share.
+    the page cache) each time a window of bytes has been read from the map: the budget again,
+    between 1 MiB and `MAX_WINDOW`. A store's memory is then at most about twice its budget,
+    whatever the size of its share.
     """
 
-    RESIDENT_WINDOW = 32 << 20
+    MAX_WINDOW = 32 << 20
 
     def __init__(
         self,
@@ -75,6 +76,7 @@ class RowStore:
         )
         self._spill_dir = spill_dir
         self._tmp = self._file = self._map = self._disk = None
+        self._window = min(self.MAX_WINDOW, max(int(budget_bytes), 1 << 20))
         self._read_since_release = 0
         self.n_memory = 0
         self.n_spilled = 0
@@ -122,7 +124,7 @@ class RowStore:
             order = high[np.argsort(rows[high], kind="stable")]  # ascending reads from the map
             out[order] = self._disk[rows[order] - self.n_memory]
             self._read_since_release += len(high) * self.row_bytes
-            if self._read_since_release >= self.RESIDENT_WINDOW:
+            if self._read_since_release >= self._window:
                 self._map.madvise(mmap.MADV_DONTNEED)
                 self._read_since_release = 0
         return out
