@@ -36,7 +36,9 @@ class Selection:
 def selection(ids: np.ndarray, reason: str, notes: list[str] | None = None) -> Selection:
     """A Selection whose ids all share one reason."""
     ids = np.asarray(ids, dtype=np.int64)
-    return Selection(ids, np.full(len(ids), reason, dtype=object), list(notes or []))
+    reasons = np.empty(len(ids), dtype=object)
+    reasons[:] = reason  # one str shared by every row (np.full would make one a row)
+    return Selection(ids, reasons, list(notes or []))
 
 
 def smallest_per_group(
