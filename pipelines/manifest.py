@@ -45,7 +45,11 @@ class ShareManifest:
         """Enter those of `ids` that this share holds (the others are other ranks' rows) as
         joining in `round_index`, for `reasons` (one, or one an id). Returns how many."""
         ids = np.asarray(ids, np.int64).reshape(-1)
-        reasons = pa.array(np.broadcast_to(np.asarray(reasons, object), ids.shape), pa.string())
+        reasons = (
+            pa.DictionaryArray.from_arrays(np.zeros(len(ids), np.int8), [reasons])
+            if np.ndim(reasons) == 0
+            else pa.array(np.asarray(reasons, object), pa.string())
+        )
         return self._enter(ids, np.full(len(ids), round_index, np.int32), reasons)
 
     def subset_rows(self) -> np.ndarray:
@@ -95,6 +99,7 @@ class ShareManifest:
         codes = np.array([self._code(r) for r in encoded.dictionary.to_pylist()], np.uint8)
         self.round[at[mine]] = rounds[mine]
         self.code[at[mine]] = codes[encoded.indices.to_numpy(zero_copy_only=False)]
+        pa.default_memory_pool().release_unused()  # Arrow's allocator would keep it
         return int(mine.sum())
 
     def _code(self, reason: str) -> int:
@@ -113,18 +118,21 @@ class ShareManifest:
         return at, self.ids[at] == ids
 
 
-def merge_parts(folder: Path, world: int, out: Path) -> int:
+def merge_parts(folder: Path, world: int, out: Path, tag=None) -> int:
     """Stream the `world` parts in `folder` into the one manifest file `out`, rank by rank, a
-    row group at a time (all or nothing). Returns the rows written."""
+    row group at a time (all or nothing); `tag(batch) -> batch` adds columns on the way.
+    Returns the rows written."""
+    tag = tag or (lambda batch: batch)
     written = 0
 
     def write(f) -> None:
         nonlocal written
-        with pq.ParquetWriter(f, SCHEMA) as writer:
+        schema = tag(pa.RecordBatch.from_pylist([], schema=SCHEMA)).schema
+        with pq.ParquetWriter(f, schema) as writer:
             for rank in range(world):
                 part = pq.ParquetFile(Path(folder) / part_name(rank))
                 for batch in part.iter_batches(batch_size=WRITE_ROWS):
-                    writer.write_batch(batch)
+                    writer.write_batch(tag(batch))
                     written += batch.num_rows
 
     atomic_write(Path(out), write)
@@ -142,9 +150,9 @@ def read_manifest(run_dir: Path) -> dict:
     }
 
 
-def write_run_dir(checkpoint: Path, run_dir: Path, world: int) -> None:
-    """Bring the run directory up to a checkpoint of `world` ranks: the manifest, then the
-    state (a reader may find the manifest one phase ahead of a state cut short; a resume
-    starts from the checkpoint, not from these)."""
-    merge_parts(checkpoint, world, Path(run_dir) / MANIFEST)
+def write_run_dir(checkpoint: Path, run_dir: Path, world: int, tag=None) -> None:
+    """Bring the run directory up to a checkpoint of `world` ranks: the manifest (through
+    `tag`, as `merge_parts`), then the state. A reader may find the manifest one phase ahead
+    of a state cut short; a resume starts from the checkpoint, not from these."""
+    merge_parts(checkpoint, world, Path(run_dir) / MANIFEST, tag)
     RunState.load(checkpoint).save(run_dir)

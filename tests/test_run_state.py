@@ -1,6 +1,7 @@
 """The run state survives a save/load and a half-finished save."""
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -109,3 +110,16 @@ def test_the_run_clock_runs_on_through_a_worker_restart_and_skips_the_time_no_dr
     assert run_clock_origin(RunState(seconds=50.0, clock_origin=100.0), 120.0) == 100.0
     # Saved before this session began at 1000: resumed, 50 s in already.
     assert run_clock_origin(RunState(seconds=50.0, clock_origin=100.0), 1000.0) == 950.0
+
+
+def test_a_tag_adds_columns_as_the_parts_stream_through(tmp_path):
+    for rank, m in enumerate(_two_ranks()):
+        m.write(tmp_path, rank)
+
+    def tag(batch):
+        return batch.append_column("odd", pa.array(batch.column("id").to_numpy() % 2 == 1))
+
+    merge_parts(tmp_path, 2, tmp_path / MANIFEST, tag)
+    merged = pq.read_table(tmp_path / MANIFEST)
+    assert merged.column_names == ["id", "round", "reason", "odd"]
+    assert merged["odd"].to_pylist() == [True, True, False, True, True]

@@ -32,14 +32,13 @@ from raysift.data.ingest import PROVENANCE_DIR, DataInfo, ingest, load_info
 from raysift.job.engine import train_job
 from raysift.job.messages import EVENTS
 from raysift.job.progress import Feed, Progress
-from raysift.manifest import MANIFEST, write_run_dir
+from raysift.manifest import write_run_dir
 from raysift.operators.contract import ID, DataError
 from raysift.operators.norms import KINDS as NORM_KINDS
 from raysift.report.comparison import subset_cell
 from raysift.run_state import (
     RunState,
     atomic_write_json,
-    atomic_write_table,
     compute_totals,
     overhead_seconds,
     replace_via_staging,
@@ -112,7 +111,7 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
     with Feed(run_dir / EVENTS, Progress(job.name, state.records, echo)) as events:
         result = _trainer(job, info, run_dir, events, started_at).fit()
     checkpoint = Path(result.checkpoint.path)
-    write_run_dir(checkpoint, run_dir, job.train.num_workers)
+    write_run_dir(checkpoint, run_dir, job.train.num_workers, source_tagger(run_dir))
     state = RunState.load(run_dir)
     final_dir = run_dir / "final"
     shutil.rmtree(final_dir, ignore_errors=True)
@@ -121,7 +120,6 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
     summary = _summary(job, state, ingest_seconds, time.time() - state.clock_origin, info)
     if plan:
         summary["plan"] = dataclasses.asdict(plan)
-    tag_manifest(run_dir)
     atomic_write_json(run_dir / SUMMARY, summary)
     echo(format_summary(summary))
     return summary
@@ -233,26 +231,26 @@ def format_summary(summary: dict) -> str:
     )
 
 
-def tag_manifest(run_dir: Path) -> None:
-    """Add each manifest row's `source` ("real", or the job that generated it, from
-    data/provenance), so the manifest counts real and synthetic rows apart."""
+def source_tagger(run_dir: Path):
+    """`tag(batch)`: manifest rows with their `source` ("real", or the job that generated the
+    row, from data/provenance), so the manifest counts real and synthetic rows apart; None
+    when the data has no generated rows."""
     folder = run_dir / "data" / PROVENANCE_DIR
     if not folder.is_dir():
-        return
+        return None
     made = pq.read_table(folder, columns=[ID, "source"])
     order = np.argsort(made[ID].to_numpy(), kind="stable")
     made_ids = made[ID].to_numpy()[order]
     tags = made["source"].to_numpy(zero_copy_only=False)[order]
-    manifest = pq.read_table(run_dir / MANIFEST)
-    ids = manifest[ID].to_numpy()
-    at = np.minimum(np.searchsorted(made_ids, ids), max(len(made_ids) - 1, 0))
-    hit = (made_ids[at] == ids) if len(made_ids) else np.zeros(len(ids), bool)
-    source = np.where(hit, tags[at] if len(made_ids) else "", "real")
-    if "source" in manifest.column_names:
-        manifest = manifest.drop_columns(["source"])
-    atomic_write_table(
-        run_dir / MANIFEST, manifest.append_column("source", pa.array(source.astype(str)))
-    )
+
+    def tag(batch: pa.RecordBatch) -> pa.RecordBatch:
+        ids = batch.column(ID).to_numpy()
+        at = np.minimum(np.searchsorted(made_ids, ids), max(len(made_ids) - 1, 0))
+        hit = (made_ids[at] == ids) if len(made_ids) else np.zeros(len(ids), bool)
+        source = np.where(hit, tags[at] if len(made_ids) else "", "real")
+        return batch.append_column("source", pa.array(source.astype(str), pa.string()))
+
+    return tag
 
 
 def _check_run_dir(run_dir: Path, job: JobConfig, *, resume: bool, overwrite: bool) -> bool:
