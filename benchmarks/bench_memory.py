@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_memory.py [--sizes 60000 240000 960000] [--cache-mb 16]
 
 Each size is a whole job with `train.cache_mb` fixed: past it, a worker's rows spill to a
-memory-mapped file on local disk. Prints, per size and strategy, the train split's features
+file on local disk. Prints, per size and strategy, the train split's features
 per worker against the budget, the workers' peak resident memory (the largest over ranks and
 phases, as each worker measures it), the wall time and the test accuracy. A flat peak as the
 data grows is the point; short schedules keep the large sizes affordable on two cores.

@@ -36,7 +36,7 @@ def test_owners_are_even_and_fixed_by_the_seed():
 
 def test_a_store_past_its_budget_gives_back_the_same_rows():
     x = np.random.default_rng(0).normal(size=(50, 2, 3)).astype(np.float32)
-    rows = np.array([49, 0, 7, 30, 7, 12, 48])
+    rows = np.array([49, 0, 7, 30, 7, 12, 48, 31, 32, 33])  # repeats, runs of adjacent rows
     full = RowStore((2, 3), budget_bytes=10**9)
     small = RowStore((2, 3), budget_bytes=10 * 24)  # 10 rows of 24 bytes in memory
     for store in (full, small):

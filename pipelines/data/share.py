@@ -4,14 +4,14 @@ A row belongs to rank `hash(seed, id) % world`: the shares are even, fixed by th
 (not by file layout or read order), and no rows ever move between workers. Each worker streams
 the split's Parquet files once with pyarrow (no Ray Data tasks, which the training workers would
 starve of CPUs) and keeps its rows' features in a `RowStore`: in memory up to `budget_bytes`,
-the rest in a memory-mapped file on local disk. Every epoch and every pool scan reads from the
+the rest in a file on local disk. Every epoch and every pool scan reads from the
 store, so nothing is read twice and no process ever holds more than its budget of features.
 Ids and labels (16 bytes a row) stay in memory.
 """
 
 from __future__ import annotations
 
-import mmap
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,17 +45,14 @@ def owner(ids: np.ndarray, seed: int, world: int) -> np.ndarray:
 
 class RowStore:
     """Fixed-shape rows of one dtype, appended once: the first `budget_bytes` in memory, the rest
-    appended to one file under `spill_dir` and read back through a memory map (the file goes
-    with the store).
+    appended to one file under `spill_dir` (it goes with the store) and read back with
+    positioned reads, one a run of adjacent rows.
 
-    Mapped pages count as the process's resident memory once read, so a pass over a large spill
-    file would end up holding all of it: the store hands the pages back to the OS (they stay in
-    the page cache) each time a window of bytes has been read from the map: the budget again,
-    between 1 MiB and `MAX_WINDOW`. A store's memory is then at most about twice its budget,
-    whatever the size of its share.
+    The file's pages stay in the OS page cache, not in the worker: a store holds its budget
+    and the batch it hands out, whatever the size of its share. (A memory map counts the
+    pages it touched as the worker's own, and the kernel maps pages in large runs: one batch
+    of random rows made a whole 56 MB spill file resident.)
     """
-
-    MAX_WINDOW = 32 << 20
 
     def __init__(
         self,
@@ -75,9 +72,7 @@ class RowStore:
             (room if capacity is None else min(room, capacity), *self.row_shape), self.dtype
         )
         self._spill_dir = spill_dir
-        self._tmp = self._file = self._map = self._disk = None
-        self._window = min(self.MAX_WINDOW, max(int(budget_bytes), 1 << 20))
-        self._read_since_release = 0
+        self._tmp = self._file = None
         self.n_memory = 0
         self.n_spilled = 0
 
@@ -94,46 +89,49 @@ class RowStore:
                 self._tmp = tempfile.TemporaryDirectory(
                     prefix="raysift-share-", dir=self._spill_dir
                 )
-                self._file = open(Path(self._tmp.name) / "rows.bin", "wb")
+                self._file = open(Path(self._tmp.name) / "rows.bin", "w+b")
             self._file.write(np.ascontiguousarray(x[k:]).tobytes())
             self.n_spilled += len(x) - k
 
     def finish(self) -> "RowStore":
-        """Trim the memory part to what it holds and map the spilled file."""
+        """Trim the memory part to what it holds and flush the spilled rows to their file."""
         self._mem = self._mem[: self.n_memory]
         if self._file is not None:
-            self._file.close()
-            self._file = None
-            with open(Path(self._tmp.name) / "rows.bin", "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            self._disk = np.frombuffer(self._map, self.dtype).reshape(
-                self.n_spilled, *self.row_shape
-            )
+            self._file.flush()
         return self
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The rows at `rows` (positions in append order), as a new array in that order."""
         rows = np.asarray(rows, dtype=np.int64)
-        if self._disk is None:
+        if self._file is None:
             return self._mem[rows]
         out = np.empty((len(rows), *self.row_shape), self.dtype)
         low = rows < self.n_memory
         out[low] = self._mem[rows[low]]
         high = np.flatnonzero(~low)
         if len(high):
-            order = high[np.argsort(rows[high], kind="stable")]  # ascending reads from the map
-            out[order] = self._disk[rows[order] - self.n_memory]
-            self._read_since_release += len(high) * self.row_bytes
-            if self._read_since_release >= self._window:
-                self._map.madvise(mmap.MADV_DONTNEED)
-                self._read_since_release = 0
+            order = high[np.argsort(rows[high], kind="stable")]
+            out[order] = self._read(rows[order] - self.n_memory)
+        return out
+
+    def _read(self, spilled: np.ndarray) -> np.ndarray:
+        """Rows of the file at ascending positions `spilled`: one read a run of adjacent rows."""
+        out = np.empty((len(spilled), *self.row_shape), self.dtype)
+        view, size = memoryview(out).cast("B"), self.row_bytes
+        starts = np.flatnonzero(np.diff(spilled, prepend=-2) != 1)
+        for start, end in zip(starts, [*starts[1:], len(spilled)]):
+            want = (end - start) * size
+            got = os.preadv(
+                self._file.fileno(), [view[start * size : end * size]], int(spilled[start]) * size
+            )
+            if got != want:
+                raise OSError(f"{self._file.name}: read {got} of {want} bytes")
         return out
 
     def close(self) -> None:
-        self._disk = None
-        if self._map is not None:
-            self._map.close()
-            self._map = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
