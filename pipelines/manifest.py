@@ -86,7 +86,8 @@ class ShareManifest:
         """This share's rows of every rank's part in `folder` (a checkpoint), read a row group
         at a time: a restarted group finds its rows whatever rank wrote them."""
         for path in sorted(Path(folder).glob(part_name("*"))):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=WRITE_ROWS):
+            batches = pq.ParquetFile(path).iter_batches(batch_size=WRITE_ROWS, use_threads=False)
+            for batch in batches:
                 self._enter(
                     batch.column("id").to_numpy(),
                     batch.column("round").to_numpy(),
@@ -94,12 +95,23 @@ class ShareManifest:
                 )
 
     def _enter(self, ids: np.ndarray, rounds: np.ndarray, reasons: pa.Array) -> int:
+        """Enter rows a block at a time (a `full` run's first subset is every row), and hand
+        Arrow's unused memory back after: its allocator would keep it."""
+        taken = sum(
+            self._enter_block(
+                ids[i : i + WRITE_ROWS], rounds[i : i + WRITE_ROWS], reasons[i : i + WRITE_ROWS]
+            )
+            for i in range(0, len(ids), WRITE_ROWS)
+        )
+        pa.default_memory_pool().release_unused()
+        return taken
+
+    def _enter_block(self, ids: np.ndarray, rounds: np.ndarray, reasons: pa.Array) -> int:
         at, mine = self._positions(ids)
         encoded = reasons.filter(pa.array(mine)).dictionary_encode()
         codes = np.array([self._code(r) for r in encoded.dictionary.to_pylist()], np.uint8)
         self.round[at[mine]] = rounds[mine]
         self.code[at[mine]] = codes[encoded.indices.to_numpy(zero_copy_only=False)]
-        pa.default_memory_pool().release_unused()  # Arrow's allocator would keep it
         return int(mine.sum())
 
     def _code(self, reason: str) -> int:

@@ -123,3 +123,11 @@ def test_a_tag_adds_columns_as_the_parts_stream_through(tmp_path):
     merged = pq.read_table(tmp_path / MANIFEST)
     assert merged.column_names == ["id", "round", "reason", "odd"]
     assert merged["odd"].to_pylist() == [True, True, False, True, True]
+
+
+def test_additions_past_one_block_are_all_entered():
+    ids = np.arange(70_000) * 3  # more than one block of 65,536
+    manifest = ShareManifest(ids)
+    assert manifest.add(ids[::-1], "all", 0) == 70_000
+    assert manifest.add(np.arange(70_000) * 3 + 1, "hard", 1) == 0  # none of them is here
+    assert len(manifest.subset_rows()) == 70_000 and len(manifest.pool_rows()) == 0

@@ -309,15 +309,14 @@ class Worker:
         perm = np.random.default_rng(
             derive_seed(job.seed, "epoch", phase.index, epoch, self.rank)
         ).permutation(len(plan.pick))
-        order = np.resize(perm, length)  # wrapped around: every rank takes `length` rows
-        own = np.arange(length) < len(perm)  # each picked row's one entry that is not padding
         steps = -(-length // b)
         weights = None if plan.weights is None else plan.weights.to(self.device, torch.float32)
-        losses_seen = torch.zeros(len(plan.pick), dtype=torch.float64)
+        losses_seen = None if weights is None else torch.zeros(len(perm), dtype=torch.float64)
         self.model.train()
         for step in range(steps):
             start = time.perf_counter()
-            at = order[step * b : (step + 1) * b]
+            slots = np.arange(step * b, min((step + 1) * b, length))
+            at = perm[slots % len(perm)]  # wrapped around: every rank takes `length` rows
             positions = rows[plan.pick[at]]
             x, y = device_batch(self.train, positions, self.device)
             targets = self.train.targets(positions, self.num_classes)
@@ -328,7 +327,7 @@ class Worker:
                 loss = batch_loss(self.model, x, y, self.num_classes, job, generator, targets)
             else:
                 losses = sample_losses(self.model, x, y, job, generator, targets)
-                keep = own[step * b : (step + 1) * b]
+                keep = slots < len(perm)  # each picked row's one entry that is not padding
                 losses_seen[at[keep]] = (
                     losses.detach()[torch.from_numpy(keep).to(self.device)].double().cpu()
                 )
