@@ -22,7 +22,8 @@ DROPPED = "dropped"  # the reason of samples a strategy took out of the pool unt
 SCHEMA = pa.schema([("id", pa.int64()), ("round", pa.int32()), ("reason", pa.string())])
 
 
-def part_name(rank: int) -> str:
+def part_name(rank: int | str) -> str:
+    """A rank's part of a checkpoint's manifest ("*": every rank's, as a glob)."""
     return f"manifest-rank{rank}.parquet"
 
 
