@@ -13,7 +13,8 @@ same config gives the same numbers on CPU.
 
 After every epoch and every round the ranks report a Ray Train checkpoint: the model, the
 optimiser and schedule mid-phase, where the job stands and the run state (rank 0), and each
-rank's policy state. Ray Train restarts a failed worker group from the latest one
+rank's manifest rows and policy state (pipelines/manifest.py: no rank holds the whole
+manifest). Ray Train restarts a failed worker group from the latest one
 (FailureConfig), and a driver started again on the same run directory resumes from it.
 """
 
