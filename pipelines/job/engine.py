@@ -50,7 +50,7 @@ from raysift.selection.strategies import (
     rank_batch,
 )
 from raysift.training.best import BestWeights
-from raysift.training.collective import all_max, all_sum, all_sum_np, sync_buffers
+from raysift.training.collective import all_max, all_sum, all_sum_int, all_sum_np, sync_buffers
 from raysift.training.evaluate import hit_sums, metrics
 from raysift.training.loss import batch_generator, batch_loss, sample_losses
 from raysift.training.models import build_model, unwrap
@@ -144,7 +144,7 @@ class Worker:
         if not state.manifest_rows:  # a new run: the first subset
             first = self.policy.initial(self._view(0, self.manifest.pool_rows()))
             taken = self.manifest.add(first.ids, first.reasons, 0)
-            state.manifest_rows = int(all_sum_np(np.array([taken]))[0])
+            state.manifest_rows = all_sum_int(taken)
             self._publish(Notes(first.notes))
         while state.stop_reason is None:
             self._round()
@@ -219,7 +219,7 @@ class Worker:
         """Train the phase's remaining epochs on the subset, one checkpoint after each."""
         job = self.job
         rows = self.manifest.subset_rows()
-        subset_size = int(all_sum_np(np.array([len(rows)]))[0])
+        subset_size = all_sum_int(len(rows))
         if all_max(int(not len(rows))):
             raise ValueError(
                 f"train.num_workers: a worker holds none of the {subset_size} subset rows; "
@@ -277,7 +277,7 @@ class Worker:
             "phase": phase.kind,
             "subset_size": subset_size,
             "epochs": phase.epochs,
-            "subset_synthetic": int(all_sum(torch.tensor([self.train.count_synthetic(rows)]))),
+            "subset_synthetic": all_sum_int(self.train.count_synthetic(rows)),
             "val_accuracy": val["val_accuracy"],
             "val_balanced_accuracy": val["val_balanced_accuracy"],
             "val_loss": val["val_loss"],
@@ -349,7 +349,7 @@ class Worker:
         (pipelines/training/schedule.py).
         """
         job, s = self.job, self.job.strategy
-        n = int(all_sum(torch.tensor([len(self.train)], dtype=torch.int64))[0])
+        n = all_sum_int(len(self.train))
         initial, increment = self.policy.planned_sizes(job, n, self.num_classes)
         final_epochs = job.train.final_epochs
         total = planned_train_passes(

@@ -37,6 +37,7 @@ from raysift.selection.infobatch import initial_scores, plan_epoch, update_score
 from raysift.selection.scan import scan_pool
 from raysift.training.collective import (
     all_sum,
+    all_sum_int,
     all_sum_np,
     gather,
     merge_smallest,
@@ -237,7 +238,7 @@ class RandomGrowth(Policy):
     plans_budget = True
 
     def initial(self, view: RoundView) -> Selection:
-        total = int(all_sum_np(np.array([len(view.pool)]))[0])
+        total = all_sum_int(len(view.pool))
         n = math.floor(view.job.strategy.initial_ratio * total + 0.5)
         return random_pick(view, n, derive_seed(view.job.seed, "initial"), "initial")
 

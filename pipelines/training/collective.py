@@ -57,6 +57,11 @@ def all_min_np(a: np.ndarray) -> np.ndarray:
     return t.numpy()
 
 
+def all_sum_int(value: int) -> int:
+    """A count summed over ranks."""
+    return int(all_sum_np(np.array([value], np.int64))[0])
+
+
 def all_max(value: int) -> int:
     t = torch.tensor([value], dtype=torch.int64)
     if grouped():
@@ -152,7 +157,7 @@ def representatives(
     within `dedup` of one of `taken`, this rank's rows already chosen (flat, in the same space;
     every rank's count). Each cluster offers DEDUP_OVERSAMPLE times its share; past that many
     near-copies it gets fewer rows."""
-    n = int(all_sum_np(np.array([len(rows[ID])]))[0])
+    n = all_sum_int(len(rows[ID]))
     if n == 0 or (n <= n_total and dedup is None):
         return np.concatenate(gather(rows[ID])).astype(np.int64)
     k = min(n_clusters, n)
