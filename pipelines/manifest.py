@@ -82,6 +82,7 @@ class ShareManifest:
 
     def write(self, folder: Path, rank: int) -> None:
         atomic_write_table(Path(folder) / part_name(rank), self.table())
+        _hand_back_arrow_memory()
 
     def load(self, folder: Path) -> None:
         """This share's rows of every rank's part in `folder` (a checkpoint), read a row group
@@ -96,15 +97,14 @@ class ShareManifest:
                 )
 
     def _enter(self, ids: np.ndarray, rounds: np.ndarray, reasons: pa.Array) -> int:
-        """Enter rows a block at a time (a `full` run's first subset is every row), and hand
-        Arrow's unused memory back after: its allocator would keep it."""
+        """Enter rows a block at a time: a `full` run's first subset is every row."""
         taken = sum(
             self._enter_block(
                 ids[i : i + WRITE_ROWS], rounds[i : i + WRITE_ROWS], reasons[i : i + WRITE_ROWS]
             )
             for i in range(0, len(ids), WRITE_ROWS)
         )
-        pa.default_memory_pool().release_unused()
+        _hand_back_arrow_memory()
         return taken
 
     def _enter_block(self, ids: np.ndarray, rounds: np.ndarray, reasons: pa.Array) -> int:
@@ -149,7 +149,14 @@ def merge_parts(folder: Path, world: int, out: Path, tag=None) -> int:
                     written += batch.num_rows
 
     atomic_write(Path(out), write)
+    _hand_back_arrow_memory()
     return written
+
+
+def _hand_back_arrow_memory() -> None:
+    """After the manifest's Arrow work: Arrow's allocator keeps what it freed, so a worker that
+    wrote a table of its share would hold that much for the rest of the job."""
+    pa.default_memory_pool().release_unused()
 
 
 def read_manifest(run_dir: Path) -> dict:

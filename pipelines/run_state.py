@@ -88,22 +88,15 @@ class RunState:
     seconds: float = 0.0
     clock_origin: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RunState":
-        return cls(**d)
-
     def save(self, folder: Path) -> None:
         folder = Path(folder)
-        atomic_write_json(folder / STATE, self.to_dict())
+        atomic_write_json(folder / STATE, asdict(self))
         atomic_write_json(folder / ROUNDS, self.records)  # a readable copy; state is the truth
 
     @classmethod
     def load(cls, folder: Path) -> "RunState | None":
         path = Path(folder) / STATE
-        return cls.from_dict(json.loads(path.read_text())) if path.exists() else None
+        return cls(**json.loads(path.read_text())) if path.exists() else None
 
 
 def compute_totals(records: list) -> dict:

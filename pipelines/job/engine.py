@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 import torch
@@ -401,7 +400,6 @@ class Worker:
             if self.rank == 0:
                 with ray.train.get_checkpoint().as_directory() as d:
                     write_run_dir(Path(d), self.run_dir, self.world)
-        pa.default_memory_pool().release_unused()  # the tables written: Arrow would keep it
 
     def _restore(self, model, d: Path) -> None:
         saved = torch.load(d / MODEL_FILE, map_location="cpu", weights_only=True)
