@@ -123,7 +123,7 @@ def main() -> None:
         f"{int(made.sum()):>10,}{seconds:>8.0f}{made.sum() / seconds:>8,.0f}"
         f"{driver_mb:>10,}{workers.peak_mb:>10,}{str(balanced):>9}"
     )
-    spill_lines = [line for line in spilled.splitlines() if "pill" in line]
+    spill_lines = [line for line in spilled.splitlines() if "spill" in line.lower()]
     print("\n".join(spill_lines) or "Ray reported no object spilled to disk")
 
 
