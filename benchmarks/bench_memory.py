@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/bench_memory.py [--sizes 60000 240000 960000] [--cache-mb 16]
 
-Each size is a whole job with `train.cache_mb` fixed: past it, a worker's rows spill to a
-file on local disk. Prints, per size and strategy, the train split's features
-per worker against the budget, the workers' peak resident memory (the largest over ranks and
-phases, as each worker measures it), the wall time and the test accuracy. A flat peak as the
-data grows is the point; short schedules keep the large sizes affordable on two cores.
+Each size is a whole job with `train.cache_mb` fixed: past it, a worker's rows spill to a file
+on local disk. Prints, per size and strategy, the train split's features per worker against the
+budget, the workers' peak resident memory (the largest over ranks and phases, as each worker
+measures it), the compute (sample-passes), the wall time and the test accuracy. A flat peak as
+the data grows is the point; short schedules keep the large sizes affordable on two cores.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     init_ray()
     print(
         f"{'strategy':<9}{'samples':>9}{'MB/worker':>10}{'x budget':>9}{'peak RSS MB':>12}"
-        f"{'wall s':>8}{'test acc':>9}",
+        f"{'compute':>10}{'wall s':>8}{'test acc':>9}",
         flush=True,
     )
     for size in args.sizes:
@@ -70,7 +70,7 @@ def main() -> None:
             per_worker = info.counts["train"] * row_bytes / job.train.num_workers / 2**20
             print(
                 f"{strategy:<9}{size:>9}{per_worker:>10.1f}{per_worker / args.cache_mb:>9.1f}"
-                f"{s['peak_rss_mb']:>12.0f}{s['wall_seconds']['total']:>8.0f}"
+                f"{s['peak_rss_mb']:>12.0f}{s['compute']:>10,.0f}{s['wall_seconds']['total']:>8.0f}"
                 f"{s['test_accuracy']:>9.4f}",
                 flush=True,
             )
