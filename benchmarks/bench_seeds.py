@@ -1,9 +1,11 @@
 """Strategies and M2 variants over several seeds: mean ± std against `full` of the same seed.
 
     .venv/bin/python benchmarks/bench_seeds.py [--job configs/demo_mnist1d.yaml] [--seeds 0,1,2]
-        [--set source.num_samples=20000 ...] [--root runs/bench_seeds]
+        [--variants m2,m2-all] [--budget-fraction 0.3] [--set source.num_samples=20000 ...]
+        [--root runs/bench_seeds]
 
-Runs the baselines (`full`, `infobatch`, `seta`) and each M2 variant of VARIANTS once per seed
+Runs the baselines (`full`, `infobatch`, `seta`) and each variant of VARIANTS (M2's options, and
+`random` on M2's plan) once per seed
 under ROOT/seed<k>/<label>/, as `raysift compare --seeds` does, but with several M2 variants
 side by side (one job cannot hold two M2 configurations). A finished run (its summary.json is
 there) is read, not run again, so the seeds can be run a few at a time and the table grows.
@@ -37,37 +39,22 @@ PLANNED_NULL = {
     "train.epochs_per_round": None,
     "train.final_epochs": None,
 }
+PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL}  # --budget-fraction sets the share
+SCHED = {"train.lr_schedule": "run_onecycle"}
+FILL = {"strategy.hard_fill": "margin"}
 VARIANTS = {
     "m2": {},
-    "m2-plan": {"strategy.budget_fraction": 0.3, **PLANNED_NULL},
-    "m2-all": {
-        "strategy.budget_fraction": 0.3,
-        **PLANNED_NULL,
-        "train.lr_schedule": "run_onecycle",
-        "train.final_keep_best": True,
-        "strategy.hard_fill": "margin",
-    },
+    "m2-plan": PLAN,
+    "m2-all": {**PLAN, **SCHED, **FILL, "train.final_keep_best": True},
+    # the two changes that paid, without the one that did not (final_keep_best)
+    "m2-sched-fill": {**PLAN, **SCHED, **FILL},
     # each change alone on top of the plan
-    "m2-plan-sched": {
-        "strategy.budget_fraction": 0.3,
-        **PLANNED_NULL,
-        "train.lr_schedule": "run_onecycle",
-    },
-    "m2-plan-best": {
-        "strategy.budget_fraction": 0.3,
-        **PLANNED_NULL,
-        "train.final_keep_best": True,
-    },
-    "m2-plan-fill": {
-        "strategy.budget_fraction": 0.3,
-        **PLANNED_NULL,
-        "strategy.hard_fill": "margin",
-    },
-    "m2-plan-prune": {
-        "strategy.budget_fraction": 0.3,
-        **PLANNED_NULL,
-        "strategy.round_prune_ratio": 0.3,
-    },
+    "m2-plan-sched": {**PLAN, **SCHED},
+    "m2-plan-best": {**PLAN, "train.final_keep_best": True},
+    "m2-plan-fill": {**PLAN, **FILL},
+    "m2-plan-prune": {**PLAN, "strategy.round_prune_ratio": 0.3},
+    # random additions on M2's plan and schedule: the equal-compute control
+    "random-plan": {**PLAN, **SCHED, "strategy.name": "random"},
 }
 DEFAULT_VARIANTS = ("m2", "m2-plan", "m2-all")
 
@@ -103,6 +90,9 @@ def main() -> None:
         "--variants", default=",".join(DEFAULT_VARIANTS), help=f"of {', '.join(VARIANTS)}"
     )
     parser.add_argument("--baselines", default=",".join(BASELINES))
+    parser.add_argument(
+        "--budget-fraction", type=float, default=0.3, help="of full's compute, for planned variants"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -111,7 +101,11 @@ def main() -> None:
     summaries = []
     for seed in (int(s) for s in args.seeds.split(",")):
         runs = [(name, name, {}) for name in args.baselines.split(",") if name]
-        runs += [("m2", label, VARIANTS[label]) for label in args.variants.split(",") if label]
+        for label in filter(None, args.variants.split(",")):
+            overrides = dict(VARIANTS[label])
+            if "strategy.budget_fraction" in overrides:
+                overrides["strategy.budget_fraction"] = args.budget_fraction
+            runs.append((overrides.pop("strategy.name", "m2"), label, overrides))
         mine = []
         for strategy, label, overrides in runs:
             s = run_one(args.job, {**common, **overrides}, seed, strategy, label, root)
