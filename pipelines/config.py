@@ -182,6 +182,9 @@ class SynthesizeConfig:
     batch_size: int = 64  # vae, gan, neural
     latent: int = 16  # vae, gan: noise dimensions
     hidden: int = 256  # vae, gan: width of the MLPs
+    # vae, gan: train in the driver up to this many train rows; above, one Ray Train run of
+    # train.num_workers workers, each on its own rows (DDP)
+    in_process_rows: int = 20000
     steps: int = 50  # style: Adam steps per new sample
     style_weight: float = 10.0  # style: against content weight 1
     tv_weight: float = 0.1  # style: total variation
@@ -349,6 +352,7 @@ class JobConfig:
         for name in ("lr", "style_weight", "tv_weight", "content_weight"):
             check_field(getattr(y, name) >= 0, f"synthesize.{name}", getattr(y, name), ">= 0")
         check_field(y.lr > 0, "synthesize.lr", y.lr, "> 0")
+        check_field(y.in_process_rows >= 0, "synthesize.in_process_rows", y.in_process_rows, ">= 0")
         check_field(0 <= y.moex_lambda <= 1, "synthesize.moex_lambda", y.moex_lambda, "in [0, 1]")
         check_field(
             y.moments in MOMENTS, "synthesize.moments", y.moments, f"one of {', '.join(MOMENTS)}"

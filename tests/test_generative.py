@@ -1,9 +1,13 @@
 """VAE and GAN generators: training, saving, and the Ray Data job that samples labelled rows."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from gloo_group import run_gloo
 
+from raysift.data.share import Share
 from raysift.operators.augment import IdScheme
 from raysift.operators.contract import ID, LABEL, X
 from raysift.operators.generate import class_slots, sample_dataset
@@ -35,6 +39,47 @@ def test_a_fitted_generator_follows_its_condition_and_reloads(kind, tmp_path):
     assert torch.equal(again.sample(wanted, torch.Generator().manual_seed(2)), drawn)
     same = generative.fit(spec, x, labels, epochs=60, batch_size=24, lr=1e-2, seed=1)
     assert torch.equal(same.sample(wanted, torch.Generator().manual_seed(2)), drawn)
+
+
+def _fit_rank_rows(rank, out_dir):
+    """Rank r holds rows r, r + 2, ...: half the data each, trained together under DDP."""
+    kind = (Path(out_dir) / "kind").read_text()
+    x, labels = two_class_signals()
+    share = Share.from_arrays(np.arange(rank, 24, 2), labels[rank::2].numpy(), x[rank::2].numpy())
+    spec = GeneratorSpec(kind, (1, 6), 2, latent=4, hidden=16)
+    model = generative.fit_share(spec, share, epochs=3, batch_size=8, lr=1e-2, seed=1)
+    torch.save(model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+
+
+@pytest.mark.parametrize("kind", generative.KINDS)
+def test_two_ranks_train_one_generator_on_their_own_rows(kind, tmp_path):
+    (tmp_path / "kind").write_text(kind)
+    run_gloo(_fit_rank_rows, tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # The scale is the whole data's, summed over the ranks, not each rank's own.
+    x, labels = two_class_signals()
+    flat = x.reshape(24, -1)
+    torch.testing.assert_close(ranks[0]["mean"], flat.mean(0))
+    torch.testing.assert_close(ranks[0]["std"], flat.std(0, unbiased=False))
+    # Different rows on each rank, the same weights after every step: DDP averaged them.
+    assert ranks[0].keys() == ranks[1].keys()
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    alone = generative.fit_share(
+        GeneratorSpec(kind, (1, 6), 2, latent=4, hidden=16),
+        Share.from_arrays(np.arange(0, 24, 2), labels[0::2].numpy(), x[0::2].numpy()),
+        epochs=3,
+        batch_size=8,
+        lr=1e-2,
+        seed=1,
+    ).state_dict()
+    assert any(not torch.equal(alone[n], ranks[0][n]) for n in alone if n not in ("mean", "std"))
+
+
+def test_a_generator_needs_two_rows():
+    x, labels = two_class_signals(1)
+    with pytest.raises(ValueError, match=r"at least 2 samples.*got \[1\] on 1 worker"):
+        generative.fit(GeneratorSpec("vae", (1, 6), 2), x, labels, epochs=1)
 
 
 def test_class_slots_are_class_by_class():

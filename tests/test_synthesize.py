@@ -77,6 +77,27 @@ def test_rows_of_every_kind_join_the_train_split(kind, small_run, ray_session):
         assert (data.parent / "generators" / f"{kind}.pt").exists()
 
 
+def test_past_in_process_rows_a_gan_trains_in_a_ray_train_run_and_repeats(small_run, ray_session):
+    import shutil
+
+    import torch
+
+    job, data = small_run("gan", in_process_rows=10)  # 32 train rows: two workers train it
+    assert job.train.num_workers == 2
+    add_synthetic(job, data, data.parent)
+    saved = data.parent / "generators"
+    assert sorted(p.name for p in saved.iterdir()) == ["gan.pt"]  # Ray Train's files removed
+    first = torch.load(saved / "gan.pt", weights_only=True)["state"]
+    rows = pq.read_table(data / SYNTHETIC)
+    assert np.bincount(rows.column("label").to_numpy()).tolist() == [3, 3]
+    shutil.rmtree(data.parent)  # the same job again, from scratch
+    job, data = small_run("gan", in_process_rows=10)
+    add_synthetic(job, data, data.parent)
+    again = torch.load(saved / "gan.pt", weights_only=True)["state"]
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert pq.read_table(data / SYNTHETIC).equals(rows)
+
+
 def test_generate_samples_a_saved_generator_and_names_what_is_missing(
     small_run, ray_session, tmp_path, capsys
 ):

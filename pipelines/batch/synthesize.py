@@ -13,8 +13,10 @@ the ingested train split and adds them to it:
 
 The generated rows keep their provenance (`source`, `parent_ids`, `y_soft`) in
 data/synthetic/; their id, label and x join the train split as one more shard, so every
-strategy trains on them like on real rows. The generators train in this process: they are
-small, and the train splits that need synthetic rows are small too.
+strategy trains on them like on real rows. The generators read the train split as the
+training workers do (pipelines/data/share.py: rows under `train.cache_mb`, the rest on disk).
+A VAE or GAN trains in this process up to `synthesize.in_process_rows` train rows, and above
+them in one Ray Train run of `train.num_workers` workers, each on its own rows, under DDP.
 """
 
 from __future__ import annotations
@@ -22,17 +24,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import ray.train
 import torch
+from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from raysift.commands import add_parser, positive_int
-from raysift.config import JobConfig
+from raysift.config import JobConfig, from_dict
 from raysift.data.ingest import INFO, load_info, read_split
+from raysift.data.share import Share, read_share
 from raysift.data.user_data import write
 from raysift.operators.augment import IdScheme
 from raysift.operators.contract import ID, LABEL, PIXEL_MAX, DataError, X, data_errors, features
@@ -52,13 +60,20 @@ TRAIN_SHARD = "synthetic-00000.parquet"  # the generated rows' shard in DATA_DIR
 IDS = IdScheme(offset=2**40)  # generated ids, clear of real ids below 2**32
 
 
-def train_arrays(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The train split's (x float32, labels int64), read in this process."""
-    table = pq.read_table(
-        sorted(str(p) for p in (data_dir / "train").glob("*.parquet")), columns=[X, LABEL]
+def train_share(job: JobConfig, data_dir: Path, rank: int = 0, world: int = 1) -> Share:
+    """`rank`'s rows of the train split (all of them in one process), as training reads them:
+    features under `train.cache_mb`, the rest spilled to disk."""
+    info, t = load_info(data_dir), job.train
+    return read_share(
+        data_dir / "train",
+        job.seed,
+        rank,
+        world,
+        tuple(info.x_shape),
+        t.cache_mb * 2**20,
+        t.spill_dir,
+        np.dtype(info.x_dtype),
     )
-    x = features({X: np.concatenate([c.to_numpy() for c in table.column(X).chunks])})
-    return x, table.column(LABEL).to_numpy().astype(np.int64)
 
 
 def synthetic_rows(job: JobConfig, data_dir: Path, run_dir: Path) -> ray.data.Dataset:
@@ -67,17 +82,8 @@ def synthetic_rows(job: JobConfig, data_dir: Path, run_dir: Path) -> ray.data.Da
     cfg, info = job.synthesize, load_info(data_dir)
     k, seed = info.num_classes, derive_seed(job.seed, "synthesize", cfg.kind)
     if cfg.kind in generative.KINDS:
-        x, labels = train_arrays(data_dir)
         spec = generative.GeneratorSpec(cfg.kind, tuple(info.x_shape), k, cfg.latent, cfg.hidden)
-        model = generative.fit(
-            spec,
-            torch.from_numpy(x),
-            torch.from_numpy(labels),
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            seed=seed,
-        )
+        model = fit_generator(job, data_dir, spec, seed, run_dir / GENERATORS)
         generative.save(model, run_dir / GENERATORS / f"{cfg.kind}.pt")
         return sample_dataset(
             model.sample,
@@ -116,10 +122,66 @@ def synthetic_rows(job: JobConfig, data_dir: Path, run_dir: Path) -> ray.data.Da
     )
 
 
+def fit_generator(
+    job: JobConfig, data_dir: Path, spec: generative.GeneratorSpec, seed: int, folder: Path
+) -> torch.nn.Module:
+    """A VAE or GAN trained on the train split: in this process up to
+    `synthesize.in_process_rows` rows, else in a Ray Train run (its files under `folder`,
+    removed once the generator is loaded). A restarted worker group trains again from the
+    start; the seeds make it end the same."""
+    cfg = job.synthesize
+    settings = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed}
+    if load_info(data_dir).counts["train"] <= cfg.in_process_rows:
+        return generative.fit_share(spec, train_share(job, data_dir), **settings)
+    storage = folder / "ray-train"
+    trainer = TorchTrainer(
+        _generator_loop,
+        train_loop_config={
+            "job": job.to_dict(),
+            "data_dir": str(data_dir.resolve()),
+            "spec": dataclasses.asdict(spec),
+            "settings": settings,
+        },
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu),
+        run_config=RunConfig(
+            storage_path=str(storage.resolve()),
+            name=spec.kind,
+            failure_config=FailureConfig(max_failures=2),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as d:
+        model = generative.load(Path(d) / f"{spec.kind}.pt")
+    shutil.rmtree(storage, ignore_errors=True)
+    return model
+
+
+def _generator_loop(config: dict) -> None:
+    """Every worker: its rows of the train split, `fit_share` under DDP; rank 0 reports the
+    generator as the run's checkpoint."""
+    job = from_dict(config["job"])
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(job.train.threads_per_worker)
+    spec = dict(config["spec"])
+    spec = generative.GeneratorSpec(**{**spec, "x_shape": tuple(spec["x_shape"])})
+    share = train_share(job, Path(config["data_dir"]), rank, ctx.get_world_size())
+    model = generative.fit_share(
+        spec, share, **config["settings"], device=ray.train.torch.get_device()
+    )
+    with tempfile.TemporaryDirectory() as d:
+        checkpoint = None
+        if rank == 0:
+            generative.save(model.cpu(), Path(d) / f"{spec.kind}.pt")
+            checkpoint = ray.train.Checkpoint.from_directory(d)
+        ray.train.report({"rows": len(share)}, checkpoint=checkpoint)
+
+
 def fit_augmenter(job: JobConfig, data_dir: Path, seed: int) -> Augmenter:
     """Train an augmenter jointly with a fresh copy of the job's model on the train split."""
     cfg, info = job.synthesize, load_info(data_dir)
-    x, labels = (torch.from_numpy(a) for a in train_arrays(data_dir))
+    share = train_share(job, data_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         augmenter = Augmenter(tuple(info.x_shape))
@@ -127,15 +189,15 @@ def fit_augmenter(job: JobConfig, data_dir: Path, seed: int) -> Augmenter:
     optimizer = torch.optim.Adam([*augmenter.parameters(), *classifier.parameters()], lr=cfg.lr)
     g = torch.Generator().manual_seed(seed)
     for _ in range(cfg.epochs):
-        order = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), cfg.batch_size):
+        order = torch.randperm(len(share), generator=g).numpy()
+        for start in range(0, len(share), cfg.batch_size):
             b = order[start : start + cfg.batch_size]
             joint_step(
                 augmenter,
                 classifier,
                 optimizer,
-                x[b],
-                labels[b],
+                torch.from_numpy(share.features(b)),
+                torch.from_numpy(share.labels[b]),
                 g,
                 content_weight=cfg.content_weight,
             )

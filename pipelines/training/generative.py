@@ -5,19 +5,31 @@ training split's standardised space (per-feature mean and std kept as buffers), 
 suits signals, pixels in [0, 1] and standardised features alike. `sample(labels, generator)`
 draws new samples of the given classes in the data's own scale; everything random comes from
 explicit generators, so the same seed trains the same model and draws the same rows.
+
+`fit_share` trains on a `Share` (pipelines/data/share.py): the rows of this process, held
+under a memory budget, or under Ray Train each worker's rows, the networks wrapped in torch's
+DDP and the standardisation summed over the workers, so no process needs the whole split.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from raysift.data.share import Share
+from raysift.seeding import derive_seed
+from raysift.training.collective import all_sum_np, gather, grouped, rank_and_world
 
 KINDS = ("vae", "gan")
+_SCALE_ROWS = 4096  # rows read at a time while the standardisation is summed
 
 
 @dataclass
@@ -41,6 +53,8 @@ def _mlp(sizes: list[int], act: nn.Module) -> nn.Sequential:
 class _Conditional(nn.Module):
     """Standardisation buffers and the one-hot condition that both generators share."""
 
+    NETWORKS: tuple[str, ...] = ()  # the trained submodules, each its own DDP under Ray Train
+
     def __init__(self, spec: GeneratorSpec):
         super().__init__()
         self.spec = spec
@@ -48,10 +62,13 @@ class _Conditional(nn.Module):
         self.register_buffer("mean", torch.zeros(self.width))
         self.register_buffer("std", torch.ones(self.width))
 
-    def set_scale(self, x: torch.Tensor) -> None:
-        flat = x.reshape(len(x), -1)
-        self.mean.copy_(flat.mean(0))
-        self.std.copy_(flat.std(0, unbiased=False).clamp_min(1e-3))
+    def set_scale(self, sums: np.ndarray) -> None:
+        """From [count, sum of each feature..., sum of its square...] (float64, `moments`)."""
+        n, total, squares = sums[0], sums[1 : 1 + self.width], sums[1 + self.width :]
+        mean = total / n
+        std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+        self.mean.copy_(torch.from_numpy(mean))
+        self.std.copy_(torch.from_numpy(std).clamp_min(1e-3))
 
     def standardise(self, x: torch.Tensor) -> torch.Tensor:
         return (x.reshape(len(x), -1) - self.mean) / self.std
@@ -63,12 +80,14 @@ class _Conditional(nn.Module):
         return F.one_hot(labels.long(), self.spec.num_classes).float()
 
     def noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.spec.latent, generator=generator)
+        return torch.randn(n, self.spec.latent, generator=generator).to(self.mean.device)
 
 
 class ConditionalVAE(_Conditional):
     """Encoder q(z | x, y), decoder p(x | z, y) with a unit-variance Gaussian likelihood in the
     standardised space; loss = squared error + KL to N(0, I), per sample."""
+
+    NETWORKS = ("encoder", "decoder")
 
     def __init__(self, spec: GeneratorSpec):
         super().__init__(spec)
@@ -92,6 +111,8 @@ class ConditionalVAE(_Conditional):
 
 class ConditionalGAN(_Conditional):
     """Generator G(z, y) and discriminator D(x, y), trained with the non-saturating loss."""
+
+    NETWORKS = ("generator", "discriminator")
 
     def __init__(self, spec: GeneratorSpec):
         super().__init__(spec)
@@ -127,36 +148,98 @@ def fit(
     lr: float = 1e-3,
     seed: int = 0,
 ) -> _Conditional:
-    """Train a generator in this process on (x, labels): small data, a few seconds on a CPU.
-    Weights, batch order and noise all come from `seed`."""
-    if len(x) < 2:
-        raise ValueError(f"x: a generator needs at least 2 samples, got {len(x)}")
+    """Train a generator in this process on (x, labels) held in memory (tests, benchmarks)."""
+    share = Share.from_arrays(np.arange(len(x)), labels.numpy(), x.float().numpy())
+    return fit_share(spec, share, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+
+
+def fit_share(
+    spec: GeneratorSpec,
+    share: Share,
+    *,
+    epochs: int = 200,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> _Conditional:
+    """Train a generator on `share`: this process's rows, or in a process group (Ray Train)
+    this rank's, each step `batch_size` rows over all ranks and the gradients averaged by DDP.
+    Ranks take equal steps: each walks a seeded permutation of its rows, wrapped around to the
+    longest rank's length. Weights, batch order and noise all come from `seed`."""
+    rank, world = rank_and_world()
+    sizes = gather(len(share))
+    if sum(sizes) < 2 or not min(sizes):
+        raise ValueError(
+            f"x: a generator needs at least 2 samples, and one on every worker; got {sizes} "
+            f"on {world} worker(s)"
+        )
     if epochs < 1:
         raise ValueError(f"epochs: must be >= 1, got {epochs}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(spec)
-    model.set_scale(x.float())
-    g = torch.Generator().manual_seed(seed)
-    x, labels = x.float(), labels.long()
+    model.set_scale(all_sum_np(moments(share, model.width)))
+    model.to(device).train()
+    g = torch.Generator().manual_seed(derive_seed(seed, "noise", rank))
+    b = max(1, batch_size // world)
+    length = max(sizes)
     if spec.kind == "vae":
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        opts = [torch.optim.Adam(model.parameters(), lr=lr)]
     else:
-        opt_g = torch.optim.Adam(model.generator.parameters(), lr=lr, betas=(0.5, 0.999))
-        opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), batch_size):
-            b = order[start : start + batch_size]
-            if spec.kind == "vae":
-                loss = model.loss(x[b], labels[b], g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            else:
-                _gan_step(model, model.standardise(x[b]), labels[b], g, opt_g, opt_d)
+        opts = [
+            torch.optim.Adam(getattr(model, name).parameters(), lr=lr, betas=(0.5, 0.999))
+            for name in model.NETWORKS
+        ]
+    with _data_parallel(model):
+        for epoch in range(epochs):
+            order = np.random.default_rng(derive_seed(seed, "order", epoch, rank))
+            perm = order.permutation(len(share))
+            for start in range(0, length, b):
+                at = perm[np.arange(start, min(start + b, length)) % len(perm)]
+                x = torch.from_numpy(share.features(at)).to(device)
+                y = torch.from_numpy(share.labels[at]).to(device)
+                if spec.kind == "vae":
+                    _vae_step(model, x, y, g, *opts)
+                else:
+                    _gan_step(model, model.standardise(x), y, g, *opts)
     return model.eval()
+
+
+def moments(share: Share, width: int) -> np.ndarray:
+    """[count, per-feature sum..., per-feature sum of squares...] of a share's rows of `width`
+    features, float64: the standardisation's statistics, summed over ranks as they are."""
+    total, squares = np.zeros(width), np.zeros(width)
+    for start in range(0, len(share), _SCALE_ROWS):
+        flat = share.features(np.arange(start, min(start + _SCALE_ROWS, len(share))))
+        flat = flat.reshape(len(flat), width).astype(np.float64)
+        total += flat.sum(0)
+        squares += (flat**2).sum(0)
+    return np.concatenate([[len(share)], total, squares])
+
+
+@contextmanager
+def _data_parallel(model: _Conditional):
+    """Within the block, each of the model's networks is a DDP module when a process group is
+    up (Ray Train); after it, the plain networks again, so the saved weights keep their names."""
+    if not grouped():
+        yield
+        return
+    plain = {name: getattr(model, name) for name in model.NETWORKS}
+    for name, net in plain.items():
+        setattr(model, name, DistributedDataParallel(net))
+    try:
+        yield
+    finally:
+        for name, net in plain.items():
+            setattr(model, name, net)
+
+
+def _vae_step(model: ConditionalVAE, x, labels, g: torch.Generator, opt) -> None:
+    loss = model.loss(x, labels, g)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def _gan_step(
@@ -167,11 +250,16 @@ def _gan_step(
     opt_g,
     opt_d,
 ) -> None:
-    ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
+    """One discriminator and one generator step. The critic sees the real and the fake rows in
+    one pass (one DDP forward per backward): twice the mean over both halves is the sum of the
+    two halves' means."""
+    ones, zeros = (
+        torch.ones_like(labels, dtype=real.dtype),
+        torch.zeros_like(labels, dtype=real.dtype),
+    )
     fake = model.fake(labels, g)
-    d_loss = F.binary_cross_entropy_with_logits(
-        model.critic(real, labels), ones
-    ) + F.binary_cross_entropy_with_logits(model.critic(fake.detach(), labels), zeros)
+    both = model.critic(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))
+    d_loss = 2 * F.binary_cross_entropy_with_logits(both, torch.cat([ones, zeros]))
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
