@@ -104,6 +104,18 @@ VARIANTS = {
     "replay, joint, x5, distill 1, history x2": Variant(
         {"rule": "sum", "joint_forward": True, "distill": 1.0}, library_scale=5, history_ratio=2
     ),
+    # WiSE-FT: the weights kept halfway from the meta-model to the transferred ones, alone on
+    # fine-tuning and on replay, then on the combination above
+    "finetune, interpolate 0.5": Variant({"rule": "finetune", "interpolate": 0.5}),
+    "replay, interpolate 0.5": Variant({"rule": "sum", "interpolate": 0.5}),
+    **{
+        f"replay, joint, x5, distill 1, history x2, interpolate {a}": Variant(
+            {"rule": "sum", "joint_forward": True, "distill": 1.0, "interpolate": a},
+            library_scale=5,
+            history_ratio=2,
+        )
+        for a in (0.5, 0.7)
+    },
 }
 
 

@@ -15,7 +15,7 @@ from raysift.config import ConfigError
 from raysift.operators.contract import ID, LABEL, X
 from raysift.transfer.config import TransferTrainConfig, transfer_from_dict
 from raysift.transfer.history import HistoryLibrary
-from raysift.transfer.step import Batch, epoch_walk, run_epochs, transfer_step
+from raysift.transfer.step import Batch, epoch_walk, interpolate, run_epochs, transfer_step
 
 R2 = math.sqrt(2.0)
 
@@ -202,6 +202,31 @@ def test_run_epochs_counts_steps_and_passes():
     assert (fine["steps"], fine["history_sample_passes"], fine["mean_cosine"]) == (3, 0, None)
 
 
+def test_interpolate_blends_floating_entries_and_keeps_the_counter():
+    start = {"w": torch.tensor([0.0, 4.0]), "n": torch.tensor(3)}
+    end = {"w": torch.tensor([2.0, 0.0]), "n": torch.tensor(7)}
+    out = interpolate(start, end, 0.25)
+    assert out["w"].tolist() == [0.5, 3.0] and out["n"].item() == 7
+
+
+def test_run_epochs_keeps_the_point_on_the_line_from_the_meta_model():
+    x, y = np.random.default_rng(0).normal(size=(8, 1, 1)).astype(np.float32), np.arange(8) % 2
+
+    def trained(alpha):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+        meta = copy.deepcopy(model.state_dict())
+        train = TransferTrainConfig(rule="finetune", epochs=2, batch_size=4, interpolate=alpha)
+        run_epochs(model, x, y, None, train, 4, seed=0)
+        return meta, model.state_dict()
+
+    meta, full = trained(1.0)
+    _, blended = trained(0.3)
+    for k in meta:
+        torch.testing.assert_close(blended[k], meta[k] + 0.3 * (full[k] - meta[k]))
+    assert not torch.equal(full["1.weight"], meta["1.weight"])
+
+
 # --- the job file -----------------------------------------------------------------------------
 
 BASE = {
@@ -248,6 +273,7 @@ def test_defaults_and_the_history_batch_size():
         (raw(train={"num_workers": 2}, history={"batch_size": 3}), "history.batch_size"),
         (raw(train={"cos_scale": 0.0}), "train.cos_scale"),
         (raw(train={"rule": "finetune", "distill": 1.0}), "train.distill"),
+        (raw(train={"interpolate": 1.5}), "train.interpolate"),
     ],
 )
 def test_mistakes_name_the_field(job, field):

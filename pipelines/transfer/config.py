@@ -47,6 +47,8 @@ class TransferTrainConfig:
     cos_scale: float = 1.0  # similarity: the cosine that counts as full conflict (gradmix)
     distill: float = 0.0  # weight of the meta-model's distillation on the history batches
     joint_forward: bool = False  # one forward pass over new and history rows (BatchNorm)
+    # WiSE-FT: the weights kept are meta + interpolate * (trained - meta); 1: the trained ones
+    interpolate: float = 1.0
     epochs: int = 10
     batch_size: int = 32  # new-scene rows per step (global, over all workers)
     lr: float = 0.01
@@ -131,6 +133,7 @@ def check_train(t: TransferTrainConfig, prefix: str = "train") -> None:
         t.distill,
         "0 with rule finetune (distillation acts on the history batches)",
     )
+    check_field(0 <= t.interpolate <= 1, f"{prefix}.interpolate", t.interpolate, "in [0, 1]")
     for name in ("epochs", "batch_size", "num_workers", "threads_per_worker"):
         check_field(getattr(t, name) >= 1, f"{prefix}.{name}", getattr(t, name), ">= 1")
     check_field(t.lr > 0, f"{prefix}.lr", t.lr, "> 0")

@@ -231,6 +231,7 @@ def run_epochs(
     x_all = torch.as_tensor(x_new, dtype=torch.float32, device=device)
     y_all = torch.as_tensor(y_new, device=device)
     teacher = copy.deepcopy(model) if train.distill else None
+    start = copy.deepcopy(model.state_dict()) if train.interpolate < 1 else None
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=train.lr,
@@ -269,6 +270,8 @@ def run_epochs(
                 conflicts += info["conflict"]
                 for key in sums:
                     sums[key] += info[key]
+    if start is not None:
+        model.load_state_dict(interpolate(start, model.state_dict(), train.interpolate))
     mixed = history is not None
     return {
         "steps": steps,
@@ -278,4 +281,15 @@ def run_epochs(
         "mean_w_t": sums["w_t"] / steps if mixed else None,
         "mean_w_h": sums["w_h"] / steps if mixed else None,
         "conflict_steps": conflicts if mixed else None,
+    }
+
+
+def interpolate(start: dict, end: dict, alpha: float) -> dict:
+    """WiSE-FT (Wortsman et al. 2022): the floating entries of two state dicts of one model as
+    start + alpha * (end - start), BatchNorm's running statistics too; the others (its batch
+    counter) as in `end`. Along the line from the meta-model to the transferred one the old
+    scene's accuracy comes back and the new scene's gain goes; how fast each moves is what
+    bench_transfer.py measures."""
+    return {
+        k: start[k] + alpha * (v - start[k]) if v.is_floating_point() else v for k, v in end.items()
     }
