@@ -164,8 +164,7 @@ def _generator_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     torch.set_num_threads(job.train.threads_per_worker)
-    spec = dict(config["spec"])
-    spec = generative.GeneratorSpec(**{**spec, "x_shape": tuple(spec["x_shape"])})
+    spec = generative.GeneratorSpec.from_dict(config["spec"])
     share = train_share(job, Path(config["data_dir"]), rank, ctx.get_world_size())
     model = generative.fit_share(
         spec, share, **config["settings"], device=ray.train.torch.get_device()

@@ -42,6 +42,11 @@ class GeneratorSpec:
     latent: int = 16
     hidden: int = 256
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "GeneratorSpec":
+        """Back from `asdict` (a saved file, a Ray Train config): x_shape a tuple again."""
+        return cls(**{**d, "x_shape": tuple(d["x_shape"])})
+
 
 def _mlp(sizes: list[int], act: nn.Module) -> nn.Sequential:
     layers = []
@@ -103,6 +108,15 @@ class ConditionalVAE(_Conditional):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         return (0.5 * (recon - flat).pow(2).sum(1) + kl).mean()
 
+    def optimizers(self, lr: float) -> list:
+        return [torch.optim.Adam(self.parameters(), lr=lr)]
+
+    def train_step(self, x, labels, g: torch.Generator, opts: list) -> None:
+        loss = self.loss(x, labels, g)
+        opts[0].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[0].step()
+
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         z = self.noise(len(labels), generator)
@@ -130,6 +144,32 @@ class ConditionalGAN(_Conditional):
     @torch.no_grad()
     def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.restore(self.fake(labels, generator))
+
+    def optimizers(self, lr: float) -> list:
+        """The generator's and the discriminator's Adam, with the GAN betas."""
+        return [
+            torch.optim.Adam(getattr(self, name).parameters(), lr=lr, betas=(0.5, 0.999))
+            for name in self.NETWORKS
+        ]
+
+    def train_step(self, x, labels, g: torch.Generator, opts: list) -> None:
+        """One discriminator and one generator step. The critic sees the real and the fake
+        rows in one pass (one DDP forward per backward): twice the mean over both halves is
+        the sum of the two halves' means."""
+        opt_g, opt_d = opts
+        real = self.standardise(x)
+        ones = torch.ones_like(labels, dtype=real.dtype)
+        zeros = torch.zeros_like(labels, dtype=real.dtype)
+        fake = self.fake(labels, g)
+        both = self.critic(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))
+        d_loss = 2 * F.binary_cross_entropy_with_logits(both, torch.cat([ones, zeros]))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = F.binary_cross_entropy_with_logits(self.critic(fake, labels), ones)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
 
 
 def build(spec: GeneratorSpec) -> _Conditional:
@@ -184,13 +224,7 @@ def fit_share(
     g = torch.Generator().manual_seed(derive_seed(seed, "noise", rank))
     b = max(1, batch_size // world)
     length = max(sizes)
-    if spec.kind == "vae":
-        opts = [torch.optim.Adam(model.parameters(), lr=lr)]
-    else:
-        opts = [
-            torch.optim.Adam(getattr(model, name).parameters(), lr=lr, betas=(0.5, 0.999))
-            for name in model.NETWORKS
-        ]
+    opts = model.optimizers(lr)
     with _data_parallel(model):
         for epoch in range(epochs):
             order = np.random.default_rng(derive_seed(seed, "order", epoch, rank))
@@ -199,10 +233,7 @@ def fit_share(
                 at = perm[np.arange(start, min(start + b, length)) % len(perm)]
                 x = torch.from_numpy(share.features(at)).to(device)
                 y = torch.from_numpy(share.labels[at]).to(device)
-                if spec.kind == "vae":
-                    _vae_step(model, x, y, g, *opts)
-                else:
-                    _gan_step(model, model.standardise(x), y, g, *opts)
+                model.train_step(x, y, g, opts)
     return model.eval()
 
 
@@ -235,40 +266,6 @@ def _data_parallel(model: _Conditional):
             setattr(model, name, net)
 
 
-def _vae_step(model: ConditionalVAE, x, labels, g: torch.Generator, opt) -> None:
-    loss = model.loss(x, labels, g)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
-def _gan_step(
-    model: ConditionalGAN,
-    real: torch.Tensor,
-    labels: torch.Tensor,
-    g: torch.Generator,
-    opt_g,
-    opt_d,
-) -> None:
-    """One discriminator and one generator step. The critic sees the real and the fake rows in
-    one pass (one DDP forward per backward): twice the mean over both halves is the sum of the
-    two halves' means."""
-    ones, zeros = (
-        torch.ones_like(labels, dtype=real.dtype),
-        torch.zeros_like(labels, dtype=real.dtype),
-    )
-    fake = model.fake(labels, g)
-    both = model.critic(torch.cat([real, fake.detach()]), torch.cat([labels, labels]))
-    d_loss = 2 * F.binary_cross_entropy_with_logits(both, torch.cat([ones, zeros]))
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-    g_loss = F.binary_cross_entropy_with_logits(model.critic(fake, labels), ones)
-    opt_g.zero_grad(set_to_none=True)
-    g_loss.backward()
-    opt_g.step()
-
-
 def save(model: _Conditional, path: str | Path) -> None:
     """The spec and the weights, written to a temporary file and renamed into place."""
     path = Path(path)
@@ -280,7 +277,6 @@ def save(model: _Conditional, path: str | Path) -> None:
 
 def load(path: str | Path) -> _Conditional:
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    spec = saved["spec"]
-    model = build(GeneratorSpec(**{**spec, "x_shape": tuple(spec["x_shape"])}))
+    model = build(GeneratorSpec.from_dict(saved["spec"]))
     model.load_state_dict(saved["state"])
     return model.eval()
