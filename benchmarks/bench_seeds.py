@@ -48,6 +48,8 @@ VARIANTS = {
     "m2-all": {**PLAN, **SCHED, **FILL, "train.final_keep_best": True},
     # the two changes that paid, without the one that did not (final_keep_best)
     "m2-sched-fill": {**PLAN, **SCHED, **FILL},
+    # the same, planned over 3 rounds of 2 epochs: the budget buys more rows instead of epochs
+    "m2-wide": {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},

@@ -1,16 +1,21 @@
 """The `synthesize:` job section: rows of every kind join the train split with their provenance,
 and `raysift generate` samples a run's saved generator."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+from gloo_group import run_gloo
 
 from raysift.batch.synthesize import SYNTHETIC, TRAIN_SHARD, add_synthetic, like_train
 from raysift.cli import main
 from raysift.config import ConfigError, from_dict
 from raysift.data.ingest import ingest, load_info
+from raysift.training import generative
 
 
 @pytest.fixture
@@ -77,25 +82,50 @@ def test_rows_of_every_kind_join_the_train_split(kind, small_run, ray_session):
         assert (data.parent / "generators" / f"{kind}.pt").exists()
 
 
-def test_past_in_process_rows_a_gan_trains_in_a_ray_train_run_and_repeats(small_run, ray_session):
-    import shutil
+def _fit_like_ray_train(rank, out_dir):
+    """Rank r of a plain two-process DDP group: the Ray Train workers' rows and settings."""
+    from raysift.batch.synthesize import train_share
+    from raysift.seeding import derive_seed
 
-    import torch
+    saved = json.loads((Path(out_dir) / "job.json").read_text())
+    job, data = from_dict(saved["job"]), Path(saved["data"])
+    cfg = job.synthesize
+    spec = generative.GeneratorSpec.from_dict(saved["spec"])
+    model = generative.fit_share(
+        spec,
+        train_share(job, data, rank, 2),
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=derive_seed(job.seed, "synthesize", cfg.kind),
+    )
+    torch.save(model.state_dict(), Path(out_dir) / f"rank{rank}.pt")
 
+
+def test_past_in_process_rows_a_gan_trains_in_a_ray_train_run_as_plain_ddp_would(
+    small_run, ray_session, tmp_path
+):
     job, data = small_run("gan", in_process_rows=10)  # 32 train rows: two workers train it
     assert job.train.num_workers == 2
+    # First the same rows, seeds and steps in a plain two-process gloo group.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    spec = generative.GeneratorSpec("gan", (1, 8), 2, job.synthesize.latent, job.synthesize.hidden)
+    (plain / "job.json").write_text(
+        json.dumps({"job": job.to_dict(), "data": str(data), "spec": dataclasses.asdict(spec)})
+    )
+    run_gloo(_fit_like_ray_train, plain)
     add_synthetic(job, data, data.parent)
     saved = data.parent / "generators"
     assert sorted(p.name for p in saved.iterdir()) == ["gan.pt"]  # Ray Train's files removed
-    first = torch.load(saved / "gan.pt", weights_only=True)["state"]
+    by_ray = torch.load(saved / "gan.pt", weights_only=True)
+    assert generative.GeneratorSpec.from_dict(by_ray["spec"]) == spec
+    ddp = torch.load(plain / "rank0.pt")
+    assert by_ray["state"].keys() == ddp.keys()
+    for name, value in ddp.items():  # the Ray Train run ended at the same generator
+        torch.testing.assert_close(by_ray["state"][name], value, msg=name)
     rows = pq.read_table(data / SYNTHETIC)
     assert np.bincount(rows.column("label").to_numpy()).tolist() == [3, 3]
-    shutil.rmtree(data.parent)  # the same job again, from scratch
-    job, data = small_run("gan", in_process_rows=10)
-    add_synthetic(job, data, data.parent)
-    again = torch.load(saved / "gan.pt", weights_only=True)["state"]
-    assert all(torch.equal(first[k], again[k]) for k in first)
-    assert pq.read_table(data / SYNTHETIC).equals(rows)
 
 
 def test_generate_samples_a_saved_generator_and_names_what_is_missing(
