@@ -47,6 +47,7 @@ from raysift.adapt.detector import (
 )
 from raysift.adapt.scenes import make_images
 from raysift.config import ConfigError
+from raysift.data.parquet import read_parquet
 from raysift.job.rounds import check_workers, init_ray
 from raysift.operators.contract import ID, LABEL, X, data_errors, from_columns
 from raysift.operators.feedback import (
@@ -326,7 +327,7 @@ def _check(cfg: AdaptConfig, images: Path, meta_dir: Path, out: Path) -> dict:
     """The meta-detector's boxes checked by the simulated person; the feedback operator's rows
     are written to `out` and returned as columns, ordered by image id."""
     c = cfg.check
-    rows = ray.data.read_parquet(str(images)).map_batches(
+    rows = read_parquet(str(images)).map_batches(
         CheckInput,
         fn_constructor_kwargs={"folder": str(meta_dir.resolve()), "min_score": c.min_score},
         compute=ray.data.ActorPoolStrategy(size=1),

@@ -11,9 +11,8 @@ import argparse
 from collections import Counter
 from functools import partial
 
-import ray
-
 from raysift.commands import add_parser
+from raysift.data.parquet import read_parquet
 from raysift.operators.contract import data_errors, require_columns
 from raysift.operators.feedback import CATEGORIES, INPUT_COLUMNS, check_thresholds, feedback
 
@@ -23,7 +22,7 @@ def run_feedback(
 ) -> dict[str, int]:
     """Annotate every image of `in_path` into `out_path`; returns the images per category."""
     check_thresholds(conf_threshold, iou_threshold)
-    ds = ray.data.read_parquet(in_path)
+    ds = read_parquet(in_path)
     require_columns(ds.schema().names, INPUT_COLUMNS, where=str(in_path))
     with data_errors():
         out = feedback(ds, conf_threshold, iou_threshold).materialize()

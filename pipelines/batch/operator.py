@@ -22,6 +22,7 @@ from ray.data.aggregate import Max, Min
 
 from raysift.commands import add_parser, non_negative, positive_float, positive_int
 from raysift.config import ConfigError
+from raysift.data.parquet import read_parquet
 from raysift.data.user_data import Columns, add_column_options, columns_of, read_rows, write
 from raysift.operators.cluster import KMeans, drop_near_duplicates
 from raysift.operators.contract import ID, LABEL, DataError, X, data_errors
@@ -130,7 +131,7 @@ def read(src: str) -> ray.data.Dataset:
     """The Parquet dataset at `src` as it is (score keeps the user's column names), or a
     DataError naming the path."""
     try:
-        return ray.data.read_parquet(src)
+        return read_parquet(src)
     except (FileNotFoundError, ValueError) as err:
         raise DataError(f"{src}: no Parquet data to read ({str(err).splitlines()[0]})") from None
 

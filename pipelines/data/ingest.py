@@ -90,9 +90,8 @@ def ingest(
 
 def read_split(out_dir: str | Path, split: str):
     """One split as a Ray Dataset: row order is id order within shards, shards in name order
-    (Ray lists a folder in path order when `DataContext.execution_options.preserve_order` is on,
-    as the driver sets it)."""
-    import ray
+    (the reader lists a folder in path order, and the driver sets Ray Data's `preserve_order`)."""
+    from raysift.data.parquet import read_parquet
 
     if split not in SPLITS:
         raise ValueError(f"split: got {split!r}, expected one of {', '.join(SPLITS)}")
@@ -101,7 +100,7 @@ def read_split(out_dir: str | Path, split: str):
         raise DataError(f"{folder}: no Parquet shards (was the data ingested?)")
     # The folder, not a list of its files: Ray lists several paths in parallel threads, which
     # race on importing fsspec's optional HTTP module when aiohttp is absent.
-    return ray.data.read_parquet(str(folder.resolve()), file_extensions=["parquet"])
+    return read_parquet(str(folder.resolve()), file_extensions=["parquet"])
 
 
 def load_info(out_dir: str | Path) -> DataInfo:
