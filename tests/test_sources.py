@@ -34,6 +34,20 @@ def all_train(**kw):
     return SourceConfig(val_fraction=0.0, test_fraction=0.0, **kw)
 
 
+def test_a_folder_reads_in_name_order_and_the_callers_settings_stay(ray_session, tmp_path):
+    from ray.data import DataContext
+
+    from raysift.data.parquet import read_parquet
+
+    for name, ids in (("b.parquet", [5, 6]), ("a.parquet", [9, 1]), ("c.parquet", [0])):
+        pq.write_table(pa.table({"id": ids}), tmp_path / name)
+    ctx = DataContext.get_current()
+    for flag in (False, True):  # True last: the session's setting again
+        ctx.use_datasource_v2 = flag
+        assert read_parquet(str(tmp_path)).to_pandas()["id"].tolist() == [9, 1, 5, 6, 0]
+        assert ctx.use_datasource_v2 is flag
+
+
 def test_parquet_list_column_reshaped_and_ids_assigned_over_sorted_files(ray_session, tmp_path):
     x = np.arange(40, dtype=np.float32).reshape(10, 4) / 7
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
