@@ -34,11 +34,11 @@ def test_owners_are_even_and_fixed_by_the_seed():
     assert not np.array_equal(owner(ids, 0, 4), owner(ids, 1, 4))
 
 
-def test_a_store_past_its_budget_gives_back_the_same_rows():
+def test_a_store_past_its_budget_gives_back_the_same_rows_from_a_file_without_a_name(tmp_path):
     x = np.random.default_rng(0).normal(size=(50, 2, 3)).astype(np.float32)
     rows = np.array([49, 0, 7, 30, 7, 12, 48, 31, 32, 33])  # repeats, runs of adjacent rows
     full = RowStore((2, 3), budget_bytes=10**9)
-    small = RowStore((2, 3), budget_bytes=10 * 24)  # 10 rows of 24 bytes in memory
+    small = RowStore((2, 3), budget_bytes=10 * 24, spill_dir=str(tmp_path))  # 10 rows in memory
     for store in (full, small):
         for i in range(0, 50, 8):
             store.append(x[i : i + 8])
@@ -46,6 +46,7 @@ def test_a_store_past_its_budget_gives_back_the_same_rows():
     assert (full.n_memory, full.n_spilled) == (50, 0)
     assert (small.n_memory, small.n_spilled) == (10, 40)
     assert np.array_equal(small.take(rows), x[rows]) and np.array_equal(full.take(rows), x[rows])
+    assert list(tmp_path.iterdir()) == []  # nothing a killed worker could leave behind
     small.close()
 
 

@@ -45,8 +45,9 @@ def owner(ids: np.ndarray, seed: int, world: int) -> np.ndarray:
 
 class RowStore:
     """Fixed-shape rows of one dtype, appended once: the first `budget_bytes` in memory, the rest
-    appended to one file under `spill_dir` (it goes with the store) and read back with
-    positioned reads, one a run of adjacent rows.
+    appended to one file under `spill_dir` and read back with positioned reads, one a run of
+    adjacent rows. The file has no name on disk, so the OS frees it when the store closes or
+    its process ends, a killed worker's too (a named one outlived every killed worker).
 
     The file's pages stay in the OS page cache, not in the worker: a store holds its budget
     and the batch it hands out, whatever the size of its share. (A memory map counts the
@@ -72,7 +73,7 @@ class RowStore:
             (room if capacity is None else min(room, capacity), *self.row_shape), self.dtype
         )
         self._spill_dir = spill_dir
-        self._tmp = self._file = None
+        self._file = None
         self.n_memory = 0
         self.n_spilled = 0
 
@@ -86,10 +87,7 @@ class RowStore:
         self.n_memory += k
         if len(x) > k:
             if self._file is None:
-                self._tmp = tempfile.TemporaryDirectory(
-                    prefix="raysift-share-", dir=self._spill_dir
-                )
-                self._file = open(Path(self._tmp.name) / "rows.bin", "w+b")
+                self._file = tempfile.TemporaryFile(prefix="raysift-share-", dir=self._spill_dir)
             self._file.write(np.ascontiguousarray(x[k:]).tobytes())
             self.n_spilled += len(x) - k
 
@@ -125,16 +123,14 @@ class RowStore:
                 self._file.fileno(), [view[start * size : end * size]], int(spilled[start]) * size
             )
             if got != want:
-                raise OSError(f"{self._file.name}: read {got} of {want} bytes")
+                where = self._spill_dir or tempfile.gettempdir()
+                raise OSError(f"spilled rows under {where}: read {got} of {want} bytes")
         return out
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
 
 @dataclass
