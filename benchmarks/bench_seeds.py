@@ -47,6 +47,7 @@ PLANNED_NULL = {
 PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL}  # --budget-fraction sets the share
 SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}
+BUDGET_EPOCHS = object()  # stands for --budget-fraction of the job's strategy.epochs
 VARIANTS = {
     "m2": {},
     "m2-plan": PLAN,
@@ -62,6 +63,9 @@ VARIANTS = {
     "m2-plan-prune": {**PLAN, "strategy.round_prune_ratio": 0.3},
     # random additions on M2's plan and schedule: the equal-compute control
     "random-plan": {**PLAN, **SCHED, "strategy.name": "random"},
+    # `full` cut to the budget's share of its epochs, its schedule whole: the plain way to
+    # spend the same compute, which a selection has to beat
+    "full-short": {"strategy.name": "full", "strategy.epochs": BUDGET_EPOCHS},
 }
 DEFAULT_VARIANTS = ("m2", "m2-plan", "m2-all")
 
@@ -122,6 +126,9 @@ def main() -> None:
             overrides = dict(VARIANTS[label])
             if "strategy.budget_fraction" in overrides:
                 overrides["strategy.budget_fraction"] = args.budget_fraction
+            if overrides.get("strategy.epochs") is BUDGET_EPOCHS:
+                epochs = load_job(args.job, common).strategy.epochs
+                overrides["strategy.epochs"] = max(1, round(args.budget_fraction * epochs))
             runs.append((overrides.pop("strategy.name", "m2"), label, overrides))
         repeats = {label: [] for _, label, _ in runs}
         for rep in range(args.repeats):
