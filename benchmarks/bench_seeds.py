@@ -47,6 +47,7 @@ PLANNED_NULL = {
 PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL}  # --budget-fraction sets the share
 SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}
+WIDE = {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2}
 BUDGET_EPOCHS = object()  # stands for --budget-fraction of the job's strategy.epochs
 VARIANTS = {
     "m2": {},
@@ -55,7 +56,10 @@ VARIANTS = {
     # the two changes that paid, without the one that did not (final_keep_best)
     "m2-sched-fill": {**PLAN, **SCHED, **FILL},
     # the same, planned over 3 rounds of 2 epochs: the budget buys more rows instead of epochs
-    "m2-wide": {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2},
+    "m2-wide": WIDE,
+    # ... with twice the first round's rows, or InfoBatch's pruning inside the rounds' epochs
+    "m2-wide-start": {**WIDE, "strategy.initial_ratio": 0.2},
+    "m2-wide-prune": {**WIDE, "strategy.round_prune_ratio": 0.3},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
