@@ -60,6 +60,11 @@ VARIANTS = {
     # ... with twice the first round's rows, or InfoBatch's pruning inside the rounds' epochs
     "m2-wide-start": {**WIDE, "strategy.initial_ratio": 0.2},
     "m2-wide-prune": {**WIDE, "strategy.round_prune_ratio": 0.3},
+    "m2-wide-start-prune": {
+        **WIDE,
+        "strategy.initial_ratio": 0.2,
+        "strategy.round_prune_ratio": 0.3,
+    },
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
