@@ -42,10 +42,14 @@ def test_a_folder_reads_in_name_order_and_the_callers_settings_stay(ray_session,
     for name, ids in (("b.parquet", [5, 6]), ("a.parquet", [9, 1]), ("c.parquet", [0])):
         pq.write_table(pa.table({"id": ids}), tmp_path / name)
     ctx = DataContext.get_current()
-    for flag in (False, True):  # True last: the session's setting again
-        ctx.use_datasource_v2 = flag
-        assert read_parquet(str(tmp_path)).to_pandas()["id"].tolist() == [9, 1, 5, 6, 0]
-        assert ctx.use_datasource_v2 is flag
+    session = ctx.use_datasource_v2
+    try:
+        for flag in (False, True):
+            ctx.use_datasource_v2 = flag
+            assert read_parquet(str(tmp_path)).to_pandas()["id"].tolist() == [9, 1, 5, 6, 0]
+            assert ctx.use_datasource_v2 is flag
+    finally:
+        ctx.use_datasource_v2 = session
 
 
 def test_parquet_list_column_reshaped_and_ids_assigned_over_sorted_files(ray_session, tmp_path):
