@@ -47,7 +47,9 @@ PLANNED_NULL = {
 PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL}  # --budget-fraction sets the share
 SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}
+PRUNE = {"strategy.round_prune_ratio": 0.3}
 WIDE = {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2}
+START = {"strategy.initial_ratio": 0.2}
 BUDGET_EPOCHS = object()  # stands for --budget-fraction of the job's strategy.epochs
 VARIANTS = {
     "m2": {},
@@ -58,18 +60,14 @@ VARIANTS = {
     # the same, planned over 3 rounds of 2 epochs: the budget buys more rows instead of epochs
     "m2-wide": WIDE,
     # ... with twice the first round's rows, or InfoBatch's pruning inside the rounds' epochs
-    "m2-wide-start": {**WIDE, "strategy.initial_ratio": 0.2},
-    "m2-wide-prune": {**WIDE, "strategy.round_prune_ratio": 0.3},
-    "m2-wide-start-prune": {
-        **WIDE,
-        "strategy.initial_ratio": 0.2,
-        "strategy.round_prune_ratio": 0.3,
-    },
+    "m2-wide-start": {**WIDE, **START},
+    "m2-wide-prune": {**WIDE, **PRUNE},
+    "m2-wide-start-prune": {**WIDE, **START, **PRUNE},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
     "m2-plan-fill": {**PLAN, **FILL},
-    "m2-plan-prune": {**PLAN, "strategy.round_prune_ratio": 0.3},
+    "m2-plan-prune": {**PLAN, **PRUNE},
     # random additions on M2's plan and schedule: the equal-compute control
     "random-plan": {**PLAN, **SCHED, "strategy.name": "random"},
     # `full` cut to the budget's share of its epochs, its schedule whole: the plain way to
@@ -127,18 +125,19 @@ def main() -> None:
         parser.error(f"--repeats: {args.repeats}, expected 1 or more")
     common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     root = Path(args.root)
+    # (strategy, label, overrides) of every run a seed makes, the same for every seed
+    runs = [(name, name, {}) for name in args.baselines.split(",") if name]
+    for label in filter(None, args.variants.split(",")):
+        overrides = dict(VARIANTS[label])
+        if "strategy.budget_fraction" in overrides:
+            overrides["strategy.budget_fraction"] = args.budget_fraction
+        if overrides.get("strategy.epochs") is BUDGET_EPOCHS:
+            epochs = load_job(args.job, common).strategy.epochs
+            overrides["strategy.epochs"] = max(1, round(args.budget_fraction * epochs))
+        runs.append((overrides.pop("strategy.name", "m2"), label, overrides))
     init_ray()
     summaries = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        runs = [(name, name, {}) for name in args.baselines.split(",") if name]
-        for label in filter(None, args.variants.split(",")):
-            overrides = dict(VARIANTS[label])
-            if "strategy.budget_fraction" in overrides:
-                overrides["strategy.budget_fraction"] = args.budget_fraction
-            if overrides.get("strategy.epochs") is BUDGET_EPOCHS:
-                epochs = load_job(args.job, common).strategy.epochs
-                overrides["strategy.epochs"] = max(1, round(args.budget_fraction * epochs))
-            runs.append((overrides.pop("strategy.name", "m2"), label, overrides))
         repeats = {label: [] for _, label, _ in runs}
         for rep in range(args.repeats):
             for strategy, label, overrides in runs:
