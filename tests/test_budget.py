@@ -1,10 +1,17 @@
 """The budget planner on hand-made sizes: the plan never spends more than its share of full's
-compute, keeps the knobs set by hand, and fills the job's planned keys."""
+compute, keeps the knobs set by hand, fills the job's planned keys and caps the job at its
+budget; the rows of an epoch the budget still leaves."""
 
 import pytest
 
 from raysift.config import ConfigError, from_dict
-from raysift.selection.budget import apply_budget, full_compute, plan_budget, planned_compute
+from raysift.selection.budget import (
+    apply_budget,
+    full_compute,
+    plan_budget,
+    planned_compute,
+    rows_within,
+)
 
 
 def test_full_compute_counts_every_row_each_epoch_and_its_validations():
@@ -106,9 +113,13 @@ def test_the_job_leaves_the_planned_keys_to_the_plan_and_keeps_the_ones_it_sets(
     assert (s.hard_per_round, s.reps_per_round, s.max_rounds) == (plan.hard, plan.reps, 3)
     assert (t.epochs_per_round, t.final_epochs) == (3, 2)
     assert round(s.initial_ratio * 1000) == plan.initial
+    assert s.budget == plan.budget  # the run stops where the plan's budget is spent
+    tighter = from_dict({**job.to_dict(), "strategy": {**job.to_dict()["strategy"], "budget": 50}})
+    assert apply_budget(tighter, 1000, 0, plans=True)[0].strategy.budget == 50
     # a strategy that does not grow a subset gets the defaults
     other, none = apply_budget(job, 1000, 0, plans=False)
     assert none is None and other.strategy.hard_per_round == 2000
+    assert other.strategy.budget is None
     assert other.train.epochs_per_round == 3 and other.train.final_epochs == 2
 
 
@@ -117,3 +128,13 @@ def test_a_left_out_knob_without_a_budget_is_refused_by_name():
         from_dict({"strategy": {"hard_per_round": None}})
     with pytest.raises(ConfigError, match="strategy.budget_fraction: got 1.5"):
         from_dict({"strategy": {"budget_fraction": 1.5}})
+
+
+def test_an_epoch_trains_the_whole_steps_the_budget_leaves():
+    # 2 ranks of 300 rows (600 passes), batches of 64 per rank (128 passes a step)
+    assert rows_within(600, 2, 64, 300) == 300  # all of it fits
+    assert rows_within(10**6, 2, 64, 300) == 300
+    assert rows_within(599, 2, 64, 300) == 256  # 4 whole steps (512 passes), not 299 rows
+    assert rows_within(256, 2, 64, 300) == 128
+    assert rows_within(127.9, 2, 64, 300) == 0  # not one step
+    assert rows_within(-50, 2, 64, 300) == 0  # spent already

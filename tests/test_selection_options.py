@@ -1,6 +1,7 @@
 """M2's options on one rank with hand-made losses (InfoBatch's rule inside each round), and one
 short two-worker run with every new option on (the budget plan, one schedule over the run,
-the best final checkpoint, the hard fill, the pruning inside rounds)."""
+the best final checkpoint, the hard fill, the pruning inside rounds), and a run whose budget
+runs out in its final phase."""
 
 import json
 
@@ -91,8 +92,7 @@ def test_a_run_with_every_option_on(ray_session, tmp_path):
     plan = summary["plan"]
     assert plan["rounds"] == 3 and plan["compute"] <= plan["budget"]
     assert summary["rounds"] <= 3
-    # padding of an epoch aside, the run spends no more than the plan allows
-    assert summary["compute"] <= plan["budget"] * 1.05
+    assert summary["compute"] <= plan["budget"]
     rounds = json.loads((tmp_path / "run" / "rounds.json").read_text())
     final = rounds[-1]
     assert final["phase"] == "final" and len(final["curve"]) == plan["final_epochs"]
@@ -118,3 +118,32 @@ def test_a_run_with_every_option_on(ray_session, tmp_path):
             row = features({X: x[i][None]}).reshape(1, -1)
             assert np.sqrt(((chosen - row) ** 2).sum(1)).min() > DEDUP
             chosen = np.concatenate([chosen, row])
+
+
+def test_the_final_phase_stops_at_the_last_whole_step_the_budget_pays_for(ray_session, tmp_path):
+    budget = 1800  # inside the final phase: one round of 2 epochs costs about 830, an epoch 380
+    job = from_dict(
+        {
+            "run_dir": str(tmp_path / "run"),
+            "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
+            "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
+            "train": {
+                "num_workers": 2,
+                "batch_size": 64,
+                "checkpoint_every_s": 0,
+                "epochs_per_round": 2,
+                "final_epochs": 4,
+            },
+            "strategy": {"name": "m2", "initial_ratio": 0.3, "max_rounds": 1, "budget": budget},
+        }
+    )
+    summary = run_job(job, echo=lambda *_: None)
+    round_0, final = json.loads((tmp_path / "run" / "rounds.json").read_text())
+    epoch = round_0["train_sample_passes"] / 2  # the same subset, padded alike, each epoch
+    validation = round_0["infer_sample_passes"] / 3  # one, at the round's end (no pool scan)
+    left = budget - (round_0["train_sample_passes"] + validation) - 2 * epoch - validation
+    assert 0 < left < epoch  # two final epochs fit, the third does not
+    step = 2 * 32  # two ranks of 32 rows
+    assert final["epochs"] == 3 and len(final["curve"]) == 1  # validated once, at the cut
+    assert final["train_sample_passes"] == 2 * epoch + left // step * step
+    assert budget - step - validation < summary["compute"] <= budget

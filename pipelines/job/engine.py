@@ -41,6 +41,7 @@ from raysift.operators.contract import ID, LABEL, PIXEL_MAX, X
 from raysift.operators.predict import forward_scores
 from raysift.run_state import RunState, compute_totals
 from raysift.seeding import derive_seed
+from raysift.selection.budget import rows_within
 from raysift.selection.strategies import (
     Additions,
     Policy,
@@ -240,12 +241,17 @@ class Worker:
             move_to(scheduler, span[0])
         span = (*span, phase_steps)
         self.phase = phase
+        last_phase = self._last_phase(phase)
         while phase.next_epoch < phase.epochs:
             start = time.perf_counter()
             epoch = phase.next_epoch
-            self._epoch(phase, rows, optimizer, scheduler, steps_per_epoch, span)
+            left = self._passes_left(phase) if last_phase else None
+            cut = self._epoch(phase, rows, optimizer, scheduler, steps_per_epoch, span, left)
             metrics = {"epoch": epoch, "train_sample_passes": phase.train_sample_passes}
             keep_best = self.best is not None and phase.kind == "final"
+            if cut:  # the budget is spent: this epoch is the phase's last
+                phase.epochs = epoch + 1
+                self._publish(Notes([f"{phase.label}: stopped at the budget in epoch {epoch}"]))
             if epoch == phase.epochs - 1 or job.train.val_every_epoch or keep_best:
                 val = self._evaluate(self.val, "val")
                 if keep_best:
@@ -302,20 +308,24 @@ class Worker:
         scheduler,
         steps_per_epoch: int,
         span: tuple[int, int, int],
-    ) -> None:
+        left: float | None = None,
+    ) -> bool:
+        """Train one epoch within `left` sample-passes (None: no limit); True when that cut it
+        short."""
         job, epoch, b = self.job, phase.next_epoch, self.per_rank_batch
         plan = self.policy.plan_epoch(job, len(rows), phase.index, epoch, phase.epochs)
         length = all_max(len(plan.pick))
         perm = np.random.default_rng(
             derive_seed(job.seed, "epoch", phase.index, epoch, self.rank)
         ).permutation(len(plan.pick))
-        steps = -(-length // b)
+        steps = -(-length // b)  # the schedule's steps: a cut epoch stops early on its curve
+        trained = length if left is None else rows_within(left, self.world, b, length)
         weights = None if plan.weights is None else plan.weights.to(self.device, torch.float32)
         losses_seen = None if weights is None else torch.zeros(len(perm), dtype=torch.float64)
         self.model.train()
-        for step in range(steps):
+        for step in range(-(-trained // b)):
             start = time.perf_counter()
-            slots = np.arange(step * b, min((step + 1) * b, length))
+            slots = np.arange(step * b, min((step + 1) * b, trained))
             at = perm[slots % len(perm)]  # wrapped around: every rank takes `length` rows
             positions = rows[plan.pick[at]]
             x, y = device_batch(self.train, positions, self.device)
@@ -337,10 +347,11 @@ class Worker:
             optimizer.step()
             advance_schedule(scheduler, epoch, step, steps, steps_per_epoch, span)
             phase.seconds_steps += time.perf_counter() - start
-        phase.train_sample_passes += length * self.world  # padded rows are trained on too
+        phase.train_sample_passes += trained * self.world  # padded rows are trained on too
         sync_buffers(self.model)
         if weights is not None:
             self.policy.end_epoch(plan.pick, losses_seen)
+        return trained < length
 
     def _run_span(self, phase: Phase, subset_size: int) -> tuple[int, int]:
         """The stretch of the run's schedule (grid steps) this phase covers: its planned
@@ -355,8 +366,27 @@ class Worker:
             n, initial, increment, s.max_rounds, self.policy.epochs(job), final_epochs
         )
         done = sum(r["train_sample_passes"] for r in self.run_state.records)
-        last = phase.kind == "final" or (phase.index >= s.max_rounds - 1 and not final_epochs)
-        return phase_span(done, subset_size * phase.epochs, total, last)
+        return phase_span(done, subset_size * phase.epochs, total, self._last_phase(phase))
+
+    def _last_phase(self, phase: Phase) -> bool:
+        """Whether only the test comes after `phase`: the final phase, or the last round
+        where there is none."""
+        planned_rounds = self.job.strategy.max_rounds
+        return phase.kind == "final" or (
+            phase.index >= planned_rounds - 1 and not self.job.train.final_epochs
+        )
+
+    def _passes_left(self, phase: Phase) -> float | None:
+        """What the budget (`strategy.budget`) leaves for training in the current epoch: less
+        what the run and the phase spent, and the validation at the epoch's end."""
+        budget = self.job.strategy.budget
+        if budget is None:
+            return None
+        spent = compute_totals(self.run_state.records)["compute"]
+        validation = all_sum_int(len(self.val)) / 3
+        return (
+            budget - spent - phase.train_sample_passes - (phase.val_sample_passes / 3) - validation
+        )
 
     # -- checkpoints and messages ---------------------------------------------------------
     def _checkpoint_due(self) -> bool:

@@ -9,7 +9,9 @@ Costs are the engine's sample-passes (pipelines/run_state.py `compute_totals`: t
 counted as upper bounds so a plan never spends more than the budget: each pool scan is counted
 over the whole pool (the early stop can only save), and a validation counts wherever the job
 validates. The DDP padding of an epoch (a few rows where the ranks' shares differ) is not in
-the plan; `strategy.budget` still stops the rounds when the real spend reaches it.
+the plan: the plan's budget becomes the job's `strategy.budget`, which stops the rounds when
+the real spend reaches it, and the run's last phase trains only the whole steps that fit in it
+(`rows_within`).
 """
 
 from __future__ import annotations
@@ -149,6 +151,15 @@ def plan_budget(
     )
 
 
+def rows_within(left: float, world: int, batch: int, length: int) -> int:
+    """The rows per rank an epoch of `length` rows per rank (padded alike on every rank) may
+    train with `left` sample-passes to spend: all of them, else the whole steps of `batch` rows
+    that fit."""
+    if length * world <= left:
+        return length
+    return max(0, math.floor(left / (world * batch))) * batch
+
+
 def _largest(lo: int, hi: int, fits) -> int | None:
     """The largest i in [lo, hi] with fits(i), for `fits` true up to some point and false
     after it; None when fits(lo) is false."""
@@ -173,7 +184,8 @@ def apply_budget(
 ) -> tuple[JobConfig, Plan | None]:
     """The job with its planned knobs (None: left to the plan) filled in: by the plan when the
     strategy `plans` (it grows a subset by rounds) and budget_fraction is set, else with the
-    defaults. Returns the plan too (None when there was none)."""
+    defaults; a plan's budget becomes `strategy.budget` too (the smaller, where the job sets
+    one). Returns the plan too (None when there was none)."""
     s, t = job.strategy, job.train
     plan = None
     if plans and s.budget_fraction is not None:
@@ -210,4 +222,7 @@ def apply_budget(
             k: values[section].get(k, defaults[k]) for k in keys if getattr(config, k) is None
         }
         sections[section] = dataclasses.replace(config, **filled)
+    if plan is not None:  # the run stops where the plan's budget is spent (rows_within)
+        budget = plan.budget if s.budget is None else min(s.budget, plan.budget)
+        sections["strategy"] = dataclasses.replace(sections["strategy"], budget=budget)
     return dataclasses.replace(job, **sections).validate(), plan
