@@ -11,8 +11,8 @@ scene at least fine-tuning's mean at the same N), with the sample-passes and sec
 Classifier. Old scene: MNIST-1D as `mnist1d` generates it by default (4,000 train / 1,000
 test). New scene: the same templates under a visibly different transform (more shear, more
 correlated and more i.i.d. noise, another generator seed); per seed, N labelled samples drawn
-from its 4,000 train, scored on its 1,000 test. The meta-model is `cnn1d`, trained once on the
-old train split (AdamW), cached.
+from its 4,000 train, scored on its 1,000 test. The meta-model is `cnn1d` (wider with
+--channels / --hidden), trained once on the old train split (AdamW), cached.
 
 Detector. `scenes.SceneConfig` (old) and `NewSceneConfig` (new), seed 0: 2,000 old training
 images, 2,000 new ones and 500 test images of each. The meta-detector (`TinyDetector(32)`, 8
@@ -72,7 +72,7 @@ from raysift.transfer.step import CLASSIFIER, run_epochs
 
 NEW_SCENE = {"shear_scale": 2.5, "iid_noise_scale": 0.05, "seed": 7}
 META = {"epochs": 30, "batch_size": 128, "lr": 0.01, "seed": 0}
-MODEL = ModelConfig(name="cnn1d")
+MODEL = ModelConfig(name="cnn1d")  # --channels / --hidden widen it (models.cnn1d's kwargs)
 DETECTOR_META = {"width": 32, "epochs": 8, "batch_size": 32, "lr": 0.01, "momentum": 0.9, "seed": 0}
 DETECTOR_IMAGES = {"old_train": 2000, "old_test": 500, "new_train": 2000, "new_test": 500}
 
@@ -100,6 +100,11 @@ VARIANTS = {
     "replay, distill 1": Variant({"rule": "sum", "distill": 1.0}),
     "replay, history x2": Variant({"rule": "sum"}, history_ratio=2),
     "replay, joint forward": Variant({"rule": "sum", "joint_forward": True}),
+    # the joint forward under the rules that keep the detector's new scene best apart
+    "agem, joint forward": Variant({"rule": "agem", "joint_forward": True}),
+    "similarity, cos_scale 0.1, joint forward": Variant(
+        {"rule": "similarity", "cos_scale": 0.1, "joint_forward": True}
+    ),
     # ... and together, the classifier's best in a first look (2 seeds)
     "replay, joint, x5, distill 1, history x2": Variant(
         {"rule": "sum", "joint_forward": True, "distill": 1.0}, library_scale=5, history_ratio=2
@@ -174,15 +179,20 @@ def mnist1d(cache: Path, **changes) -> dict:
         }
 
 
-def meta_model(cache: Path, old: dict) -> MetaConfig:
-    """The old-scene model, trained once (AdamW, plain loop) and kept in train.py's format."""
+def meta_model(cache: Path, old: dict, model_config: ModelConfig = MODEL) -> MetaConfig:
+    """The old-scene model, trained once (AdamW, plain loop) and kept in train.py's format;
+    a widened `cnn1d` in a folder of its own."""
     folder, settings = cache / "meta", json.dumps(META, sort_keys=True)
-    meta = MetaConfig(str(folder), MODEL, [1, 40], 10)
+    if model_config.kwargs:
+        width = "-".join(f"{k}{v}" for k, v in sorted(model_config.kwargs.items()))
+        folder = cache / f"meta-{width}"
+        settings = json.dumps({**META, **model_config.kwargs}, sort_keys=True)
+    meta = MetaConfig(str(folder), model_config, [1, 40], 10)
     saved = folder / "settings.json"
     if (folder / MODEL_FILE).exists() and saved.exists() and saved.read_text() == settings:
         return meta
     torch.manual_seed(META["seed"])
-    model = build_model(MODEL, (1, 40), 10)
+    model = build_model(model_config, (1, 40), 10)
     opt = torch.optim.AdamW(model.parameters(), lr=META["lr"])
     x, y = torch.from_numpy(old["x"]), torch.from_numpy(old["y"])
     model.train()
@@ -209,9 +219,16 @@ def export_new_scene(cache: Path, new: dict, size: int) -> Path:
     return path
 
 
+def classifier_model(args) -> ModelConfig:
+    """`cnn1d` as models.py builds it, or wider by --channels / --hidden."""
+    widths = {"channels": args.channels, "hidden": args.hidden}
+    return dataclasses.replace(MODEL, kwargs={k: v for k, v in widths.items() if v})
+
+
 def classifier_task(cache: Path, args) -> Testbed:
     old, new = mnist1d(cache), mnist1d(cache, **NEW_SCENE)
-    meta = load_meta(meta_model(cache, old))
+    config = classifier_model(args)
+    meta = load_meta(meta_model(cache, old, config))
 
     def test_accuracy(data):
         return lambda model: accuracy(
@@ -220,7 +237,7 @@ def classifier_task(cache: Path, args) -> Testbed:
 
     return Testbed(
         "classifier",
-        lambda: load_meta(meta_model(cache, old)),
+        lambda: load_meta(meta_model(cache, old, config)),
         new["x"],
         new["y"],
         {"new": test_accuracy(new), "old": test_accuracy(old)},
@@ -377,6 +394,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--per-class", type=int, default=20, help="classifier library")
+    parser.add_argument("--channels", type=int, help="the classifier's convolutions (cnn1d: 32)")
+    parser.add_argument("--hidden", type=int, help="the classifier's dense layer (cnn1d: 128)")
     parser.add_argument("--detector-epochs", type=int, default=10)
     parser.add_argument("--detector-batch-size", type=int, default=16)
     parser.add_argument("--detector-lr", type=float, default=0.005)
@@ -394,7 +413,7 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     if args.prepare:
         old, new = mnist1d(cache), mnist1d(cache, **NEW_SCENE)
-        meta = meta_model(cache, old)
+        meta = meta_model(cache, old, classifier_model(args))
         print(
             f"meta-model in {meta.checkpoint}, new scene in "
             f"{export_new_scene(cache, new, max(args.sizes))}"
@@ -409,7 +428,8 @@ def main() -> None:
         print(
             f"{task.name} meta-model: old scene {task.meta_scores['old']:.3f}, new scene "
             f"{task.meta_scores['new']:.3f}; {task.train}, library {task.library_base}"
-            f"{' per class' if task.classes > 1 else ''}; seeds {args.seeds}",
+            f"{' per class' if task.classes > 1 else ''}; seeds {args.seeds}"
+            + (f"; cnn1d {classifier_model(args).kwargs}" if task.name == "classifier" else ""),
             flush=True,
         )
 
