@@ -11,7 +11,7 @@ import pytest
 import torch
 from parquet_rows import parquet_rows
 
-from raysift.config import ConfigError, from_dict
+from raysift.config import ConfigError, JobConfig, from_dict
 from raysift.job.rounds import run_job
 from raysift.operators.contract import ID, X, features
 from raysift.seeding import derive_seed
@@ -59,34 +59,36 @@ def test_without_the_ratio_every_row_trains_with_no_weights():
         from_dict({"strategy": {"round_prune_ratio": 0.5}, "mixup": {"kind": "mixup"}})
 
 
-def test_a_run_with_every_option_on(ray_session, tmp_path):
-    job = from_dict(
+def digits_m2(run_dir, train: dict, strategy: dict, **job) -> JobConfig:
+    """A two-worker M2 job on digits with a small MLP, checkpointing every epoch."""
+    return from_dict(
         {
-            "seed": 3,
-            "run_dir": str(tmp_path / "run"),
+            "run_dir": str(run_dir),
             "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
             "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
-            "train": {
-                "num_workers": 2,
-                "batch_size": 64,
-                "lr": 0.01,
-                "checkpoint_every_s": 0,
-                "lr_schedule": "run_onecycle",
-                "final_keep_best": True,
-            },
-            "strategy": {
-                "name": "m2",
-                "budget_fraction": 0.4,
-                "epochs": 6,
-                "max_rounds": 3,
-                "hard_fill": "loss",
-                "round_prune_ratio": 0.3,
-                "cluster_k": 4,
-                "cluster_on": "x",
-                "reps_dedup": DEDUP,
-            },
-            "score": {"batch_size": 256},
+            "train": {"num_workers": 2, "batch_size": 64, "checkpoint_every_s": 0, **train},
+            "strategy": {"name": "m2", **strategy},
+            **job,
         }
+    )
+
+
+def test_a_run_with_every_option_on(ray_session, tmp_path):
+    job = digits_m2(
+        tmp_path / "run",
+        {"lr": 0.01, "lr_schedule": "run_onecycle", "final_keep_best": True},
+        {
+            "budget_fraction": 0.4,
+            "epochs": 6,
+            "max_rounds": 3,
+            "hard_fill": "loss",
+            "round_prune_ratio": 0.3,
+            "cluster_k": 4,
+            "cluster_on": "x",
+            "reps_dedup": DEDUP,
+        },
+        seed=3,
+        score={"batch_size": 256},
     )
     summary = run_job(job, echo=lambda *_: None)
     plan = summary["plan"]
@@ -122,20 +124,10 @@ def test_a_run_with_every_option_on(ray_session, tmp_path):
 
 def test_the_final_phase_stops_at_the_last_whole_step_the_budget_pays_for(ray_session, tmp_path):
     budget = 1800  # inside the final phase: one round of 2 epochs costs about 830, an epoch 380
-    job = from_dict(
-        {
-            "run_dir": str(tmp_path / "run"),
-            "source": {"kind": "digits", "val_fraction": 0.15, "test_fraction": 0.2},
-            "model": {"name": "mlp", "kwargs": {"hidden": [32]}},
-            "train": {
-                "num_workers": 2,
-                "batch_size": 64,
-                "checkpoint_every_s": 0,
-                "epochs_per_round": 2,
-                "final_epochs": 4,
-            },
-            "strategy": {"name": "m2", "initial_ratio": 0.3, "max_rounds": 1, "budget": budget},
-        }
+    job = digits_m2(
+        tmp_path / "run",
+        {"epochs_per_round": 2, "final_epochs": 4},
+        {"initial_ratio": 0.3, "max_rounds": 1, "budget": budget},
     )
     summary = run_job(job, echo=lambda *_: None)
     round_0, final = json.loads((tmp_path / "run" / "rounds.json").read_text())
