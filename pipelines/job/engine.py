@@ -326,7 +326,7 @@ class Worker:
         for step in range(-(-trained // b)):
             start = time.perf_counter()
             slots = np.arange(step * b, min((step + 1) * b, trained))
-            at = perm[slots % len(perm)]  # wrapped around: every rank takes `length` rows
+            at = perm[slots % len(perm)]  # wrapped around: every rank takes `trained` rows
             positions = rows[plan.pick[at]]
             x, y = device_batch(self.train, positions, self.device)
             targets = self.train.targets(positions, self.num_classes)
