@@ -7,9 +7,10 @@ the pool scan and the selections run here too, each rank on its own rows, and ev
 the same additions to its replica of the run state. No rows move between workers.
 
 Steps stay equal across ranks: each epoch every rank walks a seeded permutation of its rows,
-padded by wrap-around to the longest rank's length. Each step's loss comes from
-`training.loss.batch_loss` with a generator seeded by (seed, round, epoch, step, rank), so the
-same config gives the same numbers on CPU.
+padded by wrap-around to the longest rank's length (in the run's last phase, only the whole
+steps `strategy.budget` still pays for: the padding cannot carry a run past it). Each step's
+loss comes from `training.loss.batch_loss` with a generator seeded by (seed, round, epoch,
+step, rank), so the same config gives the same numbers on CPU.
 
 After every epoch and every round the ranks report a Ray Train checkpoint: the model, the
 optimiser and schedule mid-phase, where the job stands and the run state (rank 0), and each
