@@ -51,6 +51,9 @@ PRUNE = {"strategy.round_prune_ratio": 0.3}
 WIDE = {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2}
 START = {"strategy.initial_ratio": 0.2}
 BUDGET_EPOCHS = object()  # stands for --budget-fraction of the job's strategy.epochs
+# stands for the epochs at which a pruning baseline spends --budget-fraction of `full`'s compute,
+# from its own run of the job's epochs on the same seed (spend_epochs)
+SPEND_EPOCHS = object()
 VARIANTS = {
     "m2": {},
     "m2-plan": PLAN,
@@ -73,6 +76,9 @@ VARIANTS = {
     # `full` cut to the budget's share of its epochs, its schedule whole: the plain way to
     # spend the same compute, which a selection has to beat
     "full-short": {"strategy.name": "full", "strategy.epochs": BUDGET_EPOCHS},
+    # InfoBatch and SeTa cut to the same compute, their schedules whole: equal compute
+    "infobatch-short": {"strategy.name": "infobatch", "strategy.epochs": SPEND_EPOCHS},
+    "seta-short": {"strategy.name": "seta", "strategy.epochs": SPEND_EPOCHS},
 }
 DEFAULT_VARIANTS = ("m2", "m2-plan", "m2-all")
 
@@ -97,6 +103,13 @@ def run_one(
         )
         summary = run_job(job, overwrite=True, echo=lambda *_: None)
     return {**summary, "strategy": label, "seed": seed}
+
+
+def spend_epochs(fraction: float, epochs: int, own: dict, full: dict) -> int:
+    """The epochs at which a strategy that spent `own["compute"]` over `epochs` spends
+    `fraction` of `full`'s compute: its share of `full`'s per epoch taken as it was (InfoBatch's
+    and SeTa's pruned share and full-data tail scale with the epochs)."""
+    return max(1, round(fraction * epochs * full["compute"] / own["compute"]))
 
 
 def median_by_wall(repeats: list[dict]) -> dict:
@@ -125,22 +138,32 @@ def main() -> None:
         parser.error(f"--repeats: {args.repeats}, expected 1 or more")
     common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     root = Path(args.root)
+    epochs = load_job(args.job, common).strategy.epochs
     # (strategy, label, overrides) of every run a seed makes, the same for every seed
+    # (SPEND_EPOCHS resolved per seed, from the seed's own runs)
     runs = [(name, name, {}) for name in args.baselines.split(",") if name]
     for label in filter(None, args.variants.split(",")):
         overrides = dict(VARIANTS[label])
         if "strategy.budget_fraction" in overrides:
             overrides["strategy.budget_fraction"] = args.budget_fraction
         if overrides.get("strategy.epochs") is BUDGET_EPOCHS:
-            epochs = load_job(args.job, common).strategy.epochs
             overrides["strategy.epochs"] = max(1, round(args.budget_fraction * epochs))
-        runs.append((overrides.pop("strategy.name", "m2"), label, overrides))
+        strategy = overrides.pop("strategy.name", "m2")
+        if overrides.get("strategy.epochs") is SPEND_EPOCHS and not {"full", strategy} <= {
+            name for name, _, _ in runs
+        }:
+            parser.error(f"--variants {label}: needs --baselines with full and {strategy}")
+        runs.append((strategy, label, overrides))
     init_ray()
     summaries = []
     for seed in (int(s) for s in args.seeds.split(",")):
         repeats = {label: [] for _, label, _ in runs}
         for rep in range(args.repeats):
             for strategy, label, overrides in runs:
+                if overrides.get("strategy.epochs") is SPEND_EPOCHS:
+                    own, full = repeats[strategy][0], repeats["full"][0]
+                    spend = spend_epochs(args.budget_fraction, epochs, own, full)
+                    overrides = {**overrides, "strategy.epochs": spend}
                 s = run_one(args.job, {**common, **overrides}, seed, strategy, label, root, rep)
                 print(
                     f"seed {seed} {label} repeat {rep}: test {s['test_accuracy']:.4f}, compute "
