@@ -66,6 +66,9 @@ VARIANTS = {
     "m2-wide-start": {**WIDE, **START},
     "m2-wide-prune": {**WIDE, **PRUNE},
     "m2-wide-start-prune": {**WIDE, **START, **PRUNE},
+    # ... with the whole increment hard (mispredictions, then the margin fill), no
+    # representatives: where a round adds most of the pool, the rows near the boundary
+    "m2-wide-start-hard": {**WIDE, **START, "strategy.reps_per_round": 0},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
