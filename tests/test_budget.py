@@ -32,12 +32,15 @@ def test_planned_compute_by_hand():
 
 
 def test_the_default_plan_by_hand():
-    # full: 1000 rows x 10 epochs; 30 % is 3000. 4 rounds of 3 epochs from 100 rows, 3 final
-    # epochs: 2400 + 26 * increment <= 3000, so 23 rows a round, 15 of them hard.
+    # full: 1000 rows x 10 epochs; 30 % is 3000. 3 rounds of 2 epochs from 200 rows, 2 final
+    # epochs: training 2 * (600 + 3 i) + 2 * (200 + 2 i) = 1600 + 10 i, scans after rounds 0
+    # and 1 over pools 800 and 800 - i: 1600 + 10 i + (1600 - i) / 3 <= 3000, so i = 89
+    # rows a round (90 would cost 3003.3), 59 of them hard.
     plan = plan_budget(0.3, 1000, 0, 10, False)
-    assert (plan.initial, plan.rounds, plan.epochs, plan.final_epochs) == (100, 4, 3, 3)
-    assert (plan.hard, plan.reps) == (15, 8)
-    assert plan.compute == 2400 + 26 * 23 <= plan.budget == 3000
+    assert (plan.initial, plan.rounds, plan.epochs, plan.final_epochs) == (200, 3, 2, 2)
+    assert (plan.hard, plan.reps) == (59, 30)
+    assert plan.compute == pytest.approx(1600 + 10 * 89 + (1600 - 89) / 3)
+    assert plan.compute <= plan.budget == 3000
 
 
 @pytest.mark.parametrize("n", [10, 97, 1000, 48000])
@@ -83,12 +86,12 @@ def test_never_plans_past_the_budget(n, n_val, fraction, val_every):
 def test_hand_set_knobs_stay_and_the_rest_fits_around_them():
     plan = plan_budget(0.3, 1000, 0, 10, False, rounds=2, hard=50, epochs=5, final_epochs=0)
     assert (plan.rounds, plan.hard, plan.epochs, plan.final_epochs) == (2, 50, 5, 0)
-    # 5 * (100 + 100 + inc) + 900 / 3 <= 3000: inc 340, so 290 representatives
-    assert plan.reps == 290 and plan.compute <= 3000
+    # 5 * (200 + 200 + inc) + 800 / 3 <= 3000: inc 146, so 96 representatives
+    assert plan.reps == 96 and plan.compute <= 3000
 
 
 def test_a_tight_budget_shrinks_the_final_phase_then_the_rounds():
-    plan = plan_budget(0.05, 1000, 0, 10, False)  # 500: round 0 alone costs 300
+    plan = plan_budget(0.05, 1000, 0, 10, False)  # 500: round 0 alone costs 400
     assert plan.final_epochs == 0 and plan.rounds == 1 and plan.compute <= 500
     assert plan.hard == plan.reps == 0
 
@@ -111,7 +114,7 @@ def test_the_job_leaves_the_planned_keys_to_the_plan_and_keeps_the_ones_it_sets(
     assert plan == plan_budget(0.3, 1000, 0, 10, False, rounds=3, final_epochs=2)
     s, t = planned.strategy, planned.train
     assert (s.hard_per_round, s.reps_per_round, s.max_rounds) == (plan.hard, plan.reps, 3)
-    assert (t.epochs_per_round, t.final_epochs) == (3, 2)
+    assert (t.epochs_per_round, t.final_epochs) == (2, 2)
     assert round(s.initial_ratio * 1000) == plan.initial
     assert s.budget == plan.budget  # the run stops where the plan's budget is spent
     tighter = from_dict({**job.to_dict(), "strategy": {**job.to_dict()["strategy"], "budget": 50}})
