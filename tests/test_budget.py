@@ -41,6 +41,7 @@ def test_the_default_plan_by_hand():
     assert (plan.hard, plan.reps) == (59, 30)
     assert plan.compute == pytest.approx(1600 + 10 * 89 + (1600 - 89) / 3)
     assert plan.compute <= plan.budget == 3000
+    assert planned_compute(1000, 0, 200, 90, 3, 2, 2, False) > 3000
 
 
 @pytest.mark.parametrize("n", [10, 97, 1000, 48000])
