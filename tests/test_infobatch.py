@@ -213,14 +213,14 @@ def _write_splits(path, x, y, val_x, val_y):
     )
 
 
-def run_two_workers(tmp_path, x, y, seed, strategy: dict) -> dict:
+def run_two_workers(tmp_path, x, y, seed, strategy: dict, run_dir: str | None = None) -> dict:
     """A pruning strategy's job on rows `x`, `y` with two workers, every epoch validated; the
     model's logits are its inputs (`input_logits`), so each row's loss is known beforehand."""
     _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
     job = from_dict(
         {
             "seed": seed,
-            "run_dir": str(tmp_path / "run"),
+            "run_dir": run_dir or str(tmp_path / "run"),
             "source": {"kind": "parquet", "path": str(tmp_path / "data.parquet")},
             "model": {"name": "test_infobatch:input_logits"},
             "train": {
@@ -235,11 +235,14 @@ def run_two_workers(tmp_path, x, y, seed, strategy: dict) -> dict:
     return run_job(job, echo=lambda *_: None)
 
 
-def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
+def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path, monkeypatch):
     n, epochs, seed = 45, 4, 7
     g = np.random.default_rng(0)
     x = g.normal(size=(n, 3)).astype(np.float32)
     y = g.integers(0, 3, n)
+    # the run directory named from the driver's folder, as `make demo` names it (the workers
+    # run in folders of their own)
+    monkeypatch.chdir(tmp_path)
     summary = run_two_workers(
         tmp_path,
         x,
@@ -251,6 +254,7 @@ def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path):
             "prune_ratio": 0.5,
             "anneal_delta": 0.5,
         },
+        run_dir="run",
     )
 
     losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y), reduction="none").double()

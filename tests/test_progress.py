@@ -20,6 +20,18 @@ def test_a_message_comes_back_as_it_was_sent(tmp_path):
     assert [parse(line) for line in lines] == sent
 
 
+def test_a_relative_path_reaches_a_writer_in_another_folder(tmp_path, monkeypatch):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    shown = []
+    with Feed("run/events.jsonl", shown.append) as events:
+        monkeypatch.chdir(tmp_path / "elsewhere")  # as a Ray Train worker's own folder
+        append(events, Notes(["from a worker"]))
+    assert events == str(tmp_path / "run" / "events.jsonl")
+    assert shown == [Notes(["from a worker"])]
+
+
 def test_the_feed_shows_whole_lines_in_order_and_the_last_ones_after_the_run(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text('{"kind": "Notes", "lines": ["from the session before a resume"]}\n')

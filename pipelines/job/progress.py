@@ -26,7 +26,8 @@ class Feed:
     starts it empty: what a session before a resume said was shown then."""
 
     def __init__(self, path: Path, show: Callable[[object], None]):
-        self._path, self._show = Path(path), show
+        # named from the root: the workers that append to it run in folders of their own
+        self._path, self._show = Path(path).resolve(), show
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._drain, daemon=True)
 
