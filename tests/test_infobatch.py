@@ -213,7 +213,9 @@ def _write_splits(path, x, y, val_x, val_y):
     )
 
 
-def run_two_workers(tmp_path, x, y, seed, strategy: dict, run_dir: str | None = None) -> dict:
+def run_two_workers(
+    tmp_path, x, y, seed, strategy: dict, run_dir: str | None = None, train: dict | None = None
+) -> dict:
     """A pruning strategy's job on rows `x`, `y` with two workers, every epoch validated; the
     model's logits are its inputs (`input_logits`), so each row's loss is known beforehand."""
     _write_splits(tmp_path / "data.parquet", x, y, VAL_X[:, :3], VAL_Y)
@@ -228,6 +230,7 @@ def run_two_workers(tmp_path, x, y, seed, strategy: dict, run_dir: str | None = 
                 "batch_size": 8,
                 "val_every_epoch": True,
                 "checkpoint_every_s": 0,
+                **(train or {}),
             },
             "strategy": strategy,
         }
@@ -240,9 +243,10 @@ def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path, 
     g = np.random.default_rng(0)
     x = g.normal(size=(n, 3)).astype(np.float32)
     y = g.integers(0, 3, n)
-    # the run directory named from the driver's folder, as `make demo` names it (the workers
-    # run in folders of their own)
+    # the run directory and the spill folder named from the driver's folder, as `make demo`
+    # names its run directory (the workers run in folders of their own); every row spills
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "spill").mkdir()
     summary = run_two_workers(
         tmp_path,
         x,
@@ -255,6 +259,7 @@ def test_a_two_worker_job_trains_the_rows_the_rule_keeps(ray_session, tmp_path, 
             "anneal_delta": 0.5,
         },
         run_dir="run",
+        train={"cache_mb": 0, "spill_dir": "spill"},
     )
 
     losses = F.cross_entropy(torch.from_numpy(x), torch.from_numpy(y), reduction="none").double()

@@ -128,6 +128,11 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
 def _trainer(job: JobConfig, info, run_dir: Path, events: str, started_at: float) -> TorchTrainer:
     """The job's one Ray Train run; on the same storage it continues from its latest
     checkpoint (a restarted worker group, or a driver started again with --resume)."""
+    spill = job.train.spill_dir  # a folder too: named from the root, as the others below
+    if spill is not None:
+        job = dataclasses.replace(
+            job, train=dataclasses.replace(job.train, spill_dir=str(Path(spill).resolve()))
+        )
     return TorchTrainer(
         train_job,
         train_loop_config={
