@@ -127,8 +127,11 @@ def run_job(job: JobConfig, *, resume: bool = False, overwrite: bool = False, ec
 
 def _trainer(job: JobConfig, info, run_dir: Path, events: str, started_at: float) -> TorchTrainer:
     """The job's one Ray Train run; on the same storage it continues from its latest
-    checkpoint (a restarted worker group, or a driver started again with --resume)."""
-    spill = job.train.spill_dir  # a folder too: named from the root, as the others below
+    checkpoint (a restarted worker group, or a driver started again with --resume). The
+    workers run in folders of their own: every folder they get is named from the root here
+    (the events file is, by its Feed)."""
+    run_dir = run_dir.resolve()
+    spill = job.train.spill_dir
     if spill is not None:
         job = dataclasses.replace(
             job, train=dataclasses.replace(job.train, spill_dir=str(Path(spill).resolve()))
@@ -137,8 +140,8 @@ def _trainer(job: JobConfig, info, run_dir: Path, events: str, started_at: float
         train_job,
         train_loop_config={
             "job": job.to_dict(),
-            "run_dir": str(run_dir.resolve()),
-            "data_dir": str((run_dir / "data").resolve()),
+            "run_dir": str(run_dir),
+            "data_dir": str(run_dir / "data"),
             "num_classes": info.num_classes,
             "x_shape": list(info.x_shape),
             "x_dtype": info.x_dtype,
@@ -147,7 +150,7 @@ def _trainer(job: JobConfig, info, run_dir: Path, events: str, started_at: float
         },
         scaling_config=ScalingConfig(num_workers=job.train.num_workers, use_gpu=job.train.use_gpu),
         run_config=RunConfig(
-            storage_path=str((run_dir / "train").resolve()),
+            storage_path=str(run_dir / "train"),
             name="job",
             failure_config=FailureConfig(max_failures=2),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
