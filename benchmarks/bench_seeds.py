@@ -73,8 +73,6 @@ VARIANTS = {
     # ... with the whole increment hard (mispredictions, then the margin fill), no
     # representatives: where a round adds most of the pool, the rows near the boundary
     "m2-wide-start-hard": {**WIDE, **START, "strategy.reps_per_round": 0},
-    # ... with the first subset drawn as evenly over the classes as their rows allow
-    "m2-wide-start-balanced": {**WIDE, **START, "strategy.initial_draw": "balanced"},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},

@@ -148,35 +148,11 @@ def random_draw(
     return selection(chosen, reason, notes)
 
 
-def random_candidates(
-    batch: dict, n: int, seed: int, group: np.ndarray | None = None, limit: np.ndarray | None = None
-) -> dict:
-    """The rows of smallest hash(seed, id): `n` of them, or `limit[g]` of each `group` g."""
+def random_candidates(batch: dict, n: int, seed: int) -> dict:
     ids = batch[ID].astype(np.int64)
     key = hash_keys(ids, seed)
-    group = np.zeros(len(ids), np.int64) if group is None else group.astype(np.int64)
-    keep = smallest_per_group(group, key, ids, np.array([n]) if limit is None else limit)
-    return {"group": group[keep], "key": key[keep], ID: ids[keep]}
-
-
-def balanced_quota(counts: np.ndarray, n: int) -> np.ndarray:
-    """How many of `n` rows a class-balanced draw takes from each class of `counts` rows: the
-    same number from each, a class with fewer gives all it has and the others share what it
-    leaves; what does not split evenly goes one a class to the first classes with rows to
-    spare. On a long tail a uniform draw of 10 % would give the rarest class a tenth of its few
-    rows; this gives it as many as the common classes, or all of them."""
-    counts = np.asarray(counts, np.int64)
-    n = min(int(n), int(counts.sum()))
-    quota = np.zeros(len(counts), np.int64)
-    while quota.sum() < n:
-        spare = quota < counts
-        share = max(1, (n - quota.sum()) // int(spare.sum()))
-        if share == 1:  # the last few: one each to the first classes with rows to spare
-            first = np.flatnonzero(spare)[: n - quota.sum()]
-            quota[first] += 1
-        else:
-            quota = np.minimum(counts, quota + share * spare)
-    return quota
+    keep = smallest_per_group(np.zeros(len(ids), np.int64), key, ids, np.array([n]))
+    return {"group": np.zeros(len(keep), np.int64), "key": key[keep], ID: ids[keep]}
 
 
 def balanced_draw(

@@ -77,9 +77,6 @@ class StrategyConfig:
     name: str = "m2"  # m2 | random | full | norm_balanced | infobatch | seta
     # The knobs in PLANNED_KEYS may be None while budget_fraction is set: the plan fills them.
     initial_ratio: float | None = 0.1
-    # m2, random: the first subset uniform over the pool (the source rule), or as even over the
-    # classes as their rows allow (balanced: a long tail's rare classes from the first round)
-    initial_draw: str = "random"  # random | balanced
     hard_per_round: int | None = 2000
     reps_per_round: int | None = 1000
     cluster_k: int = 20
@@ -144,7 +141,6 @@ PLANNED_KEYS = {
     "train": ("epochs_per_round", "final_epochs"),
 }
 HARD_FILLS = ("none", "loss", "margin")
-INITIAL_DRAWS = ("random", "balanced")
 LR_SCHEDULES = ("phase", "run_onecycle", "run_cosine")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
@@ -241,12 +237,6 @@ class JobConfig:
             "strategy.cluster_on",
             s.cluster_on,
             "embedding or x",
-        )
-        check_field(
-            s.initial_draw in INITIAL_DRAWS,
-            "strategy.initial_draw",
-            s.initial_draw,
-            f"one of {', '.join(INITIAL_DRAWS)}",
         )
         check_field(
             s.hard_fill in HARD_FILLS,

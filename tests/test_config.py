@@ -22,7 +22,6 @@ def test_defaults_and_int_to_float():
         ({"strategy": {"initial_ratio": 0}}, "strategy.initial_ratio"),
         ({"strategy": {"initial_ratio": 1.5}}, "strategy.initial_ratio"),
         ({"strategy": {"name": "m3"}}, "strategy.name"),
-        ({"strategy": {"initial_draw": "even"}}, "strategy.initial_draw: got 'even'"),
         ({"strategy": {"reps_dedup": 0}}, "strategy.reps_dedup: got 0.0, expected > 0 or null"),
         ({"train": {"num_workers": 0}}, "train.num_workers"),
         ({"model": {"kwargs": [1]}}, "model.kwargs"),

@@ -88,23 +88,6 @@ def test_random_draws_the_smallest_seeded_hashes():
     assert set(added.reasons) == {"random"} and added.stop_reason is None
 
 
-def test_a_balanced_first_draw_takes_each_class_evenly_by_the_seeded_hashes():
-    # Class 2 keeps 3 of its 10 rows in the pool; 15 of the 23: its 3, then 6 of each other
-    # class, each class's rows those of smallest hash(seed, id).
-    job = _job(name="random", initial_ratio=0.65, initial_draw="balanced")
-    share = _share()
-    taken = IDS[(LABELS == 2)][3:]
-    first = RandomGrowth().initial(_view(job, share, taken))
-    keys = dict(zip(IDS.tolist(), hash_keys(IDS, derive_seed(SEED, "initial"))))
-    pool = [i for i in IDS.tolist() if i not in taken]
-    want = []
-    for label, n in ((0, 6), (1, 6), (2, 3)):
-        rows = [i for i in pool if i % 3 == label]
-        want += sorted(rows, key=keys.get)[:n]
-    assert math.floor(0.65 * len(pool) + 0.5) == 15
-    assert first.ids.tolist() == sorted(want)
-
-
 def test_m2_takes_the_first_mistakes_of_its_scan_and_the_rest_as_representatives():
     job, share = _job(hard_per_round=3, reps_per_round=100), _share()
     subset = IDS[:6]

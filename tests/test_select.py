@@ -5,12 +5,7 @@ import pytest
 
 from raysift.operators.contract import ID, LABEL, DataError, X, from_columns
 from raysift.operators.keys import hash_keys
-from raysift.operators.select import (
-    balanced_draw,
-    balanced_quota,
-    random_draw,
-    smallest_per_group,
-)
+from raysift.operators.select import balanced_draw, random_draw, smallest_per_group
 
 # id -> norm per class; the comments give the mean and the two sides in draw order.
 CLASSES = {
@@ -146,15 +141,3 @@ def test_random_draw_bad_input(ray_session):
         random_draw(_ids(5, 2), n=-1)
     with pytest.raises(DataError, match="missing column.*'id'"):
         random_draw(from_columns({"key": np.arange(3)}), n=1)
-
-
-def test_balanced_quota_shares_evenly_and_passes_on_what_small_classes_leave():
-    # 12 of (10, 2, 10): the small class gives its 2, the others share the 10 left.
-    assert balanced_quota(np.array([10, 2, 10]), 12).tolist() == [5, 2, 5]
-    # 10 of (4, 1, 9, 9): 2 each (class 1 gives its 1), then the 3 left one each to the
-    # classes with rows to spare; with 11, the one after those to the first of them, class 0.
-    assert balanced_quota(np.array([4, 1, 9, 9]), 10).tolist() == [3, 1, 3, 3]
-    assert balanced_quota(np.array([4, 1, 9, 9]), 11).tolist() == [4, 1, 3, 3]
-    # More than there are: every row; none: nothing.
-    assert balanced_quota(np.array([3, 0, 2]), 9).tolist() == [3, 0, 2]
-    assert balanced_quota(np.array([3, 4]), 0).tolist() == [0, 0]

@@ -27,7 +27,6 @@ from raysift.operators.norms import Norms
 from raysift.operators.select import (
     Selection,
     balanced_candidates,
-    balanced_quota,
     compose_balanced,
     random_candidates,
     selection,
@@ -240,10 +239,8 @@ class RandomGrowth(Policy):
 
     def initial(self, view: RoundView) -> Selection:
         total = all_sum_int(len(view.pool))
-        s = view.job.strategy
-        n = math.floor(s.initial_ratio * total + 0.5)
-        balanced = s.initial_draw == "balanced"
-        return random_pick(view, n, derive_seed(view.job.seed, "initial"), "initial", balanced)
+        n = math.floor(view.job.strategy.initial_ratio * total + 0.5)
+        return random_pick(view, n, derive_seed(view.job.seed, "initial"), "initial")
 
     def planned_sizes(self, job: JobConfig, n_train: int, num_classes: int) -> tuple[int, int]:
         s = job.strategy
@@ -461,18 +458,10 @@ def nearest_misses(
     return got[ID].astype(np.int64) if got else np.zeros(0, np.int64)
 
 
-def random_pick(
-    view: RoundView, n: int, seed: int, reason: str, balanced: bool = False
-) -> Selection:
+def random_pick(view: RoundView, n: int, seed: int, reason: str) -> Selection:
     """`n` of every rank's pool rows, uniformly: the smallest hash(seed, id), as
-    operators/select.py's `random_draw` picks them; `balanced`: as evenly over the classes as
-    their pool rows allow (`balanced_quota`), uniformly within each. Ids ascending."""
-    ids, group, limit = view.share.ids[view.pool], None, np.array([n])
-    if balanced:
-        group = view.share.labels[view.pool]
-        counts = all_sum_np(np.bincount(group, minlength=view.num_classes).astype(np.int64))
-        limit = balanced_quota(counts, n)
-    got = merge_smallest(random_candidates({ID: ids}, n, seed, group, limit), limit)
+    operators/select.py's `random_draw` picks them. Ids ascending."""
+    got = merge_smallest(random_candidates({ID: view.share.ids[view.pool]}, n, seed), np.array([n]))
     return selection(np.sort(got[ID]) if got else [], reason)
 
 
