@@ -8,7 +8,9 @@ training split in memory, validation when the job validates. It runs twice: with
 defaults (`plain ddp`) and with the engine's DDP options (`plain ddp*`, job/engine.py
 DDP_OPTIONS), so the table tells the options' gain from Ray Train's cost. The raysift runs are
 whole jobs (`run_job`, Ray already started, data ingested into each run's folder); their wall
-time is given with and without the ingest. Prints each repeat, then the medians and the
+time is given with and without the ingest. `empty train` is a Ray Train run on the job's
+workers whose loop does nothing: the start-up and tear-down that every job pays, whatever its
+strategy, and no code of ours can remove. Prints each repeat, then the medians and the
 ratios: M2 and plain DDP against `full`, `full` against plain DDP, and M2's median per-round
 overhead (a phase's wall time less its training steps and scoring batches).
 """
@@ -29,6 +31,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from ray.train import RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
 
 from raysift.config import load_job
 from raysift.data.ingest import load_info
@@ -36,6 +40,9 @@ from raysift.job.engine import DDP_OPTIONS
 from raysift.job.rounds import init_ray, run_job
 from raysift.operators.contract import as_float
 from raysift.training.models import build_model
+
+EMPTY = "empty train"  # a Ray Train run with an empty loop: the start-up every job pays
+NO_RUN = {"compute": float("nan"), "overhead": float("nan")}  # rows that are not raysift jobs
 
 
 def _split(data_dir: Path, split: str, x_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -106,6 +113,21 @@ def plain_ddp(job, data_dir: Path, ddp_options: dict) -> tuple[float, float]:
         return time.perf_counter() - start, float(Path(out).read_text())
 
 
+def _nothing(config: dict) -> None:
+    """An empty training loop: what Ray Train itself takes to start and stop a worker group."""
+
+
+def empty_ray_train(job, storage: Path) -> float:
+    """Wall seconds of a Ray Train run whose loop does nothing, on the job's workers."""
+    start = time.perf_counter()
+    TorchTrainer(
+        _nothing,
+        scaling_config=ScalingConfig(num_workers=job.train.num_workers),
+        run_config=RunConfig(storage_path=str(storage.resolve()), name="empty"),
+    ).fit()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--job", default="configs/demo_mnist1d.yaml")
@@ -115,7 +137,7 @@ def main() -> None:
     base = load_job(args.job)
     init_ray()
     plain = {"plain ddp": {}, "plain ddp*": DDP_OPTIONS}
-    rows = {name: [] for name in (*plain, "full", "m2")}
+    rows = {name: [] for name in (*plain, "full", "m2", EMPTY)}
     for repeat in range(args.repeats):
         for name in ("full", "m2"):
             job = dataclasses.replace(
@@ -142,15 +164,9 @@ def main() -> None:
                 Path(args.run_dir) / "full" / "data",
                 options,
             )
-            rows[name].append(
-                {
-                    "wall": wall,
-                    "wall_no_ingest": wall,
-                    "test": acc,
-                    "compute": float("nan"),
-                    "overhead": float("nan"),
-                }
-            )
+            rows[name].append({"wall": wall, "wall_no_ingest": wall, "test": acc} | NO_RUN)
+        wall = empty_ray_train(base, Path(args.run_dir))
+        rows[EMPTY].append({"wall": wall, "wall_no_ingest": wall, "test": float("nan")} | NO_RUN)
         print(
             f"repeat {repeat}: "
             + ", ".join(
@@ -181,6 +197,10 @@ def main() -> None:
     print(
         f"m2 / full wall (no ingest): {med['m2']['wall_no_ingest'] / full['wall_no_ingest']:.3f}"
         f"  (target <= 0.5)"
+    )
+    print(
+        f"an empty Ray Train run: {med[EMPTY]['wall']:.1f}s, "
+        f"{med[EMPTY]['wall'] / full['wall_no_ingest']:.3f} of full's wall (no ingest)"
     )
 
 
