@@ -20,7 +20,7 @@ from raysift.config import ConfigError, from_dict
 from raysift.data.ingest import load_info
 from raysift.data.share import owner
 from raysift.job.messages import EVENTS, EpochDone, PhaseDone, parse
-from raysift.job.rounds import run_job
+from raysift.job.rounds import format_summary, run_job
 from raysift.training.evaluate import balanced_accuracy
 from raysift.training.saved import load_model
 
@@ -106,6 +106,13 @@ def test_m2_end_to_end(finished_run):
         expected_train += epochs * 2 * held.max()
     assert summary["train_sample_passes"] == expected_train
     assert summary["test_accuracy"] > 0.5  # digits are easy: far above the 0.1 of chance
+    # The wall clock splits into the phases and what lies outside them (the ingest, Ray
+    # Train's start and the test), which the printed summary names.
+    wall = summary["wall_seconds"]
+    inside = sum(r["seconds_round"] for r in summary["per_round"])
+    assert wall["outside_phases"] == pytest.approx(wall["total"] - inside)
+    assert wall["ingest"] < wall["outside_phases"] < wall["total"]
+    assert f"start-up and test {wall['outside_phases']:.0f})" in format_summary(summary)
     assert (run_dir / "final" / "model.pt").exists() and (run_dir / "summary.json").exists()
     # What the driver showed: rank 0's messages, a line each, every epoch and phase once.
     events = [parse(line) for line in (run_dir / EVENTS).read_text().splitlines()]

@@ -189,6 +189,9 @@ def _summary(
             **phases,
             "ingest": ingest_seconds,
             "overhead": sum(overhead_seconds(r) for r in records),
+            # the run less its phases: the ingest, Ray Train's start and stop, the workers'
+            # reads and DDP set-up, and the test, which every job pays whatever its strategy
+            "outside_phases": run_seconds - sum(r["seconds_round"] for r in records),
             "total": run_seconds,
         },
         "per_round": [
@@ -235,7 +238,8 @@ def format_summary(summary: dict) -> str:
         f"subset {subset_cell(summary)}, compute {summary['compute']:.0f} sample-passes "
         f"(train {summary['train_sample_passes']}, infer {summary['infer_sample_passes']}), "
         f"wall {w['total']:.0f}s (train {w['train']:.0f}, score {w['score']:.0f}, "
-        f"select {w['select']:.0f}, overhead {w['overhead']:.0f})"
+        f"select {w['select']:.0f}, overhead {w['overhead']:.0f}"
+        + (f", start-up and test {w['outside_phases']:.0f})" if "outside_phases" in w else ")")
     )
 
 
