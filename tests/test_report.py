@@ -253,6 +253,13 @@ def test_wall_time_beside_full_and_the_closing_sentence():
     )
     assert saving_sentence(summaries[1:]) is None
     assert table(summaries[1:])[1][0][-1] == "-"
+    # With what lay outside the training phases recorded: the part no strategy saves.
+    for s, outside in zip(summaries[:2], (14.4, 6.6)):
+        s["wall_seconds"] = {**s["wall_seconds"], "outside_phases": outside}
+    assert saving_sentence(summaries).endswith(
+        "25% of its wall time. Of those wall times, 7 s and 14 s went to the start-up, the "
+        "ingest and the test, which every strategy pays."
+    )
 
 
 def test_compute_to_reach_is_the_first_validation_at_the_target():
