@@ -58,6 +58,7 @@ def test_compare_reads_every_run_back_keyed_by_strategy_and_seed(tmp_path, monke
         return summary
 
     monkeypatch.setattr(compare_module, "run_job", fake_run_job)
+    monkeypatch.setattr(compare_module, "init_ray", lambda: None)  # no Ray: the runs are fakes
     monkeypatch.chdir(tmp_path)
     job = raysift.load_job({"seed": 9, "run_dir": "cmp"})
     cmp = raysift.compare(job, ["full", "m2"], seeds=[0, 2])

@@ -187,10 +187,13 @@ def test_compare_over_seeds_runs_each_strategy_per_seed_in_its_own_folder(tmp_pa
         )
 
     monkeypatch.setattr(compare_module, "run_job", fake_run_job)
+    monkeypatch.setattr(compare_module, "init_ray", lambda: ran.append("ray"))
     monkeypatch.chdir(tmp_path)
     job = from_dict({"seed": 9, "run_dir": "cmp"})
     got = compare_module.compare(job, ["full", "m2"], seeds=[0, 2], echo=lambda *_: None)
+    # Ray starts once, before the first strategy's clock, not inside the first run.
     assert ran == [
+        "ray",
         (0, "full", "cmp/seed0/full"),
         (0, "m2", "cmp/seed0/m2"),
         (2, "full", "cmp/seed2/full"),

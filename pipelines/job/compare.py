@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from raysift.config import JobConfig
-from raysift.job.rounds import run_job
+from raysift.job.rounds import init_ray, run_job
 from raysift.report.comparison import COMPARISON, comparison_table, saving_sentence, write_report
 from raysift.report.seeds import SEEDS_JSON, seeds_text, write_seeds_report
 from raysift.run_state import atomic_write_json
@@ -25,11 +25,15 @@ def compare(
     """One run per strategy under RUN_DIR/<strategy>, then RUN_DIR/comparison.json and the
     report (`report.comparison.write_report`); returns the summaries in order. With `seeds`,
     that per seed under RUN_DIR/seed<k>/ (the job's seed replaced), then RUN_DIR/seeds.json
-    (every summary with its `seed`) and the seeds' report (`report.seeds.write_seeds_report`)."""
+    (every summary with its `seed`) and the seeds' report (`report.seeds.write_seeds_report`).
+
+    Ray starts here, before any strategy's clock: inside the first run its start (about 4 s on
+    2 cores) would count against that strategy alone."""
+    if seeds is not None and (len(set(seeds)) != len(seeds) or not seeds):
+        raise ValueError(f"seeds: got {seeds}, expected distinct seeds")
+    init_ray()
     if seeds is None:
         return _compare(job, strategies, resume=resume, overwrite=overwrite, echo=echo)
-    if len(set(seeds)) != len(seeds) or not seeds:
-        raise ValueError(f"seeds: got {seeds}, expected distinct seeds")
     root = Path(job.run_dir)
     summaries = []
     for seed in seeds:
