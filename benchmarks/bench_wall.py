@@ -42,7 +42,13 @@ from raysift.operators.contract import as_float
 from raysift.training.models import build_model
 
 EMPTY = "empty train"  # a Ray Train run with an empty loop: the start-up every job pays
-NO_RUN = {"compute": float("nan"), "overhead": float("nan")}  # rows that are not raysift jobs
+
+
+def _not_a_job(wall: float, test: float = float("nan")) -> dict:
+    """A row of a run that is not a raysift job: no ingest, compute or round overhead."""
+    return {"wall": wall, "wall_no_ingest": wall, "test": test} | dict.fromkeys(
+        ("compute", "overhead"), float("nan")
+    )
 
 
 def _split(data_dir: Path, split: str, x_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -164,9 +170,8 @@ def main() -> None:
                 Path(args.run_dir) / "full" / "data",
                 options,
             )
-            rows[name].append({"wall": wall, "wall_no_ingest": wall, "test": acc} | NO_RUN)
-        wall = empty_ray_train(base, Path(args.run_dir))
-        rows[EMPTY].append({"wall": wall, "wall_no_ingest": wall, "test": float("nan")} | NO_RUN)
+            rows[name].append(_not_a_job(wall, acc))
+        rows[EMPTY].append(_not_a_job(empty_ray_train(base, Path(args.run_dir))))
         print(
             f"repeat {repeat}: "
             + ", ".join(
