@@ -84,6 +84,9 @@ class StrategyConfig:
     # m2: skip a representative within this distance (in the cluster_on space) of a row already
     # chosen, e.g. an offline-augmented copy of a chosen sample (null: keep all)
     reps_dedup: float | None = None
+    # m2: which rows of a cluster represent it: nearest its centre, or a seeded uniform draw
+    # within it (spread), each cluster its share of reps_per_round either way
+    reps_pick: str = "nearest"  # nearest | spread
     # m2: when the pool holds fewer mispredictions than hard_per_round, fill the rest with the
     # correctly predicted rows of highest loss or lowest margin (none: the source rule)
     hard_fill: str = "none"  # none | loss | margin
@@ -141,6 +144,7 @@ PLANNED_KEYS = {
     "train": ("epochs_per_round", "final_epochs"),
 }
 HARD_FILLS = ("none", "loss", "margin")
+REPS_PICKS = ("nearest", "spread")
 LR_SCHEDULES = ("phase", "run_onecycle", "run_cosine")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")
@@ -237,6 +241,12 @@ class JobConfig:
             "strategy.cluster_on",
             s.cluster_on,
             "embedding or x",
+        )
+        check_field(
+            s.reps_pick in REPS_PICKS,
+            "strategy.reps_pick",
+            s.reps_pick,
+            f"one of {', '.join(REPS_PICKS)}",
         )
         check_field(
             s.hard_fill in HARD_FILLS,

@@ -309,6 +309,7 @@ class M2(RandomGrowth):
                 s.cluster_k,
                 derive_seed(job.seed, "kmeans", view.round_index) % 2**31,
                 dedup=s.reps_dedup,
+                spread=s.reps_pick == "spread",
                 taken=_chosen_features(view, got, column, np.concatenate([scan.hard_ids, fill]))
                 if s.reps_dedup
                 else None,

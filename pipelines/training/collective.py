@@ -24,6 +24,7 @@ from raysift.operators.cluster import (
     sample_candidates,
 )
 from raysift.operators.contract import ID
+from raysift.operators.keys import hash_keys
 from raysift.operators.select import prune_candidates
 
 DEDUP_OVERSAMPLE = 8  # rows a cluster offers per representative it may take, with dedup
@@ -146,6 +147,7 @@ def representatives(
     seed: int,
     dedup: float | None = None,
     taken: np.ndarray | None = None,
+    spread: bool = False,
 ) -> np.ndarray:
     """M2 step 4 over the rows of every rank (this rank's as {id, column} arrays): k-means,
     then per cluster the rows nearest its centre, as many as its share of `n_total`. Ids by
@@ -163,6 +165,8 @@ def representatives(
     k = min(n_clusters, n)
     km = RankKMeans(n_clusters=k, max_iter=20, seed=seed, column=column).fit_rows(rows)
     assigned = assign_batch(rows, km.cluster_centers_, column, km.feature_shape_)
+    if spread:  # PROBE: a seeded uniform draw within each cluster instead of its core
+        assigned["dist"] = hash_keys(assigned[ID].astype(np.int64), seed).astype(np.float64)
     sizes = all_sum_np(np.bincount(assigned["cluster"], minlength=k).astype(np.int64))
     quota = proportional_counts(sizes, min(n_total, n))
     if dedup is None:
