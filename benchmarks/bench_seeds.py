@@ -75,6 +75,7 @@ VARIANTS = {
     "m2-wide-start-hard": {**WIDE, **START, "strategy.reps_per_round": 0},
     # ... from a 30 % first subset, or in 2 rounds of 3 epochs: the planner's starting points
     # moved on the way that paid on Fashion-MNIST (fewer, larger rounds)
+    "m2-spread": {"strategy.reps_pick": "spread"},
     "m2-wide-start-spread": {**WIDE, **START, "strategy.reps_pick": "spread"},
     "m2-wide-start-30": {**WIDE, "strategy.initial_ratio": 0.3},
     "m2-2x3-start": {**WIDE, **START, "strategy.max_rounds": 2, "train.epochs_per_round": 3},
