@@ -426,7 +426,7 @@ def representatives(
     sizes = np.bincount(which, weights=np.concatenate([c["count"] for c in counted]))
     quota = proportional_counts(sizes.astype(np.int64), n_total)
     parts = assigned.select_columns([ID, "cluster", "dist"]).map_batches(
-        nearest_candidates,
+        cluster_candidates,
         batch_format="numpy",
         batch_size=None,
         fn_kwargs={"clusters": clusters, "quota": quota},
@@ -446,12 +446,15 @@ def _count_clusters(batch: dict) -> dict:
     return {"cluster": clusters.astype(np.int64), "count": counts}
 
 
-def nearest_candidates(batch: dict, clusters: np.ndarray, quota: np.ndarray) -> dict:
+def cluster_candidates(
+    batch: dict, clusters: np.ndarray, quota: np.ndarray, key: str = "dist"
+) -> dict:
+    """Per cluster, this block's `quota` rows of smallest `key` (`dist`: nearest the centre)."""
     ids = batch[ID].astype(np.int64)
     group = np.searchsorted(clusters, batch["cluster"])  # every cluster was counted: same rows
-    dist = batch["dist"].astype(np.float64)
-    keep = smallest_per_group(group, dist, ids, quota)
-    return {"group": group[keep], "key": dist[keep], ID: ids[keep]}
+    value = batch[key].astype(np.float64) if key == "dist" else batch[key]
+    keep = smallest_per_group(group, value, ids, quota)
+    return {"group": group[keep], "key": value[keep], ID: ids[keep]}
 
 
 def drop_near_duplicates(

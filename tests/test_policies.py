@@ -120,6 +120,29 @@ def test_m2_representatives_are_the_rows_nearest_each_centre():
     assert {r < 115 for r in reps} == {True, False}  # one from each group
 
 
+def test_m2_spread_representatives_are_each_clusters_smallest_seeded_hashes():
+    # The two groups of the test above; 12 and 11 right rows, so 6 representatives split 3 / 3
+    # (largest remainder), each group's the 3 rows of smallest hash(k-means seed, id).
+    features = np.where(np.arange(N) < 15, 0.0, 1000.0) + np.tile([0, -10, 10, -20, 20], 6)
+    job = _job(hard_per_round=1, reps_per_round=6, cluster_k=2, cluster_on="x", reps_pick="spread")
+    right = ~np.isin(IDS, list(WRONG))
+    added = M2().after_round(_view(job, _share(features), IDS[~right]))
+    seed = derive_seed(SEED, "kmeans", 0) % 2**31
+    expected = []
+    for group in (IDS[right & (IDS < 115)], IDS[right & (IDS >= 115)]):
+        expected += group[np.argsort(hash_keys(group, seed))[:3]].tolist()
+    assert sorted(added.ids.tolist()) == sorted(expected)
+    assert set(added.reasons) == {"representative"}
+    nearest = M2().after_round(
+        _view(
+            _job(hard_per_round=1, reps_per_round=6, cluster_k=2, cluster_on="x"),
+            _share(features),
+            IDS[~right],
+        )
+    )
+    assert set(nearest.ids.tolist()) != set(expected)  # not the cluster cores
+
+
 class InputLogits(torch.nn.Module):
     def forward(self, x):
         return x

@@ -16,9 +16,9 @@ from raysift.operators.cluster import (
     KMeans,
     PassStats,
     assign_batch,
+    cluster_candidates,
     greedy_keep,
     lloyd_partial,
-    nearest_candidates,
     nearest_distance,
     proportional_counts,
     sample_candidates,
@@ -151,7 +151,8 @@ def representatives(
 ) -> np.ndarray:
     """M2 step 4 over the rows of every rank (this rank's as {id, column} arrays): k-means,
     then per cluster the rows nearest its centre, as many as its share of `n_total`. Ids by
-    cluster, nearest first; all of them when there are at most `n_total`.
+    cluster, nearest first; all of them when there are at most `n_total`. With `spread`, a
+    cluster's rows are instead those of smallest hash(seed, id): a seeded uniform draw within it.
 
     With `dedup`, a row within that distance of one already chosen is passed over for the next
     nearest (operators/cluster.py `greedy_keep`, as `raysift cluster --dedup` does): offline
@@ -165,14 +166,16 @@ def representatives(
     k = min(n_clusters, n)
     km = RankKMeans(n_clusters=k, max_iter=20, seed=seed, column=column).fit_rows(rows)
     assigned = assign_batch(rows, km.cluster_centers_, column, km.feature_shape_)
-    if spread:  # PROBE: a seeded uniform draw within each cluster instead of its core
-        assigned["dist"] = hash_keys(assigned[ID].astype(np.int64), seed).astype(np.float64)
+    key = "dist"
+    if spread:  # a seeded uniform draw within each cluster: its extent, not only its core
+        key = "draw"
+        assigned["draw"] = hash_keys(assigned[ID].astype(np.int64), seed)
     sizes = all_sum_np(np.bincount(assigned["cluster"], minlength=k).astype(np.int64))
     quota = proportional_counts(sizes, min(n_total, n))
     if dedup is None:
-        got = merge_smallest(nearest_candidates(assigned, np.arange(k), quota), quota)
+        got = merge_smallest(cluster_candidates(assigned, np.arange(k), quota, key), quota)
         return got[ID].astype(np.int64)
-    offered = nearest_candidates(assigned, np.arange(k), quota * DEDUP_OVERSAMPLE)
+    offered = cluster_candidates(assigned, np.arange(k), quota * DEDUP_OVERSAMPLE, key)
     order = np.argsort(rows[ID], kind="stable")
     at = order[np.searchsorted(rows[ID][order], offered[ID])]  # the offered rows' positions
     offered[column] = np.asarray(rows[column]).reshape(len(rows[ID]), -1)[at]
