@@ -48,7 +48,11 @@ PLANNED_NULL = {
 # DEFAULT_*): 4 rounds of 3 epochs from 10 %, pinned so that each variant below measures what
 # RESULTS.md reports under its name.
 BEFORE = {"strategy.max_rounds": 4, "train.epochs_per_round": 3, "strategy.initial_ratio": 0.1}
-PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL, **BEFORE}  # --budget-fraction: the share
+# ... and the representatives' rule until the seeded draw across each cluster became the default
+NEAREST = {"strategy.reps_pick": "nearest"}
+SPREAD = {"strategy.reps_pick": "spread"}
+# --budget-fraction: the share
+PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL, **BEFORE, **NEAREST}
 SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}
 PRUNE = {"strategy.round_prune_ratio": 0.3}
@@ -59,7 +63,7 @@ BUDGET_EPOCHS = object()  # stands for --budget-fraction of the job's strategy.e
 # from its own run of the job's epochs on the same seed (spend_epochs)
 SPEND_EPOCHS = object()
 VARIANTS = {
-    "m2": {},
+    "m2": NEAREST,
     "m2-plan": PLAN,
     "m2-all": {**PLAN, **SCHED, **FILL, "train.final_keep_best": True},
     # the two changes that paid, without the one that did not (final_keep_best)
@@ -75,10 +79,19 @@ VARIANTS = {
     "m2-wide-start-hard": {**WIDE, **START, "strategy.reps_per_round": 0},
     # ... from a 30 % first subset, or in 2 rounds of 3 epochs: the planner's starting points
     # moved on the way that paid on Fashion-MNIST (fewer, larger rounds)
-    "m2-spread": {"strategy.reps_pick": "spread"},
-    "m2-wide-start-spread": {**WIDE, **START, "strategy.reps_pick": "spread"},
     "m2-wide-start-30": {**WIDE, "strategy.initial_ratio": 0.3},
     "m2-2x3-start": {**WIDE, **START, "strategy.max_rounds": 2, "train.epochs_per_round": 3},
+    # representatives drawn across each cluster instead of its core (the default since), on
+    # the demo job and on the planner's defaults; then with half of each increment hard
+    "m2-spread": SPREAD,
+    "m2-wide-start-spread": {**WIDE, **START, **SPREAD},
+    "m2-wide-start-spread-half": {
+        **WIDE,
+        **START,
+        **SPREAD,
+        "strategy.hard_per_round": 7708,
+        "strategy.reps_per_round": 7708,
+    },
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},

@@ -84,9 +84,10 @@ class StrategyConfig:
     # m2: skip a representative within this distance (in the cluster_on space) of a row already
     # chosen, e.g. an offline-augmented copy of a chosen sample (null: keep all)
     reps_dedup: float | None = None
-    # m2: which rows of a cluster represent it: nearest its centre, or a seeded uniform draw
-    # within it (spread), each cluster its share of reps_per_round either way
-    reps_pick: str = "nearest"  # nearest | spread
+    # m2: which rows of a cluster represent it, each cluster its share of reps_per_round: a
+    # seeded uniform draw within it (spread: level or ahead on every job measured, steadier on
+    # Fashion-MNIST), or the rows nearest its centre (nearest: the rule until then)
+    reps_pick: str = "spread"  # spread | nearest
     # m2: when the pool holds fewer mispredictions than hard_per_round, fill the rest with the
     # correctly predicted rows of highest loss or lowest margin (none: the source rule)
     hard_fill: str = "none"  # none | loss | margin
@@ -144,7 +145,7 @@ PLANNED_KEYS = {
     "train": ("epochs_per_round", "final_epochs"),
 }
 HARD_FILLS = ("none", "loss", "margin")
-REPS_PICKS = ("nearest", "spread")
+REPS_PICKS = ("spread", "nearest")
 LR_SCHEDULES = ("phase", "run_onecycle", "run_cosine")
 MIXUP_KINDS = ("none", "mixup", "cutmix", "pairing", "adversarial", "moex")
 TARGET_RATIOS = ("perturbed", "original")

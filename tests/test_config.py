@@ -25,7 +25,7 @@ def test_defaults_and_int_to_float():
         ({"strategy": {"reps_dedup": 0}}, "strategy.reps_dedup: got 0.0, expected > 0 or null"),
         (
             {"strategy": {"reps_pick": "core"}},
-            "strategy.reps_pick: got 'core', expected one of nearest, spread",
+            "strategy.reps_pick: got 'core', expected one of spread, nearest",
         ),
         ({"train": {"num_workers": 0}}, "train.num_workers"),
         ({"model": {"kwargs": [1]}}, "model.kwargs"),

@@ -109,7 +109,7 @@ def test_m2_representatives_are_the_rows_nearest_each_centre():
     # Feature channel 1: two groups, around 0 and around 1000, far wider than channel 0 (the
     # stub's answer, 0-2); the mistakes are in the subset already, so nothing is left to find.
     features = np.where(np.arange(N) < 15, 0.0, 1000.0) + np.tile([0, -10, 10, -20, 20], 6)
-    job = _job(hard_per_round=1, reps_per_round=2, cluster_k=2, cluster_on="x")
+    job = _job(hard_per_round=1, reps_per_round=2, cluster_k=2, cluster_on="x", reps_pick="nearest")
     share = _share(features)
     right = ~np.isin(IDS, list(WRONG))
     added = M2().after_round(_view(job, share, IDS[~right]))  # no mistakes left to find
@@ -120,11 +120,11 @@ def test_m2_representatives_are_the_rows_nearest_each_centre():
     assert {r < 115 for r in reps} == {True, False}  # one from each group
 
 
-def test_m2_spread_representatives_are_each_clusters_smallest_seeded_hashes():
+def test_m2_representatives_are_by_default_each_clusters_smallest_seeded_hashes():
     # The two groups of the test above; 12 and 11 right rows, so 6 representatives split 3 / 3
     # (largest remainder), each group's the 3 rows of smallest hash(k-means seed, id).
     features = np.where(np.arange(N) < 15, 0.0, 1000.0) + np.tile([0, -10, 10, -20, 20], 6)
-    job = _job(hard_per_round=1, reps_per_round=6, cluster_k=2, cluster_on="x", reps_pick="spread")
+    job = _job(hard_per_round=1, reps_per_round=6, cluster_k=2, cluster_on="x")  # the default
     right = ~np.isin(IDS, list(WRONG))
     added = M2().after_round(_view(job, _share(features), IDS[~right]))
     seed = derive_seed(SEED, "kmeans", 0) % 2**31
@@ -135,7 +135,9 @@ def test_m2_spread_representatives_are_each_clusters_smallest_seeded_hashes():
     assert set(added.reasons) == {"representative"}
     nearest = M2().after_round(
         _view(
-            _job(hard_per_round=1, reps_per_round=6, cluster_k=2, cluster_on="x"),
+            _job(
+                hard_per_round=1, reps_per_round=6, cluster_k=2, cluster_on="x", reps_pick="nearest"
+            ),
             _share(features),
             IDS[~right],
         )
