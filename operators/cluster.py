@@ -452,7 +452,7 @@ def cluster_candidates(
     """Per cluster, this block's `quota` rows of smallest `key` (`dist`: nearest the centre)."""
     ids = batch[ID].astype(np.int64)
     group = np.searchsorted(clusters, batch["cluster"])  # every cluster was counted: same rows
-    value = batch[key].astype(np.float64) if key == "dist" else batch[key]
+    value = batch[key]
     keep = smallest_per_group(group, value, ids, quota)
     return {"group": group[keep], "key": value[keep], ID: ids[keep]}
 

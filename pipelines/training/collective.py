@@ -155,7 +155,7 @@ def representatives(
     cluster's rows are instead those of smallest hash(seed, id): a seeded uniform draw within it.
 
     With `dedup`, a row within that distance of one already chosen is passed over for the next
-    nearest (operators/cluster.py `greedy_keep`, as `raysift cluster --dedup` does): offline
+    in that order (operators/cluster.py `greedy_keep`, as `raysift cluster --dedup` does): offline
     augmentation's near-copies of a sample spend one representative, not several. So is a row
     within `dedup` of one of `taken`, this rank's rows already chosen (flat, in the same space;
     every rank's count). Each cluster offers DEDUP_OVERSAMPLE times its share; past that many
