@@ -51,7 +51,7 @@ BEFORE = {"strategy.max_rounds": 4, "train.epochs_per_round": 3, "strategy.initi
 # ... and the representatives' rule until the seeded draw across each cluster became the default
 NEAREST = {"strategy.reps_pick": "nearest"}
 SPREAD = {"strategy.reps_pick": "spread"}
-# --budget-fraction: the share
+# the budget plan (--budget-fraction replaces its share)
 PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL, **BEFORE, **NEAREST}
 SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}

@@ -166,10 +166,9 @@ def representatives(
     k = min(n_clusters, n)
     km = RankKMeans(n_clusters=k, max_iter=20, seed=seed, column=column).fit_rows(rows)
     assigned = assign_batch(rows, km.cluster_centers_, column, km.feature_shape_)
-    key = "dist"
+    key = "draw" if spread else "dist"
     if spread:  # a seeded uniform draw within each cluster: its extent, not only its core
-        key = "draw"
-        assigned["draw"] = hash_keys(assigned[ID].astype(np.int64), seed)
+        assigned[key] = hash_keys(assigned[ID].astype(np.int64), seed)
     sizes = all_sum_np(np.bincount(assigned["cluster"], minlength=k).astype(np.int64))
     quota = proportional_counts(sizes, min(n_total, n))
     if dedup is None:
