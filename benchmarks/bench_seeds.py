@@ -92,6 +92,9 @@ VARIANTS = {
         "strategy.hard_per_round": 7708,
         "strategy.reps_per_round": 7708,
     },
+    # ... with InfoBatch's pruning inside the phases, run at a larger --budget-fraction so
+    # that what the pruning saves goes to more rows at the same spend
+    "m2-wide-start-spread-prune": {**WIDE, **START, **SPREAD, **PRUNE},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
