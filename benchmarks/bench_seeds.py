@@ -95,6 +95,12 @@ VARIANTS = {
     # ... with InfoBatch's pruning inside the phases, run at a larger --budget-fraction so
     # that what the pruning saves goes to more rows at the same spend
     "m2-wide-start-spread-prune": {**WIDE, **START, **SPREAD, **PRUNE},
+    "m2-wide-start-spread-prune-half": {
+        **WIDE,
+        **START,
+        **SPREAD,
+        "strategy.round_prune_ratio": 0.5,
+    },
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
