@@ -10,6 +10,7 @@ from raysift.selection.budget import (
     full_compute,
     plan_budget,
     planned_compute,
+    pruned_epochs_cost,
     rows_within,
 )
 
@@ -125,6 +126,12 @@ def test_the_job_leaves_the_planned_keys_to_the_plan_and_keeps_the_ones_it_sets(
     assert none is None and other.strategy.hard_per_round == 2000
     assert other.strategy.budget is None
     assert other.train.epochs_per_round == 3 and other.train.final_epochs == 2
+    # the job's pruning inside the rounds reaches the plan
+    strategy = {**job.to_dict()["strategy"], "round_prune_ratio": 0.3, "anneal_delta": 0.5}
+    pruning = from_dict({**job.to_dict(), "strategy": strategy})
+    assert apply_budget(pruning, 1000, 0, plans=True)[1] == plan_budget(
+        0.3, 1000, 0, 10, False, rounds=3, final_epochs=2, prune=(0.3, 0.5)
+    )
 
 
 def test_a_left_out_knob_without_a_budget_is_refused_by_name():
@@ -142,3 +149,25 @@ def test_an_epoch_trains_the_whole_steps_the_budget_leaves():
     assert rows_within(256, 2, 64, 300) == 128
     assert rows_within(127.9, 2, 64, 300) == 0  # not one step
     assert rows_within(-50, 2, 64, 300) == 0  # spent already
+
+
+def test_pruned_epochs_count_the_rows_kept_when_half_score_below_the_mean():
+    # 4 epochs at delta 0.875: epoch 0 trains every row (equal scores), 1-3 are pruned, none
+    # anneals (ceil(3.5) = 4): 1 + 3 * (1 - 0.3 * 0.5) epochs' worth of passes
+    assert pruned_epochs_cost(4, 0.3, 0.875) == pytest.approx(1 + 3 * 0.85)
+    assert pruned_epochs_cost(4, 0.3, 0.5) == pytest.approx(3 + 0.85)  # epochs 2, 3 anneal
+    assert pruned_epochs_cost(2, 0.5, 0.875) == pytest.approx(1 + 0.75)
+    assert pruned_epochs_cost(1, 0.5, 0.875) == 1  # a one-epoch phase trains its every row
+    assert pruned_epochs_cost(3, 0.0, 0.875) == 3
+    # one round of 4 epochs over 100 rows, 2 final ones, no scan: 100 * (3.55 + 1.85)
+    assert planned_compute(1000, 0, 100, 0, 1, 4, 2, False, (0.3, 0.875)) == pytest.approx(540)
+
+
+def test_a_pruned_plan_buys_more_rows_within_the_same_budget():
+    plain = plan_budget(0.3, 1000, 0, 10, False)
+    pruned = plan_budget(0.3, 1000, 0, 10, False, prune=(0.3, 0.875))
+    assert pruned.increment > plain.increment
+    assert pruned.compute <= pruned.budget == plain.budget
+    assert pruned.compute == pytest.approx(
+        planned_compute(1000, 0, 200, pruned.increment, 3, 2, 2, False, (0.3, 0.875))
+    )

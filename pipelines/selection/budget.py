@@ -8,7 +8,9 @@ knobs the job sets by hand as they are.
 Costs are the engine's sample-passes (pipelines/run_state.py `compute_totals`: train + infer / 3),
 counted as upper bounds so a plan never spends more than the budget: each pool scan is counted
 over the whole pool (the early stop can only save), and a validation counts wherever the job
-validates. The DDP padding of an epoch (a few rows where the ranks' shares differ) is not in
+validates. With `strategy.round_prune_ratio` an epoch that InfoBatch's rule prunes counts only
+the rows it keeps when half the rows score below the mean (`BELOW_MEAN_SHARE`), so the budget
+buys the rows that pruning saves instead of leaving them unspent. The DDP padding of an epoch (a few rows where the ranks' shares differ) is not in
 the plan: the plan's budget becomes the job's `strategy.budget`, which stops the rounds when
 the real spend reaches it, and the run's last phase trains only the whole steps that fit in it
 (`rows_within`).
@@ -21,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 from raysift.config import PLANNED_KEYS, ConfigError, JobConfig
+from raysift.selection.infobatch import anneal_epoch
 from raysift.training.schedule import planned_train_passes
 
 # What a free knob starts from before the budget decides the rows added per round: few rounds
@@ -31,11 +34,17 @@ DEFAULT_ROUNDS = 3
 DEFAULT_EPOCHS = 2
 DEFAULT_INITIAL_RATIO = 0.2
 HARD_SHARE = 2 / 3  # of the rows added per round, the mispredictions (M2's 2000 : 1000)
+# The share of a phase's rows a pruned epoch counts below the mean loss. Training losses are
+# right-skewed (most rows near zero, a tail of hard ones: the mean lies above the median), so
+# more than half do (0.72 on Fashion-MNIST: RESULTS.md) and the plan's count stays high; where
+# fewer do, the budget still holds: the run's last phase stops where it is spent.
+BELOW_MEAN_SHARE = 0.5
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Rows and epochs of a budgeted M2 run, and the compute they cost at most."""
+    """Rows and epochs of a budgeted M2 run, and the compute they cost at most (pruned epochs
+    as `planned_compute` counts them)."""
 
     initial: int  # rows of round 0
     hard: int  # mispredictions to add per round
@@ -57,6 +66,17 @@ def full_compute(n_train: int, n_val: int, epochs: int, val_every_epoch: bool) -
     return n_train * epochs + n_val * (epochs if val_every_epoch else 1) / 3
 
 
+def pruned_epochs_cost(epochs: int, prune_ratio: float, anneal_delta: float) -> float:
+    """A phase of `epochs` in passes over its rows, with InfoBatch's rule inside it
+    (pipelines/selection/strategies.py `Policy.plan_epoch`): the first epoch trains every row
+    (the scores start equal), the later ones up to the anneal leave out `prune_ratio` of the
+    rows below the mean, counted as `BELOW_MEAN_SHARE` of them."""
+    if not prune_ratio:
+        return epochs
+    pruned = max(0, min(epochs, anneal_epoch(epochs, anneal_delta)) - 1)
+    return epochs - pruned * prune_ratio * BELOW_MEAN_SHARE
+
+
 def planned_compute(
     n_train: int,
     n_val: int,
@@ -66,12 +86,21 @@ def planned_compute(
     epochs: int,
     final_epochs: int,
     val_every_epoch: bool,
+    prune: tuple[float, float] = (0.0, 1.0),
 ) -> float:
     """The most a run of these sizes can spend: round r trains `epochs` passes over
     min(n_train, initial + r * increment) rows; every round but the last scans its whole pool;
-    the final phase trains `final_epochs` over the last subset; validations as the job does."""
+    the final phase trains `final_epochs` over the last subset; validations as the job does.
+    `prune`: (round_prune_ratio, anneal_delta), the pruned epochs' rows as counted above."""
     sizes = [min(n_train, initial + r * increment) for r in range(rounds)]
-    train = planned_train_passes(n_train, initial, increment, rounds, epochs, final_epochs)
+    train = planned_train_passes(
+        n_train,
+        initial,
+        increment,
+        rounds,
+        pruned_epochs_cost(epochs, *prune),
+        pruned_epochs_cost(final_epochs, *prune),
+    )
     scans = sum(n_train - s for s in sizes[:-1]) / 3
     validations = rounds * (epochs if val_every_epoch else 1) + (
         final_epochs if val_every_epoch else min(final_epochs, 1)
@@ -92,6 +121,7 @@ def plan_budget(
     rounds: int | None = None,
     epochs: int | None = None,
     final_epochs: int | None = None,
+    prune: tuple[float, float] = (0.0, 1.0),
 ) -> Plan:
     """The plan within `fraction` of full's compute; a knob given (not None) is kept as given.
 
@@ -99,7 +129,8 @@ def plan_budget(
     first subset; the rows added per round are then the most the budget allows (two thirds of
     them mispredictions), up to the whole training set. When even the smallest addition does
     not fit, the free knobs shrink in turn: final epochs, then rounds, then the first subset.
-    A ConfigError names budget_fraction when the hand-set knobs alone spend more.
+    A ConfigError names budget_fraction when the hand-set knobs alone spend more. `prune` as
+    in `planned_compute`.
     """
     budget = fraction * full_compute(n_train, n_val, full_epochs, val_every_epoch)
     e = DEFAULT_EPOCHS if epochs is None else epochs
@@ -111,7 +142,7 @@ def plan_budget(
     both_fixed = hard is not None and reps is not None
 
     def cost(init: int, inc: int, r_: int, f_: int) -> float:
-        return planned_compute(n_train, n_val, init, inc, r_, e, f_, val_every_epoch)
+        return planned_compute(n_train, n_val, init, inc, r_, e, f_, val_every_epoch, prune)
 
     def least(r_: int) -> int:
         """The smallest addition a plan of `r_` rounds may have."""
@@ -205,6 +236,7 @@ def apply_budget(
             rounds=s.max_rounds,
             epochs=t.epochs_per_round,
             final_epochs=t.final_epochs,
+            prune=(s.round_prune_ratio, s.anneal_delta),
         )
         values = {
             "strategy": {

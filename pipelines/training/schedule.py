@@ -22,10 +22,16 @@ GRID = 10_000  # steps the run's curve is laid over
 
 
 def planned_train_passes(
-    n_train: int, initial: int, increment: int, rounds: int, epochs: int, final_epochs: int
-) -> int:
+    n_train: int,
+    initial: int,
+    increment: int,
+    rounds: int,
+    epochs: float,
+    final_epochs: float,
+) -> float:
     """Training sample-passes of a run whose round r trains `epochs` over
-    min(n_train, initial + r * increment) rows, then `final_epochs` over the last subset."""
+    min(n_train, initial + r * increment) rows, then `final_epochs` over the last subset (a
+    pruned epoch may count part of one: pipelines/selection/budget.py)."""
     sizes = [min(n_train, initial + r * increment) for r in range(max(rounds, 1))]
     return epochs * sum(sizes) + final_epochs * sizes[-1]
 
