@@ -101,6 +101,22 @@ VARIANTS = {
         **SPREAD,
         "strategy.round_prune_ratio": 0.5,
     },
+    # ... with seven in ten of them pruned
+    "m2-wide-start-spread-prune-most": {
+        **WIDE,
+        **START,
+        **SPREAD,
+        "strategy.round_prune_ratio": 0.7,
+    },
+    # ... with half, and a final phase of 3 epochs: what pruning saves as passes over the
+    # rows the model has not learned yet
+    "m2-wide-start-spread-prune-half-f3": {
+        **WIDE,
+        **START,
+        **SPREAD,
+        "strategy.round_prune_ratio": 0.5,
+        "train.final_epochs": 3,
+    },
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},
