@@ -84,6 +84,7 @@ VARIANTS = {
     # representatives drawn across each cluster instead of its core (the default since), on
     # the demo job and on the planner's defaults; then with half of each increment hard
     "m2-spread": SPREAD,
+    "m2-spread-prune-half": {**SPREAD, "strategy.round_prune_ratio": 0.5},
     "m2-wide-start-spread": {**WIDE, **START, **SPREAD},
     "m2-wide-start-spread-half": {
         **WIDE,
