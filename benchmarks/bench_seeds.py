@@ -102,6 +102,8 @@ VARIANTS = {
         **SPREAD,
         "strategy.round_prune_ratio": 0.5,
     },
+    # ... and, without the pruning, the final phase of 3 epochs alone
+    "m2-wide-start-spread-f3": {**WIDE, **START, **SPREAD, "train.final_epochs": 3},
     # ... with seven in ten of them pruned
     "m2-wide-start-spread-prune-most": {
         **WIDE,
