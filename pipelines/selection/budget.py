@@ -10,10 +10,10 @@ counted as upper bounds so a plan never spends more than the budget: each pool s
 over the whole pool (the early stop can only save), and a validation counts wherever the job
 validates. With `strategy.round_prune_ratio` an epoch that InfoBatch's rule prunes counts only
 the rows it keeps when half the rows score below the mean (`BELOW_MEAN_SHARE`), so the budget
-buys the rows that pruning saves instead of leaving them unspent. The DDP padding of an epoch (a few rows where the ranks' shares differ) is not in
-the plan: the plan's budget becomes the job's `strategy.budget`, which stops the rounds when
-the real spend reaches it, and the run's last phase trains only the whole steps that fit in it
-(`rows_within`).
+buys the rows that pruning saves instead of leaving them unspent. The DDP padding of an epoch
+(a few rows where the ranks' shares differ) is not in the plan: the plan's budget becomes the
+job's `strategy.budget`, which stops the rounds when the real spend reaches it, and the run's
+last phase trains only the whole steps that fit in it (`rows_within`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ DEFAULT_INITIAL_RATIO = 0.2
 HARD_SHARE = 2 / 3  # of the rows added per round, the mispredictions (M2's 2000 : 1000)
 # The share of a phase's rows a pruned epoch counts below the mean loss. Training losses are
 # right-skewed (most rows near zero, a tail of hard ones: the mean lies above the median), so
-# more than half do (0.72 on Fashion-MNIST: RESULTS.md) and the plan's count stays high; where
+# more than half do (about 0.73 on Fashion-MNIST: RESULTS.md) and the plan's count stays high; where
 # fewer do, the budget still holds: the run's last phase stops where it is spent.
 BELOW_MEAN_SHARE = 0.5
 
