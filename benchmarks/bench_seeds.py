@@ -93,8 +93,8 @@ VARIANTS = {
         "strategy.hard_per_round": 7708,
         "strategy.reps_per_round": 7708,
     },
-    # ... with InfoBatch's pruning inside the phases, run at a larger --budget-fraction so
-    # that what the pruning saves goes to more rows at the same spend
+    # ... with InfoBatch's pruning inside the phases (`r` 0.3, then 0.5): what it saves, the
+    # planner spends on more rows a round
     "m2-wide-start-spread-prune": {**WIDE, **START, **SPREAD, **PRUNE},
     "m2-wide-start-spread-prune-half": {
         **WIDE,

@@ -34,10 +34,10 @@ DEFAULT_ROUNDS = 3
 DEFAULT_EPOCHS = 2
 DEFAULT_INITIAL_RATIO = 0.2
 HARD_SHARE = 2 / 3  # of the rows added per round, the mispredictions (M2's 2000 : 1000)
-# The share of a phase's rows a pruned epoch counts below the mean loss. Training losses are
-# right-skewed (most rows near zero, a tail of hard ones: the mean lies above the median), so
-# more than half do (about 0.73 on Fashion-MNIST: RESULTS.md) and the plan's count stays high; where
-# fewer do, the budget still holds: the run's last phase stops where it is spent.
+# The share of a phase's rows the plan takes to score below the mean loss in a pruned epoch.
+# Training losses are right-skewed (most rows near zero, a tail of hard ones: the mean lies
+# above the median), so more than half do (about 0.73 on Fashion-MNIST: RESULTS.md) and the
+# plan's count stays high; where fewer do, the budget still holds: the last phase stops at it.
 BELOW_MEAN_SHARE = 0.5
 
 
@@ -88,10 +88,10 @@ def planned_compute(
     val_every_epoch: bool,
     prune: tuple[float, float] = (0.0, 1.0),
 ) -> float:
-    """The most a run of these sizes can spend: round r trains `epochs` passes over
+    """What a run of these sizes spends at most: round r trains `epochs` passes over
     min(n_train, initial + r * increment) rows; every round but the last scans its whole pool;
     the final phase trains `final_epochs` over the last subset; validations as the job does.
-    `prune`: (round_prune_ratio, anneal_delta), the pruned epochs' rows as counted above."""
+    `prune`: (round_prune_ratio, anneal_delta), the pruned epochs counted as above."""
     sizes = [min(n_train, initial + r * increment) for r in range(rounds)]
     train = planned_train_passes(
         n_train,
