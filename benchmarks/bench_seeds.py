@@ -56,6 +56,8 @@ PLAN = {"strategy.budget_fraction": 0.3, **PLANNED_NULL, **BEFORE, **NEAREST}
 SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}
 PRUNE = {"strategy.round_prune_ratio": 0.3}
+PRUNE_HALF = {"strategy.round_prune_ratio": 0.5}
+FINAL_3 = {"train.final_epochs": 3}
 WIDE = {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2}
 START = {"strategy.initial_ratio": 0.2}  # with WIDE: the planner's own defaults since then
 BUDGET_EPOCHS = object()  # stands for --budget-fraction of the job's strategy.epochs
@@ -84,7 +86,7 @@ VARIANTS = {
     # representatives drawn across each cluster instead of its core (the default since), on
     # the demo job and on the planner's defaults; then with half of each increment hard
     "m2-spread": SPREAD,
-    "m2-spread-prune-half": {**SPREAD, "strategy.round_prune_ratio": 0.5},
+    "m2-spread-prune-half": {**SPREAD, **PRUNE_HALF},
     "m2-wide-start-spread": {**WIDE, **START, **SPREAD},
     "m2-wide-start-spread-half": {
         **WIDE,
@@ -96,14 +98,9 @@ VARIANTS = {
     # ... with InfoBatch's pruning inside the phases (`r` 0.3, then 0.5): what it saves, the
     # planner spends on more rows a round
     "m2-wide-start-spread-prune": {**WIDE, **START, **SPREAD, **PRUNE},
-    "m2-wide-start-spread-prune-half": {
-        **WIDE,
-        **START,
-        **SPREAD,
-        "strategy.round_prune_ratio": 0.5,
-    },
+    "m2-wide-start-spread-prune-half": {**WIDE, **START, **SPREAD, **PRUNE_HALF},
     # ... and, without the pruning, the final phase of 3 epochs alone
-    "m2-wide-start-spread-f3": {**WIDE, **START, **SPREAD, "train.final_epochs": 3},
+    "m2-wide-start-spread-f3": {**WIDE, **START, **SPREAD, **FINAL_3},
     # ... with seven in ten of them pruned
     "m2-wide-start-spread-prune-most": {
         **WIDE,
@@ -113,13 +110,7 @@ VARIANTS = {
     },
     # ... with half, and a final phase of 3 epochs: what pruning saves as passes over the
     # rows the model has not learned yet
-    "m2-wide-start-spread-prune-half-f3": {
-        **WIDE,
-        **START,
-        **SPREAD,
-        "strategy.round_prune_ratio": 0.5,
-        "train.final_epochs": 3,
-    },
+    "m2-wide-start-spread-prune-half-f3": {**WIDE, **START, **SPREAD, **PRUNE_HALF, **FINAL_3},
     # each change alone on top of the plan
     "m2-plan-sched": {**PLAN, **SCHED},
     "m2-plan-best": {**PLAN, "train.final_keep_best": True},

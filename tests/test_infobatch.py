@@ -20,6 +20,7 @@ from raysift.selection.infobatch import (
     anneal_epoch,
     initial_scores,
     plan_epoch,
+    pruned_epochs,
     update_scores,
 )
 from raysift.selection.strategies import InfoBatch
@@ -72,6 +73,16 @@ def test_annealing_starts_at_epoch_ceil_delta_times_epochs(epochs, delta, first_
     if first_full < epochs:
         rows, weights = plan(epoch=first_full, epochs=epochs, delta=delta)
         assert rows.tolist() == list(range(10)) and weights.tolist() == [1.0] * 10
+
+
+@pytest.mark.parametrize("epochs, delta", [(1, 0.875), (2, 0.875), (4, 0.5), (8, 0.875), (5, 0.1)])
+def test_pruned_epochs_counts_the_epochs_the_rule_prunes_from_equal_scores(epochs, delta):
+    scores, pruning = initial_scores(10), 0
+    for epoch in range(epochs):
+        rows, weights = plan(scores, epoch, epochs, delta=delta)
+        pruning += int(len(rows) < 10)
+        scores = SCORES  # what the first epoch's losses left
+    assert pruned_epochs(epochs, delta) == pruning
 
 
 def test_the_draw_is_fixed_by_the_seed():

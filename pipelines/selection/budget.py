@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 
 from raysift.config import PLANNED_KEYS, ConfigError, JobConfig
-from raysift.selection.infobatch import anneal_epoch
+from raysift.selection.infobatch import pruned_epochs
 from raysift.training.schedule import planned_train_passes
 
 # What a free knob starts from before the budget decides the rows added per round: few rounds
@@ -67,14 +67,12 @@ def full_compute(n_train: int, n_val: int, epochs: int, val_every_epoch: bool) -
 
 
 def pruned_epochs_cost(epochs: int, prune_ratio: float, anneal_delta: float) -> float:
-    """A phase of `epochs` in passes over its rows, with InfoBatch's rule inside it
-    (pipelines/selection/strategies.py `Policy.plan_epoch`): the first epoch trains every row
-    (the scores start equal), the later ones up to the anneal leave out `prune_ratio` of the
-    rows below the mean, counted as `BELOW_MEAN_SHARE` of them."""
+    """A phase of `epochs` in passes over its rows, with InfoBatch's rule inside it (its scores
+    start over each phase: pipelines/selection/strategies.py `Policy.plan_epoch`): a pruned
+    epoch leaves out `prune_ratio` of the rows below the mean, counted as `BELOW_MEAN_SHARE`."""
     if not prune_ratio:
         return epochs
-    pruned = max(0, min(epochs, anneal_epoch(epochs, anneal_delta)) - 1)
-    return epochs - pruned * prune_ratio * BELOW_MEAN_SHARE
+    return epochs - pruned_epochs(epochs, anneal_delta) * prune_ratio * BELOW_MEAN_SHARE
 
 
 def planned_compute(

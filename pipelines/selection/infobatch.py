@@ -34,6 +34,12 @@ def anneal_epoch(epochs: int, delta: float) -> int:
     return math.ceil(delta * epochs - _EPS)
 
 
+def pruned_epochs(epochs: int, delta: float) -> int:
+    """Epochs a run of `epochs` prunes when its scores start equal (`initial_scores`): the
+    first trains every row and replaces every score, the anneal trains all; the rest prune."""
+    return max(0, min(epochs, anneal_epoch(epochs, delta)) - 1)
+
+
 def plan_epoch(
     scores: torch.Tensor,
     epoch: int,
