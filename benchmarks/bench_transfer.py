@@ -84,7 +84,7 @@ class Variant:
     train: dict  # TransferTrainConfig fields beyond the shared ones
     library_scale: int = 1  # times the base library size
     library_rule: str = "herding"
-    history_ratio: int = 1  # history rows per step, in new batches
+    history_ratio: float = 1  # history rows per step, in new batches
 
 
 VARIANTS = {
@@ -102,6 +102,11 @@ VARIANTS = {
     "replay, joint forward": Variant({"rule": "sum", "joint_forward": True}),
     # the joint forward under the rules that keep the detector's new scene best apart
     "agem, joint forward": Variant({"rule": "agem", "joint_forward": True}),
+    # replay with the joint forward and half a new batch of history rows a step: where it keeps
+    # the old scene whole and trails fine-tuning on the new one, history's share traded back
+    "replay, joint forward, history x0.5": Variant(
+        {"rule": "sum", "joint_forward": True}, history_ratio=0.5
+    ),
     "similarity, cos_scale 0.1, joint forward": Variant(
         {"rule": "similarity", "cos_scale": 0.1, "joint_forward": True}
     ),
@@ -359,7 +364,7 @@ def run(task: Testbed, variant: Variant, size: int, seed: int) -> tuple[float, f
         task.y_new[pick],
         library,
         train,
-        train.batch_size * variant.history_ratio,
+        max(1, round(train.batch_size * variant.history_ratio)),
         seed,
         task.task,
     )
