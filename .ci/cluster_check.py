@@ -9,10 +9,12 @@ It also validates cluster.yaml against the cluster-config schema Ray ships. Run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 JOB = "configs/cluster_check.yaml"
 TIMEOUT_S = 900
+# set in the environment of the cluster's `ray start`s only: every process of the cluster has it
+CLUSTER_MARK = "RAYSIFT_CLUSTER_CHECK"
 
 
 def free_port() -> int:
@@ -87,12 +91,42 @@ def start_cluster(temp: Path, env: dict) -> tuple[str, str]:
     return f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
 
 
+def cluster_pids(temp: Path) -> set[int]:
+    """The processes this check's cluster runs: those with `CLUSTER_MARK` in their environment
+    (every one the `ray start`s began inherits it) and their children. Ray's agents and
+    workers retitle themselves `ray::...` over their command line and the head of their
+    environment, so neither names the cluster any more; their parent, a raylet, still does."""
+    mark = f"{CLUSTER_MARK}={temp}".encode()
+    parents, ours = {}, set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            environ = (proc / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        pid = int(proc.name)
+        parents[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])  # after the (name)
+        if mark in environ.split(b"\0"):
+            ours.add(pid)
+    grew = True
+    while grew:
+        children = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= children
+        grew = bool(children)
+    return ours
+
+
 def stop_cluster(temp: Path) -> None:
-    """Stop this cluster's processes only (`ray stop` would stop every Ray on the machine):
-    each of them names the cluster's temp folder on its command line."""
-    subprocess.run(["pkill", "-TERM", "-f", str(temp)], check=False)
-    time.sleep(3)
-    subprocess.run(["pkill", "-KILL", "-f", str(temp)], check=False)
+    """Stop this cluster's processes only (`ray stop` would stop every Ray on the machine),
+    all of them found before any is stopped: a stopped raylet's children lose their parent."""
+    pids = cluster_pids(temp)
+    for sig, grace in ((signal.SIGTERM, 3), (signal.SIGKILL, 0)):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(grace)
     shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -154,7 +188,7 @@ def main() -> int:
     token.write_text(secrets.token_hex(32))
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     os.environ.pop("RAY_ADDRESS", None)
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", CLUSTER_MARK: str(temp)}
     validate_cluster_yaml()
     try:
         address, dashboard = start_cluster(temp, env)
