@@ -57,6 +57,7 @@ SCHED = {"train.lr_schedule": "run_onecycle"}
 FILL = {"strategy.hard_fill": "margin"}
 PRUNE = {"strategy.round_prune_ratio": 0.3}
 PRUNE_HALF = {"strategy.round_prune_ratio": 0.5}
+PRUNE_MOST = {"strategy.round_prune_ratio": 0.7}
 FINAL_3 = {"train.final_epochs": 3}
 WIDE = {**PLAN, **SCHED, **FILL, "strategy.max_rounds": 3, "train.epochs_per_round": 2}
 START = {"strategy.initial_ratio": 0.2}  # with WIDE: the planner's own defaults since then
@@ -102,12 +103,7 @@ VARIANTS = {
     # ... and, without the pruning, the final phase of 3 epochs alone
     "m2-wide-start-spread-f3": {**WIDE, **START, **SPREAD, **FINAL_3},
     # ... with seven in ten of them pruned
-    "m2-wide-start-spread-prune-most": {
-        **WIDE,
-        **START,
-        **SPREAD,
-        "strategy.round_prune_ratio": 0.7,
-    },
+    "m2-wide-start-spread-prune-most": {**WIDE, **START, **SPREAD, **PRUNE_MOST},
     # ... with half, and a final phase of 3 epochs: what pruning saves as passes over the
     # rows the model has not learned yet
     "m2-wide-start-spread-prune-half-f3": {**WIDE, **START, **SPREAD, **PRUNE_HALF, **FINAL_3},
